@@ -1,0 +1,50 @@
+# `make help` lists the targets. Every target installs what it needs first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/quickstart.yaml
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo data test test-fast lint format bench clean
+
+help: ## Show this help.
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: pip takes these two from the local wheel cache instead of
+	# resolving a multi-GB CUDA build from the index.
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv/ with the `classifier` command and the dev tools.
+
+data: $(STAMP) ## Write the bundled MNIST demo digits as an ImageFolder tree under data/mnist.
+	$(BIN)/python -m classifier.demo_data data/mnist
+
+demo: data ## Install, then train configs/quickstart.yaml on the demo digits and test the best checkpoint.
+	$(BIN)/classifier fit --config $(CONFIG)
+
+test: $(STAMP) ## Install, then run the whole test suite.
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP) ## Run the tests not marked slow.
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP) ## ruff (lint + format check) and mypy --strict on classifier/.
+	$(BIN)/ruff check classifier tests benchmarks
+	$(BIN)/ruff format --check classifier tests benchmarks
+	$(BIN)/mypy
+
+format: $(STAMP) ## Apply ruff's fixes and formatting.
+	$(BIN)/ruff check --fix classifier tests benchmarks
+	$(BIN)/ruff format classifier tests benchmarks
+
+bench: $(STAMP) ## Print speed ratios measured side by side in one run (writes bench.json).
+	$(BIN)/python -m benchmarks.run
+
+clean: ## Remove the virtual environment, runs and caches (keeps data/).
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

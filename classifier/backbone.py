@@ -1,0 +1,120 @@
+"""Creating a timm backbone: by name, with hub weights or a local weights file."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class BackboneError(ValueError):
+    """The backbone cannot be created; the message says what to change."""
+
+
+def check_model_name(name: str) -> None:
+    """Raise :class:`BackboneError` with close timm names if ``name`` is not a timm model."""
+    import timm
+
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=8, cutoff=0.6)
+    hint = f" Close names: {', '.join(close)}." if close else ""
+    raise BackboneError(
+        f"unknown timm model {name!r}.{hint} `python -c \"import timm; "
+        f"print(timm.list_models('*{name[:6]}*'))\"` lists more."
+    )
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Load a state dict from ``.safetensors`` or a ``torch.save`` file, never running code.
+
+    Nested ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers are unwrapped and a leading
+    ``module.`` or ``model.`` prefix is removed.
+    """
+    if not path.is_file():
+        raise BackboneError(f"pretrained weights file {path} does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state: object = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise BackboneError(f"cannot read weights from {path}: {error}") from error
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise BackboneError(f"{path} holds no state dict.")
+    cleaned: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for prefix in ("module.", "model."):
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        cleaned[key] = value
+    return cleaned
+
+
+def load_local_weights(model: nn.Module, path: Path) -> list[str]:
+    """Load matching tensors from ``path`` into ``model``; the new head stays random.
+
+    Returns:
+        Names of the model's tensors that were not loaded (the classifier head, normally).
+    """
+    own = model.state_dict()
+    state = read_weights(path)
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise BackboneError(f"no tensor in {path} matches the model's names and shapes.")
+    model.load_state_dict(usable, strict=False)
+    return sorted(set(own) - set(usable))
+
+
+def create_backbone(
+    name: str,
+    num_classes: int,
+    pretrained: bool | str,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+) -> nn.Module:
+    """Create timm model ``name`` with a ``num_classes`` head.
+
+    Args:
+        name: a timm model name (``timm.list_models()``).
+        num_classes: outputs of the new classifier head.
+        pretrained: ``True`` downloads the timm hub weights, a path loads a local
+            ``.safetensors``/``.pth`` file, ``False`` starts from random weights.
+        drop_rate: dropout before the classifier head.
+        drop_path_rate: stochastic depth rate.
+    """
+    import timm
+
+    check_model_name(name)
+    kwargs: dict[str, float] = {"drop_rate": drop_rate}
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if isinstance(pretrained, str):
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        missing = load_local_weights(model, Path(pretrained).expanduser())
+        if len(missing) > 4:
+            import warnings
+
+            warnings.warn(
+                f"{len(missing)} tensors were not in {pretrained} and stay random: "
+                f"{', '.join(missing[:6])} ...",
+                stacklevel=2,
+            )
+        return model
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except (OSError, RuntimeError) as error:
+        if not pretrained:
+            raise
+        raise BackboneError(
+            f"could not download pretrained weights for {name!r} ({error}). Without internet, "
+            "pass a local file: --model.pretrained /path/to/weights.safetensors, or "
+            "--model.pretrained false."
+        ) from error

@@ -1,0 +1,311 @@
+"""``ImageFolderDataModule``: a folder of images in, normalised batches out."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from classifier.datasets import ImageDataset
+from classifier.files import run_dir, write_csv
+from classifier.folder import DataError, Split, class_dirs, read_split, read_unlabelled
+from classifier.sampler import EpochSampler, ShardSampler
+from classifier.scan import scan_files
+from classifier.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AutoAugment,
+    Interpolation,
+    Preprocessing,
+    eval_transform,
+    normalize,
+    train_transform,
+)
+
+Stage = Literal["train", "val", "test", "predict"]
+
+
+class ImageFolderDataModule(pl.LightningDataModule):
+    """Images from ``data_dir/{train,val,test}/<class>/*``; classes are the folders of ``train/``.
+
+    Args:
+        data_dir: folder holding ``train/``, ``val/`` and optionally ``test/``, each with one
+            sub-folder per class (images may sit in nested folders below it).
+        image_size: side in pixels of the square crop the network sees.
+        crop_pct: evaluation resizes the shorter side to ``image_size / crop_pct`` and then
+            centre-crops; ``None`` takes the backbone's pretrained value (0.875 for most).
+        interpolation: resize interpolation; ``None`` takes the backbone's.
+        mean: per-channel RGB mean for values in [0, 1]; ``None`` takes the backbone's
+            pretrained statistics (ImageNet when it has none).
+        std: per-channel RGB standard deviation; ``None`` as for ``mean``.
+        batch_size: training images per batch and process.
+        eval_batch_size: validation/test/predict batch size; ``None`` uses ``2 * batch_size``.
+        num_workers: loader processes per training process; ``None`` uses
+            ``min(8, CPU count)``.
+        pin_memory: page-locked host memory for faster GPU copies; ``None`` enables it when
+            training on a GPU.
+        scale: RandomResizedCrop's range of the crop area as a fraction of the image.
+        hflip: probability of a horizontal flip (set 0 for images whose side matters).
+        color_jitter: strength of brightness/contrast/saturation jitter; 0 disables.
+        auto_augment: ``randaugment`` or ``trivialaugment`` policies, or ``none``.
+        random_erasing: probability of erasing a random rectangle (filled with the mean).
+        class_weights: loss weight per class: ``none``, ``auto`` (inverse frequency of the
+            train counts, mean 1) or an explicit list in class order.
+        sampler: ``weighted`` draws training images with probability inversely proportional to
+            their class size (with replacement); ``none`` shuffles.
+        predict_dir: folder of images for ``classifier predict`` (any layout; images inside a
+            folder named like a class keep that class as ground truth).
+        class_names: the class order; filled from the checkpoint when testing or predicting
+            (checked against ``train/`` when it exists). ``None`` lists ``train/``.
+        strict: stop with an error listing unreadable files instead of excluding them.
+        scan: decode every file once before training to exclude unreadable ones (cached).
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        image_size: int = 224,
+        crop_pct: float | None = None,
+        interpolation: Interpolation | None = None,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        scale: tuple[float, float] = (0.08, 1.0),
+        hflip: float = 0.5,
+        color_jitter: float = 0.0,
+        auto_augment: AutoAugment = "none",
+        random_erasing: float = 0.0,
+        class_weights: Literal["none", "auto"] | list[float] = "none",
+        sampler: Literal["none", "weighted"] = "none",
+        predict_dir: str | None = None,
+        class_names: list[str] | None = None,
+        strict: bool = False,
+        scan: bool = True,
+    ) -> None:
+        super().__init__()
+        # class_names belongs to the model's hyper-parameters (it is linked from here).
+        self.save_hyperparameters(ignore=["class_names"])
+        self.data_dir = Path(data_dir)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or 2 * batch_size
+        self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+        self._class_names = class_names
+        self.splits: dict[str, Split] = {}
+        self.datasets: dict[str, ImageDataset] = {}
+        #: ``{split: {path: reason}}`` of files the pre-scan excluded.
+        self.excluded: dict[str, dict[str, str]] = {}
+        self.preprocessing: Preprocessing | None = None
+        self.train_sampler: EpochSampler | None = None
+        self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in label order: given, or the sorted folders of ``train/``."""
+        if self._class_names is None:
+            self._class_names = list(class_dirs(self._split_root("train")))
+            if not self._class_names:
+                raise DataError(f"{self.data_dir / 'train'} has no class folders.")
+        return self._class_names
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+    def _split_root(self, name: str) -> Path:
+        if not self.data_dir.is_dir():
+            raise DataError(f"data_dir {self.data_dir} does not exist (set --data.data_dir).")
+        root = self.data_dir / name
+        if not root.is_dir():
+            raise DataError(
+                f"{root} is missing: data_dir must hold train/ and val/ (and optionally test/), "
+                "each with one folder per class."
+            )
+        return root
+
+    def resolve_preprocessing(self, backbone: dict[str, Any] | None = None) -> Preprocessing:
+        """Evaluation preprocessing from the arguments, else the backbone's pretrained config."""
+        backbone = backbone or {}
+        hp = self.hparams
+        return Preprocessing.from_crop_pct(
+            image_size=hp.image_size,
+            crop_pct=hp.crop_pct or backbone.get("crop_pct", 0.875),
+            interpolation=hp.interpolation or backbone.get("interpolation", "bilinear"),
+            mean=hp.mean or backbone.get("mean", IMAGENET_MEAN),
+            std=hp.std or backbone.get("std", IMAGENET_STD),
+        )
+
+    def setup(self, stage: str) -> None:
+        """Read the splits the stage needs, pre-scan them and build the datasets."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        self.preprocessing = self.resolve_preprocessing(getattr(module, "backbone_config", None))
+        self._check_class_names()
+        wanted: dict[str, list[Stage]] = {
+            "fit": ["train", "val"],
+            "validate": ["val"],
+            "test": ["test"],
+            "predict": ["predict"],
+        }
+        for name in wanted[stage]:
+            if name not in self.splits:
+                self.splits[name] = self._read(name)
+        self._build_datasets()
+        self._report_excluded()
+
+    def _check_class_names(self) -> None:
+        train = self.data_dir / "train"
+        if self._class_names is not None and train.is_dir():
+            found = list(class_dirs(train))
+            if found != self._class_names:
+                raise DataError(
+                    f"the checkpoint's classes {self._class_names} differ from the folders of "
+                    f"{train}: {found}. Use the data the model was trained on."
+                )
+
+    def _read(self, name: Stage) -> Split:
+        if name == "predict":
+            if self.hparams.predict_dir is None:
+                raise DataError("predict needs --data.predict_dir DIR (a folder of images).")
+            split = read_unlabelled(Path(self.hparams.predict_dir), self.class_names)
+        else:
+            split = read_split(name, self._split_root(name), self.class_names)
+        if self.hparams.scan:
+            bad = scan_files(split.paths, split.root)
+            if bad:
+                self.excluded[name] = bad
+                keep = [i for i, p in enumerate(split.paths) if str(p) not in bad]
+                split.paths = [split.paths[i] for i in keep]
+                split.labels = [split.labels[i] for i in keep]
+            if not split.paths:
+                raise DataError(f"no readable images in {split.root}.")
+        return split
+
+    def _report_excluded(self) -> None:
+        if not self.excluded:
+            return
+        rows = [(s, p, r) for s, bad in self.excluded.items() for p, r in sorted(bad.items())]
+        listing = "\n".join(f"  {p}: {r}" for _, p, r in rows[:20])
+        more = f"\n  ... and {len(rows) - 20} more" if len(rows) > 20 else ""
+        if self.hparams.strict:
+            raise DataError(f"{len(rows)} unreadable image(s) (strict: true):\n{listing}{more}")
+        report = ""
+        if self.trainer is not None and self.trainer.is_global_zero:
+            path = run_dir(self.trainer) / "excluded_files.csv"
+            write_csv(path, ["split", "path", "reason"], rows)
+            report = f" (list in {path})"
+        warnings.warn(
+            f"excluded {len(rows)} unreadable image(s){report}:\n{listing}{more}", stacklevel=2
+        )
+
+    def _build_datasets(self) -> None:
+        assert self.preprocessing is not None
+        hp = self.hparams
+        for name, split in self.splits.items():
+            if name in self.datasets:
+                continue
+            transform = (
+                train_transform(
+                    self.preprocessing,
+                    scale=hp.scale,
+                    hflip=hp.hflip,
+                    color_jitter=hp.color_jitter,
+                    auto_augment=hp.auto_augment,
+                    random_erasing=hp.random_erasing,
+                )
+                if name == "train"
+                else eval_transform(self.preprocessing)
+            )
+            self.datasets[name] = ImageDataset(split.paths, split.labels, transform)
+
+    def class_counts(self, split: str = "train") -> list[int]:
+        """Images per class in ``split`` (after exclusions)."""
+        counts = torch.bincount(
+            torch.tensor(self.splits[split].labels, dtype=torch.long), minlength=self.num_classes
+        )
+        return [int(c) for c in counts]
+
+    def loss_weights(self) -> torch.Tensor | None:
+        """Per-class loss weights from ``class_weights``, or ``None`` for uniform."""
+        setting = self.hparams.class_weights
+        if setting == "none":
+            return None
+        if setting == "auto":
+            counts = torch.tensor(self.class_counts("train"), dtype=torch.float)
+            return counts.sum() / (len(counts) * counts.clamp(min=1))
+        if len(setting) != self.num_classes:
+            raise DataError(
+                f"class_weights has {len(setting)} values for {self.num_classes} classes "
+                f"({', '.join(self.class_names)})."
+            )
+        return torch.tensor(setting, dtype=torch.float)
+
+    def _rank(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _loader(self, name: str, sampler: Sampler[int], batch_size: int) -> DataLoader[Any]:
+        workers = self.num_workers
+        pin = self.hparams.pin_memory
+        if pin is None:
+            pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        return DataLoader(
+            self.datasets[name],
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=pin,
+            persistent_workers=workers > 0 and name == "train",
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        """Shuffled or weighted, sharded across processes."""
+        rank, world = self._rank()
+        labels = torch.tensor(self.splits["train"].labels)
+        weights = None
+        if self.hparams.sampler == "weighted":
+            counts = torch.bincount(labels, minlength=self.num_classes).double()
+            weights = (1.0 / counts.clamp(min=1))[labels]
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        self.train_sampler = EpochSampler(len(labels), weights, seed, rank, world)
+        return self._loader("train", self.train_sampler, self.batch_size)
+
+    def _eval_loader(self, name: str) -> DataLoader[Any]:
+        rank, world = self._rank()
+        sampler = ShardSampler(len(self.datasets[name]), rank, world)
+        return self._loader(name, sampler, self.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        """In file order, each image on exactly one process."""
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader[Any]:
+        """In file order, each image on exactly one process."""
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader[Any]:
+        """In file order, each image on exactly one process."""
+        return self._eval_loader("predict")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Normalise ``uint8`` images on the device they were sent to."""
+        images, labels, indices = batch
+        if images.dtype == torch.uint8:
+            assert self.preprocessing is not None
+            if self._mean_std is None or self._mean_std[0].device != images.device:
+                pre = self.preprocessing
+                self._mean_std = (
+                    torch.tensor(pre.mean, device=images.device).view(1, 3, 1, 1),
+                    torch.tensor(pre.std, device=images.device).view(1, 3, 1, 1),
+                )
+            images = normalize(images, *self._mean_std)
+        return images, labels, indices

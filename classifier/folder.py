@@ -1,0 +1,161 @@
+"""Finding classes and images in an ImageFolder tree.
+
+The class map is decided once, from ``train/``: sorted, Unicode-normalised folder names. Every
+other split looks labels up by *name* in that map, so a validation split that lacks a class keeps
+every other label right, and a split holding a class that train lacks is an error naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from classifier.images import is_image_file
+
+#: Folder names that are never classes (tool and OS droppings).
+IGNORED_DIRS = frozenset({"__MACOSX", "__pycache__", "@eaDir", "$RECYCLE.BIN"})
+
+
+class DataError(ValueError):
+    """A problem with the image folder that the user must fix; the message says how."""
+
+
+def _is_class_dir(entry: os.DirEntry[str]) -> bool:
+    return (
+        entry.is_dir(follow_symlinks=True)
+        and not entry.name.startswith(".")
+        and entry.name not in IGNORED_DIRS
+    )
+
+
+def class_dirs(split_dir: Path) -> dict[str, Path]:
+    """Map each NFC-normalised class name in ``split_dir`` to its folder.
+
+    Raises:
+        DataError: two folders differ only by case or Unicode form (``Cat`` and ``cat``).
+    """
+    found: dict[str, Path] = {}
+    folded: dict[str, str] = {}
+    with os.scandir(split_dir) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if not _is_class_dir(entry):
+                continue
+            name = unicodedata.normalize("NFC", entry.name)
+            key = name.casefold()
+            if key in folded:
+                raise DataError(
+                    f"{split_dir}: class folders {folded[key]!r} and {entry.name!r} differ only "
+                    "by case or Unicode form; merge or rename one of them."
+                )
+            folded[key] = entry.name
+            found[name] = Path(entry.path)
+    return dict(sorted(found.items()))
+
+
+def walk_images(folder: Path) -> list[Path]:
+    """All image files under ``folder``, recursively and sorted, following symlinks once.
+
+    Raises:
+        DataError: a symlink points back to a folder already being walked (a cycle).
+    """
+    images: list[Path] = []
+    ancestors: list[str] = []
+
+    def visit(directory: Path) -> None:
+        real = os.path.realpath(directory)
+        if real in ancestors:
+            raise DataError(f"symlink cycle: {directory} points back to {real}; remove the link.")
+        ancestors.append(real)
+        with os.scandir(directory) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.is_dir(follow_symlinks=True):
+                    if not entry.name.startswith(".") and entry.name not in IGNORED_DIRS:
+                        visit(Path(entry.path))
+                elif entry.is_file(follow_symlinks=True) and is_image_file(entry.name):
+                    images.append(Path(entry.path))
+        ancestors.pop()
+
+    visit(folder)
+    return images
+
+
+@dataclass
+class Split:
+    """The images of one split with labels from the train class map.
+
+    Attributes:
+        name: ``train``, ``val``, ``test`` or ``predict``.
+        root: the split's folder.
+        paths: image files, sorted by class then path.
+        labels: class index of each path in the train class map (-1: unknown, predict only).
+        missing_classes: train classes with no images in this split.
+        empty_classes: class folders present but holding no image.
+    """
+
+    name: str
+    root: Path
+    paths: list[Path] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    missing_classes: list[str] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def read_split(name: str, root: Path, class_names: list[str]) -> Split:
+    """Collect the images of a labelled split, looking labels up by class name.
+
+    Raises:
+        DataError: the split has a class that ``class_names`` lacks, train has an empty class,
+            or the split holds no image at all.
+    """
+    index = {c: i for i, c in enumerate(class_names)}
+    split = Split(name, root)
+    for class_name, folder in class_dirs(root).items():
+        if class_name not in index:
+            raise DataError(
+                f"{name} split has class {class_name!r} ({folder}) that train/ lacks; "
+                f"known classes: {', '.join(class_names)}. Add it to train/ or remove it."
+            )
+        files = walk_images(folder)
+        if not files:
+            split.empty_classes.append(class_name)
+        split.paths += files
+        split.labels += [index[class_name]] * len(files)
+    present = set(split.labels)
+    split.missing_classes = [c for i, c in enumerate(class_names) if i not in present]
+    if name == "train" and split.empty_classes:
+        raise DataError(
+            f"train/ class folder(s) without images: {', '.join(split.empty_classes)} in {root}. "
+            "Every class needs training images; add some or remove the folder."
+        )
+    if not split.paths:
+        raise DataError(f"no images found in {root} (extensions: .jpg .png .webp .tif ...).")
+    if split.empty_classes:
+        warnings.warn(
+            f"{name}/ has empty class folder(s): {', '.join(split.empty_classes)}", stacklevel=2
+        )
+    return split
+
+
+def read_unlabelled(root: Path, class_names: list[str]) -> Split:
+    """Collect images to predict: any folder tree; images under a known class folder keep it.
+
+    Raises:
+        DataError: ``root`` does not exist or holds no image.
+    """
+    if not root.is_dir():
+        raise DataError(f"predict_dir {root} is not a folder.")
+    index = {unicodedata.normalize("NFC", c): i for i, c in enumerate(class_names)}
+    split = Split("predict", root)
+    for path in walk_images(root):
+        parent = unicodedata.normalize("NFC", path.parent.name)
+        split.paths.append(path)
+        split.labels.append(index.get(parent, -1) if path.parent != root else -1)
+    if not split.paths:
+        raise DataError(f"no images found in {root}.")
+    return split

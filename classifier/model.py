@@ -1,0 +1,244 @@
+"""``ImageClassifier``: any timm backbone as a LightningModule."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MeanMetric
+
+from classifier.backbone import create_backbone
+from classifier.files import run_dir
+from classifier.metrics import confusion_matrix, summary_metrics, write_per_class_csv
+from classifier.optim import Schedule, lr_multiplier
+from classifier.transforms import Preprocessing
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+EvalStage = Literal["val", "test"]
+
+
+class ImageClassifier(pl.LightningModule):
+    """Single-label image classifier on a timm backbone.
+
+    Args:
+        model_name: any timm model name, e.g. ``resnet50``, ``convnext_tiny``,
+            ``vit_small_patch16_224`` (``timm.list_models()`` lists them).
+        class_names: class names in label order; filled from the data (``train/`` folders)
+            or the checkpoint, never typed by hand.
+        pretrained: ``true`` downloads timm hub weights; a path loads a local
+            ``.safetensors``/``.pth`` file (for machines without internet); ``false`` starts
+            from random weights.
+        drop_rate: dropout before the classifier head.
+        drop_path_rate: stochastic depth rate (ConvNeXt/ViT/ResNet in timm).
+        label_smoothing: cross-entropy label smoothing (0.1 is a common choice).
+        optimizer: ``adamw`` or ``sgd`` (with Nesterov momentum); bias and norm weights get no
+            weight decay.
+        lr: peak learning rate, reached after warm-up.
+        weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
+        momentum: SGD momentum (ignored by AdamW).
+        scheduler: ``cosine`` decay to ``min_lr_ratio * lr``, ``multistep`` decay by ``gamma``
+            at ``milestones``, or ``constant``; all stepped per optimizer step.
+        warmup_epochs: linear warm-up length in epochs (fractions allowed).
+        min_lr_ratio: final learning rate of the cosine schedule as a fraction of ``lr``.
+        milestones: epochs at which ``multistep`` multiplies the learning rate by ``gamma``.
+        gamma: ``multistep`` decay factor.
+        mixup: MixUp alpha (timm ``Mixup``); 0 disables.
+        cutmix: CutMix alpha; 0 disables. With both on, each batch uses one of them.
+        mixup_off_epoch: epoch from which MixUp/CutMix stop (train the last epochs on clean
+            images); ``None`` mixes throughout.
+        channels_last: run the network in channels-last memory format (faster on GPUs with
+            tensor cores).
+        compile: compile the network with ``torch.compile``; falls back to eager with a warning
+            if compilation fails.
+        top_k: how many classes ``predict`` lists per image.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "resnet50",
+        class_names: list[str] | None = None,
+        pretrained: bool | str = True,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        label_smoothing: float = 0.0,
+        optimizer: Literal["adamw", "sgd"] = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        momentum: float = 0.9,
+        scheduler: Schedule = "cosine",
+        warmup_epochs: float = 0.0,
+        min_lr_ratio: float = 0.0,
+        milestones: list[int] | None = None,
+        gamma: float = 0.1,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        mixup_off_epoch: int | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        top_k: int = 5,
+    ) -> None:
+        super().__init__()
+        if not class_names:
+            raise ValueError("class_names is empty: it comes from the data's train/ folders.")
+        self.save_hyperparameters()
+        self.class_names = list(class_names)
+        self.num_classes = len(class_names)
+        self.model = create_backbone(
+            model_name, self.num_classes, pretrained, drop_rate, drop_path_rate
+        )
+        import timm.data
+
+        #: The backbone's pretrained preprocessing (mean, std, crop_pct, interpolation).
+        self.backbone_config: dict[str, Any] = timm.data.resolve_model_data_config(self.model)
+        #: Set from the data at setup and stored in checkpoints.
+        self.preprocessing: Preprocessing | None = None
+        self.register_buffer("class_weights", torch.ones(self.num_classes), persistent=False)
+        self.use_class_weights = False
+        self.mixup_fn: Any = None
+        if mixup > 0 or cutmix > 0:
+            from timm.data import Mixup
+
+            self.mixup_fn = Mixup(
+                mixup_alpha=mixup,
+                cutmix_alpha=cutmix,
+                label_smoothing=label_smoothing,
+                num_classes=self.num_classes,
+            )
+        self.train_top1 = summary_metrics(self.num_classes)["top1"]
+        self.metrics = torch.nn.ModuleDict(
+            {s: summary_metrics(self.num_classes) for s in ("val", "test")}
+        )
+        self.confmats = torch.nn.ModuleDict(
+            {s: confusion_matrix(self.num_classes) for s in ("val", "test")}
+        )
+        self.losses = torch.nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+
+    def configure_model(self) -> None:
+        """Compile the network when ``compile`` is set (once, before training starts)."""
+        if self.hparams.compile and not isinstance(self.model, torch._dynamo.OptimizedModule):
+            self.model = torch.compile(self.model)  # type: ignore[assignment]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for a normalised ``float`` NCHW batch."""
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits: torch.Tensor = self.model(images)
+        return logits
+
+    def setup(self, stage: str) -> None:
+        """Take the preprocessing and the loss weights from the data module."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            return
+        if getattr(datamodule, "preprocessing", None) is not None:
+            self.preprocessing = datamodule.preprocessing
+        if stage == "fit" and hasattr(datamodule, "loss_weights"):
+            weights = datamodule.loss_weights()
+            self.use_class_weights = weights is not None
+            if weights is not None:
+                self.class_weights.copy_(weights)
+
+    def _mixing(self, batch_size: int) -> bool:
+        off = self.hparams.mixup_off_epoch
+        on = off is None or self.current_epoch < off
+        return self.mixup_fn is not None and on and batch_size % 2 == 0
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        """Cross-entropy (label smoothing, class weights), or soft-target CE under mixing."""
+        images, labels, _ = batch
+        weight = self.class_weights if self.use_class_weights else None
+        if self._mixing(len(images)):
+            images, soft = self.mixup_fn(images, labels)
+            logits = self(images)
+            log_probs = F.log_softmax(logits, dim=1)
+            per_class = soft * log_probs if weight is None else soft * log_probs * weight
+            loss = -per_class.sum(1).mean()
+        else:
+            logits = self(images)
+            loss = F.cross_entropy(
+                logits, labels, weight=weight, label_smoothing=self.hparams.label_smoothing
+            )
+            self.train_top1.update(logits.detach(), labels)
+            self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def _eval_step(self, stage: EvalStage, batch: Batch) -> dict[str, torch.Tensor]:
+        images, labels, indices = batch
+        logits = self(images)
+        losses = F.cross_entropy(logits.float(), labels, reduction="none")
+        self.losses[stage].update(losses)
+        self.metrics[stage].update(logits, labels)
+        self.confmats[stage].update(logits.argmax(1), labels)
+        return {"logits": logits.detach(), "losses": losses.detach(), "indices": indices}
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Update loss, summary metrics and confusion matrix; return per-image outputs."""
+        return self._eval_step("val", batch)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """As :meth:`validation_step`, for the test split."""
+        return self._eval_step("test", batch)
+
+    def _eval_epoch_end(self, stage: EvalStage) -> None:
+        if not self.trainer.sanity_checking:
+            values = {f"{stage}/{k}": v for k, v in self.metrics[stage].compute().items()}
+            values[f"{stage}/loss"] = self.losses[stage].compute()
+            self.log_dict(values, prog_bar=stage == "val")
+            confmat = self.confmats[stage].compute()
+            if self.trainer.is_global_zero:
+                path = run_dir(self.trainer) / f"{stage}_per_class.csv"
+                write_per_class_csv(path, confmat, self.class_names)
+        for metric in (self.metrics[stage], self.confmats[stage], self.losses[stage]):
+            metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``val/*`` metrics and write ``val_per_class.csv`` (skipped in sanity checks)."""
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Log ``test/*`` metrics and write ``test_per_class.csv``."""
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Class probabilities with the dataset indices and labels (-1 if unknown)."""
+        images, labels, indices = batch
+        probs = self(images).float().softmax(dim=1)
+        return {"probs": probs, "labels": labels, "indices": indices}
+
+    def configure_optimizers(self) -> Any:
+        """timm's optimizer factory (no decay on norms/biases) and a per-step LR schedule."""
+        from timm.optim import create_optimizer_v2
+
+        hp = self.hparams
+        opt = hp.optimizer  # timm: "sgd" is SGD with Nesterov momentum
+        optimizer = create_optimizer_v2(
+            self.model, opt=opt, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs or 1)
+        factor = lr_multiplier(
+            hp.scheduler,
+            total_steps=total,
+            steps_per_epoch=max(1, total // epochs),
+            warmup_epochs=hp.warmup_epochs,
+            min_lr_ratio=hp.min_lr_ratio,
+            milestones=hp.milestones or (),
+            gamma=hp.gamma,
+        )
+        scheduler = LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store class names and preprocessing so the checkpoint describes itself."""
+        checkpoint["class_names"] = self.class_names
+        if self.preprocessing is not None:
+            checkpoint["preprocessing"] = self.preprocessing.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the preprocessing saved by :meth:`on_save_checkpoint`."""
+        if "preprocessing" in checkpoint:
+            self.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])

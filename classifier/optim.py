@@ -1,0 +1,40 @@
+"""Learning-rate schedules as a per-step multiplier of the base learning rate."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+Schedule = Literal["cosine", "multistep", "constant"]
+
+
+def lr_multiplier(
+    schedule: Schedule,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 0.0,
+    min_lr_ratio: float = 0.0,
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
+) -> Callable[[int], float]:
+    """The factor applied to the base LR at optimizer step ``step``.
+
+    Linear warm-up from ~0 over ``warmup_epochs``, then ``cosine`` decay to
+    ``min_lr_ratio``, ``multistep`` decay by ``gamma`` at each epoch in ``milestones``, or
+    ``constant``.
+    """
+    warmup = round(warmup_epochs * steps_per_epoch)
+    milestone_steps = sorted(m * steps_per_epoch for m in milestones)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if schedule == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+            return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        if schedule == "multistep":
+            return float(gamma ** sum(step >= m for m in milestone_steps))
+        return 1.0
+
+    return factor

@@ -1,0 +1,84 @@
+"""Writing ``predictions.csv`` for ``classifier predict``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+from classifier.files import run_dir, write_csv
+
+
+def _gather(obj: Any) -> list[Any]:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+class PredictionWriter(Callback):
+    """Write one CSV row per image: path, predicted class, confidence, top-k, true class.
+
+    ``classifier predict`` adds this callback when the config has none. The true class column
+    appears when the images lie in folders named like the classes.
+
+    Args:
+        filename: CSV file name inside the run folder.
+        top_k: classes listed per image; ``None`` uses the model's ``top_k``.
+    """
+
+    def __init__(self, filename: str = "predictions.csv", top_k: int | None = None) -> None:
+        self.filename = filename
+        self.top_k = top_k
+        self._rows: list[tuple[int, int, list[float]]] = []
+        self.path: Path | None = None
+
+    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start a new table."""
+        self._rows = []
+
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Keep (index, label, probabilities) of each image."""
+        probs = outputs["probs"].cpu()
+        for index, label, row in zip(
+            outputs["indices"].tolist(), outputs["labels"].tolist(), probs.tolist(), strict=True
+        ):
+            self._rows.append((index, label, row))
+
+    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Gather every rank's rows and write the CSV on rank 0."""
+        rows = sorted(r for part in _gather(self._rows) for r in part)
+        if not trainer.is_global_zero:
+            return
+        names: list[str] = list(pl_module.class_names)  # type: ignore[arg-type]
+        paths = trainer.datamodule.splits["predict"].paths  # type: ignore[attr-defined]
+        k = min(self.top_k or int(pl_module.hparams.get("top_k", 5)), len(names))
+        has_truth = any(label >= 0 for _, label, _ in rows)
+        header = ["path", "predicted", "confidence"] + (["true"] if has_truth else [])
+        for i in range(1, k + 1):
+            header += [f"top{i}_class", f"top{i}_prob"]
+        table = []
+        for index, label, probs in rows:
+            values, order = torch.tensor(probs).topk(k)
+            line: list[Any] = [str(paths[index]), names[order[0]], round(float(values[0]), 6)]
+            if has_truth:
+                line.append(names[label] if label >= 0 else "")
+            for value, cls in zip(values.tolist(), order.tolist(), strict=True):
+                line += [names[cls], round(value, 6)]
+            table.append(line)
+        self.path = run_dir(trainer) / self.filename
+        write_csv(self.path, header, table)
+        rank_zero_info(f"Wrote {len(table)} predictions to {self.path}")

@@ -1,0 +1,80 @@
+"""A cached pre-scan that finds unusable image files before training starts.
+
+Every file is decoded fully (``Image.verify()`` misses truncated JPEG tails). Results are cached
+per file (path, size, modification time) outside the data folder, so a second run on the same
+folder only re-reads files that changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from PIL import Image
+
+from classifier.images import load_pil
+from classifier.files import atomic_write_text
+
+#: Cache format version; bump when the checks change.
+_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """``$CLASSIFIER_CACHE_DIR`` or ``~/.cache/classifier``."""
+    default = Path.home() / ".cache" / "classifier"
+    return Path(os.environ.get("CLASSIFIER_CACHE_DIR", default))
+
+
+def check_file(path: Path) -> str | None:
+    """Return why ``path`` cannot be used, or ``None`` if it decodes fully."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        load_pil(path)
+    except Image.DecompressionBombError as error:
+        return f"decompression bomb: {error}"
+    except Exception as error:  # any decoder failure makes the file unusable
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _key(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def scan_files(paths: Sequence[Path], root: Path, progress: bool = True) -> dict[str, str]:
+    """Decode every file in ``paths``; return ``{path: reason}`` for the unusable ones.
+
+    Args:
+        paths: image files to check.
+        root: the data folder, naming the cache file.
+        progress: show a progress bar while scanning files not yet cached.
+    """
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    cache_file = cache_dir() / f"scan-v{_VERSION}-{digest}.json"
+    try:
+        cache: dict[str, list[str | None]] = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    keys = {str(p): _key(p) for p in paths}
+    todo = [p for p in paths if cache.get(str(p), [None])[0] != keys[str(p)]]
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+            results = pool.map(check_file, todo)
+            if progress and len(todo) > 200:
+                from rich.progress import track
+
+                results = track(results, total=len(todo), description="Scanning images")
+            for path, reason in zip(todo, results, strict=True):
+                cache[str(path)] = [keys[str(path)], reason]
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cache_file, json.dumps(cache))
+        except OSError:
+            pass  # a read-only home must not stop training; the scan reruns next time
+    return {str(p): str(cache[str(p)][1]) for p in paths if cache[str(p)][1] is not None}

@@ -1,0 +1,139 @@
+"""The preprocessing contract and the torchvision v2 pipelines built from it.
+
+Images travel as ``uint8`` tensors through every CPU transform (cheaper per core than float),
+and are converted to normalised ``float32`` only after the batch reaches the training device
+(:func:`normalize`). The same :class:`Preprocessing` is saved in checkpoints and in ONNX metadata
+so that a consumer reproduces evaluation exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torchvision.transforms import v2
+
+#: ImageNet statistics, used when a backbone's pretrained config has none.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+AutoAugment = Literal["none", "randaugment", "trivialaugment"]
+Interpolation = Literal["bilinear", "bicubic", "nearest"]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What an image goes through before the network, at evaluation time.
+
+    Attributes:
+        image_size: side of the square crop fed to the network.
+        resize_size: the shorter side is resized to this before the centre crop.
+        interpolation: resize interpolation.
+        mean: per-channel mean, for RGB values scaled to [0, 1].
+        std: per-channel standard deviation, for RGB values scaled to [0, 1].
+    """
+
+    image_size: int
+    resize_size: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_crop_pct(
+        cls,
+        image_size: int,
+        crop_pct: float,
+        interpolation: str,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+    ) -> Preprocessing:
+        """Build from timm's ``crop_pct`` convention (resize = size / crop_pct)."""
+        if not 0 < crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        return cls(
+            image_size=image_size,
+            resize_size=math.floor(image_size / crop_pct),
+            interpolation=interpolation,
+            mean=(float(mean[0]), float(mean[1]), float(mean[2])),
+            std=(float(std[0]), float(std[1]), float(std[2])),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict, also describing the network input."""
+        return {
+            **asdict(self),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "crop": "center",
+            "input_layout": "NCHW, RGB",
+            "input_range": "float32: (pixel / 255 - mean) / std",
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        """Inverse of :meth:`to_dict` (extra keys are ignored)."""
+        return cls(
+            image_size=int(data["image_size"]),
+            resize_size=int(data["resize_size"]),
+            interpolation=str(data["interpolation"]),
+            mean=tuple(float(m) for m in data["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(s) for s in data["std"]),  # type: ignore[arg-type]
+        )
+
+
+def _mode(name: str) -> v2.InterpolationMode:
+    return v2.InterpolationMode(name)
+
+
+def eval_transform(pre: Preprocessing) -> v2.Compose:
+    """Resize the shorter side, centre-crop; ``uint8`` in, ``uint8`` out."""
+    return v2.Compose(
+        [
+            v2.Resize(pre.resize_size, interpolation=_mode(pre.interpolation), antialias=True),
+            v2.CenterCrop(pre.image_size),
+        ]
+    )
+
+
+def train_transform(
+    pre: Preprocessing,
+    scale: tuple[float, float] = (0.08, 1.0),
+    hflip: float = 0.5,
+    color_jitter: float = 0.0,
+    auto_augment: AutoAugment = "none",
+    random_erasing: float = 0.0,
+) -> v2.Compose:
+    """Training augmentation on ``uint8`` tensors (see ``ImageFolderDataModule`` arguments)."""
+    steps: list[Any] = [
+        v2.RandomResizedCrop(
+            pre.image_size, scale=scale, interpolation=_mode(pre.interpolation), antialias=True
+        )
+    ]
+    if hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(hflip))
+    if color_jitter > 0:
+        steps.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))
+    if auto_augment == "randaugment":
+        steps.append(v2.RandAugment(interpolation=v2.InterpolationMode.BILINEAR))
+    elif auto_augment == "trivialaugment":
+        steps.append(v2.TrivialAugmentWide(interpolation=v2.InterpolationMode.BILINEAR))
+    if random_erasing > 0:
+        # Erased pixels take the mean colour, which is zero after normalisation.
+        fill = [round(m * 255) for m in pre.mean]
+        steps.append(v2.RandomErasing(p=random_erasing, value=fill))
+    return v2.Compose(steps)
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``uint8`` NCHW batch to normalised ``float32`` (mean/std shaped ``1x3x1x1``)."""
+    return (images.float().div_(255.0) - mean) / std
+
+
+def denormalize(images: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    """Normalised float NCHW batch back to RGB in [0, 1], for showing images."""
+    mean = torch.tensor(pre.mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, device=images.device).view(1, 3, 1, 1)
+    return (images.float() * std + mean).clamp(0, 1)

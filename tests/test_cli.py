@@ -1,0 +1,87 @@
+"""End to end through the real CLI: fit, then test and predict from the checkpoint alone."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, run_cli, tiny
+
+
+def _run_folder(cli: object) -> Path:
+    return Path(cli.trainer.log_dir)  # type: ignore[attr-defined]
+
+
+def test_fit_then_test_and_predict_from_checkpoint_alone(image_folder: Path) -> None:
+    cli = run_cli(*tiny("fit", image_folder))
+    run = _run_folder(cli)
+    best = run / "checkpoints" / "best.ckpt"
+    assert best.is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["model_name"] == "test_resnet"
+    assert (run / "val_per_class.csv").is_file()
+
+    # No --config: the checkpoint says which model, classes and data it needs.
+    tested = run_cli("test", "--ckpt_path", str(best))
+    metrics = tested.trainer.callback_metrics  # type: ignore[attr-defined]
+    assert {"test/top1", "test/balanced_acc", "test/f1_macro", "test/loss"} <= set(metrics)
+    rows = list(csv.DictReader((_run_folder(tested) / "test_per_class.csv").open()))
+    assert [r["class"] for r in rows] == ["cat", "dog", "fox"]
+    assert sum(int(r["support"]) for r in rows) == 18
+
+    predicted = run_cli(
+        "predict", "--ckpt_path", str(best), "--data.predict_dir", str(image_folder / "val")
+    )
+    table = list(csv.DictReader((_run_folder(predicted) / "predictions.csv").open()))
+    assert len(table) == 18
+    assert {"path", "predicted", "confidence", "true", "top1_class", "top3_prob"} <= set(table[0])
+    assert {r["true"] for r in table} == {"cat", "dog", "fox"}
+    assert all(r["predicted"] == r["top1_class"] for r in table)
+    probs = [sum(float(r[f"top{i}_prob"]) for i in (1, 2, 3)) for r in table]
+    assert all(abs(p - 1) < 1e-4 for p in probs)
+
+
+def test_runs_never_overwrite_each_other(image_folder: Path) -> None:
+    args = tiny("fit", image_folder, "--trainer.max_epochs", "1")
+    first, second = _run_folder(run_cli(*args)), _run_folder(run_cli(*args))
+    assert first != second
+    assert (first / "config.yaml").is_file() and (second / "config.yaml").is_file()
+
+
+def test_trained_model_beats_chance(folder_factory) -> None:  # type: ignore[no-untyped-def]
+    data = folder_factory(counts={"train": 40, "val": 12, "test": 12})
+    cli = run_cli(
+        *tiny("fit", data, "--trainer.max_epochs", "4", "--test_after_fit", "true")
+    )
+    top1 = float(cli.trainer.callback_metrics["test/top1"])  # type: ignore[attr-defined]
+    assert top1 >= 0.8, f"test top1 {top1:.2f}; chance is 0.33"
+
+
+def test_unknown_model_name_lists_close_names(image_folder: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown timm model 'resnet5O'.*resnet50"):
+        run_cli(*tiny("fit", image_folder, "--model.model_name", "resnet5O"))
+
+
+def test_print_config_is_reproducible(image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(*tiny("fit", image_folder, "--model.lr", "0.02", "--print_config"))
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["lr"] == 0.02
+    assert printed["data"]["data_dir"] == str(image_folder)
+
+
+@pytest.mark.slow
+def test_installed_command_runs_as_a_subprocess() -> None:
+    for command in ([str(Path(sys.executable).parent / "classifier")], [sys.executable, "-m", "classifier"]):
+        result = subprocess.run(
+            [*command, "fit", "--help"], capture_output=True, text=True, timeout=120, cwd=REPO
+        )
+        assert result.returncode == 0, result.stderr
+        assert "--model.model_name" in result.stdout
+        assert "any timm model name" in result.stdout

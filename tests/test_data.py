@@ -1,0 +1,71 @@
+"""The data module: one class map from train/, labels by name, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from classifier.data import ImageFolderDataModule
+from classifier.folder import DataError
+
+
+def _setup(root: Path, stage: str = "fit", **kwargs: object) -> ImageFolderDataModule:
+    dm = ImageFolderDataModule(str(root), image_size=32, num_workers=0, **kwargs)  # type: ignore[arg-type]
+    dm.setup(stage)
+    return dm
+
+
+def test_classes_come_from_train_sorted(folder_factory) -> None:  # type: ignore[no-untyped-def]
+    dm = _setup(folder_factory(classes=("zebra", "ant", "mole")))
+    assert dm.class_names == ["ant", "mole", "zebra"]
+    assert dm.num_classes == 3
+
+
+def test_val_missing_a_class_keeps_other_labels(folder_factory) -> None:  # type: ignore[no-untyped-def]
+    dm = _setup(folder_factory(skip={"val": ["dog"]}))
+    val = dm.splits["val"]
+    assert val.missing_classes == ["dog"]
+    by_class = {path.parent.name: label for path, label in zip(val.paths, val.labels, strict=True)}
+    # torchvision's ImageFolder would give fox label 1 here; it must stay 2.
+    assert by_class == {"cat": 0, "fox": 2}
+
+
+def test_val_with_unknown_class_is_an_error_naming_it(folder_factory) -> None:  # type: ignore[no-untyped-def]
+    root = folder_factory(extra={"val": ["wolf"]})
+    with pytest.raises(DataError, match=r"val split has class 'wolf'.*val/wolf"):
+        _setup(root)
+
+
+def test_missing_folders_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        _setup(tmp_path / "nope")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(DataError, match=r"train is missing"):
+        _setup(tmp_path / "d")
+
+
+def test_batches_are_normalised_on_transfer(image_folder: Path) -> None:
+    dm = _setup(image_folder)
+    images, labels, indices = next(iter(dm.train_dataloader()))
+    assert images.dtype == torch.uint8 and images.shape[1:] == (3, 32, 32)
+    normalised, _, _ = dm.on_after_batch_transfer((images, labels, indices), 0)
+    assert normalised.dtype == torch.float32
+    assert -3 < float(normalised.mean()) < 3
+
+
+def test_auto_class_weights_are_inverse_frequency(folder_factory) -> None:  # type: ignore[no-untyped-def]
+    root = folder_factory(classes=("a", "b"), counts={"train": 4, "val": 2})
+    for extra in range(8):  # class a: 12 images, class b: 4
+        src = root / "train" / "a" / "a_000.png"
+        (root / "train" / "a" / f"copy{extra}.png").write_bytes(src.read_bytes())
+    dm = _setup(root, class_weights="auto")
+    weights = dm.loss_weights()
+    assert weights is not None
+    assert torch.allclose(weights, torch.tensor([16 / 24, 16 / 8]))
+
+
+def test_checkpoint_classes_must_match_train(image_folder: Path) -> None:
+    with pytest.raises(DataError, match="differ from the folders"):
+        _setup(image_folder, class_names=["cat", "dog", "owl"])

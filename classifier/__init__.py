@@ -1,12 +1,32 @@
 """Train an image classifier on a folder of images and ship it as ONNX.
 
-The public classes are importable from here; heavy optional libraries (ONNX, plotting, WandB)
-are imported only inside the callbacks that use them.
+The public classes are importable from here; heavy optional libraries (ONNX, plotting, WandB,
+fvcore) are imported only inside the callbacks that use them.
 """
 
+from classifier.confusion import ConfusionMatrix
 from classifier.data import ImageFolderDataModule
+from classifier.dataset_stats import DatasetStatistics
+from classifier.distribution import SamplerDistribution
+from classifier.ema import EMA
+from classifier.export import OnnxExport
+from classifier.history import TrainingHistory
 from classifier.model import ImageClassifier
+from classifier.model_info import ModelInfo
 from classifier.predict import PredictionWriter
+from classifier.samples import SampleGrids
 
-__all__ = ["ImageClassifier", "ImageFolderDataModule", "PredictionWriter"]
+__all__ = [
+    "EMA",
+    "ConfusionMatrix",
+    "DatasetStatistics",
+    "ImageClassifier",
+    "ImageFolderDataModule",
+    "ModelInfo",
+    "OnnxExport",
+    "PredictionWriter",
+    "SampleGrids",
+    "SamplerDistribution",
+    "TrainingHistory",
+]
 __version__ = "0.1.0"

@@ -160,6 +160,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self._build_datasets()
         self._report_excluded()
 
+    def split(self, name: Stage) -> Split | None:
+        """Split ``name``, read and scanned on first use; ``None`` when its folder is absent."""
+        if name not in self.splits:
+            if name != "predict" and not (self.data_dir / name).is_dir():
+                return None
+            self.splits[name] = self._read(name)
+        return self.splits[name]
+
     def _check_class_names(self) -> None:
         train = self.data_dir / "train"
         if self._class_names is not None and train.is_dir():

@@ -1,0 +1,134 @@
+"""``ConfusionMatrix``: heatmaps, counts and the most-confused pairs, from the model's metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from classifier.files import run_dir, write_csv
+from classifier.plots import log_image, pyplot, save_figure
+
+
+def most_confused(confmat: torch.Tensor, class_names: list[str], top: int) -> list[list[Any]]:
+    """``[true, predicted, count, share of the true class]`` for the largest off-diagonal cells."""
+    errors = confmat.clone()
+    errors.fill_diagonal_(0)
+    support = confmat.sum(1).clamp(min=1)
+    values, flat = errors.flatten().topk(min(top, errors.numel()))
+    rows = []
+    for count, index in zip(values.tolist(), flat.tolist(), strict=True):
+        if count <= 0:
+            break
+        true, pred = divmod(index, confmat.shape[1])
+        rows.append([class_names[true], class_names[pred], int(count), round(count / float(support[true]), 4)])
+    return rows
+
+
+def focus_classes(confmat: torch.Tensor, limit: int) -> list[int]:
+    """The ``limit`` classes involved in most errors (rows and columns), in class order."""
+    errors = confmat.clone()
+    errors.fill_diagonal_(0)
+    involvement = errors.sum(0) + errors.sum(1)
+    return sorted(involvement.topk(limit).indices.tolist())
+
+
+def heatmap(matrix: torch.Tensor, names: list[str], title: str, normalized: bool) -> Any:
+    """A seaborn heatmap with class names; annotated while it stays readable."""
+    import seaborn as sns
+
+    plt = pyplot()
+    side = max(5.0, min(28.0, 0.45 * len(names) + 3))
+    figure, axes = plt.subplots(figsize=(side + 1.5, side))
+    sns.heatmap(
+        matrix.numpy(),
+        annot=len(names) <= 25,
+        fmt=".2f" if normalized else "d",
+        cmap="Blues",
+        xticklabels=names,
+        yticklabels=names,
+        vmin=0,
+        vmax=1 if normalized else None,
+        square=True,
+        cbar=True,
+        ax=axes,
+        annot_kws={"fontsize": 8},
+    )
+    axes.set(title=title, xlabel="predicted", ylabel="true")
+    return figure
+
+
+class ConfusionMatrix(Callback):
+    """Confusion matrices at the end of validation (every N epochs) and of test.
+
+    Reuses the counts the model accumulated during the epoch (``confmats`` metric, synchronised
+    across processes; no extra forward passes, sanity-check batches excluded). Writes
+    ``confusion_matrix_<stage>.png`` (counts), ``confusion_matrix_<stage>_normalized.png`` (rows
+    sum to 1), ``confusion_matrix_<stage>.csv`` and ``most_confused_<stage>.csv``.
+
+    Args:
+        every_n_epochs: plot the validation matrix every N epochs (the last epoch always).
+        max_classes: above this many classes the plots show the ``max_classes`` classes involved
+            in most errors (the CSV files keep every class).
+        top_pairs: rows in the most-confused-pairs list.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, max_classes: int = 50, top_pairs: int = 20) -> None:
+        self.every_n_epochs = max(1, every_n_epochs)
+        self.max_classes = max_classes
+        self.top_pairs = top_pairs
+        #: The last matrix written per stage (rows: true class).
+        self.matrices: dict[str, torch.Tensor] = {}
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write the validation matrix on schedule."""
+        last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        due = (trainer.current_epoch + 1) % self.every_n_epochs == 0 or last
+        if not trainer.sanity_checking and due:
+            self._write(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write the test matrix."""
+        self._write(trainer, pl_module, "test")
+
+    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # compute() gathers every rank's counts, so every rank must call it.
+        confmat = pl_module.confmats[stage].compute().cpu().long()  # type: ignore[index]
+        if not trainer.is_global_zero:
+            return
+        self.matrices[stage] = confmat
+        names: list[str] = list(pl_module.class_names)  # type: ignore[arg-type]
+        folder = run_dir(trainer)
+        write_csv(
+            folder / f"confusion_matrix_{stage}.csv",
+            ["true \\ predicted", *names],
+            [[name, *row] for name, row in zip(names, confmat.tolist(), strict=True)],
+        )
+        write_csv(
+            folder / f"most_confused_{stage}.csv",
+            ["true", "predicted", "count", "share_of_true"],
+            most_confused(confmat, names, self.top_pairs),
+        )
+        self._plot(trainer, confmat, names, stage, folder)
+
+    def _plot(
+        self, trainer: pl.Trainer, confmat: torch.Tensor, names: list[str], stage: str, folder: Path
+    ) -> None:
+        support = confmat.sum(1, keepdim=True).clamp(min=1).double()
+        shown, note = confmat, ""
+        if len(names) > self.max_classes:
+            keep = focus_classes(confmat, self.max_classes)
+            shown, support = confmat[keep][:, keep], support[keep]
+            names = [names[i] for i in keep]
+            note = f" ({len(keep)} most confused of {confmat.shape[0]} classes)"
+        # Normalised by each true class's full support, so hidden columns still count.
+        normalized = shown.double() / support
+        epoch = f", epoch {trainer.current_epoch + 1}" if stage == "val" else ""
+        for suffix, matrix, is_norm in (("", shown, False), ("_normalized", normalized, True)):
+            kind = " (row-normalised)" if is_norm else ""
+            figure = heatmap(matrix, names, f"{stage} confusion matrix{kind}{epoch}{note}", is_norm)
+            path = save_figure(figure, folder / f"confusion_matrix_{stage}{suffix}.png")
+            log_image(trainer, f"{stage}/confusion_matrix{suffix}", path)

@@ -1,0 +1,100 @@
+"""``SamplerDistribution``: what the training sampler actually drew, per class and epoch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from classifier.files import run_dir, safe_name, write_json
+from classifier.plots import bar_chart, log_image, save_figure
+
+
+def gather_drawn(drawn: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's drawn indices (all ranks draw the same number)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return drawn
+    parts = [torch.empty_like(drawn) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, drawn)
+    return torch.cat(parts)
+
+
+class SamplerDistribution(Callback):
+    """Compare the class distribution of ``train/`` with what the sampler drew each epoch.
+
+    With ``sampler: weighted`` the drawn distribution should be much flatter than the folder's;
+    with plain shuffling it equals it. Prints a table, logs ``sampler/<class>`` (drawn share) to
+    the logger, and writes ``sampler_distribution.json`` (every epoch) and
+    ``sampler_distribution.png`` (latest epoch) into the run folder. Under DDP the draws of all
+    processes are gathered first.
+    """
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, Any]] = []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Gather the epoch's draw (every rank) and report it (rank 0)."""
+        dm = trainer.datamodule  # type: ignore[attr-defined]
+        sampler = getattr(dm, "train_sampler", None)
+        if sampler is None or not hasattr(sampler, "drawn"):
+            raise TypeError(
+                "SamplerDistribution needs classifier's ImageFolderDataModule sampler; "
+                "is use_distributed_sampler: false set for the trainer?"
+            )
+        device = pl_module.device if trainer.world_size > 1 and pl_module.device.type == "cuda" else "cpu"
+        drawn = gather_drawn(sampler.drawn.to(device)).cpu()
+        if not trainer.is_global_zero:
+            return
+        names: list[str] = dm.class_names
+        labels = torch.tensor(dm.splits["train"].labels)
+        baseline = torch.bincount(labels, minlength=len(names)).double()
+        effective = torch.bincount(labels[drawn], minlength=len(names)).double()
+        record = {
+            "epoch": trainer.current_epoch,
+            "draws": int(effective.sum()),
+            "baseline": dict(zip(names, (baseline / baseline.sum()).tolist(), strict=True)),
+            "effective": dict(zip(names, (effective / effective.sum()).tolist(), strict=True)),
+            "effective_counts": dict(zip(names, effective.long().tolist(), strict=True)),
+        }
+        self.epochs = [e for e in self.epochs if e["epoch"] != record["epoch"]] + [record]
+        self._report(trainer, names, record)
+
+    def _report(self, trainer: pl.Trainer, names: list[str], record: dict[str, Any]) -> None:
+        folder = run_dir(trainer)
+        write_json(folder / "sampler_distribution.json", self.epochs)
+        if trainer.logger is not None:
+            trainer.logger.log_metrics(
+                {f"sampler/{safe_name(n)}": v for n, v in record["effective"].items()},
+                step=trainer.global_step,
+            )
+        series = {
+            "train/ folder": [record["baseline"][n] for n in names],
+            "drawn": [record["effective"][n] for n in names],
+        }
+        title = f"Sampler: class shares drawn in epoch {record['epoch'] + 1}"
+        path = save_figure(bar_chart(names, series, title, "share of images"), folder / "sampler_distribution.png")
+        log_image(trainer, "data/sampler_distribution", path)
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"Sampler, epoch {record['epoch'] + 1}")
+        for column in ("class", "folder share", "drawn share", "drawn"):
+            table.add_column(column, justify="right" if column != "class" else "left")
+        for name in names:
+            table.add_row(
+                name,
+                f"{record['baseline'][name]:.3f}",
+                f"{record['effective'][name]:.3f}",
+                str(record["effective_counts"][name]),
+            )
+        Console().print(table)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Per-epoch records, kept across resume."""
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.epochs = list(state_dict.get("epochs", []))

@@ -1,0 +1,98 @@
+"""Exponential moving average of the weights, on Lightning's ``WeightAveraging``.
+
+Lightning's callback already does the hard parts right: validation runs on the averaged weights,
+checkpoints store them as ``state_dict`` (so ``best.ckpt`` holds the weights its score came from,
+and ``classifier test --ckpt_path best.ckpt`` evaluates them) with the raw weights beside them
+for resume, and updates happen once per optimizer step. This subclass adds timm-style decay
+warm-up and a fused update (one ``torch._foreach_lerp_`` per dtype instead of a Python loop).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
+
+
+class EMA(WeightAveraging):
+    """Keep an exponential moving average of the model's weights and evaluate with it.
+
+    Args:
+        decay: weight kept from the average at each update (0.999-0.9999 typical; lower for
+            short runs).
+        warmup: ramp the decay up as ``min(decay, (1 + n) / (10 + n))`` over the first
+            updates ``n``, so early averages are not dominated by random initial weights.
+        update_every_n_steps: update after every N-th optimizer step.
+        update_starting_at_step: first optimizer step that updates the average.
+        device: keep the average on this device (``cpu`` saves GPU memory); ``None`` keeps it
+            beside the model.
+    """
+
+    def __init__(
+        self,
+        decay: float = 0.9998,
+        warmup: bool = True,
+        update_every_n_steps: int = 1,
+        update_starting_at_step: int = 0,
+        device: str | None = None,
+    ) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        super().__init__(device=device, use_buffers=True, multi_avg_fn=self._update)
+        self.decay = decay
+        self.warmup = warmup
+        self.update_every_n_steps = update_every_n_steps
+        self.update_starting_at_step = update_starting_at_step
+        self._step = 0
+
+    def current_decay(self, step: int) -> float:
+        """The decay used at optimizer step ``step``."""
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + step) / (10 + step))
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        """Update after optimizer steps only (never at epoch ends)."""
+        if step_idx is None:
+            return False
+        return (
+            step_idx >= self.update_starting_at_step
+            and step_idx % max(1, self.update_every_n_steps) == 0
+        )
+
+    def _update(
+        self, averaged: list[torch.Tensor], current: list[torch.Tensor], _n: torch.Tensor
+    ) -> None:
+        if not averaged:
+            return
+        if averaged[0].is_floating_point():
+            weight = 1.0 - self.current_decay(self._step)
+            torch._foreach_lerp_(averaged, current, weight)
+        else:  # integer buffers such as BatchNorm's num_batches_tracked
+            torch._foreach_copy_(averaged, current)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Record the optimizer step for the decay warm-up, then update."""
+        self._step = trainer.global_step
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Restore raw and averaged weights when resuming ``fit``.
+
+        Outside ``fit`` (``trainer.test(ckpt_path="best")`` after training, say) the averaged
+        weights in ``state_dict`` are what must be evaluated, so nothing is swapped back.
+        """
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)

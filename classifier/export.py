@@ -1,0 +1,295 @@
+"""ONNX export with the preprocessing contract in its metadata, verified on real images.
+
+Exporting a finished checkpoint later is one command::
+
+    python -m classifier.export --ckpt_path runs/.../checkpoints/best.ckpt
+
+(see ``python -m classifier.export --help``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from classifier.files import run_dir, write_json
+from classifier.transforms import Preprocessing
+from classifier.verify import ExportError, spread, verify_onnx
+
+OPSET_MIN = 17
+
+
+class _Exportable(nn.Module):
+    """The network, optionally with normalisation (``uint8`` RGB input) inside the graph."""
+
+    def __init__(self, net: nn.Module, pre: Preprocessing, uint8_input: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.uint8_input = uint8_input
+        self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(pre.std).view(1, 3, 1, 1) * 255)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.uint8_input:
+            images = (images.float() - self.mean) / self.std
+        out: torch.Tensor = self.net(images)
+        return out
+
+
+def contract(class_names: list[str], pre: Preprocessing, uint8_input: bool) -> dict[str, Any]:
+    """The preprocessing contract written to ONNX metadata and ``labels_mapping.json``."""
+    info = pre.to_dict()
+    if uint8_input:
+        info["input_range"] = "uint8 RGB 0-255; normalisation is inside the graph"
+    return {
+        "class_names": class_names,
+        "labels": {str(i): name for i, name in enumerate(class_names)},
+        **info,
+        "input_dtype": "uint8" if uint8_input else "float32",
+        "input_name": "images",
+        "output_name": "logits",
+        "output": "logits (apply softmax for probabilities)",
+        "background_for_transparency": "white",
+    }
+
+
+def export_onnx(
+    net: nn.Module,
+    path: Path,
+    class_names: list[str],
+    pre: Preprocessing,
+    opset: int = 18,
+    uint8_input: bool = False,
+    simplify: bool = True,
+) -> Path:
+    """Export ``net`` to one self-contained ONNX file with a dynamic batch axis.
+
+    The file is written under a temporary name and renamed only when complete.
+    """
+    import onnx
+
+    if opset < OPSET_MIN:
+        raise ValueError(f"opset must be >= {OPSET_MIN}, got {opset}")
+    wrapper = _Exportable(net, pre, uint8_input).eval().cpu().float()
+    dtype = torch.uint8 if uint8_input else torch.float32
+    dummy = torch.zeros(2, 3, pre.image_size, pre.image_size, dtype=dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # dynamo=False: the TorchScript exporter needs no onnxscript and writes one file.
+        torch.onnx.export(
+            wrapper,
+            (dummy,),
+            str(tmp),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    model = onnx.load(str(tmp))
+    if simplify:
+        model = _simplify(model)
+    for key, value in contract(class_names, pre, uint8_input).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def _simplify(model: Any) -> Any:
+    try:
+        from onnxsim import simplify
+
+        simplified, ok = simplify(model)
+        if ok:
+            return simplified
+        warnings.warn("onnxsim could not validate the simplified graph; kept the plain graph", stacklevel=3)
+    except Exception as error:  # onnxsim fails on some exotic ops
+        warnings.warn(f"onnxsim failed ({error}); kept the plain graph", stacklevel=3)
+    return model
+
+
+class OnnxExport(Callback):
+    """Export the trained model to ONNX at the end of ``fit`` and verify it.
+
+    Writes ``model.onnx`` (or ``model_best.onnx`` and ``model_final.onnx`` with ``all``),
+    ``labels_mapping.json`` and ``export_report.json`` into the run folder. Verification runs
+    the file with onnxruntime on real validation images against the PyTorch model; a top-1
+    disagreement rate or logit difference beyond tolerance raises an error.
+
+    Args:
+        export: ``best`` (the best checkpoint's weights), ``final`` (the weights at the end of
+            training; EMA weights when EMA is on) or ``all`` (both).
+        opset: ONNX opset (>= 17).
+        simplify: simplify the graph with onnxsim (falls back to the plain graph with a
+            warning).
+        uint8_input: put normalisation inside the graph, so the input is ``uint8`` RGB and a
+            consumer cannot get mean/std wrong.
+        verify_images: validation images used to verify the export (0 skips verification).
+        atol: largest allowed absolute logit difference between onnxruntime and PyTorch.
+        min_agreement: smallest allowed fraction of images with the same top-1 class.
+    """
+
+    def __init__(
+        self,
+        export: Literal["best", "final", "all"] = "best",
+        opset: int = 18,
+        simplify: bool = True,
+        uint8_input: bool = False,
+        verify_images: int = 64,
+        atol: float = 1e-3,
+        min_agreement: float = 0.99,
+    ) -> None:
+        if opset < OPSET_MIN:
+            raise ValueError(f"opset must be >= {OPSET_MIN}, got {opset}")
+        self.export = export
+        self.opset = opset
+        self.simplify = simplify
+        self.uint8_input = uint8_input
+        self.verify_images = verify_images
+        self.atol = atol
+        self.min_agreement = min_agreement
+        #: Paths of the files exported by the last run.
+        self.paths: list[Path] = []
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Export (rank 0 only) once training has finished."""
+        if not trainer.is_global_zero or trainer.interrupted:
+            return
+        folder = run_dir(trainer)
+        targets: list[tuple[str, nn.Module]] = []
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        if self.export in ("best", "all"):
+            if best:
+                targets.append(("best", _load_weights(pl_module, best)))
+            else:
+                warnings.warn("no best checkpoint; exporting the final weights", stacklevel=2)
+        if self.export in ("final", "all") or not targets:
+            targets.append(("final", pl_module.model))  # type: ignore[arg-type]
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]
+        val = datamodule.splits.get("val") if datamodule is not None else None
+        reports = {}
+        for name, net in targets:
+            filename = "model.onnx" if len(targets) == 1 else f"model_{name}.onnx"
+            reports[name] = self._export_one(pl_module, net, folder / filename, val)
+        only = next(iter(reports.values()))
+        write_json(folder / "export_report.json", reports if len(reports) > 1 else only)
+
+    def _export_one(
+        self, pl_module: pl.LightningModule, net: nn.Module, path: Path, val: Any
+    ) -> dict[str, Any]:
+        names: list[str] = list(pl_module.class_names)  # type: ignore[arg-type]
+        pre: Preprocessing = pl_module.preprocessing  # type: ignore[assignment]
+        net = copy.deepcopy(net).cpu().float().eval()  # leave the training model where it is
+        export_onnx(net, path, names, pre, self.opset, self.uint8_input, self.simplify)
+        write_json(path.parent / "labels_mapping.json", contract(names, pre, self.uint8_input))
+        self.paths.append(path)
+        report: dict[str, Any] = {"file": path.name, "opset": self.opset}
+        if self.verify_images and val is not None:
+            chosen = spread(val.paths, self.verify_images)
+            paths = [val.paths[i] for i in chosen]
+            labels = [val.labels[i] for i in chosen]
+            report |= verify_onnx(path, net, paths, labels, pre, self.uint8_input)
+            report["passed"] = (
+                report["max_abs_logit_diff"] <= self.atol
+                and report["top1_agreement"] >= self.min_agreement
+            )
+            if not report["passed"]:
+                write_json(path.parent / "export_report.json", report)
+                raise ExportError(
+                    f"ONNX export {path} disagrees with PyTorch: top-1 agreement "
+                    f"{report['top1_agreement']:.4f} (min {self.min_agreement}), max |logit "
+                    f"difference| {report['max_abs_logit_diff']:.2e} (atol {self.atol})."
+                )
+        rank_zero_info(f"Exported {path}: {report}")
+        return report
+
+
+def _load_weights(pl_module: pl.LightningModule, ckpt_path: str) -> nn.Module:
+    """A copy of the network with the weights of ``ckpt_path``."""
+    from classifier.checkpoint import load_checkpoint
+
+    state = load_checkpoint(ckpt_path)["state_dict"]
+    net = copy.deepcopy(pl_module.model)  # type: ignore[arg-type]
+    prefix = "model."
+    net.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    return net
+
+
+def export_checkpoint(
+    ckpt_path: str,
+    output: str | None = None,
+    opset: int = 18,
+    uint8_input: bool = False,
+    simplify: bool = True,
+    images: str | None = None,
+    verify_images: int = 64,
+    atol: float = 1e-3,
+) -> Path:
+    """Export a finished checkpoint to ONNX and verify it on real images.
+
+    Args:
+        ckpt_path: a checkpoint written by ``classifier fit``.
+        output: the ONNX file; default ``model.onnx`` beside the checkpoint's run folder.
+        opset: ONNX opset (>= 17).
+        uint8_input: put normalisation inside the graph (``uint8`` RGB input).
+        simplify: simplify the graph with onnxsim.
+        images: folder of images to verify with (class sub-folders give accuracy); default
+            the ``val/`` split the model was trained with, when it exists.
+        verify_images: how many images to verify with (0 skips verification).
+        atol: largest allowed absolute logit difference.
+    """
+    from classifier.checkpoint import config_from_checkpoint, load_checkpoint
+    from classifier.folder import read_unlabelled
+    from classifier.model import ImageClassifier
+
+    checkpoint = load_checkpoint(ckpt_path)
+    config = config_from_checkpoint(ckpt_path)
+    names = config["data"]["class_names"]
+    model = ImageClassifier(class_names=names, **config["model"])
+    model.load_state_dict(checkpoint["state_dict"])
+    pre = Preprocessing.from_dict(checkpoint["preprocessing"])
+    run = Path(ckpt_path).resolve().parent.parent
+    path = Path(output) if output else run / "model.onnx"
+    net = model.model.eval()
+    export_onnx(net, path, names, pre, opset, uint8_input, simplify)
+    write_json(path.parent / "labels_mapping.json", contract(names, pre, uint8_input))
+    folder = Path(images) if images else Path(config["data"].get("data_dir", "data")) / "val"
+    report: dict[str, Any] = {"file": path.name, "opset": opset}
+    if verify_images and folder.is_dir():
+        split = read_unlabelled(folder, names)
+        chosen = spread(split.paths, verify_images)
+        report |= verify_onnx(
+            path, net, [split.paths[i] for i in chosen], [split.labels[i] for i in chosen], pre,
+            uint8_input,
+        )
+        report["passed"] = report["max_abs_logit_diff"] <= atol
+        write_json(path.with_name("export_report.json"), report)
+        if not report["passed"]:
+            raise ExportError(f"{path} disagrees with PyTorch: {report}")
+    print(f"Exported {path}: {report}")
+    return path
+
+
+def main() -> None:
+    """``python -m classifier.export --ckpt_path best.ckpt``."""
+    from jsonargparse import CLI
+
+    CLI(export_checkpoint, as_positional=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""``TrainingHistory``: per-epoch metrics as ``history.csv`` and two plots, kept across resume."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from classifier.files import run_dir, write_csv
+from classifier.plots import log_image, pyplot, save_figure
+
+COLUMNS = (
+    "epoch",
+    "step",
+    "train_loss",
+    "train_top1",
+    "val_loss",
+    "val_top1",
+    "val_balanced_acc",
+    "val_f1_macro",
+    "lr",
+)
+
+
+class TrainingHistory(Callback):
+    """Record one row per validated epoch; write ``history.csv``, ``loss_history.png`` and
+    ``metrics_history.png``.
+
+    Rows are written when the epoch's validation ends (so the last epoch is included) and are
+    part of the checkpoint, so a resumed run continues the table instead of restarting it.
+    The train loss is averaged over the epoch's steps on this process without a per-step sync.
+
+    Args:
+        plots: also write the PNG plots.
+    """
+
+    def __init__(self, plots: bool = True) -> None:
+        self.plots = plots
+        self.rows: list[dict[str, float]] = []
+        self._loss_sum: torch.Tensor | None = None
+        self._steps = 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start the epoch's loss average."""
+        self._loss_sum, self._steps = None, 0
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Add the step's loss on device (no host sync)."""
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach().float()
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._steps += 1
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Append the epoch's row and rewrite the files (before checkpoints are saved)."""
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        metrics = trainer.callback_metrics
+
+        def value(key: str) -> float:
+            item = metrics.get(key)
+            return float(item) if item is not None else float("nan")
+
+        train_loss = float(self._loss_sum) / self._steps if self._loss_sum is not None else float("nan")
+        top1 = pl_module.train_top1 if hasattr(pl_module, "train_top1") else None
+        train_top1 = float(top1.compute()) if top1 is not None and top1.update_count else float("nan")
+        row = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "train_loss": train_loss,
+            "train_top1": train_top1,
+            "val_loss": value("val/loss"),
+            "val_top1": value("val/top1"),
+            "val_balanced_acc": value("val/balanced_acc"),
+            "val_f1_macro": value("val/f1_macro"),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan"),
+        }
+        self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+        if trainer.is_global_zero:
+            self._write(trainer)
+
+    def _write(self, trainer: pl.Trainer) -> None:
+        folder = run_dir(trainer)
+        write_csv(folder / "history.csv", COLUMNS, [[r[c] for c in COLUMNS] for r in self.rows])
+        if not self.plots:
+            return
+        plt = pyplot()
+        epochs = [r["epoch"] + 1 for r in self.rows]
+        figure, axes = plt.subplots(figsize=(7, 4.5))
+        for key, label in (("train_loss", "train"), ("val_loss", "val")):
+            axes.plot(epochs, [r[key] for r in self.rows], marker="o", label=label)
+        axes.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
+        axes.legend()
+        axes.grid(alpha=0.3)
+        log_image(trainer, "history/loss", save_figure(figure, folder / "loss_history.png"))
+        figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+        for key in ("train_top1", "val_top1", "val_balanced_acc", "val_f1_macro"):
+            left.plot(epochs, [r[key] for r in self.rows], marker="o", label=key)
+        left.set(title="Metrics", xlabel="epoch", ylim=(0, 1.02))
+        left.legend()
+        left.grid(alpha=0.3)
+        right.plot(epochs, [r["lr"] for r in self.rows], marker="o", color="tab:gray")
+        right.set(title="Learning rate (end of epoch)", xlabel="epoch")
+        right.grid(alpha=0.3)
+        log_image(trainer, "history/metrics", save_figure(figure, folder / "metrics_history.png"))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rows so far, saved in checkpoints."""
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the rows of a resumed run."""
+        self.rows = list(state_dict.get("rows", []))

@@ -1,0 +1,129 @@
+"""``SampleGrids``: augmented training images, and a top-losses gallery of validation images."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from classifier.files import run_dir
+from classifier.plots import log_image, pyplot, save_figure
+from classifier.transforms import denormalize
+
+
+def image_grid(images: list[torch.Tensor], titles: list[str], colours: list[str], title: str) -> Any:
+    """A figure of ``3xHxW`` float images in [0, 1] with a caption under each."""
+    plt = pyplot()
+    cols = min(8, len(images))
+    rows = math.ceil(len(images) / cols)
+    figure, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption, colour in zip(axes.flat, images, titles, colours, strict=False):
+        ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
+        ax.set_title(caption, fontsize=8, color=colour)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def _gather(obj: Any) -> list[Any]:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+class SampleGrids(Callback):
+    """Write ``train_batch.png`` (augmented training images, once at the first step) and
+    ``val_predictions.png`` (validation images with true class, predicted class and confidence,
+    misclassified first, then by highest loss).
+
+    The gallery reuses the losses and logits the validation step already computed; images are
+    re-read from disk only for the few shown.
+
+    Args:
+        num_images: images per grid.
+        every_n_epochs: write the validation gallery every N epochs (the last epoch always).
+    """
+
+    def __init__(self, num_images: int = 32, every_n_epochs: int = 1) -> None:
+        self.num_images = num_images
+        self.every_n_epochs = max(1, every_n_epochs)
+        self._candidates: list[torch.Tensor] = []
+        self._train_done = False
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Show the first training batch exactly as the network receives it (before mixing)."""
+        if self._train_done or not trainer.is_global_zero:
+            return
+        self._train_done = True
+        images, labels, _ = batch
+        pre = pl_module.preprocessing  # type: ignore[attr-defined]
+        shown = denormalize(images[: self.num_images].detach(), pre).cpu()
+        names: list[str] = pl_module.class_names  # type: ignore[assignment]
+        captions = [names[int(i)] for i in labels[: self.num_images]]
+        figure = image_grid(list(shown), captions, ["black"] * len(captions), "Augmented training batch")
+        log_image(trainer, "samples/train_batch", save_figure(figure, run_dir(trainer) / "train_batch.png"))
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start collecting candidates."""
+        self._candidates = []
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Keep the batch's highest-loss images (on device: no sync per batch)."""
+        if trainer.sanity_checking or not isinstance(outputs, dict):
+            return
+        losses, logits, indices = outputs["losses"], outputs["logits"], outputs["indices"]
+        labels = batch[1]
+        probs = logits.float().softmax(1)
+        confidence, predicted = probs.max(1)
+        wrong = (predicted != labels).float()
+        # Misclassified first (score + 1e6), then by loss.
+        score = losses.float() + wrong * 1e6
+        top = score.topk(min(self.num_images, len(score))).indices
+        self._candidates.append(
+            torch.stack([score[top], indices[top].float(), labels[top].float(), predicted[top].float(), confidence[top]], 1)
+        )
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Pick the overall top images across processes and draw the gallery."""
+        last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        due = (trainer.current_epoch + 1) % self.every_n_epochs == 0 or last
+        if trainer.sanity_checking or not due:
+            return
+        local = torch.cat(self._candidates).cpu() if self._candidates else torch.empty(0, 5)
+        rows = torch.cat([torch.as_tensor(p) for p in _gather(local)])
+        if not trainer.is_global_zero:
+            return
+        rows = rows[rows[:, 0].argsort(descending=True)][: self.num_images]
+        if len(rows):
+            self._draw(trainer, pl_module, rows)
+
+    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, rows: torch.Tensor) -> None:
+        dataset = trainer.datamodule.datasets["val"]  # type: ignore[attr-defined]
+        names: list[str] = pl_module.class_names  # type: ignore[assignment]
+        images, captions, colours = [], [], []
+        for _, index, label, pred, conf in rows.tolist():
+            image, _, _ = dataset[int(index)]
+            images.append(image.float() / 255)
+            captions.append(f"true: {names[int(label)]}\npred: {names[int(pred)]} ({conf:.2f})")
+            colours.append("black" if int(label) == int(pred) else "red")
+        title = f"Validation, epoch {trainer.current_epoch + 1}: misclassified, then highest loss"
+        path: Path = save_figure(image_grid(images, captions, colours, title), run_dir(trainer) / "val_predictions.png")
+        log_image(trainer, "samples/val_predictions", path)

@@ -1,0 +1,71 @@
+"""Checking an exported ONNX file against the PyTorch model on real images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from classifier.images import load_rgb
+from classifier.transforms import Preprocessing, eval_transform, normalize
+
+
+class ExportError(RuntimeError):
+    """An export failed or does not reproduce the PyTorch model."""
+
+
+def spread(items: Sequence[Any], count: int) -> list[int]:
+    """Up to ``count`` indices spread evenly over ``items`` (every class gets a share)."""
+    if count <= 0 or not items:
+        return []
+    step = max(1, len(items) // count)
+    return list(range(0, len(items), step))[:count]
+
+
+@torch.no_grad()
+def verify_onnx(
+    path: Path,
+    net: nn.Module,
+    paths: Sequence[Path],
+    labels: Sequence[int],
+    pre: Preprocessing,
+    uint8_input: bool = False,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """Run ``path`` with onnxruntime and ``net`` (CPU, float32) on the same images.
+
+    Returns:
+        ``images``, ``top1_agreement`` (fraction with the same top-1 class),
+        ``max_abs_logit_diff``, and the top-1 accuracy of each runtime against ``labels``.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    transform = eval_transform(pre)
+    mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std).view(1, 3, 1, 1)
+    net = net.eval()
+    agree, correct_torch, correct_onnx, max_diff = 0, 0, 0, 0.0
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        images = torch.stack([transform(load_rgb(p)) for p in chunk])
+        floats = normalize(images, mean, std)
+        feed = images.numpy() if uint8_input else floats.numpy()
+        onnx_logits = torch.from_numpy(session.run(None, {"images": feed})[0])
+        torch_logits = net(floats).float()
+        truth = torch.tensor(labels[start : start + batch_size])
+        max_diff = max(max_diff, float((onnx_logits - torch_logits).abs().max()))
+        agree += int((onnx_logits.argmax(1) == torch_logits.argmax(1)).sum())
+        correct_torch += int((torch_logits.argmax(1) == truth).sum())
+        correct_onnx += int((onnx_logits.argmax(1) == truth).sum())
+    count = max(1, len(paths))
+    return {
+        "images": len(paths),
+        "top1_agreement": agree / count,
+        "max_abs_logit_diff": max_diff,
+        "top1_pytorch": correct_torch / count,
+        "top1_onnxruntime": correct_onnx / count,
+    }

@@ -116,11 +116,6 @@ class ImageClassifier(pl.LightningModule):
         )
         self.losses = torch.nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
 
-    def configure_model(self) -> None:
-        """Compile the network when ``compile`` is set (once, before training starts)."""
-        if self.hparams.compile and not isinstance(self.model, torch._dynamo.OptimizedModule):
-            self.model = torch.compile(self.model)  # type: ignore[assignment]
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a normalised ``float`` NCHW batch."""
         if self.hparams.channels_last:
@@ -130,6 +125,8 @@ class ImageClassifier(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Take the preprocessing and the loss weights from the data module."""
+        if stage == "fit" and self.hparams.compile:
+            self._compile()
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
             return
@@ -140,6 +137,15 @@ class ImageClassifier(pl.LightningModule):
             self.use_class_weights = weights is not None
             if weights is not None:
                 self.class_weights.copy_(weights)
+
+    def _compile(self) -> None:
+        """Compile the network in place (state-dict keys unchanged); eager if it fails."""
+        try:
+            self.model.compile()
+        except Exception as error:  # compilation support varies by platform and model
+            import warnings
+
+            warnings.warn(f"torch.compile failed ({error}); training in eager mode", stacklevel=2)
 
     def _mixing(self, batch_size: int) -> bool:
         off = self.hparams.mixup_off_epoch

@@ -1,0 +1,155 @@
+"""Every callback's outputs, read back and checked, from one full run on a tiny folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import CONF, make_folder, run_cli
+
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Fit with every callback (EPOCHS epochs), then test the best checkpoint."""
+    root = tmp_path_factory.mktemp("full")
+    data = make_folder(root / "data", counts={"train": 16, "val": 6, "test": 6})
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    mp.setenv("CLASSIFIER_CACHE_DIR", str(root / "cache"))
+    mp.setattr(sys, "argv", ["classifier"])
+    try:
+        cli: Any = run_cli(
+            "fit", "--config", str(CONF / "full.yaml"), "--data.data_dir", str(data),
+            "--trainer.max_epochs", str(EPOCHS), "--test_after_fit", "true",
+        )
+    finally:
+        mp.undo()
+    return {"run": root / cli.trainer.log_dir, "data": data, "cli": cli}
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open()))
+
+
+def test_confusion_matrix_counts_every_val_image_once(full_run: dict[str, Any]) -> None:
+    run = full_run["run"]
+    rows = _csv(run / "confusion_matrix_val.csv")
+    matrix = np.array([[int(v) for k, v in r.items() if k != "true \\ predicted"] for r in rows])
+    assert matrix.shape == (3, 3)
+    assert matrix.sum() == 18  # 3 classes x 6 val images, sanity-check batches excluded
+    history = _csv(run / "history.csv")
+    assert matrix.trace() / matrix.sum() == pytest.approx(float(history[-1]["val_top1"]), abs=1e-6)
+    test = np.array([[int(v) for v in list(r.values())[1:]] for r in _csv(run / "confusion_matrix_test.csv")])
+    assert test.sum() == 18
+    for name in ("confusion_matrix_val.png", "confusion_matrix_val_normalized.png", "confusion_matrix_test.png"):
+        assert Image.open(run / name).size[0] > 300
+    assert _csv(run / "most_confused_val.csv") is not None
+
+
+def test_history_has_one_row_per_epoch_including_the_last(full_run: dict[str, Any]) -> None:
+    history = _csv(full_run["run"] / "history.csv")
+    assert [int(r["epoch"]) for r in history] == list(range(EPOCHS))
+    assert all(float(r["train_loss"]) > 0 for r in history)
+    assert (full_run["run"] / "loss_history.png").is_file()
+    assert (full_run["run"] / "metrics_history.png").is_file()
+
+
+def test_model_info_counts_the_models_parameters(full_run: dict[str, Any]) -> None:
+    info = json.loads((full_run["run"] / "model_info.json").read_text())
+    model = full_run["cli"].model
+    assert info["parameters"] == sum(p.numel() for p in model.model.parameters())
+    assert info["gmacs"] > 0
+    assert set(info["latency"]) == {"1", "4"}
+    mapping = json.loads((full_run["run"] / "labels_mapping.json").read_text())
+    assert mapping["labels"] == {"0": "cat", "1": "dog", "2": "fox"}
+
+
+def test_dataset_statistics(full_run: dict[str, Any]) -> None:
+    stats = json.loads((full_run["run"] / "dataset_stats.json").read_text())
+    assert stats["train"]["per_class"] == {"cat": 16, "dog": 16, "fox": 16}
+    assert stats["val"]["images"] == 18 and stats["test"]["images"] == 18
+    assert stats["train"]["imbalance_ratio"] == 1.0
+    assert (full_run["run"] / "class_distribution_train.png").is_file()
+
+
+def test_sampler_distribution_equals_folder_when_shuffling(full_run: dict[str, Any]) -> None:
+    epochs = json.loads((full_run["run"] / "sampler_distribution.json").read_text())
+    assert [e["epoch"] for e in epochs] == list(range(EPOCHS))
+    assert epochs[-1]["effective"] == epochs[-1]["baseline"]
+    assert epochs[-1]["draws"] == 48
+
+
+def test_sample_grids_are_written(full_run: dict[str, Any]) -> None:
+    for name in ("train_batch.png", "val_predictions.png"):
+        width, height = Image.open(full_run["run"] / name).size
+        assert width > 400 and height > 150
+
+
+def test_onnx_matches_pytorch_on_real_images(full_run: dict[str, Any]) -> None:
+    run = full_run["run"]
+    report = json.loads((run / "export_report.json").read_text())
+    for kind in ("best", "final"):
+        assert report[kind]["passed"] is True
+        assert report[kind]["images"] == 18
+        assert report[kind]["top1_agreement"] == 1.0
+        assert report[kind]["max_abs_logit_diff"] < 1e-3
+        assert (run / f"model_{kind}.onnx").is_file()
+    assert not list(run.glob("*.onnx.data"))  # one self-contained file
+
+
+def _client_predict(model_path: Path, paths: list[Path]) -> list[str]:
+    """A consumer that knows only onnxruntime, PIL, numpy and the file's metadata."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    raw = session.get_modelmeta().custom_metadata_map
+    meta = {k: json.loads(raw[k]) for k in ("image_size", "resize_size", "mean", "std", "class_names")}
+    size, resize = meta["image_size"], meta["resize_size"]
+    mean, std = np.array(meta["mean"]), np.array(meta["std"])
+    predictions = []
+    for path in paths:
+        image = Image.open(path).convert("RGB")
+        w, h = image.size
+        scale = resize / min(w, h)
+        image = image.resize((round(w * scale), round(h * scale)), Image.Resampling.BILINEAR)
+        left, top = (image.width - size) // 2, (image.height - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+        x = ((np.asarray(image, dtype=np.float32) / 255 - mean) / std).transpose(2, 0, 1)
+        logits = session.run(None, {"images": x[None].astype(np.float32)})[0]
+        predictions.append(meta["class_names"][int(logits.argmax())])
+    return predictions
+
+
+def test_onnx_metadata_lets_a_plain_client_reproduce_accuracy(full_run: dict[str, Any]) -> None:
+    paths = sorted((full_run["data"] / "test").rglob("*.png"))
+    truth = [p.parent.name for p in paths]
+    predicted = _client_predict(full_run["run"] / "model_best.onnx", paths)
+    client_top1 = np.mean([p == t for p, t in zip(predicted, truth, strict=True)])
+    test_top1 = float(full_run["cli"].trainer.callback_metrics["test/top1"])
+    assert client_top1 == pytest.approx(test_top1, abs=1 / 18 + 1e-6)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_onnx_runs_at_any_batch_size(full_run: dict[str, Any], batch: int) -> None:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(full_run["run"] / "model_best.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"images": np.zeros((batch, 3, 32, 32), np.float32)})[0]
+    assert out.shape == (batch, 3)
+
+
+def test_ema_checkpoint_holds_averaged_weights(full_run: dict[str, Any]) -> None:
+    last = torch.load(full_run["run"] / "checkpoints" / "last.ckpt", weights_only=True)
+    raw, ema = last["current_model_state"], last["state_dict"]
+    differs = [k for k in ema if ema[k].is_floating_point() and not torch.equal(ema[k], raw[k])]
+    assert len(differs) > 10

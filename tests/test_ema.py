@@ -1,0 +1,73 @@
+"""EMA: averaged weights are what is scored, saved, tested and restored on resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from classifier.ema import EMA
+from tests.conftest import CONF, run_cli
+from tests.probes import probe
+
+FULL = str(CONF / "full.yaml")
+
+
+def _monitor_loss(folder: Path) -> str:
+    """full.yaml with best.ckpt chosen by val/loss (a score raw weights would not reproduce)."""
+    config = yaml.safe_load(Path(FULL).read_text())
+    checkpoint = config["trainer"]["callbacks"][0]["init_args"]
+    checkpoint.update(monitor="val/loss", mode="min")
+    path = folder / "loss_monitor.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_decay_warms_up() -> None:
+    ema = EMA(decay=0.999)
+    assert ema.current_decay(0) == pytest.approx(0.1)
+    assert ema.current_decay(90) == pytest.approx(0.91)
+    assert ema.current_decay(10**6) == 0.999
+    assert EMA(decay=0.99, warmup=False).current_decay(0) == 0.99
+
+
+def test_fused_update_is_a_lerp() -> None:
+    ema = EMA(decay=0.9, warmup=False)
+    averaged, current = [torch.zeros(3), torch.ones(2)], [torch.ones(3), torch.zeros(2)]
+    ema._update(averaged, current, torch.tensor(1))
+    assert torch.allclose(averaged[0], torch.full((3,), 0.1))
+    assert torch.allclose(averaged[1], torch.full((2,), 0.9))
+
+
+def test_best_checkpoint_scores_and_tests_ema_weights(image_folder: Path) -> None:
+    config = _monitor_loss(image_folder.parent)
+    cli: Any = run_cli("fit", "--config", config, "--data.data_dir", str(image_folder))
+    checkpoint = cli.trainer.checkpoint_callback
+    best = torch.load(checkpoint.best_model_path, weights_only=True)
+    raw, averaged = best["current_model_state"], best["state_dict"]
+    assert any(not torch.equal(raw[k], averaged[k]) for k in averaged if averaged[k].is_floating_point())
+    # Validating best.ckpt alone reproduces the score it was saved for: the EMA weights.
+    validated: Any = run_cli("validate", "--ckpt_path", checkpoint.best_model_path)
+    score = float(validated.trainer.callback_metrics["val/loss"])
+    assert score == pytest.approx(float(checkpoint.best_model_score), abs=1e-5)
+
+
+def test_resume_restores_raw_and_ema_weights(image_folder: Path) -> None:
+    first: Any = run_cli("fit", "--config", FULL, "--data.data_dir", str(image_folder))
+    last = Path(first.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    resumed: Any = run_cli(
+        "fit", "--config", FULL, "--data.data_dir", str(image_folder),
+        "--trainer.max_epochs", "3", "--ckpt_path", str(last),
+        "--trainer.callbacks+=tests.probes.StateProbe",
+    )
+    seen = probe(resumed)
+    for key, value in saved["current_model_state"].items():
+        assert torch.equal(seen.raw[key], value), key
+    for key, value in saved["state_dict"].items():
+        assert torch.equal(seen.ema[key], value), key
+    history = (Path(resumed.trainer.log_dir) / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["0", "1", "2"]

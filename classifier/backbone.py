@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +23,7 @@ def check_model_name(name: str) -> None:
     close = difflib.get_close_matches(name, timm.list_models(), n=8, cutoff=0.6)
     hint = f" Close names: {', '.join(close)}." if close else ""
     raise BackboneError(
-        f"unknown timm model {name!r}.{hint} `python -c \"import timm; "
+        f'unknown timm model {name!r}.{hint} `python -c "import timm; '
         f"print(timm.list_models('*{name[:6]}*'))\"` lists more."
     )
 
@@ -93,11 +94,13 @@ def create_backbone(
     import timm
 
     check_model_name(name)
-    kwargs: dict[str, float] = {"drop_rate": drop_rate}
+    kwargs: dict[str, Any] = {"drop_rate": drop_rate}
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
     if isinstance(pretrained, str):
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        model: nn.Module = timm.create_model(
+            name, pretrained=False, num_classes=num_classes, **kwargs
+        )
         missing = load_local_weights(model, Path(pretrained).expanduser())
         if len(missing) > 4:
             import warnings
@@ -109,7 +112,10 @@ def create_backbone(
             )
         return model
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+        created: nn.Module = timm.create_model(
+            name, pretrained=pretrained, num_classes=num_classes, **kwargs
+        )
+        return created
     except (OSError, RuntimeError) as error:
         if not pretrained:
             raise

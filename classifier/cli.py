@@ -42,8 +42,9 @@ class ClassifierCLI(LightningCLI):
 
     def before_predict(self) -> None:
         """Make sure predictions are written to a CSV."""
-        if not any(isinstance(c, PredictionWriter) for c in self.trainer.callbacks):
-            self.trainer.callbacks.append(PredictionWriter())
+        callbacks: list[Any] = getattr(self.trainer, "callbacks")  # noqa: B009 (set at runtime)
+        if not any(isinstance(c, PredictionWriter) for c in callbacks):
+            callbacks.append(PredictionWriter())
 
     def after_fit(self) -> None:
         """Print where the run's files are; optionally test the best checkpoint."""

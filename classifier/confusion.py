@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from classifier.files import run_dir, write_csv
+from classifier.model import as_classifier
 from classifier.plots import log_image, pyplot, save_figure
 
 
@@ -24,7 +25,14 @@ def most_confused(confmat: torch.Tensor, class_names: list[str], top: int) -> li
         if count <= 0:
             break
         true, pred = divmod(index, confmat.shape[1])
-        rows.append([class_names[true], class_names[pred], int(count), round(count / float(support[true]), 4)])
+        rows.append(
+            [
+                class_names[true],
+                class_names[pred],
+                int(count),
+                round(count / float(support[true]), 4),
+            ]
+        )
     return rows
 
 
@@ -96,11 +104,12 @@ class ConfusionMatrix(Callback):
 
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # compute() gathers every rank's counts, so every rank must call it.
-        confmat = pl_module.confmats[stage].compute().cpu().long()  # type: ignore[index]
+        model = as_classifier(pl_module)
+        confmat = model.confmat("val" if stage == "val" else "test").compute().cpu().long()
         if not trainer.is_global_zero:
             return
         self.matrices[stage] = confmat
-        names: list[str] = list(pl_module.class_names)  # type: ignore[arg-type]
+        names = model.class_names
         folder = run_dir(trainer)
         write_csv(
             folder / f"confusion_matrix_{stage}.csv",

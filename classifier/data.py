@@ -136,11 +136,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
         backbone = backbone or {}
         hp = self.hparams
         return Preprocessing.from_crop_pct(
-            image_size=hp.image_size,
-            crop_pct=hp.crop_pct or backbone.get("crop_pct", 0.875),
-            interpolation=hp.interpolation or backbone.get("interpolation", "bilinear"),
-            mean=hp.mean or backbone.get("mean", IMAGENET_MEAN),
-            std=hp.std or backbone.get("std", IMAGENET_STD),
+            image_size=hp["image_size"],
+            crop_pct=hp["crop_pct"] or backbone.get("crop_pct", 0.875),
+            interpolation=hp["interpolation"] or backbone.get("interpolation", "bilinear"),
+            mean=hp["mean"] or backbone.get("mean", IMAGENET_MEAN),
+            std=hp["std"] or backbone.get("std", IMAGENET_STD),
         )
 
     def setup(self, stage: str) -> None:
@@ -180,12 +180,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def _read(self, name: Stage) -> Split:
         if name == "predict":
-            if self.hparams.predict_dir is None:
+            if self.hparams["predict_dir"] is None:
                 raise DataError("predict needs --data.predict_dir DIR (a folder of images).")
-            split = read_unlabelled(Path(self.hparams.predict_dir), self.class_names)
+            split = read_unlabelled(Path(self.hparams["predict_dir"]), self.class_names)
         else:
             split = read_split(name, self._split_root(name), self.class_names)
-        if self.hparams.scan:
+        if self.hparams["scan"]:
             bad = scan_files(split.paths, split.root)
             if bad:
                 self.excluded[name] = bad
@@ -202,7 +202,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         rows = [(s, p, r) for s, bad in self.excluded.items() for p, r in sorted(bad.items())]
         listing = "\n".join(f"  {p}: {r}" for _, p, r in rows[:20])
         more = f"\n  ... and {len(rows) - 20} more" if len(rows) > 20 else ""
-        if self.hparams.strict:
+        if self.hparams["strict"]:
             raise DataError(f"{len(rows)} unreadable image(s) (strict: true):\n{listing}{more}")
         report = ""
         if self.trainer is not None and self.trainer.is_global_zero:
@@ -222,11 +222,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
             transform = (
                 train_transform(
                     self.preprocessing,
-                    scale=hp.scale,
-                    hflip=hp.hflip,
-                    color_jitter=hp.color_jitter,
-                    auto_augment=hp.auto_augment,
-                    random_erasing=hp.random_erasing,
+                    scale=hp["scale"],
+                    hflip=hp["hflip"],
+                    color_jitter=hp["color_jitter"],
+                    auto_augment=hp["auto_augment"],
+                    random_erasing=hp["random_erasing"],
                 )
                 if name == "train"
                 else eval_transform(self.preprocessing)
@@ -242,7 +242,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def loss_weights(self) -> torch.Tensor | None:
         """Per-class loss weights from ``class_weights``, or ``None`` for uniform."""
-        setting = self.hparams.class_weights
+        setting = self.hparams["class_weights"]
         if setting == "none":
             return None
         if setting == "auto":
@@ -262,7 +262,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, sampler: Sampler[int], batch_size: int) -> DataLoader[Any]:
         workers = self.num_workers
-        pin = self.hparams.pin_memory
+        pin = self.hparams["pin_memory"]
         if pin is None:
             pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(
@@ -280,7 +280,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         rank, world = self._rank()
         labels = torch.tensor(self.splits["train"].labels)
         weights = None
-        if self.hparams.sampler == "weighted":
+        if self.hparams["sampler"] == "weighted":
             counts = torch.bincount(labels, minlength=self.num_classes).double()
             weights = (1.0 / counts.clamp(min=1))[labels]
         seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))

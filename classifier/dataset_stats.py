@@ -75,7 +75,11 @@ class DatasetStatistics(Callback):
         table.add_row("total", *(str(s["images"]) for s in self.stats.values()))
         table.add_row("imbalance", *(f"{s['imbalance_ratio']}x" for s in self.stats.values()))
         table.add_row("excluded", *(str(s["excluded_files"]) for s in self.stats.values()))
-        missing = [f"{k}: {', '.join(s['missing_classes'])}" for k, s in self.stats.items() if s["missing_classes"]]
+        missing = [
+            f"{k}: {', '.join(s['missing_classes'])}"
+            for k, s in self.stats.items()
+            if s["missing_classes"]
+        ]
         Console().print(table)
         if missing:
             Console().print(f"[yellow]Classes missing from a split: {'; '.join(missing)}")

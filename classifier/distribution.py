@@ -43,7 +43,11 @@ class SamplerDistribution(Callback):
                 "SamplerDistribution needs classifier's ImageFolderDataModule sampler; "
                 "is use_distributed_sampler: false set for the trainer?"
             )
-        device = pl_module.device if trainer.world_size > 1 and pl_module.device.type == "cuda" else "cpu"
+        device = (
+            pl_module.device
+            if trainer.world_size > 1 and pl_module.device.type == "cuda"
+            else "cpu"
+        )
         drawn = gather_drawn(sampler.drawn.to(device)).cpu()
         if not trainer.is_global_zero:
             return
@@ -69,12 +73,14 @@ class SamplerDistribution(Callback):
                 {f"sampler/{safe_name(n)}": v for n, v in record["effective"].items()},
                 step=trainer.global_step,
             )
-        series = {
+        series: dict[str, list[float]] = {
             "train/ folder": [record["baseline"][n] for n in names],
             "drawn": [record["effective"][n] for n in names],
         }
         title = f"Sampler: class shares drawn in epoch {record['epoch'] + 1}"
-        path = save_figure(bar_chart(names, series, title, "share of images"), folder / "sampler_distribution.png")
+        path = save_figure(
+            bar_chart(names, series, title, "share of images"), folder / "sampler_distribution.png"
+        )
         log_image(trainer, "data/sampler_distribution", path)
         from rich.console import Console
         from rich.table import Table

@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from classifier.files import run_dir, write_json
+from classifier.model import as_classifier
 from classifier.transforms import Preprocessing
 from classifier.verify import ExportError, spread, verify_onnx
 
@@ -35,8 +36,8 @@ class _Exportable(nn.Module):
         super().__init__()
         self.net = net
         self.uint8_input = uint8_input
-        self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(pre.std).view(1, 3, 1, 1) * 255)
+        self.mean = nn.Buffer(torch.tensor(pre.mean).view(1, 3, 1, 1) * 255)
+        self.std = nn.Buffer(torch.tensor(pre.std).view(1, 3, 1, 1) * 255)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.uint8_input:
@@ -116,7 +117,9 @@ def _simplify(model: Any) -> Any:
         simplified, ok = simplify(model)
         if ok:
             return simplified
-        warnings.warn("onnxsim could not validate the simplified graph; kept the plain graph", stacklevel=3)
+        warnings.warn(
+            "onnxsim could not validate the simplified graph; kept the plain graph", stacklevel=3
+        )
     except Exception as error:  # onnxsim fails on some exotic ops
         warnings.warn(f"onnxsim failed ({error}); kept the plain graph", stacklevel=3)
     return model
@@ -178,7 +181,7 @@ class OnnxExport(Callback):
             else:
                 warnings.warn("no best checkpoint; exporting the final weights", stacklevel=2)
         if self.export in ("final", "all") or not targets:
-            targets.append(("final", pl_module.model))  # type: ignore[arg-type]
+            targets.append(("final", as_classifier(pl_module).model))
         datamodule = trainer.datamodule  # type: ignore[attr-defined]
         val = datamodule.splits.get("val") if datamodule is not None else None
         reports = {}
@@ -191,8 +194,10 @@ class OnnxExport(Callback):
     def _export_one(
         self, pl_module: pl.LightningModule, net: nn.Module, path: Path, val: Any
     ) -> dict[str, Any]:
-        names: list[str] = list(pl_module.class_names)  # type: ignore[arg-type]
-        pre: Preprocessing = pl_module.preprocessing  # type: ignore[assignment]
+        model = as_classifier(pl_module)
+        names, pre = model.class_names, model.preprocessing
+        if pre is None:
+            raise ExportError("the model has no preprocessing; was it set up by a data module?")
         net = copy.deepcopy(net).cpu().float().eval()  # leave the training model where it is
         export_onnx(net, path, names, pre, self.opset, self.uint8_input, self.simplify)
         write_json(path.parent / "labels_mapping.json", contract(names, pre, self.uint8_input))
@@ -223,7 +228,7 @@ def _load_weights(pl_module: pl.LightningModule, ckpt_path: str) -> nn.Module:
     from classifier.checkpoint import load_checkpoint
 
     state = load_checkpoint(ckpt_path)["state_dict"]
-    net = copy.deepcopy(pl_module.model)  # type: ignore[arg-type]
+    net = copy.deepcopy(as_classifier(pl_module).model)
     prefix = "model."
     net.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
     return net
@@ -273,7 +278,11 @@ def export_checkpoint(
         split = read_unlabelled(folder, names)
         chosen = spread(split.paths, verify_images)
         report |= verify_onnx(
-            path, net, [split.paths[i] for i in chosen], [split.labels[i] for i in chosen], pre,
+            path,
+            net,
+            [split.paths[i] for i in chosen],
+            [split.labels[i] for i in chosen],
+            pre,
             uint8_input,
         )
         report["passed"] = report["max_abs_logit_diff"] <= atol
@@ -286,9 +295,9 @@ def export_checkpoint(
 
 def main() -> None:
     """``python -m classifier.export --ckpt_path best.ckpt``."""
-    from jsonargparse import CLI
+    from jsonargparse import auto_cli
 
-    CLI(export_checkpoint, as_positional=False)
+    auto_cli(export_checkpoint, as_positional=False)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from classifier.files import run_dir, write_csv
+from classifier.model import as_classifier
 from classifier.plots import log_image, pyplot, save_figure
 
 COLUMNS = (
@@ -71,9 +72,11 @@ class TrainingHistory(Callback):
             item = metrics.get(key)
             return float(item) if item is not None else float("nan")
 
-        train_loss = float(self._loss_sum) / self._steps if self._loss_sum is not None else float("nan")
-        top1 = pl_module.train_top1 if hasattr(pl_module, "train_top1") else None
-        train_top1 = float(top1.compute()) if top1 is not None and top1.update_count else float("nan")
+        train_loss = (
+            float(self._loss_sum) / self._steps if self._loss_sum is not None else float("nan")
+        )
+        top1 = as_classifier(pl_module).train_top1
+        train_top1 = float(top1.compute()) if top1.update_count else float("nan")
         row = {
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
@@ -83,7 +86,9 @@ class TrainingHistory(Callback):
             "val_top1": value("val/top1"),
             "val_balanced_acc": value("val/balanced_acc"),
             "val_f1_macro": value("val/f1_macro"),
-            "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan"),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"]
+            if trainer.optimizers
+            else float("nan"),
         }
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
         if trainer.is_global_zero:

@@ -38,7 +38,7 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
     if mode in {"I;16", "I;16L", "I;16B", "I;16N", "I"}:
         # 16-bit (and 32-bit integer) grey: scale to 8 bits instead of clipping to white.
         array = np.asarray(image, dtype=np.int64)
-        peak = 65535 if mode.startswith("I;16") or array.max(initial=0) > 255 else 255
+        peak: float = 65535 if mode.startswith("I;16") or array.max(initial=0) > 255 else 255
         grey = np.clip(array * 255 // peak, 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
     if mode == "F":
@@ -93,7 +93,9 @@ def load_rgb(path: str | Path) -> torch.Tensor:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 data = read_file(str(path))
-                image = decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+                image: torch.Tensor = decode_jpeg(
+                    data, mode=ImageReadMode.RGB, apply_exif_orientation=True
+                )
             if _is_cmyk_jpeg(data):
                 raise ValueError("CMYK JPEG: decoded by PIL for its Adobe colour handling")
             return image

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch.optim.lr_scheduler import LambdaLR
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from classifier.backbone import create_backbone
 from classifier.files import run_dir
@@ -55,6 +56,9 @@ class ImageClassifier(pl.LightningModule):
             if compilation fails.
         top_k: how many classes ``predict`` lists per image.
     """
+
+    class_weights: torch.Tensor
+    model: torch.nn.Module
 
     def __init__(
         self,
@@ -116,16 +120,27 @@ class ImageClassifier(pl.LightningModule):
         )
         self.losses = torch.nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
 
+    def summary(self, stage: EvalStage) -> MetricCollection:
+        """The ``top1``/``top5``/``balanced_acc``/``f1_macro`` metrics of ``stage``."""
+        return cast(MetricCollection, self.metrics[stage])
+
+    def confmat(self, stage: EvalStage) -> MulticlassConfusionMatrix:
+        """The confusion-matrix metric of ``stage`` (synchronised across processes)."""
+        return cast(MulticlassConfusionMatrix, self.confmats[stage])
+
+    def mean_loss(self, stage: EvalStage) -> MeanMetric:
+        """The mean per-image cross-entropy of ``stage``."""
+        return cast(MeanMetric, self.losses[stage])
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a normalised ``float`` NCHW batch."""
-        if self.hparams.channels_last:
+        if self.hparams["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
-        logits: torch.Tensor = self.model(images)
-        return logits
+        return cast(torch.Tensor, self.model(images))
 
     def setup(self, stage: str) -> None:
         """Take the preprocessing and the loss weights from the data module."""
-        if stage == "fit" and self.hparams.compile:
+        if stage == "fit" and self.hparams["compile"]:
             self._compile()
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
@@ -148,7 +163,7 @@ class ImageClassifier(pl.LightningModule):
             warnings.warn(f"torch.compile failed ({error}); training in eager mode", stacklevel=2)
 
     def _mixing(self, batch_size: int) -> bool:
-        off = self.hparams.mixup_off_epoch
+        off = self.hparams["mixup_off_epoch"]
         on = off is None or self.current_epoch < off
         return self.mixup_fn is not None and on and batch_size % 2 == 0
 
@@ -165,20 +180,20 @@ class ImageClassifier(pl.LightningModule):
         else:
             logits = self(images)
             loss = F.cross_entropy(
-                logits, labels, weight=weight, label_smoothing=self.hparams.label_smoothing
+                logits, labels, weight=weight, label_smoothing=self.hparams["label_smoothing"]
             )
             self.train_top1.update(logits.detach(), labels)
             self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
-        return loss
+        return cast(torch.Tensor, loss)
 
     def _eval_step(self, stage: EvalStage, batch: Batch) -> dict[str, torch.Tensor]:
         images, labels, indices = batch
         logits = self(images)
         losses = F.cross_entropy(logits.float(), labels, reduction="none")
-        self.losses[stage].update(losses)
-        self.metrics[stage].update(logits, labels)
-        self.confmats[stage].update(logits.argmax(1), labels)
+        self.mean_loss(stage).update(losses)
+        self.summary(stage).update(logits, labels)
+        self.confmat(stage).update(logits.argmax(1), labels)
         return {"logits": logits.detach(), "losses": losses.detach(), "indices": indices}
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
@@ -191,14 +206,14 @@ class ImageClassifier(pl.LightningModule):
 
     def _eval_epoch_end(self, stage: EvalStage) -> None:
         if not self.trainer.sanity_checking:
-            values = {f"{stage}/{k}": v for k, v in self.metrics[stage].compute().items()}
-            values[f"{stage}/loss"] = self.losses[stage].compute()
+            values = {f"{stage}/{k}": v for k, v in self.summary(stage).compute().items()}
+            values[f"{stage}/loss"] = self.mean_loss(stage).compute()
             self.log_dict(values, prog_bar=stage == "val")
-            confmat = self.confmats[stage].compute()
+            confmat = self.confmat(stage).compute()
             if self.trainer.is_global_zero:
                 path = run_dir(self.trainer) / f"{stage}_per_class.csv"
                 write_per_class_csv(path, confmat, self.class_names)
-        for metric in (self.metrics[stage], self.confmats[stage], self.losses[stage]):
+        for metric in (self.summary(stage), self.confmat(stage), self.mean_loss(stage)):
             metric.reset()
 
     def on_validation_epoch_end(self) -> None:
@@ -220,23 +235,30 @@ class ImageClassifier(pl.LightningModule):
         from timm.optim import create_optimizer_v2
 
         hp = self.hparams
-        opt = hp.optimizer  # timm: "sgd" is SGD with Nesterov momentum
+        opt = hp["optimizer"]  # timm: "sgd" is SGD with Nesterov momentum
         optimizer = create_optimizer_v2(
-            self.model, opt=opt, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum
+            self.model,
+            opt=opt,
+            lr=hp["lr"],
+            weight_decay=hp["weight_decay"],
+            momentum=hp["momentum"],
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = max(1, self.trainer.max_epochs or 1)
         factor = lr_multiplier(
-            hp.scheduler,
+            hp["scheduler"],
             total_steps=total,
             steps_per_epoch=max(1, total // epochs),
-            warmup_epochs=hp.warmup_epochs,
-            min_lr_ratio=hp.min_lr_ratio,
-            milestones=hp.milestones or (),
-            gamma=hp.gamma,
+            warmup_epochs=hp["warmup_epochs"],
+            min_lr_ratio=hp["min_lr_ratio"],
+            milestones=hp["milestones"] or (),
+            gamma=hp["gamma"],
         )
         scheduler = LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store class names and preprocessing so the checkpoint describes itself."""
@@ -248,3 +270,10 @@ class ImageClassifier(pl.LightningModule):
         """Restore the preprocessing saved by :meth:`on_save_checkpoint`."""
         if "preprocessing" in checkpoint:
             self.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])
+
+
+def as_classifier(module: pl.LightningModule) -> ImageClassifier:
+    """``module`` typed as :class:`ImageClassifier`; callbacks need its attributes."""
+    if not isinstance(module, ImageClassifier):
+        raise TypeError(f"this callback needs classifier.ImageClassifier, got {type(module)}")
+    return module

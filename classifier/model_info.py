@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 
 from classifier.export import contract
 from classifier.files import run_dir, write_json
+from classifier.model import as_classifier
 
 
 def count_macs(net: torch.nn.Module, image_size: int, device: torch.device) -> float | None:
@@ -71,8 +72,9 @@ class ModelInfo(Callback):
         """Measure on rank 0 and write the files."""
         if not trainer.is_global_zero:
             return
-        net: torch.nn.Module = pl_module.model  # type: ignore[assignment]
-        pre = pl_module.preprocessing  # type: ignore[attr-defined]
+        model = as_classifier(pl_module)
+        net, pre = model.model, model.preprocessing
+        assert pre is not None, "preprocessing is set by the data module's setup"
         size = pre.image_size
         params = list(net.parameters())
         tensors = params + list(net.buffers())
@@ -109,10 +111,15 @@ class ModelInfo(Callback):
         from rich.table import Table
 
         table = Table(title=f"Model: {info['model_name']}", show_header=False)
-        table.add_row("Parameters", f"{info['parameters']:,} ({info['trainable_parameters']:,} trainable)")
+        table.add_row(
+            "Parameters", f"{info['parameters']:,} ({info['trainable_parameters']:,} trainable)"
+        )
         table.add_row("Weights", f"{info['weights_mb']:.1f} MB")
         gmacs = info["gmacs"]
-        table.add_row("GMACs / image", "n/a" if gmacs is None else f"{gmacs:.3f} at {info['input_size'][1]} px")
+        table.add_row(
+            "GMACs / image",
+            "n/a" if gmacs is None else f"{gmacs:.3f} at {info['input_size'][1]} px",
+        )
         for batch, value in info["latency"].items():
             table.add_row(
                 f"Latency, batch {batch}",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +37,15 @@ def log_image(trainer: pl.Trainer, key: str, path: Path) -> None:
     """Send a PNG to every logger that takes images (TensorBoard, WandB)."""
     for logger in trainer.loggers:
         name = type(logger).__name__
+        target: Any = logger
         try:
             if name == "TensorBoardLogger":
                 from PIL import Image
 
                 pixels = np.asarray(Image.open(path).convert("RGB"))
-                logger.experiment.add_image(key, pixels, trainer.global_step, dataformats="HWC")
+                target.experiment.add_image(key, pixels, trainer.global_step, dataformats="HWC")
             elif name == "WandbLogger":
-                logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
+                target.log_image(key=key, images=[str(path)], step=trainer.global_step)
         except Exception as error:  # a logger hiccup must not stop training
             import warnings
 
@@ -53,7 +54,7 @@ def log_image(trainer: pl.Trainer, key: str, path: Path) -> None:
 
 def bar_chart(
     labels: Sequence[str],
-    series: dict[str, Sequence[float]],
+    series: Mapping[str, Sequence[float]],
     title: str,
     ylabel: str,
 ) -> Any:
@@ -66,7 +67,9 @@ def bar_chart(
     for i, (name, values) in enumerate(series.items()):
         axes.bar(x + (i - (len(series) - 1) / 2) * bar, values, bar, label=name)
     axes.set_xticks(x)
-    axes.set_xticklabels(labels, rotation=45 if len(labels) > 8 else 0, ha="right" if len(labels) > 8 else "center")
+    axes.set_xticklabels(
+        labels, rotation=45 if len(labels) > 8 else 0, ha="right" if len(labels) > 8 else "center"
+    )
     axes.set_title(title)
     axes.set_ylabel(ylabel)
     if len(series) > 1:

@@ -11,11 +11,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from classifier.files import run_dir
+from classifier.model import as_classifier
 from classifier.plots import log_image, pyplot, save_figure
 from classifier.transforms import denormalize
 
 
-def image_grid(images: list[torch.Tensor], titles: list[str], colours: list[str], title: str) -> Any:
+def image_grid(
+    images: list[torch.Tensor], titles: list[str], colours: list[str], title: str
+) -> Any:
     """A figure of ``3xHxW`` float images in [0, 1] with a caption under each."""
     plt = pyplot()
     cols = min(8, len(images))
@@ -66,12 +69,19 @@ class SampleGrids(Callback):
             return
         self._train_done = True
         images, labels, _ = batch
-        pre = pl_module.preprocessing  # type: ignore[attr-defined]
-        shown = denormalize(images[: self.num_images].detach(), pre).cpu()
-        names: list[str] = pl_module.class_names  # type: ignore[assignment]
+        model = as_classifier(pl_module)
+        assert model.preprocessing is not None
+        shown = denormalize(images[: self.num_images].detach(), model.preprocessing).cpu()
+        names = model.class_names
         captions = [names[int(i)] for i in labels[: self.num_images]]
-        figure = image_grid(list(shown), captions, ["black"] * len(captions), "Augmented training batch")
-        log_image(trainer, "samples/train_batch", save_figure(figure, run_dir(trainer) / "train_batch.png"))
+        figure = image_grid(
+            list(shown), captions, ["black"] * len(captions), "Augmented training batch"
+        )
+        log_image(
+            trainer,
+            "samples/train_batch",
+            save_figure(figure, run_dir(trainer) / "train_batch.png"),
+        )
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start collecting candidates."""
@@ -98,7 +108,16 @@ class SampleGrids(Callback):
         score = losses.float() + wrong * 1e6
         top = score.topk(min(self.num_images, len(score))).indices
         self._candidates.append(
-            torch.stack([score[top], indices[top].float(), labels[top].float(), predicted[top].float(), confidence[top]], 1)
+            torch.stack(
+                [
+                    score[top],
+                    indices[top].float(),
+                    labels[top].float(),
+                    predicted[top].float(),
+                    confidence[top],
+                ],
+                1,
+            )
         )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -117,7 +136,7 @@ class SampleGrids(Callback):
 
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, rows: torch.Tensor) -> None:
         dataset = trainer.datamodule.datasets["val"]  # type: ignore[attr-defined]
-        names: list[str] = pl_module.class_names  # type: ignore[assignment]
+        names = as_classifier(pl_module).class_names
         images, captions, colours = [], [], []
         for _, index, label, pred, conf in rows.tolist():
             image, _, _ = dataset[int(index)]
@@ -125,5 +144,7 @@ class SampleGrids(Callback):
             captions.append(f"true: {names[int(label)]}\npred: {names[int(pred)]} ({conf:.2f})")
             colours.append("black" if int(label) == int(pred) else "red")
         title = f"Validation, epoch {trainer.current_epoch + 1}: misclassified, then highest loss"
-        path: Path = save_figure(image_grid(images, captions, colours, title), run_dir(trainer) / "val_predictions.png")
+        path: Path = save_figure(
+            image_grid(images, captions, colours, title), run_dir(trainer) / "val_predictions.png"
+        )
         log_image(trainer, "samples/val_predictions", path)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image
 
-from classifier.images import load_pil
 from classifier.files import atomic_write_text
+from classifier.images import load_pil
 
 #: Cache format version; bump when the checks change.
 _VERSION = 1
@@ -65,7 +65,7 @@ def scan_files(paths: Sequence[Path], root: Path, progress: bool = True) -> dict
     todo = [p for p in paths if cache.get(str(p), [None])[0] != keys[str(p)]]
     if todo:
         with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-            results = pool.map(check_file, todo)
+            results: Iterable[str | None] = pool.map(check_file, todo)
             if progress and len(todo) > 200:
                 from rich.progress import track
 

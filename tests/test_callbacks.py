@@ -29,8 +29,15 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     mp.setattr(sys, "argv", ["classifier"])
     try:
         cli: Any = run_cli(
-            "fit", "--config", str(CONF / "full.yaml"), "--data.data_dir", str(data),
-            "--trainer.max_epochs", str(EPOCHS), "--test_after_fit", "true",
+            "fit",
+            "--config",
+            str(CONF / "full.yaml"),
+            "--data.data_dir",
+            str(data),
+            "--trainer.max_epochs",
+            str(EPOCHS),
+            "--test_after_fit",
+            "true",
         )
     finally:
         mp.undo()
@@ -49,9 +56,15 @@ def test_confusion_matrix_counts_every_val_image_once(full_run: dict[str, Any]) 
     assert matrix.sum() == 18  # 3 classes x 6 val images, sanity-check batches excluded
     history = _csv(run / "history.csv")
     assert matrix.trace() / matrix.sum() == pytest.approx(float(history[-1]["val_top1"]), abs=1e-6)
-    test = np.array([[int(v) for v in list(r.values())[1:]] for r in _csv(run / "confusion_matrix_test.csv")])
+    test = np.array(
+        [[int(v) for v in list(r.values())[1:]] for r in _csv(run / "confusion_matrix_test.csv")]
+    )
     assert test.sum() == 18
-    for name in ("confusion_matrix_val.png", "confusion_matrix_val_normalized.png", "confusion_matrix_test.png"):
+    for name in (
+        "confusion_matrix_val.png",
+        "confusion_matrix_val_normalized.png",
+        "confusion_matrix_test.png",
+    ):
         assert Image.open(run / name).size[0] > 300
     assert _csv(run / "most_confused_val.csv") is not None
 
@@ -113,7 +126,9 @@ def _client_predict(model_path: Path, paths: list[Path]) -> list[str]:
 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     raw = session.get_modelmeta().custom_metadata_map
-    meta = {k: json.loads(raw[k]) for k in ("image_size", "resize_size", "mean", "std", "class_names")}
+    meta = {
+        k: json.loads(raw[k]) for k in ("image_size", "resize_size", "mean", "std", "class_names")
+    }
     size, resize = meta["image_size"], meta["resize_size"]
     mean, std = np.array(meta["mean"]), np.array(meta["std"])
     predictions = []
@@ -143,7 +158,9 @@ def test_onnx_metadata_lets_a_plain_client_reproduce_accuracy(full_run: dict[str
 def test_onnx_runs_at_any_batch_size(full_run: dict[str, Any], batch: int) -> None:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(full_run["run"] / "model_best.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(full_run["run"] / "model_best.onnx"), providers=["CPUExecutionProvider"]
+    )
     out = session.run(None, {"images": np.zeros((batch, 3, 32, 32), np.float32)})[0]
     assert out.shape == (batch, 3)
 

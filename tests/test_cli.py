@@ -55,9 +55,7 @@ def test_runs_never_overwrite_each_other(image_folder: Path) -> None:
 
 def test_trained_model_beats_chance(folder_factory) -> None:  # type: ignore[no-untyped-def]
     data = folder_factory(counts={"train": 40, "val": 12, "test": 12})
-    cli = run_cli(
-        *tiny("fit", data, "--trainer.max_epochs", "4", "--test_after_fit", "true")
-    )
+    cli = run_cli(*tiny("fit", data, "--trainer.max_epochs", "4", "--test_after_fit", "true"))
     top1 = float(cli.trainer.callback_metrics["test/top1"])  # type: ignore[attr-defined]
     assert top1 >= 0.8, f"test top1 {top1:.2f}; chance is 0.33"
 
@@ -67,7 +65,9 @@ def test_unknown_model_name_lists_close_names(image_folder: Path) -> None:
         run_cli(*tiny("fit", image_folder, "--model.model_name", "resnet5O"))
 
 
-def test_print_config_is_reproducible(image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_print_config_is_reproducible(
+    image_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         run_cli(*tiny("fit", image_folder, "--model.lr", "0.02", "--print_config"))
     assert exit_info.value.code == 0
@@ -78,7 +78,10 @@ def test_print_config_is_reproducible(image_folder: Path, capsys: pytest.Capture
 
 @pytest.mark.slow
 def test_installed_command_runs_as_a_subprocess() -> None:
-    for command in ([str(Path(sys.executable).parent / "classifier")], [sys.executable, "-m", "classifier"]):
+    for command in (
+        [str(Path(sys.executable).parent / "classifier")],
+        [sys.executable, "-m", "classifier"],
+    ):
         result = subprocess.run(
             [*command, "fit", "--help"], capture_output=True, text=True, timeout=120, cwd=REPO
         )

@@ -17,9 +17,13 @@ def test_there_are_configs() -> None:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_config_parses(config: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_parses(
+    config: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        run_cli("fit", "--config", str(config), "--data.data_dir", str(image_folder), "--print_config")
+        run_cli(
+            "fit", "--config", str(config), "--data.data_dir", str(image_folder), "--print_config"
+        )
     assert exit_info.value.code == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["model"]["model_name"]

@@ -48,7 +48,9 @@ def test_best_checkpoint_scores_and_tests_ema_weights(image_folder: Path) -> Non
     checkpoint = cli.trainer.checkpoint_callback
     best = torch.load(checkpoint.best_model_path, weights_only=True)
     raw, averaged = best["current_model_state"], best["state_dict"]
-    assert any(not torch.equal(raw[k], averaged[k]) for k in averaged if averaged[k].is_floating_point())
+    assert any(
+        not torch.equal(raw[k], averaged[k]) for k in averaged if averaged[k].is_floating_point()
+    )
     # Validating best.ckpt alone reproduces the score it was saved for: the EMA weights.
     validated: Any = run_cli("validate", "--ckpt_path", checkpoint.best_model_path)
     score = float(validated.trainer.callback_metrics["val/loss"])
@@ -60,8 +62,15 @@ def test_resume_restores_raw_and_ema_weights(image_folder: Path) -> None:
     last = Path(first.trainer.log_dir) / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
     resumed: Any = run_cli(
-        "fit", "--config", FULL, "--data.data_dir", str(image_folder),
-        "--trainer.max_epochs", "3", "--ckpt_path", str(last),
+        "fit",
+        "--config",
+        FULL,
+        "--data.data_dir",
+        str(image_folder),
+        "--trainer.max_epochs",
+        "3",
+        "--ckpt_path",
+        str(last),
         "--trainer.callbacks+=tests.probes.StateProbe",
     )
     seen = probe(resumed)

@@ -16,7 +16,9 @@ from tests.conftest import CONF, run_cli
 
 @pytest.fixture
 def trained(image_folder: Path) -> Path:
-    cli: Any = run_cli(*["fit", "--config", str(CONF / "tiny.yaml"), "--data.data_dir", str(image_folder)])
+    cli: Any = run_cli(
+        *["fit", "--config", str(CONF / "tiny.yaml"), "--data.data_dir", str(image_folder)]
+    )
     return Path(cli.trainer.checkpoint_callback.best_model_path)
 
 

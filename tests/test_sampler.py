@@ -44,8 +44,15 @@ def test_weighted_sampler_flattens_an_imbalanced_folder(folder_factory: Any) -> 
     for i in range(36):  # common: 40 images, rare: 4, scarce: 4
         (data / "train" / "common" / f"extra_{i}.png").write_bytes(source.read_bytes())
     cli: Any = run_cli(
-        "fit", "--config", str(CONF / "full.yaml"), "--data.data_dir", str(data),
-        "--data.sampler", "weighted", "--trainer.max_epochs", "2",
+        "fit",
+        "--config",
+        str(CONF / "full.yaml"),
+        "--data.data_dir",
+        str(data),
+        "--data.sampler",
+        "weighted",
+        "--trainer.max_epochs",
+        "2",
     )
     epochs = json.loads((Path(cli.trainer.log_dir) / "sampler_distribution.json").read_text())
     baseline, drawn = epochs[-1]["baseline"], epochs[-1]["effective"]

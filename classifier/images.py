@@ -60,7 +60,9 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
 def load_pil(path: Path) -> torch.Tensor:
     """Decode ``path`` fully with PIL into an RGB ``uint8`` ``3xHxW`` tensor (strict: a
     truncated file raises)."""
-    with Image.open(path) as image:
+    with warnings.catch_warnings(), Image.open(path) as image:
+        # Corrupt EXIF only loses orientation; PIL's warning about it is noise per file.
+        warnings.filterwarnings("ignore", message="Corrupt EXIF", category=UserWarning)
         if image.format not in ALLOWED_FORMATS:
             raise ValueError(f"format {image.format} is not an allowed image format")
         if getattr(image, "n_frames", 1) > 1:

@@ -12,44 +12,11 @@ from typing import Any
 
 import torch
 
-#: Modules a ``class_path`` in a config or checkpoint may name.
-ALLOWED_CLASS_PATH_PREFIXES = (
-    "classifier.",
-    "lightning.",
-    "pytorch_lightning.",
-    "torch.optim.",
-    "timm.",
-)
+from classifier.safety import refuse_foreign_class_paths
 
 
 class CheckpointError(ValueError):
     """The checkpoint cannot be used; the message says why."""
-
-
-def find_class_paths(value: Any) -> list[str]:
-    """Every ``class_path`` value nested anywhere in ``value``."""
-    found: list[str] = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key in {"class_path", "_class_path"} and isinstance(item, str):
-                found.append(item)
-            else:
-                found += find_class_paths(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            found += find_class_paths(item)
-    return found
-
-
-def refuse_foreign_class_paths(value: Any, origin: str) -> None:
-    """Raise if ``value`` names a class outside :data:`ALLOWED_CLASS_PATH_PREFIXES`."""
-    for path in find_class_paths(value):
-        if not path.startswith(ALLOWED_CLASS_PATH_PREFIXES):
-            raise CheckpointError(
-                f"{origin} names class_path {path!r}, outside the allowed modules "
-                f"({', '.join(p.rstrip('.') for p in ALLOWED_CLASS_PATH_PREFIXES)}); refusing "
-                "to import it."
-            )
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

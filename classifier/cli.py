@@ -16,10 +16,11 @@ import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from classifier.checkpoint import config_from_checkpoint
+from classifier.checkpoint import CheckpointError, config_from_checkpoint
 from classifier.data import ImageFolderDataModule
 from classifier.model import ImageClassifier
 from classifier.predict import PredictionWriter
+from classifier.safety import check_cli_args
 
 _EVAL_COMMANDS = {"validate", "test", "predict"}
 
@@ -60,16 +61,56 @@ class ClassifierCLI(LightningCLI):
             rank_zero_info(f"Best checkpoint: {best}")
 
 
+def _option(args: list[str], name: str) -> str | None:
+    """The value of ``--name X`` or ``--name=X`` (the last one given)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _run_roots(args: list[str]) -> list[Path]:
+    """Folders that hold this configuration's runs: the logger's save_dir/name, or runs/."""
+    roots = []
+    for i, arg in enumerate(args):
+        if arg in {"--config", "-c"} and i + 1 < len(args) and Path(args[i + 1]).is_file():
+            config = yaml.safe_load(Path(args[i + 1]).read_text()) or {}
+            logger = (config.get("trainer") or {}).get("logger")
+            if isinstance(logger, dict) and isinstance(logger.get("init_args"), dict):
+                init = logger["init_args"]
+                roots.append(Path(init.get("save_dir", "runs")) / str(init.get("name", "")))
+    return roots or [Path(_option(args, "--trainer.default_root_dir") or "runs")]
+
+
+def resolve_last(args: list[str]) -> list[str]:
+    """Replace ``fit --ckpt_path last`` by the newest ``last.ckpt`` of earlier runs.
+
+    Each run has its own versioned folder, where Lightning's own ``last`` lookup would search
+    only the new, empty one.
+    """
+    if _option(args, "--ckpt_path") != "last":
+        return args
+    found = [p for root in _run_roots(args) for p in root.glob("**/checkpoints/last.ckpt")]
+    if not found:
+        roots = ", ".join(str(r) for r in _run_roots(args))
+        raise CheckpointError(f"--ckpt_path last: no checkpoints/last.ckpt under {roots}.")
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    rank_zero_info(f"Resuming from {newest}")
+    out = [a for a in args if not a.startswith("--ckpt_path=")]
+    at = out.index("--ckpt_path") if "--ckpt_path" in out else None
+    if at is not None:
+        del out[at : at + 2]
+    return [*out, "--ckpt_path", str(newest)]
+
+
 @contextmanager
 def _checkpoint_layer(args: list[str]) -> Iterator[list[str]]:
     """Insert the checkpoint's model/data arguments as the first ``--config`` of an eval run."""
     command = next((a for a in args if not a.startswith("-")), None)
-    ckpt = None
-    for i, arg in enumerate(args):
-        if arg == "--ckpt_path" and i + 1 < len(args):
-            ckpt = args[i + 1]
-        elif arg.startswith("--ckpt_path="):
-            ckpt = arg.split("=", 1)[1]
+    ckpt = _option(args, "--ckpt_path")
     if command not in _EVAL_COMMANDS or not ckpt or ckpt in {"best", "last", "hpc"}:
         yield args
         return
@@ -88,6 +129,9 @@ def main(args: list[str] | None = None) -> Any:
         # its arguments through `args` so a checkpoint layer can be inserted.
         args, sys.argv[1:] = sys.argv[1:], []
     argv = list(args)
+    check_cli_args(argv)
+    if next((a for a in argv if not a.startswith("-")), None) == "fit":
+        argv = resolve_last(argv)
     with _checkpoint_layer(argv) as argv:
         return ClassifierCLI(
             ImageClassifier,

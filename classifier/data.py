@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from classifier.datasets import ImageDataset
 from classifier.files import run_dir, write_csv
@@ -28,6 +29,31 @@ from classifier.transforms import (
 )
 
 Stage = Literal["train", "val", "test", "predict"]
+
+
+class ResumableLoader(DataLoader[Any]):
+    """Training loader whose position Lightning saves in checkpoints.
+
+    A checkpoint written mid-epoch (on SIGTERM, or by ``every_n_train_steps``) records how many
+    batches of the epoch were consumed; resuming skips exactly those, so no sample is replayed
+    or skipped.
+    """
+
+    def __init__(self, *args: Any, progress: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        """The epoch and the number of this rank's samples already trained on."""
+        sampler = self.sampler
+        assert isinstance(sampler, EpochSampler) and self.batch_size is not None
+        return {"epoch": sampler.epoch, "samples": self.progress() * self.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Skip the consumed samples if the run resumes inside the same epoch."""
+        sampler = self.sampler
+        assert isinstance(sampler, EpochSampler)
+        sampler.resume(int(state["epoch"]), int(state["samples"]))
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
@@ -260,20 +286,28 @@ class ImageFolderDataModule(pl.LightningDataModule):
             return 0, 1
         return self.trainer.global_rank, self.trainer.world_size
 
-    def _loader(self, name: str, sampler: Sampler[int], batch_size: int) -> DataLoader[Any]:
+    def _loader_kwargs(self, name: str, batch_size: int) -> dict[str, Any]:
         workers = self.num_workers
         pin = self.hparams["pin_memory"]
         if pin is None:
             pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        return DataLoader(
-            self.datasets[name],
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            pin_memory=pin,
-            persistent_workers=workers > 0 and name == "train",
-            drop_last=False,
-        )
+        return {
+            "dataset": self.datasets[name],
+            "batch_size": batch_size,
+            "num_workers": workers,
+            "pin_memory": pin,
+            "persistent_workers": workers > 0 and name == "train",
+            "prefetch_factor": 4 if workers > 0 else None,
+            # Its own generator: creating iterators does not consume the global RNG, whose
+            # state is restored on resume.
+            "generator": torch.Generator().manual_seed(0),
+        }
+
+    def _consumed_batches(self) -> int:
+        if self.trainer is None:
+            return 0
+        current: Any = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return int(current.processed)
 
     def train_dataloader(self) -> DataLoader[Any]:
         """Shuffled or weighted, sharded across processes."""
@@ -285,12 +319,16 @@ class ImageFolderDataModule(pl.LightningDataModule):
             weights = (1.0 / counts.clamp(min=1))[labels]
         seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
         self.train_sampler = EpochSampler(len(labels), weights, seed, rank, world)
-        return self._loader("train", self.train_sampler, self.batch_size)
+        return ResumableLoader(
+            sampler=self.train_sampler,
+            progress=self._consumed_batches,
+            **self._loader_kwargs("train", self.batch_size),
+        )
 
     def _eval_loader(self, name: str) -> DataLoader[Any]:
         rank, world = self._rank()
         sampler = ShardSampler(len(self.datasets[name]), rank, world)
-        return self._loader(name, sampler, self.eval_batch_size)
+        return DataLoader(sampler=sampler, **self._loader_kwargs(name, self.eval_batch_size))
 
     def val_dataloader(self) -> DataLoader[Any]:
         """In file order, each image on exactly one process."""

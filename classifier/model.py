@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, cast
 
 import lightning.pytorch as pl
@@ -11,10 +12,12 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from classifier import rng
 from classifier.backbone import create_backbone
 from classifier.files import run_dir
 from classifier.metrics import confusion_matrix, summary_metrics, write_per_class_csv
-from classifier.optim import Schedule, lr_multiplier
+from classifier.optim import Schedule, lr_multiplier, stepping_batches
+from classifier.sampler import EpochSampler
 from classifier.transforms import Preprocessing
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -101,6 +104,8 @@ class ImageClassifier(pl.LightningModule):
         self.preprocessing: Preprocessing | None = None
         self.register_buffer("class_weights", torch.ones(self.num_classes), persistent=False)
         self.use_class_weights = False
+        self._rng_states: dict[str, Any] | None = None
+        self._first_epoch = False
         self.mixup_fn: Any = None
         if mixup > 0 or cutmix > 0:
             from timm.data import Mixup
@@ -243,12 +248,11 @@ class ImageClassifier(pl.LightningModule):
             weight_decay=hp["weight_decay"],
             momentum=hp["momentum"],
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or 1)
+        per_epoch, total = self._stepping_batches()
         factor = lr_multiplier(
             hp["scheduler"],
             total_steps=total,
-            steps_per_epoch=max(1, total // epochs),
+            steps_per_epoch=per_epoch,
             warmup_epochs=hp["warmup_epochs"],
             min_lr_ratio=hp["min_lr_ratio"],
             milestones=hp["milestones"] or (),
@@ -260,9 +264,20 @@ class ImageClassifier(pl.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    def _stepping_batches(self) -> tuple[int, int]:
+        datasets = getattr(self.trainer.datamodule, "datasets", {})  # type: ignore[attr-defined]
+        if "train" not in datasets:  # another data module: let Lightning count
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            return max(1, total // max(1, self.trainer.max_epochs or 1)), total
+        dm = self.trainer.datamodule  # type: ignore[attr-defined]
+        per_rank = math.ceil(len(datasets["train"]) / self.trainer.world_size)
+        return stepping_batches(self.trainer, math.ceil(per_rank / dm.batch_size))
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store class names and preprocessing so the checkpoint describes itself."""
+        """Store class names, preprocessing and RNG states so the checkpoint describes itself
+        and a resumed run continues exactly."""
         checkpoint["class_names"] = self.class_names
+        checkpoint["rng_states"] = rng.capture()
         if self.preprocessing is not None:
             checkpoint["preprocessing"] = self.preprocessing.to_dict()
 
@@ -270,6 +285,28 @@ class ImageClassifier(pl.LightningModule):
         """Restore the preprocessing saved by :meth:`on_save_checkpoint`."""
         if "preprocessing" in checkpoint:
             self.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])
+        self._rng_states = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        """Restore the RNG states of a resumed run right before its first training step."""
+        if self._rng_states is not None:
+            rng.restore(self._rng_states)
+            self._rng_states = None
+        self._first_epoch = True
+
+    def on_train_epoch_start(self) -> None:
+        """Redraw a stale first epoch of a resumed run.
+
+        Lightning builds the train iterator before its first ``set_epoch`` call and reuses it
+        for the first epoch (with workers prefetching, epoch 0's order is already drawn); when
+        that iterator belongs to another epoch it is rebuilt here, before any batch is used.
+        """
+        sampler = getattr(self.trainer.datamodule, "train_sampler", None)  # type: ignore[attr-defined]
+        stale = isinstance(sampler, EpochSampler) and sampler.drawn_epoch != sampler.epoch
+        fetcher = self.trainer.fit_loop._data_fetcher
+        if self._first_epoch and stale and fetcher is not None:
+            iter(fetcher)
+        self._first_epoch = False
 
 
 def as_classifier(module: pl.LightningModule) -> ImageClassifier:

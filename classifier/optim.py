@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 Schedule = Literal["cosine", "multistep", "constant"]
 
@@ -38,3 +38,22 @@ def lr_multiplier(
         return 1.0
 
     return factor
+
+
+def stepping_batches(trainer: Any, batches_per_epoch: int) -> tuple[int, int]:
+    """Optimizer steps per epoch and in total, from the loader length alone.
+
+    ``trainer.estimated_stepping_batches`` would build and iterate the train loader before a
+    resumed run restores its loop state, which makes the first resumed epoch replay epoch 0's
+    order; this mirrors its arithmetic without touching the loader.
+    """
+    limit = trainer.limit_train_batches
+    batches = (
+        min(batches_per_epoch, limit) if isinstance(limit, int) else int(batches_per_epoch * limit)
+    )
+    per_epoch = max(1, math.ceil(batches / max(1, trainer.accumulate_grad_batches)))
+    epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+    total = per_epoch * epochs if epochs is not None else None
+    if trainer.max_steps not in (None, -1):
+        total = trainer.max_steps if total is None else min(total, trainer.max_steps)
+    return per_epoch, max(1, total or per_epoch)

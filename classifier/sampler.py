@@ -9,13 +9,17 @@ global draw from the same seed and takes a disjoint slice, so a weighted draw st
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import torch
 from torch.utils.data import Sampler
 
+#: What the training sampler yields: (dataset index, seed, epoch, position in the epoch).
+#: The dataset seeds each sample's augmentation from it, so augmentation does not depend on
+#: which worker loads the sample or on the RNG history before a resume.
+Key = tuple[int, int, int, int]
 
-class EpochSampler(Sampler[int]):
+
+class EpochSampler(Sampler[Key]):
     """Training sampler: a seeded permutation, or a weighted draw with replacement.
 
     Args:
@@ -43,6 +47,10 @@ class EpochSampler(Sampler[int]):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        #: The epoch of the last iterator created (``None`` before the first).
+        self.drawn_epoch: int | None = None
+        #: (epoch, samples of this rank to skip) for the first iteration after a resume.
+        self.resume_at: tuple[int, int] | None = None
         #: The dataset indices this rank drew in the current epoch, in order.
         self.drawn: torch.Tensor = torch.empty(0, dtype=torch.long)
 
@@ -62,20 +70,30 @@ class EpochSampler(Sampler[int]):
         padding = -len(order) % self.world_size
         return torch.cat([order, order[:padding]]) if padding else order
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[Key]:
+        start = 0
+        if self.resume_at is not None:
+            self.epoch, start = self.resume_at
+            self.resume_at = None
         self.drawn = self.global_draw()[self.rank :: self.world_size]
-        return iter(self.drawn.tolist())
+        self.drawn_epoch = self.epoch
+        indices = self.drawn.tolist()
+        keys = [(index, self.seed, self.epoch, pos) for pos, index in enumerate(indices)]
+        return iter(keys[start:])
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.world_size)
 
-    def state_dict(self) -> dict[str, Any]:
-        """Seed and epoch, for resume."""
-        return {"seed": self.seed, "epoch": self.epoch}
+    def resume(self, epoch: int, consumed: int) -> None:
+        """Continue after a checkpoint taken when ``consumed`` samples of ``epoch`` were used.
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+        Lightning creates the first iterator of a resumed run before it calls ``set_epoch``,
+        so the epoch to draw is pinned here.
+        """
+        if consumed >= len(self):
+            self.resume_at = (epoch + 1, 0)
+        else:
+            self.resume_at = (epoch, consumed)
 
 
 class ShardSampler(Sampler[int]):

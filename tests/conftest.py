@@ -77,6 +77,8 @@ def _isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run every test in its own folder with its own scan cache."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["classifier"])
+    # Test probes are callbacks in tests/; trusted like a user's own package would be.
+    monkeypatch.setenv("CLASSIFIER_ALLOWED_CLASS_PATHS", "tests.")
     monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
 
 

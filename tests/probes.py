@@ -28,3 +28,20 @@ class StateProbe(Callback):
 def probe(cli: Any) -> StateProbe:
     """The StateProbe of a finished CLI run."""
     return next(c for c in cli.trainer.callbacks if isinstance(c, StateProbe))
+
+
+class KillAt(Callback):
+    """SIGKILL this process at a given epoch and batch: a pre-empted node, no clean-up."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch = epoch
+        self.batch = batch
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        import os
+        import signal
+
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -101,15 +101,20 @@ def test_file_failing_at_load_time_is_replaced(tmp_path: Path) -> None:
     good = tmp_path / "good.png"
     Image.new("RGB", (8, 8), (1, 2, 3)).save(good)
     dataset = ImageDataset([tmp_path / "gone.png", good], [0, 1])
-    image, label, index = dataset[0]
+    _, label, index = dataset[0]
     assert (label, index) == (1, 1) and dataset.failures == 1
 
 
 def test_fit_on_hostile_folder_reports_and_trains(hostile: Path) -> None:
     with pytest.warns(UserWarning, match="excluded 5"):
         cli: Any = run_cli(
-            "fit", "--config", str(CONF / "tiny.yaml"), "--data.data_dir", str(hostile),
-            "--trainer.max_epochs", "1",
+            "fit",
+            "--config",
+            str(CONF / "tiny.yaml"),
+            "--data.data_dir",
+            str(hostile),
+            "--trainer.max_epochs",
+            "1",
         )
     report = Path(cli.trainer.log_dir) / "excluded_files.csv"
     rows = list(csv.DictReader(report.open()))

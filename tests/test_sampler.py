@@ -20,17 +20,38 @@ def test_epoch_sampler_is_a_function_of_seed_and_epoch() -> None:
     assert list(a) == list(b)
     b.set_epoch(5)
     assert list(a) != list(b)
-    assert sorted(a) == list(range(50))
+    assert sorted(key[0] for key in a) == list(range(50))
+    assert {key[1:3] for key in a} == {(3, 4)}  # (seed, epoch) travel with each index
 
 
 def test_ranks_draw_disjoint_shards_of_one_draw() -> None:
     weights = torch.rand(30)
     ranks = [EpochSampler(30, weights, seed=1, rank=r, world_size=2) for r in range(2)]
     single = EpochSampler(30, weights, seed=1)
-    shards = [list(r) for r in ranks]
+    shards = [[key[0] for key in r] for r in ranks]
     assert len(shards[0]) == len(shards[1]) == 15
     merged = [i for pair in zip(*shards, strict=True) for i in pair]
-    assert merged == list(single)
+    assert merged == [key[0] for key in single]
+
+
+def test_sampler_reports_which_epoch_it_drew() -> None:
+    sampler = EpochSampler(20, seed=1)
+    first = [k[0] for k in sampler]
+    sampler.set_epoch(3)  # Lightning may have built the iterator before this call
+    assert sampler.drawn_epoch == 0 != sampler.epoch
+    assert {k[2] for k in sampler} == {3} and sampler.drawn_epoch == 3
+    assert [k[0] for k in sampler] != first
+
+
+def test_mid_epoch_resume_skips_consumed_samples() -> None:
+    full = [k[0] for k in EpochSampler(20, seed=1)]
+    resumed = EpochSampler(20, seed=1)
+    resumed.resume(0, 8)
+    assert [k[0] for k in resumed] == full[8:]
+    assert len(list(resumed)) == 20  # only the first iteration skips
+    finished = EpochSampler(20, seed=1)
+    finished.resume(4, 20)  # checkpoint at the end of epoch 4: the next draw is epoch 5
+    assert {k[2] for k in finished} == {5}
 
 
 def test_shard_sampler_covers_each_index_once() -> None:

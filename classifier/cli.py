@@ -15,14 +15,28 @@ from typing import Any
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from classifier.backbone import BackboneError
 from classifier.checkpoint import CheckpointError, config_from_checkpoint
 from classifier.data import ImageFolderDataModule
-from classifier.model import ImageClassifier
+from classifier.folder import DataError
+from classifier.model import ImageClassifier, NonFiniteLossError
 from classifier.predict import PredictionWriter
-from classifier.safety import check_cli_args
+from classifier.preemption import SIGTERM_EXIT_CODE, PreemptionCheckpoint
+from classifier.safety import UnsafeConfigError, check_cli_args
+from classifier.verify import ExportError
 
 _EVAL_COMMANDS = {"validate", "test", "predict"}
+#: Errors whose message tells the user what to fix; printed without a traceback.
+USER_ERRORS = (
+    DataError,
+    BackboneError,
+    CheckpointError,
+    UnsafeConfigError,
+    NonFiniteLossError,
+    ExportError,
+)
 
 
 class ClassifierCLI(LightningCLI):
@@ -46,6 +60,12 @@ class ClassifierCLI(LightningCLI):
         callbacks: list[Any] = getattr(self.trainer, "callbacks")  # noqa: B009 (set at runtime)
         if not any(isinstance(c, PredictionWriter) for c in callbacks):
             callbacks.append(PredictionWriter())
+
+    def before_fit(self) -> None:
+        """Make sure a pre-empted run leaves a checkpoint to resume from."""
+        callbacks: list[Any] = getattr(self.trainer, "callbacks")  # noqa: B009 (set at runtime)
+        if not any(isinstance(c, PreemptionCheckpoint) for c in callbacks):
+            callbacks.append(PreemptionCheckpoint())
 
     def after_fit(self) -> None:
         """Print where the run's files are; optionally test the best checkpoint."""
@@ -144,8 +164,14 @@ def main(args: list[str] | None = None) -> Any:
 
 
 def entry() -> None:
-    """Console-script entry point (``classifier``)."""
-    main()
+    """Console-script entry point (``classifier``): user errors as one line, SIGTERM as 143."""
+    try:
+        main()
+    except SIGTERMException:
+        sys.exit(SIGTERM_EXIT_CODE)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ class TrainingHistory(Callback):
         """Add the step's loss on device (no host sync)."""
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
-            loss = loss.detach().float()
+            loss = loss.detach().double()
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
             self._steps += 1
 
@@ -120,9 +120,13 @@ class TrainingHistory(Callback):
         log_image(trainer, "history/metrics", save_figure(figure, folder / "metrics_history.png"))
 
     def state_dict(self) -> dict[str, Any]:
-        """The rows so far, saved in checkpoints."""
-        return {"rows": self.rows}
+        """The rows so far and the running epoch's loss sum (for mid-epoch resume)."""
+        loss = float(self._loss_sum) if self._loss_sum is not None else None
+        return {"rows": self.rows, "loss_sum": loss, "steps": self._steps}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Continue the rows of a resumed run."""
+        """Continue the rows (and a partly done epoch) of a resumed run."""
         self.rows = list(state_dict.get("rows", []))
+        loss = state_dict.get("loss_sum")
+        self._loss_sum = None if loss is None else torch.tensor(loss, dtype=torch.float64)
+        self._steps = int(state_dict.get("steps", 0))

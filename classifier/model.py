@@ -21,6 +21,12 @@ from classifier.sampler import EpochSampler
 from classifier.transforms import Preprocessing
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the run stops before saving bad weights."""
+
+
 EvalStage = Literal["val", "test"]
 
 
@@ -61,6 +67,7 @@ class ImageClassifier(pl.LightningModule):
     """
 
     class_weights: torch.Tensor
+    _finite: torch.Tensor
     model: torch.nn.Module
 
     def __init__(
@@ -106,6 +113,7 @@ class ImageClassifier(pl.LightningModule):
         self.use_class_weights = False
         self._rng_states: dict[str, Any] | None = None
         self._first_epoch = False
+        self.register_buffer("_finite", torch.ones((), dtype=torch.bool), persistent=False)
         self.mixup_fn: Any = None
         if mixup > 0 or cutmix > 0:
             from timm.data import Mixup
@@ -117,6 +125,8 @@ class ImageClassifier(pl.LightningModule):
                 num_classes=self.num_classes,
             )
         self.train_top1 = summary_metrics(self.num_classes)["top1"]
+        # In checkpoints, so an epoch resumed mid-way reports accuracy over all its batches.
+        self.train_top1.persistent(True)
         self.metrics = torch.nn.ModuleDict(
             {s: summary_metrics(self.num_classes) for s in ("val", "test")}
         )
@@ -190,7 +200,25 @@ class ImageClassifier(pl.LightningModule):
             self.train_top1.update(logits.detach(), labels)
             self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        # On device, no sync: checked every log interval and before any checkpoint is saved.
+        self._finite &= torch.isfinite(loss.detach())
         return cast(torch.Tensor, loss)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Every ``log_every_n_steps`` batches, stop if the loss has become NaN/inf."""
+        every = int(getattr(self.trainer, "log_every_n_steps", 50))
+        if (batch_idx + 1) % max(1, every) == 0:
+            self.check_finite()
+
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteLossError` if any loss since the start was NaN/inf."""
+        if not bool(self._finite):
+            checkpoint = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
+            raise NonFiniteLossError(
+                f"the training loss became NaN or infinite (by step {self.trainer.global_step});"
+                f" stopped without saving. Last good checkpoint: {checkpoint or 'none yet'}. "
+                "Try a lower --model.lr, a longer warm-up, or bf16-mixed instead of 16-mixed."
+            )
 
     def _eval_step(self, stage: EvalStage, batch: Batch) -> dict[str, torch.Tensor]:
         images, labels, indices = batch
@@ -276,6 +304,8 @@ class ImageClassifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store class names, preprocessing and RNG states so the checkpoint describes itself
         and a resumed run continues exactly."""
+        if self._trainer is not None and self._trainer.training:
+            self.check_finite()  # never write NaN weights over a good checkpoint
         checkpoint["class_names"] = self.class_names
         checkpoint["rng_states"] = rng.capture()
         if self.preprocessing is not None:

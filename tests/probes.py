@@ -45,3 +45,16 @@ class KillAt(Callback):
 
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class TermAt(KillAt):
+    """Send this process SIGTERM (a scheduler's pre-emption notice) at an epoch and batch."""
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        import os
+        import signal
+
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -39,7 +39,11 @@ def _losses(run: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(image_folder: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("probe", "status"), [("KillAt", -9), ("TermAt", 143)])
+def test_stop_mid_epoch_then_resume_is_bitwise_equal(
+    image_folder: Path, tmp_path: Path, probe: str, status: int
+) -> None:
+    """SIGKILL resumes from the last epoch end; SIGTERM saves and resumes mid-epoch."""
     data = ["--data.data_dir", str(image_folder)]
     whole: Any = run_cli("fit", *ARGS, *data)
 
@@ -52,7 +56,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(image_folder: Path, tmp_
             "fit",
             *ARGS,
             *data,
-            "--trainer.callbacks+=tests.probes.KillAt",
+            f"--trainer.callbacks+=tests.probes.{probe}",
             "--trainer.callbacks.init_args.epoch=2",
             "--trainer.callbacks.init_args.batch=2",
         ],
@@ -62,7 +66,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(image_folder: Path, tmp_
         text=True,
         timeout=300,
     )
-    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert killed.returncode == status, killed.stderr[-2000:]
     resumed: Any = run_cli("fit", *ARGS, *data, "--ckpt_path", "last")
 
     first, second = Path(whole.trainer.log_dir), Path(resumed.trainer.log_dir)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -144,11 +145,11 @@ def _checkpoint_layer(args: list[str]) -> Iterator[list[str]]:
 
 def main(args: list[str] | None = None) -> Any:
     """Run the ``classifier`` command line (``args`` default to ``sys.argv[1:]``)."""
-    if args is None:
-        # Lightning warns when both sys.argv and args are given; the console script passes
-        # its arguments through `args` so a checkpoint layer can be inserted.
-        args, sys.argv[1:] = sys.argv[1:], []
-    argv = list(args)
+    # sys.argv stays as typed: Lightning's DDP launcher re-runs it in every child process.
+    argv = list(sys.argv[1:] if args is None else args)
+    # `args` is how the checkpoint layer is inserted; Lightning warns when sys.argv has
+    # arguments too, which is expected here.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     check_cli_args(argv)
     if next((a for a in argv if not a.startswith("-")), None) == "fit":
         argv = resolve_last(argv)

@@ -53,9 +53,16 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) 
 
 
 def run_dir(trainer: pl.Trainer) -> Path:
-    """The run's own folder: the logger's versioned folder, else ``default_root_dir``."""
-    folder = trainer.log_dir or trainer.default_root_dir
-    return Path(folder)
+    """The run's own folder: the logger's versioned folder, else ``default_root_dir``.
+
+    Same answer as ``trainer.log_dir`` on rank 0, without its broadcast: callers run on rank 0
+    alone, where a collective would wait forever for the other ranks.
+    """
+    if not trainer.loggers:
+        return Path(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    folder = getattr(logger, "log_dir", None) if hasattr(logger, "version") else None
+    return Path(folder or logger.save_dir or trainer.default_root_dir)
 
 
 def safe_name(name: str, max_len: int = 64) -> str:

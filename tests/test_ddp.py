@@ -1,0 +1,81 @@
+"""Two CPU processes (DDP, gloo) see the same metrics and draws as one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import CONF, REPO, make_folder, run_cli
+
+DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+
+
+def _classifier(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CLASSIFIER_ALLOWED_CLASS_PATHS": "tests."}
+    result = subprocess.run(
+        [sys.executable, "-m", "classifier", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def _only_run(root: Path) -> Path:
+    runs = sorted(p for p in (root / "runs").glob("*/version_*"))
+    assert len(runs) == 1, runs  # rank 1 writes no run folder of its own
+    return runs[0]
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_metrics_confusion_and_weighted_shards_match_one_process(tmp_path: Path) -> None:
+    # 7 val images per class: 21 is odd, so a padding sampler would count one image twice.
+    data = make_folder(tmp_path / "data", counts={"train": 12, "val": 7})
+    single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
+    single_dir.mkdir()
+    ddp_dir.mkdir()
+    common = [
+        "fit",
+        "--config",
+        str(CONF / "full.yaml"),
+        "--data.data_dir",
+        str(data),
+        "--data.sampler",
+        "weighted",
+        "--trainer.max_epochs",
+        "1",
+    ]
+    os.chdir(single_dir)
+    single: Any = run_cli(*common, "--data.batch_size", "8")
+    # Each of 2 processes takes batches of 4: the same global batch of 8.
+    _classifier([*common, *DDP, "--data.batch_size", "4"], ddp_dir)
+    one, two = single_dir / single.trainer.log_dir, _only_run(ddp_dir)
+
+    draws = [json.loads((r / "sampler_distribution.json").read_text())[0] for r in (one, two)]
+    assert draws[0]["effective_counts"] == draws[1]["effective_counts"]  # one weighted draw
+    assert draws[1]["draws"] == 36
+
+    # Validate the same checkpoint with 1 and 2 processes: identical counts and metrics.
+    best = str(one / "checkpoints" / "best.ckpt")
+    validate = ["validate", "--ckpt_path", best, "--config", str(CONF / "full.yaml")]
+    os.chdir(single_dir)
+    alone: Any = run_cli(*validate, "--data.data_dir", str(data))
+    alone_dir = single_dir / alone.trainer.log_dir
+    for path in (ddp_dir / "runs").glob("*/version_*"):
+        path.rename(path.with_name("fit_" + path.name))
+    _classifier([*validate, "--data.data_dir", str(data), *DDP], ddp_dir)
+    together_dir = next(p for p in (ddp_dir / "runs").glob("*/version_*"))
+    for name in ("confusion_matrix_val.csv", "val_per_class.csv"):
+        assert (alone_dir / name).read_text() == (together_dir / name).read_text(), name
+    matrix = (together_dir / "confusion_matrix_val.csv").read_text().splitlines()[1:]
+    assert sum(int(v) for row in matrix for v in row.split(",")[1:]) == 21

@@ -1,0 +1,80 @@
+"""A callback that measures training throughput inside a real ``classifier fit`` run."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+def _sync(module: pl.LightningModule) -> None:
+    if module.device.type == "cuda":
+        torch.cuda.synchronize(module.device)
+
+
+class Throughput(Callback):
+    """Images/s over training steps after ``warmup_steps``, the fraction of wall time spent
+    waiting for the next batch, and peak GPU memory; written to ``$BENCH_OUT`` as JSON.
+
+    Args:
+        warmup_steps: steps excluded from the measurement (compilation, cudnn autotuning).
+    """
+
+    def __init__(self, warmup_steps: int = 20) -> None:
+        self.warmup_steps = warmup_steps
+        self.steps = 0
+        self.images = 0
+        self.wait = 0.0
+        self.start: float | None = None
+        self.last_end: float | None = None
+        self.train_time = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.last_end = None  # validation between epochs is not data wait
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        now = time.perf_counter()
+        if self.steps == self.warmup_steps and self.start is None:
+            _sync(pl_module)
+            self.start = now = time.perf_counter()
+            if pl_module.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(pl_module.device)
+        if self.start is not None and self.last_end is not None:
+            self.wait += now - self.last_end
+        self._batch_start = now
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.steps += 1
+        now = time.perf_counter()
+        if self.start is not None:
+            self.images += len(batch[0])
+            self.train_time += now - self._batch_start
+            self.last_end = now
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _sync(pl_module)
+        busy = self.train_time + self.wait
+        result = {
+            "images_per_s": self.images / busy if busy else 0.0,
+            "data_wait_fraction": self.wait / busy if busy else 0.0,
+            "measured_steps": self.steps - self.warmup_steps,
+            "peak_memory_gib": (
+                torch.cuda.max_memory_allocated(pl_module.device) / 2**30
+                if pl_module.device.type == "cuda" else None
+            ),
+            "device": torch.cuda.get_device_name() if pl_module.device.type == "cuda" else "cpu",
+        }
+        out = os.environ.get("BENCH_OUT")
+        if out and trainer.is_global_zero:
+            Path(out).write_text(json.dumps(result, indent=2))
+        print(json.dumps(result))

@@ -52,7 +52,12 @@ class Throughput(Callback):
         self._batch_start = now
 
     def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         self.steps += 1
         now = time.perf_counter()
@@ -70,7 +75,8 @@ class Throughput(Callback):
             "measured_steps": self.steps - self.warmup_steps,
             "peak_memory_gib": (
                 torch.cuda.max_memory_allocated(pl_module.device) / 2**30
-                if pl_module.device.type == "cuda" else None
+                if pl_module.device.type == "cuda"
+                else None
             ),
             "device": torch.cuda.get_device_name() if pl_module.device.type == "cuda" else "cpu",
         }

@@ -1,0 +1,144 @@
+"""``classifier fit`` (default callbacks on) against the training loop a user writes by hand."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+EPOCHS = 3  # the first epoch is warm-up; the last two are timed, validation included
+SIZE, BATCH, WORKERS, MODEL, LR = 112, 32, 1, "resnet10t", 1e-3
+
+
+class EpochTimer(Callback):
+    """Wall time from the start of epoch 1 to the end of training."""
+
+    seconds: float = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 1:
+            self._start = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        EpochTimer.seconds = time.perf_counter() - self._start
+
+
+def _framework(data: Path, root: Path) -> float:
+    from classifier.cli import main
+
+    callbacks = (
+        "[classifier.EMA, classifier.TrainingHistory, classifier.ConfusionMatrix,"
+        " benchmarks.fit_vs_loop.EpochTimer]"
+    )
+    main(
+        [
+            "fit",
+            "--seed_everything",
+            "0",
+            "--model.model_name",
+            MODEL,
+            "--model.pretrained",
+            "false",
+            "--model.lr",
+            str(LR),
+            "--model.scheduler",
+            "constant",
+            "--data.data_dir",
+            str(data),
+            "--data.image_size",
+            str(SIZE),
+            "--data.batch_size",
+            str(BATCH),
+            "--data.eval_batch_size",
+            str(BATCH),
+            "--data.num_workers",
+            str(WORKERS),
+            "--trainer.max_epochs",
+            str(EPOCHS),
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.default_root_dir",
+            str(root),
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_checkpointing",
+            "false",
+            "--trainer.num_sanity_val_steps",
+            "0",
+            "--trainer.enable_model_summary",
+            "false",
+            f"--trainer.callbacks={callbacks}",
+        ]
+    )
+    return EpochTimer.seconds
+
+
+def _hand_loop(data: Path) -> float:
+    """What a user writes: ImageFolder, v2 transforms on PIL, AdamW, accuracy each epoch."""
+    import timm
+    from torchvision import datasets
+    from torchvision.transforms import v2
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    train_tf = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(SIZE, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
+    eval_tf = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(int(SIZE / 0.875), antialias=True),
+            v2.CenterCrop(SIZE),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
+    train = datasets.ImageFolder(str(data / "train"), train_tf)
+    val = datasets.ImageFolder(str(data / "val"), eval_tf)
+    loader = torch.utils.data.DataLoader(
+        train, BATCH, shuffle=True, num_workers=WORKERS, persistent_workers=True
+    )
+    val_loader = torch.utils.data.DataLoader(
+        val, BATCH, num_workers=WORKERS, persistent_workers=True
+    )
+    torch.manual_seed(0)
+    model = timm.create_model(MODEL, pretrained=False, num_classes=len(train.classes))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.05)
+    start = 0.0
+    for epoch in range(EPOCHS):
+        if epoch == 1:
+            start = time.perf_counter()
+        model.train()
+        for images, labels in loader:
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for images, labels in val_loader:
+                correct += int((model(images).argmax(1) == labels).sum())
+        print(f"hand loop epoch {epoch}: val top1 {correct / len(val):.3f}")
+    return time.perf_counter() - start
+
+
+def bench_fit(data: Path, root: Path, repeats: int = 2) -> dict[str, Any]:
+    """Training throughput of both, interleaved; images/s over the timed epochs."""
+    images = 2 * sum(1 for _ in (data / "train").rglob("*.jpg"))
+    ours, theirs = [], []
+    for _ in range(repeats):
+        ours.append(images / _framework(data, root / f"fit{len(ours)}"))
+        theirs.append(images / _hand_loop(data))
+    mine, hand = statistics.median(ours), statistics.median(theirs)
+    return {"classifier_images_per_s": mine, "hand_loop_images_per_s": hand, "ratio": mine / hand}

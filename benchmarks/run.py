@@ -1,0 +1,221 @@
+"""``make bench``: speed ratios measured side by side in one run on this machine.
+
+Every ratio compares two things timed in the same process, interleaved and repeated, and
+reports medians; absolute numbers vary between machines and runs, ratios much less. Results go
+to stdout and ``bench.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+
+
+def median_time(fn: Callable[[], object], repeats: int = REPEATS) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved(
+    a: Callable[[], float], b: Callable[[], float], repeats: int
+) -> tuple[float, float]:
+    """Medians of ``a()`` and ``b()`` run alternately (each returns its own measurement)."""
+    first, second = [], []
+    for _ in range(repeats):
+        first.append(a())
+        second.append(b())
+    return statistics.median(first), statistics.median(second)
+
+
+def bench_pipeline(data: Path) -> dict[str, float]:
+    """Images/s of one loader worker: uint8 tensors + decode_jpeg vs PIL + float v2."""
+    from torchvision import datasets
+    from torchvision.transforms import v2
+
+    from classifier.datasets import ImageDataset
+    from classifier.folder import read_split
+    from classifier.transforms import Preprocessing, normalize, train_transform
+
+    pre = Preprocessing.from_crop_pct(
+        224, 0.875, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    )
+    split = read_split("train", data / "train", sorted(p.name for p in (data / "train").iterdir()))
+    ours = ImageDataset(split.paths, split.labels, train_transform(pre))
+    mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
+    plain = datasets.ImageFolder(
+        str(data / "train"),
+        v2.Compose(
+            [
+                v2.ToImage(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.RandomResizedCrop(224, antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.Normalize(pre.mean, pre.std),
+            ]
+        ),
+    )
+    count = min(len(ours), 300)
+
+    def run_ours() -> float:
+        start = time.perf_counter()
+        for i in range(count):
+            normalize(ours[i][0].unsqueeze(0), mean, std)  # normalisation happens on device
+        return count / (time.perf_counter() - start)
+
+    def run_plain() -> float:
+        start = time.perf_counter()
+        for i in range(count):
+            plain[i]
+        return count / (time.perf_counter() - start)
+
+    torch.set_num_threads(1)  # one loader worker's worth of CPU
+    try:
+        mine, theirs = interleaved(run_ours, run_plain, REPEATS)
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    return {"ours_images_per_s": mine, "pil_float_images_per_s": theirs, "ratio": mine / theirs}
+
+
+def bench_ema() -> dict[str, float]:
+    """EMA update time as a fraction of a resnet50 training step (fused vs per-tensor)."""
+    import timm
+
+    from classifier.ema import EMA
+
+    model = timm.create_model("resnet50", pretrained=False, num_classes=10)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    images, labels = torch.randn(8, 3, 224, 224), torch.randint(0, 10, (8,))
+
+    def step() -> None:
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+
+    average = copy.deepcopy(model)
+    ema = EMA(decay=0.999)
+    averaged = [t for t in average.state_dict().values() if t.is_floating_point()]
+    current = [t for t in model.state_dict().values() if t.is_floating_point()]
+
+    def fused() -> None:
+        ema._update(averaged, current, torch.tensor(1))
+
+    def per_tensor() -> None:  # torch's default get_ema_avg_fn path, one tensor at a time
+        for a, c in zip(averaged, current, strict=True):
+            a.copy_(0.999 * a + 0.001 * c)
+
+    step()
+    step_time = median_time(step)
+    fused_time = median_time(fused, 10)
+    loop_time = median_time(per_tensor, 10)
+    return {
+        "train_step_s": step_time,
+        "fused_update_s": fused_time,
+        "per_tensor_update_s": loop_time,
+        "fraction_of_step": fused_time / step_time,
+        "fused_speedup": loop_time / fused_time,
+    }
+
+
+def bench_onnx(tmp: Path) -> dict[str, float]:
+    """onnxruntime vs PyTorch eager latency for resnet50 on CPU at batch 1 and 8."""
+    import onnxruntime as ort
+    import timm
+
+    from classifier.export import export_onnx
+    from classifier.transforms import Preprocessing
+
+    net = timm.create_model("resnet50", pretrained=False, num_classes=10).eval()
+    pre = Preprocessing.from_crop_pct(224, 0.875, "bilinear", (0.5,) * 3, (0.5,) * 3)
+    path = export_onnx(net, tmp / "r50.onnx", [str(i) for i in range(10)], pre, simplify=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    result: dict[str, float] = {}
+    for batch in (1, 8):
+        x = torch.randn(batch, 3, 224, 224)
+        with torch.no_grad():
+            net(x)
+            session.run(None, {"images": x.numpy()})
+
+            def eager(x: torch.Tensor = x) -> float:
+                return median_time(lambda: net(x), 1)
+
+            def onnx(x: torch.Tensor = x) -> float:
+                return median_time(lambda: session.run(None, {"images": x.numpy()}), 1)
+
+            torch_s, onnx_s = interleaved(eager, onnx, 5)
+        result[f"batch{batch}_pytorch_ms"] = torch_s * 1e3
+        result[f"batch{batch}_onnxruntime_ms"] = onnx_s * 1e3
+        result[f"batch{batch}_speedup"] = torch_s / onnx_s
+    return result
+
+
+def bench_help() -> dict[str, float]:
+    """``classifier --help`` wall time vs ``import lightning, timm`` in a fresh interpreter."""
+    exe = Path(sys.executable).parent / "classifier"
+
+    def cli() -> float:
+        return median_time(
+            lambda: subprocess.run([str(exe), "--help"], capture_output=True, check=True), 1
+        )
+
+    def imports() -> float:
+        code = "import lightning, timm"
+        return median_time(lambda: subprocess.run([sys.executable, "-c", code], check=True), 1)
+
+    help_s, import_s = interleaved(cli, imports, REPEATS)
+    return {"help_s": help_s, "import_lightning_timm_s": import_s, "ratio": help_s / import_s}
+
+
+def main() -> None:
+    from benchmarks.fit_vs_loop import bench_fit
+    from benchmarks.make_data import make
+
+    results: dict[str, Any] = {"torch": torch.__version__, "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="classifier-bench-") as tmp:
+        data = make(Path(tmp) / "jpeg", 384, 256, val=96)
+        steps = [
+            ("fit_vs_hand_loop", lambda: bench_fit(data, Path(tmp))),
+            ("input_pipeline", lambda: bench_pipeline(data)),
+            ("ema", bench_ema),
+            ("onnx_vs_eager", lambda: bench_onnx(Path(tmp))),
+            ("help_vs_import", bench_help),
+        ]
+        for name, fn in steps:
+            print(f"[bench] {name} ...", flush=True)
+            results[name] = fn()
+            print(f"[bench] {name}: {json.dumps(results[name])}", flush=True)
+    goals = {
+        "fit_vs_hand_loop": ("ratio", ">=", 0.97),
+        "input_pipeline": ("ratio", ">=", 1.7),
+        "ema": ("fraction_of_step", "<=", 0.02),
+        "onnx_vs_eager": ("batch8_speedup", ">=", 1.5),
+        "help_vs_import": ("ratio", "<=", 1.15),
+    }
+    print("\nratio                                  measured   goal")
+    for name, (key, op, goal) in goals.items():
+        value = results[name][key]
+        ok = value >= goal if op == ">=" else value <= goal
+        print(f"{name + '.' + key:38s} {value:8.3f}   {op} {goal}  {'ok' if ok else 'MISSED'}")
+    Path("bench.json").write_text(json.dumps(results, indent=2))
+    print("\nwrote bench.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -64,7 +64,7 @@ class EMA(WeightAveraging):
         )
 
     def _update(
-        self, averaged: list[torch.Tensor], current: list[torch.Tensor], _n: torch.Tensor
+        self, averaged: list[torch.Tensor], current: list[torch.Tensor], _n: torch.Tensor | None
     ) -> None:
         if not averaged:
             return
@@ -82,9 +82,32 @@ class EMA(WeightAveraging):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        """Record the optimizer step for the decay warm-up, then update."""
+        """Update once per optimizer step, without a host-device sync.
+
+        ``AveragedModel.update_parameters`` checks ``n_averaged == 0`` on the device every step
+        (a sync on GPUs); here the first update is known from the step count instead.
+        """
         self._step = trainer.global_step
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.global_step <= self._latest_update_step:
+            return  # still accumulating gradients
+        if not self.should_update(step_idx=trainer.global_step - 1):
+            return
+        assert self._average_model is not None
+        module = self._average_model.module
+        averaged: list[torch.Tensor] = [*module.parameters(), *module.buffers()]
+        current: list[torch.Tensor] = [*pl_module.parameters(), *pl_module.buffers()]
+        floats = [i for i, t in enumerate(averaged) if t.is_floating_point()]
+        others = [i for i, t in enumerate(averaged) if not t.is_floating_point()]
+        with torch.no_grad():
+            if self._latest_update_step == 0:  # first update: start from the current weights
+                torch._foreach_copy_(averaged, [t.detach() for t in current])
+            else:
+                self._update(
+                    [averaged[i] for i in floats], [current[i].detach() for i in floats], None
+                )
+                self._update([averaged[i] for i in others], [current[i] for i in others], None)
+            self._average_model.n_averaged += 1
+        self._latest_update_step = trainer.global_step
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]

@@ -23,6 +23,20 @@ from classifier.transforms import Preprocessing
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
+def _mixup(mixup: float, cutmix: float, label_smoothing: float, num_classes: int) -> Any:
+    """timm's ``Mixup`` (soft targets with label smoothing folded in), or ``None``."""
+    if mixup <= 0 and cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=mixup,
+        cutmix_alpha=cutmix,
+        label_smoothing=label_smoothing,
+        num_classes=num_classes,
+    )
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the run stops before saving bad weights."""
 
@@ -114,16 +128,7 @@ class ImageClassifier(pl.LightningModule):
         self._rng_states: dict[str, Any] | None = None
         self._first_epoch = False
         self.register_buffer("_finite", torch.ones((), dtype=torch.bool), persistent=False)
-        self.mixup_fn: Any = None
-        if mixup > 0 or cutmix > 0:
-            from timm.data import Mixup
-
-            self.mixup_fn = Mixup(
-                mixup_alpha=mixup,
-                cutmix_alpha=cutmix,
-                label_smoothing=label_smoothing,
-                num_classes=self.num_classes,
-            )
+        self.mixup_fn = _mixup(mixup, cutmix, label_smoothing, self.num_classes)
         self.train_top1 = summary_metrics(self.num_classes)["top1"]
         # In checkpoints, so an epoch resumed mid-way reports accuracy over all its batches.
         self.train_top1.persistent(True)

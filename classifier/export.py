@@ -2,9 +2,9 @@
 
 Exporting a finished checkpoint later is one command::
 
-    python -m classifier.export --ckpt_path runs/.../checkpoints/best.ckpt
+    classifier-export --ckpt_path runs/.../checkpoints/best.ckpt
 
-(see ``python -m classifier.export --help``).
+(see ``classifier-export --help``).
 """
 
 from __future__ import annotations
@@ -294,7 +294,7 @@ def export_checkpoint(
 
 
 def main() -> None:
-    """``python -m classifier.export --ckpt_path best.ckpt``."""
+    """``classifier-export --ckpt_path best.ckpt``."""
     from jsonargparse import auto_cli
 
     auto_cli(export_checkpoint, as_positional=False)

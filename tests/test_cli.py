@@ -88,3 +88,11 @@ def test_installed_command_runs_as_a_subprocess() -> None:
         assert result.returncode == 0, result.stderr
         assert "--model.model_name" in result.stdout
         assert "any timm model name" in result.stdout
+    export = subprocess.run(
+        [str(Path(sys.executable).parent / "classifier-export"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert export.returncode == 0 and "--ckpt_path" in export.stdout

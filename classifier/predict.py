@@ -10,15 +10,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from classifier.dist import gather_objects
 from classifier.files import run_dir, write_csv
-
-
-def _gather(obj: Any) -> list[Any]:
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [obj]
-    out: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out
 
 
 class PredictionWriter(Callback):
@@ -60,7 +53,7 @@ class PredictionWriter(Callback):
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Gather every rank's rows and write the CSV on rank 0."""
-        rows = sorted(r for part in _gather(self._rows) for r in part)
+        rows = sorted(r for part in gather_objects(self._rows) for r in part)
         if not trainer.is_global_zero:
             return
         names: list[str] = list(pl_module.class_names)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from classifier.dist import gather_objects
 from classifier.files import run_dir
 from classifier.model import as_classifier
 from classifier.plots import log_image, pyplot, save_figure
@@ -32,14 +33,6 @@ def image_grid(
     figure.suptitle(title)
     figure.tight_layout()
     return figure
-
-
-def _gather(obj: Any) -> list[Any]:
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [obj]
-    out: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out
 
 
 class SampleGrids(Callback):
@@ -127,7 +120,7 @@ class SampleGrids(Callback):
         if trainer.sanity_checking or not due:
             return
         local = torch.cat(self._candidates).cpu() if self._candidates else torch.empty(0, 5)
-        rows = torch.cat([torch.as_tensor(p) for p in _gather(local)])
+        rows = torch.cat([torch.as_tensor(p) for p in gather_objects(local)])
         if not trainer.is_global_zero:
             return
         rows = rows[rows[:, 0].argsort(descending=True)][: self.num_images]

@@ -1,0 +1,19 @@
+"""Collectives that are no-ops in a single process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` without a process group.
+
+    Every rank must call it.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out

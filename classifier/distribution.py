@@ -25,10 +25,10 @@ class SamplerDistribution(Callback):
     """Compare the class distribution of ``train/`` with what the sampler drew each epoch.
 
     With ``sampler: weighted`` the drawn distribution should be much flatter than the folder's;
-    with plain shuffling it equals it. Prints a table, logs ``sampler/<class>`` (drawn share) to
-    the logger, and writes ``sampler_distribution.json`` (every epoch) and
-    ``sampler_distribution.png`` (latest epoch) into the run folder. Under DDP the draws of all
-    processes are gathered first.
+    with plain shuffling it equals it. Prints a table (first and last epoch), logs
+    ``sampler/<class>`` (drawn share) to the logger, and writes ``sampler_distribution.json``
+    (every epoch) and ``sampler_distribution.png`` (latest epoch) into the run folder. Under DDP
+    the draws of all processes are gathered first.
     """
 
     def __init__(self) -> None:
@@ -82,6 +82,9 @@ class SamplerDistribution(Callback):
             bar_chart(names, series, title, "share of images"), folder / "sampler_distribution.png"
         )
         log_image(trainer, "data/sampler_distribution", path)
+        last = trainer.max_epochs is not None and record["epoch"] + 1 >= trainer.max_epochs
+        if len(self.epochs) > 1 and not last:
+            return  # the table is printed for the first and the last epoch; files every epoch
         from rich.console import Console
         from rich.table import Table
 

@@ -37,12 +37,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def config_from_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The ``model`` and ``data`` config sections a checkpoint was trained with.
+    """The ``model`` and ``data`` config sections of the checkpoint at ``path``."""
+    return checkpoint_config(load_checkpoint(path), path)
+
+
+def checkpoint_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The ``model`` and ``data`` config sections a loaded checkpoint was trained with.
 
     The weights come from the checkpoint, so ``pretrained`` is turned off; the class order is
     pinned to the checkpoint's.
     """
-    checkpoint = load_checkpoint(path)
     model = dict(checkpoint.get("hyper_parameters", {}))
     data = dict(checkpoint.get("datamodule_hyper_parameters", {}))
     refuse_foreign_class_paths(model, f"checkpoint {path} (model hyper-parameters)")

@@ -82,6 +82,11 @@ class ClassifierCLI(LightningCLI):
             rank_zero_info(f"Best checkpoint: {best}")
 
 
+def _command(args: list[str]) -> str | None:
+    """The subcommand: the first argument that is not an option."""
+    return next((a for a in args if not a.startswith("-")), None)
+
+
 def _option(args: list[str], name: str) -> str | None:
     """The value of ``--name X`` or ``--name=X`` (the last one given)."""
     value = None
@@ -130,7 +135,7 @@ def resolve_last(args: list[str]) -> list[str]:
 @contextmanager
 def _checkpoint_layer(args: list[str]) -> Iterator[list[str]]:
     """Insert the checkpoint's model/data arguments as the first ``--config`` of an eval run."""
-    command = next((a for a in args if not a.startswith("-")), None)
+    command = _command(args)
     ckpt = _option(args, "--ckpt_path")
     if command not in _EVAL_COMMANDS or not ckpt or ckpt in {"best", "last", "hpc"}:
         yield args
@@ -151,7 +156,7 @@ def main(args: list[str] | None = None) -> Any:
     # arguments too, which is expected here.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     check_cli_args(argv)
-    if next((a for a in argv if not a.startswith("-")), None) == "fit":
+    if _command(argv) == "fit":
         argv = resolve_last(argv)
     with _checkpoint_layer(argv) as argv:
         return ClassifierCLI(

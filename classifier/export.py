@@ -257,12 +257,12 @@ def export_checkpoint(
         verify_images: how many images to verify with (0 skips verification).
         atol: largest allowed absolute logit difference.
     """
-    from classifier.checkpoint import config_from_checkpoint, load_checkpoint
+    from classifier.checkpoint import checkpoint_config, load_checkpoint
     from classifier.folder import read_unlabelled
     from classifier.model import ImageClassifier
 
     checkpoint = load_checkpoint(ckpt_path)
-    config = config_from_checkpoint(ckpt_path)
+    config = checkpoint_config(checkpoint, ckpt_path)
     names = config["data"]["class_names"]
     model = ImageClassifier(class_names=names, **config["model"])
     model.load_state_dict(checkpoint["state_dict"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -87,6 +88,21 @@ def run_cli(*args: str) -> object:
     from classifier.cli import main
 
     return main(list(args))
+
+
+def classifier_process(
+    *args: str, cwd: Path, timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m classifier`` as its own process (DDP launches, kill signals)."""
+    env = {**os.environ, "CLASSIFIER_ALLOWED_CLASS_PATHS": "tests.", "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "classifier", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def tiny(command: str, data: Path, *extra: str) -> list[str]:

@@ -5,27 +5,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import CONF, REPO, make_folder, run_cli
+from tests.conftest import CONF, classifier_process, make_folder, run_cli
 
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 
 
 def _classifier(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CLASSIFIER_ALLOWED_CLASS_PATHS": "tests."}
-    result = subprocess.run(
-        [sys.executable, "-m", "classifier", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = classifier_process(*args, cwd=cwd)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 

@@ -4,16 +4,13 @@ uninterrupted run, bit for bit (weights, EMA weights, logged losses, history).""
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from tests.conftest import CONF, REPO, run_cli
+from tests.conftest import CONF, classifier_process, run_cli
 
 ARGS = [
     "--config",
@@ -47,23 +44,14 @@ def test_stop_mid_epoch_then_resume_is_bitwise_equal(
     data = ["--data.data_dir", str(image_folder)]
     whole: Any = run_cli("fit", *ARGS, *data)
 
-    env = {**os.environ, "CLASSIFIER_ALLOWED_CLASS_PATHS": "tests.", "PYTHONPATH": str(REPO)}
-    killed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "classifier",
-            "fit",
-            *ARGS,
-            *data,
-            f"--trainer.callbacks+=tests.probes.{probe}",
-            "--trainer.callbacks.init_args.epoch=2",
-            "--trainer.callbacks.init_args.batch=2",
-        ],
+    killed = classifier_process(
+        "fit",
+        *ARGS,
+        *data,
+        f"--trainer.callbacks+=tests.probes.{probe}",
+        "--trainer.callbacks.init_args.epoch=2",
+        "--trainer.callbacks.init_args.batch=2",
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert killed.returncode == status, killed.stderr[-2000:]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import yaml
 from classifier.checkpoint import CheckpointError, config_from_checkpoint
 from classifier.model import NonFiniteLossError
 from classifier.safety import UnsafeConfigError
-from tests.conftest import CONF, REPO, run_cli, tiny
+from tests.conftest import CONF, classifier_process, run_cli, tiny
 
 EVIL = "tests.evil_module.Payload"  # outside the allow-list once it is emptied
 
@@ -97,23 +96,14 @@ def test_invalid_value_names_the_argument(
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_143(image_folder: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "CLASSIFIER_ALLOWED_CLASS_PATHS": "tests.", "PYTHONPATH": str(REPO)}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "classifier",
-            *tiny("fit", image_folder),
-            "--trainer.max_epochs",
-            "3",
-            "--trainer.callbacks+=tests.probes.TermAt",
-            "--trainer.callbacks.init_args.epoch=1",
-            "--trainer.callbacks.init_args.batch=2",
-        ],
+    result = classifier_process(
+        *tiny("fit", image_folder),
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.callbacks+=tests.probes.TermAt",
+        "--trainer.callbacks.init_args.epoch=1",
+        "--trainer.callbacks.init_args.batch=2",
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert result.returncode == 143, result.stderr[-3000:]

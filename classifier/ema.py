@@ -16,6 +16,11 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
+#: ((averaged floats, current floats), (averaged others, current others)).
+TensorGroups = tuple[
+    tuple[list[torch.Tensor], list[torch.Tensor]], tuple[list[torch.Tensor], list[torch.Tensor]]
+]
+
 
 class EMA(WeightAveraging):
     """Keep an exponential moving average of the model's weights and evaluate with it.
@@ -47,6 +52,7 @@ class EMA(WeightAveraging):
         self.update_every_n_steps = update_every_n_steps
         self.update_starting_at_step = update_starting_at_step
         self._step = 0
+        self._groups: TensorGroups | None = None
 
     def current_decay(self, step: int) -> float:
         """The decay used at optimizer step ``step``."""
@@ -93,21 +99,36 @@ class EMA(WeightAveraging):
         if not self.should_update(step_idx=trainer.global_step - 1):
             return
         assert self._average_model is not None
-        module = self._average_model.module
-        averaged: list[torch.Tensor] = [*module.parameters(), *module.buffers()]
-        current: list[torch.Tensor] = [*pl_module.parameters(), *pl_module.buffers()]
-        floats = [i for i, t in enumerate(averaged) if t.is_floating_point()]
-        others = [i for i, t in enumerate(averaged) if not t.is_floating_point()]
+        if self._groups is None:
+            self._groups = self._tensor_groups(pl_module)
+        (avg_float, cur_float), (avg_other, cur_other) = self._groups
         with torch.no_grad():
             if self._latest_update_step == 0:  # first update: start from the current weights
-                torch._foreach_copy_(averaged, [t.detach() for t in current])
+                torch._foreach_copy_(avg_float + avg_other, cur_float + cur_other)
             else:
-                self._update(
-                    [averaged[i] for i in floats], [current[i].detach() for i in floats], None
-                )
-                self._update([averaged[i] for i in others], [current[i] for i in others], None)
+                self._update(avg_float, cur_float, None)
+                self._update(avg_other, cur_other, None)
             self._average_model.n_averaged += 1
         self._latest_update_step = trainer.global_step
+
+    def _tensor_groups(self, pl_module: pl.LightningModule) -> TensorGroups:
+        """(averaged, current) tensors, float and other, paired once: their objects stay the
+        same for the whole fit (swaps copy ``.data``)."""
+        assert self._average_model is not None
+        module = self._average_model.module
+        averaged = [*module.parameters(), *module.buffers()]
+        current = [t.detach() for t in (*pl_module.parameters(), *pl_module.buffers())]
+        floats = [i for i, t in enumerate(averaged) if t.is_floating_point()]
+        others = [i for i, t in enumerate(averaged) if not t.is_floating_point()]
+        return (
+            ([averaged[i] for i in floats], [current[i] for i in floats]),
+            ([averaged[i] for i in others], [current[i] for i in others]),
+        )
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Create the averaged model (Lightning) and forget tensors paired in an earlier fit."""
+        super().setup(trainer, pl_module, stage)
+        self._groups = None
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]

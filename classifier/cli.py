@@ -13,14 +13,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import yaml
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from classifier.backbone import BackboneError
 from classifier.checkpoint import CheckpointError, config_from_checkpoint
 from classifier.data import ImageFolderDataModule
+from classifier.files import run_dir
 from classifier.folder import DataError
 from classifier.model import ImageClassifier, NonFiniteLossError
 from classifier.predict import PredictionWriter
@@ -38,6 +40,25 @@ USER_ERRORS = (
     NonFiniteLossError,
     ExportError,
 )
+
+
+class RunConfig(SaveConfigCallback):
+    """Save the resolved ``config.yaml`` into the run folder (:func:`~classifier.files.run_dir`).
+
+    Lightning's own callback writes to ``trainer.log_dir``, which for WandB is the shared
+    ``save_dir``: a second run there would stop on the first run's config.yaml.
+    """
+
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Write config.yaml (rank 0; refuses to overwrite another run's file)."""
+        folder = run_dir(trainer)
+        path = folder / self.config_filename
+        if path.exists() and not self.overwrite:
+            raise RuntimeError(f"{path} exists: refusing to overwrite another run's config.")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.parser.save(
+            self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile
+        )
 
 
 class ClassifierCLI(LightningCLI):
@@ -77,7 +98,7 @@ class ClassifierCLI(LightningCLI):
         test_dir = Path(self.datamodule.hparams.data_dir) / "test"
         if config.get("test_after_fit") and test_dir.is_dir() and not trainer.interrupted:
             trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
-        rank_zero_info(f"\nRun folder: {trainer.log_dir}")
+        rank_zero_info(f"\nRun folder: {run_dir(trainer)}")
         if best:
             rank_zero_info(f"Best checkpoint: {best}")
 
@@ -107,7 +128,10 @@ def _run_roots(args: list[str]) -> list[Path]:
             logger = (config.get("trainer") or {}).get("logger")
             if isinstance(logger, dict) and isinstance(logger.get("init_args"), dict):
                 init = logger["init_args"]
-                roots.append(Path(init.get("save_dir", "runs")) / str(init.get("name", "")))
+                # WandB names its run folder after the project (``name`` is the run's label).
+                wandb = str(logger.get("class_path", "")).endswith("WandbLogger")
+                name = init.get("project", "lightning_logs") if wandb else init.get("name", "")
+                roots.append(Path(init.get("save_dir", "runs")) / str(name))
     return roots or [Path(_option(args, "--trainer.default_root_dir") or "runs")]
 
 
@@ -166,6 +190,8 @@ def main(args: list[str] | None = None) -> Any:
             seed_everything_default=42,
             trainer_defaults={"use_distributed_sampler": False, "default_root_dir": "runs"},
             auto_configure_optimizers=False,
+            save_config_callback=RunConfig,
+            save_config_kwargs={"save_to_log_dir": False},
         )
 
 

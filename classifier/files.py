@@ -50,14 +50,22 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) 
 def run_dir(trainer: pl.Trainer) -> Path:
     """The run's own folder: the logger's versioned folder, else ``default_root_dir``.
 
-    Same answer as ``trainer.log_dir`` on rank 0, without its broadcast: callers run on rank 0
-    alone, where a collective would wait forever for the other ranks.
+    CSV and TensorBoard loggers name it (``save_dir/name/version_N``); for loggers without one
+    (WandB, MLflow) it is ``save_dir/name/version``, where Lightning puts their checkpoints,
+    so two runs never share a folder. Unlike ``trainer.log_dir`` this is no collective:
+    callers run on rank 0 alone, where a broadcast would wait forever for the other ranks.
     """
     if not trainer.loggers:
         return Path(trainer.default_root_dir)
     logger = trainer.loggers[0]
     folder = getattr(logger, "log_dir", None) if hasattr(logger, "version") else None
-    return Path(folder or logger.save_dir or trainer.default_root_dir)
+    if folder:
+        return Path(folder)
+    save_dir, version = logger.save_dir, getattr(logger, "version", None)
+    if save_dir and version is not None:
+        version = version if isinstance(version, str) else f"version_{version}"
+        return Path(save_dir) / str(logger.name or "") / version
+    return Path(save_dir or trainer.default_root_dir)
 
 
 def safe_name(name: str, max_len: int = 64) -> str:

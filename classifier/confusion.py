@@ -7,11 +7,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from classifier.files import run_dir, write_csv
 from classifier.model import as_classifier
-from classifier.plots import log_image, pyplot, save_figure
+from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image, pyplot, save_figure
 
 
 def most_confused(confmat: torch.Tensor, class_names: list[str], top: int) -> list[list[Any]]:
@@ -69,22 +68,33 @@ def heatmap(matrix: torch.Tensor, names: list[str], title: str, normalized: bool
     return figure
 
 
-class ConfusionMatrix(Callback):
+class ConfusionMatrix(PlottingCallback):
     """Confusion matrices at the end of validation (every N epochs) and of test.
 
     Reuses the counts the model accumulated during the epoch (``confmats`` metric, synchronised
     across processes; no extra forward passes, sanity-check batches excluded). Writes
     ``confusion_matrix_<stage>.png`` (counts), ``confusion_matrix_<stage>_normalized.png`` (rows
-    sum to 1), ``confusion_matrix_<stage>.csv`` and ``most_confused_<stage>.csv``.
+    sum to 1), ``confusion_matrix_<stage>.csv`` and ``most_confused_<stage>.csv``. During fit
+    the CSV files follow every N epochs and the heatmaps are redrawn while that stays within
+    ``plot_time_share`` of the run's time (always at the end of fit).
 
     Args:
-        every_n_epochs: plot the validation matrix every N epochs (the last epoch always).
+        every_n_epochs: write the validation matrix every N epochs (the last epoch always).
         max_classes: above this many classes the plots show the ``max_classes`` classes involved
             in most errors (the CSV files keep every class).
         top_pairs: rows in the most-confused-pairs list.
+        plot_time_share: the largest fraction of training wall time spent redrawing the
+            validation heatmaps (0: only at the end of fit; 1: whenever the CSV is written).
     """
 
-    def __init__(self, every_n_epochs: int = 1, max_classes: int = 50, top_pairs: int = 20) -> None:
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        max_classes: int = 50,
+        top_pairs: int = 20,
+        plot_time_share: float = PLOT_TIME_SHARE,
+    ) -> None:
+        super().__init__(plot_time_share)
         self.every_n_epochs = max(1, every_n_epochs)
         self.max_classes = max_classes
         self.top_pairs = top_pairs
@@ -121,10 +131,19 @@ class ConfusionMatrix(Callback):
             ["true", "predicted", "count", "share_of_true"],
             most_confused(confmat, names, self.top_pairs),
         )
-        self._plot(trainer, confmat, names, stage, folder)
+        epoch = f", epoch {trainer.current_epoch + 1}" if stage == "val" else ""
+        self.draws.request(
+            trainer, lambda: self._plot(trainer, confmat, names, stage, folder, epoch)
+        )
 
     def _plot(
-        self, trainer: pl.Trainer, confmat: torch.Tensor, names: list[str], stage: str, folder: Path
+        self,
+        trainer: pl.Trainer,
+        confmat: torch.Tensor,
+        names: list[str],
+        stage: str,
+        folder: Path,
+        epoch: str,
     ) -> None:
         support = confmat.sum(1, keepdim=True).clamp(min=1).double()
         shown, note = confmat, ""
@@ -135,7 +154,6 @@ class ConfusionMatrix(Callback):
             note = f" ({len(keep)} most confused of {confmat.shape[0]} classes)"
         # Normalised by each true class's full support, so hidden columns still count.
         normalized = shown.double() / support
-        epoch = f", epoch {trainer.current_epoch + 1}" if stage == "val" else ""
         for suffix, matrix, is_norm in (("", shown, False), ("_normalized", normalized, True)):
             kind = " (row-normalised)" if is_norm else ""
             figure = heatmap(matrix, names, f"{stage} confusion matrix{kind}{epoch}{note}", is_norm)

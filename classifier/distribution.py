@@ -6,10 +6,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from classifier.files import run_dir, safe_name, write_json
-from classifier.plots import bar_chart, log_image, save_figure
+from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, bar_chart, log_image, save_figure
 
 
 def gather_drawn(drawn: torch.Tensor) -> torch.Tensor:
@@ -21,17 +20,23 @@ def gather_drawn(drawn: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-class SamplerDistribution(Callback):
+class SamplerDistribution(PlottingCallback):
     """Compare the class distribution of ``train/`` with what the sampler drew each epoch.
 
     With ``sampler: weighted`` the drawn distribution should be much flatter than the folder's;
     with plain shuffling it equals it. Prints a table (first and last epoch), logs
     ``sampler/<class>`` (drawn share) to the logger, and writes ``sampler_distribution.json``
-    (every epoch) and ``sampler_distribution.png`` (latest epoch) into the run folder. Under DDP
+    (every epoch) and ``sampler_distribution.png`` (latest epoch, redrawn while that stays within
+    ``plot_time_share`` of the run's time, and at the end of fit) into the run folder. Under DDP
     the draws of all processes are gathered first.
+
+    Args:
+        plot_time_share: the largest fraction of training wall time spent redrawing the chart
+            (0: only at the end of fit; 1: every epoch).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, plot_time_share: float = PLOT_TIME_SHARE) -> None:
+        super().__init__(plot_time_share)
         self.epochs: list[dict[str, Any]] = []
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -78,10 +83,13 @@ class SamplerDistribution(Callback):
             "drawn": [record["effective"][n] for n in names],
         }
         title = f"Sampler: class shares drawn in epoch {record['epoch'] + 1}"
-        path = save_figure(
-            bar_chart(names, series, title, "share of images"), folder / "sampler_distribution.png"
-        )
-        log_image(trainer, "data/sampler_distribution", path)
+
+        def draw() -> None:
+            figure = bar_chart(names, series, title, "share of images")
+            path = save_figure(figure, folder / "sampler_distribution.png")
+            log_image(trainer, "data/sampler_distribution", path)
+
+        self.draws.request(trainer, draw)
         last = trainer.max_epochs is not None and record["epoch"] + 1 >= trainer.max_epochs
         if len(self.epochs) > 1 and not last:
             return  # the table is printed for the first and the last epoch; files every epoch

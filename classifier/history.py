@@ -6,11 +6,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from classifier.files import run_dir, write_csv
 from classifier.model import as_classifier
-from classifier.plots import log_image, pyplot, save_figure
+from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image, pyplot, save_figure
 
 COLUMNS = (
     "epoch",
@@ -25,19 +24,24 @@ COLUMNS = (
 )
 
 
-class TrainingHistory(Callback):
+class TrainingHistory(PlottingCallback):
     """Record one row per validated epoch; write ``history.csv``, ``loss_history.png`` and
     ``metrics_history.png``.
 
     Rows are written when the epoch's validation ends (so the last epoch is included) and are
     part of the checkpoint, so a resumed run continues the table instead of restarting it.
     The train loss is averaged over the epoch's steps on this process without a per-step sync.
+    ``history.csv`` is rewritten every epoch; the plots are redrawn while that stays within
+    ``plot_time_share`` of the run's time, and always at the end of fit.
 
     Args:
         plots: also write the PNG plots.
+        plot_time_share: the largest fraction of training wall time spent redrawing the plots
+            (0: only at the end of fit; 1: every epoch).
     """
 
-    def __init__(self, plots: bool = True) -> None:
+    def __init__(self, plots: bool = True, plot_time_share: float = PLOT_TIME_SHARE) -> None:
+        super().__init__(plot_time_share)
         self.plots = plots
         self.rows: list[dict[str, float]] = []
         self._loss_sum: torch.Tensor | None = None
@@ -97,24 +101,28 @@ class TrainingHistory(Callback):
     def _write(self, trainer: pl.Trainer) -> None:
         folder = run_dir(trainer)
         write_csv(folder / "history.csv", COLUMNS, [[r[c] for c in COLUMNS] for r in self.rows])
-        if not self.plots:
-            return
+        if self.plots:
+            rows = list(self.rows)
+            self.draws.request(trainer, lambda: self._plot(trainer, rows))
+
+    def _plot(self, trainer: pl.Trainer, rows: list[dict[str, float]]) -> None:
+        folder = run_dir(trainer)
         plt = pyplot()
-        epochs = [r["epoch"] + 1 for r in self.rows]
+        epochs = [r["epoch"] + 1 for r in rows]
         figure, axes = plt.subplots(figsize=(7, 4.5))
         for key, label in (("train_loss", "train"), ("val_loss", "val")):
-            axes.plot(epochs, [r[key] for r in self.rows], marker="o", label=label)
+            axes.plot(epochs, [r[key] for r in rows], marker="o", label=label)
         axes.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
         axes.legend()
         axes.grid(alpha=0.3)
         log_image(trainer, "history/loss", save_figure(figure, folder / "loss_history.png"))
         figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
         for key in ("train_top1", "val_top1", "val_balanced_acc", "val_f1_macro"):
-            left.plot(epochs, [r[key] for r in self.rows], marker="o", label=key)
+            left.plot(epochs, [r[key] for r in rows], marker="o", label=key)
         left.set(title="Metrics", xlabel="epoch", ylim=(0, 1.02))
         left.legend()
         left.grid(alpha=0.3)
-        right.plot(epochs, [r["lr"] for r in self.rows], marker="o", color="tab:gray")
+        right.plot(epochs, [r["lr"] for r in rows], marker="o", color="tab:gray")
         right.set(title="Learning rate (end of epoch)", xlabel="epoch")
         right.grid(alpha=0.3)
         log_image(trainer, "history/metrics", save_figure(figure, folder / "metrics_history.png"))

@@ -82,6 +82,7 @@ class ImageClassifier(pl.LightningModule):
 
     class_weights: torch.Tensor
     _finite: torch.Tensor
+    _loss_window: torch.Tensor
     model: torch.nn.Module
 
     def __init__(
@@ -128,6 +129,9 @@ class ImageClassifier(pl.LightningModule):
         self._rng_states: dict[str, Any] | None = None
         self._first_epoch = False
         self.register_buffer("_finite", torch.ones((), dtype=torch.bool), persistent=False)
+        self.register_buffer("_loss_window", torch.zeros(()), persistent=False)
+        self._window_steps = 0
+        self._reported_step = 0
         self.mixup_fn = _mixup(mixup, cutmix, label_smoothing, self.num_classes)
         self.train_top1 = summary_metrics(self.num_classes)["top1"]
         # In checkpoints, so an epoch resumed mid-way reports accuracy over all its batches.
@@ -204,26 +208,48 @@ class ImageClassifier(pl.LightningModule):
             )
             self.train_top1.update(logits.detach(), labels)
             self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
-        # On device, no sync: checked every log interval and before any checkpoint is saved.
-        self._finite &= torch.isfinite(loss.detach())
+        # Loggers read it every log interval; the bar shows the interval mean (see below).
+        self.log("train/loss", loss, on_step=True, on_epoch=True)
+        # On device, no sync: read every log interval and before any checkpoint is saved.
+        detached = loss.detach().float()
+        self._finite &= torch.isfinite(detached)
+        self._loss_window += detached
+        self._window_steps += 1
         return cast(torch.Tensor, loss)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Every ``log_every_n_steps`` batches, stop if the loss has become NaN/inf."""
-        every = int(getattr(self.trainer, "log_every_n_steps", 50))
-        if (batch_idx + 1) % max(1, every) == 0:
-            self.check_finite()
+        """Every ``log_every_n_steps`` batches, one host read: stop if the loss became NaN/inf,
+        and show the interval's mean loss in the progress bar.
+
+        The bar gets a CPU tensor: progress bars read their metrics at every refresh, and a
+        device tensor there would stall the device once per step.
+        """
+        # Lightning's loggers write at the same optimizer steps.
+        step = self.trainer.global_step
+        every = max(1, int(getattr(self.trainer, "log_every_n_steps", 50)))
+        if step % every or step == self._reported_step or not self._window_steps:
+            return
+        self._reported_step = step
+        mean = self._loss_window / self._window_steps
+        mean, finite = torch.stack([mean, self._finite.float()]).tolist()
+        self._loss_window.zero_()
+        self._window_steps = 0
+        if not finite:
+            raise self._nonfinite_error()
+        self.log("loss", torch.tensor(mean), prog_bar=True, logger=False)
 
     def check_finite(self) -> None:
         """Raise :class:`NonFiniteLossError` if any loss since the start was NaN/inf."""
         if not bool(self._finite):
-            checkpoint = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
-            raise NonFiniteLossError(
-                f"the training loss became NaN or infinite (by step {self.trainer.global_step});"
-                f" stopped without saving. Last good checkpoint: {checkpoint or 'none yet'}. "
-                "Try a lower --model.lr, a longer warm-up, or bf16-mixed instead of 16-mixed."
-            )
+            raise self._nonfinite_error()
+
+    def _nonfinite_error(self) -> NonFiniteLossError:
+        checkpoint = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
+        return NonFiniteLossError(
+            f"the training loss became NaN or infinite (by step {self.trainer.global_step});"
+            f" stopped without saving. Last good checkpoint: {checkpoint or 'none yet'}. "
+            "Try a lower --model.lr, a longer warm-up, or bf16-mixed instead of 16-mixed."
+        )
 
     def _eval_step(self, stage: EvalStage, batch: Batch) -> dict[str, torch.Tensor]:
         images, labels, indices = batch

@@ -8,12 +8,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from classifier.dist import gather_objects
 from classifier.files import run_dir
 from classifier.model import as_classifier
-from classifier.plots import log_image, pyplot, save_figure
+from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image, pyplot, save_figure
 from classifier.transforms import denormalize
 
 
@@ -35,20 +34,29 @@ def image_grid(
     return figure
 
 
-class SampleGrids(Callback):
+class SampleGrids(PlottingCallback):
     """Write ``train_batch.png`` (augmented training images, once at the first step) and
     ``val_predictions.png`` (validation images with true class, predicted class and confidence,
     misclassified first, then by highest loss).
 
     The gallery reuses the losses and logits the validation step already computed; images are
-    re-read from disk only for the few shown.
+    re-read from disk only for the few shown. During fit the gallery is redrawn while that stays
+    within ``plot_time_share`` of the run's time, and always at the end of fit.
 
     Args:
         num_images: images per grid.
-        every_n_epochs: write the validation gallery every N epochs (the last epoch always).
+        every_n_epochs: pick the validation gallery every N epochs (the last epoch always).
+        plot_time_share: the largest fraction of training wall time spent drawing the gallery
+            (0: only at the end of fit; 1: whenever it is picked).
     """
 
-    def __init__(self, num_images: int = 32, every_n_epochs: int = 1) -> None:
+    def __init__(
+        self,
+        num_images: int = 32,
+        every_n_epochs: int = 1,
+        plot_time_share: float = PLOT_TIME_SHARE,
+    ) -> None:
+        super().__init__(plot_time_share)
         self.num_images = num_images
         self.every_n_epochs = max(1, every_n_epochs)
         self._candidates: list[torch.Tensor] = []
@@ -124,10 +132,13 @@ class SampleGrids(Callback):
         if not trainer.is_global_zero:
             return
         rows = rows[rows[:, 0].argsort(descending=True)][: self.num_images]
+        epoch = trainer.current_epoch + 1
         if len(rows):
-            self._draw(trainer, pl_module, rows)
+            self.draws.request(trainer, lambda: self._draw(trainer, pl_module, rows, epoch))
 
-    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, rows: torch.Tensor) -> None:
+    def _draw(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, rows: torch.Tensor, epoch: int
+    ) -> None:
         dataset = trainer.datamodule.datasets["val"]  # type: ignore[attr-defined]
         names = as_classifier(pl_module).class_names
         images, captions, colours = [], [], []
@@ -136,7 +147,7 @@ class SampleGrids(Callback):
             images.append(image.float() / 255)
             captions.append(f"true: {names[int(label)]}\npred: {names[int(pred)]} ({conf:.2f})")
             colours.append("black" if int(label) == int(pred) else "red")
-        title = f"Validation, epoch {trainer.current_epoch + 1}: misclassified, then highest loss"
+        title = f"Validation, epoch {epoch}: misclassified, then highest loss"
         path: Path = save_figure(
             image_grid(images, captions, colours, title), run_dir(trainer) / "val_predictions.png"
         )

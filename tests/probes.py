@@ -58,3 +58,93 @@ class TermAt(KillAt):
 
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+#: Tensor methods that copy a value to the host (a device sync on a GPU).
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+
+
+class HostReads(Callback):
+    """Record tensor reads to the host per training batch, from the start of one batch to the
+    start of the next (step, backward, optimizer, every callback, logging, the next fetch).
+
+    Two kinds of reads are host-side by design and not recorded: the optimizer's step counters
+    (CPU tensors in torch.optim) and the bar value the model logs as a CPU scalar (Lightning
+    converts progress-bar values to floats after every batch). Listed last, so the window opens
+    after the other callbacks' ``on_train_batch_start``.
+    """
+
+    def __init__(self) -> None:
+        self.reads: dict[tuple[int, int], list[str]] = {}
+        self._key: tuple[int, int] | None = None
+        self._saved: dict[str, Any] = {}
+        self._trainer: pl.Trainer | None = None
+
+    def _host_side(self, tensor: torch.Tensor) -> bool:
+        trainer = self._trainer
+        if trainer is None or tensor.device.type != "cpu":
+            return False
+        for optimizer in trainer.optimizers:
+            if any(tensor is state.get("step") for state in optimizer.state.values()):
+                return True
+        # Lightning reads a detached view of the logged value: compare storage, not objects.
+        results = trainer._results or {}
+        return any(
+            isinstance(item._forward_cache, torch.Tensor)
+            and tensor.data_ptr() == item._forward_cache.data_ptr()
+            and item.meta.prog_bar
+            and not item.meta.logger
+            for item in results.values()
+        )
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import traceback
+
+        self._trainer = trainer
+
+        def counting(name: str, method: Any) -> Any:
+            def read(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+                if self._key is not None and not self._host_side(tensor):
+                    stack = traceback.extract_stack(limit=6)[:-1]
+                    self.reads[self._key].append(
+                        f"{name} at " + " < ".join(f"{f.filename}:{f.lineno}" for f in stack[::-1])
+                    )
+                return method(tensor, *args, **kwargs)
+
+            return read
+
+        for name in HOST_READS:
+            self._saved[name] = getattr(torch.Tensor, name)
+            setattr(torch.Tensor, name, counting(name, self._saved[name]))
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._key = (trainer.current_epoch, batch_idx)
+        self.reads[self._key] = []
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._key = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._key = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._key, self._trainer = None, None
+        for name, method in self._saved.items():
+            setattr(torch.Tensor, name, method)
+        self._saved = {}
+
+
+class RunFiles(Callback):
+    """Record which files the run folder holds when each training epoch starts."""
+
+    def __init__(self) -> None:
+        self.at_epoch_start: dict[int, set[str]] = {}
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from classifier.files import run_dir
+
+        folder = run_dir(trainer)
+        files = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+        self.at_epoch_start[trainer.current_epoch] = files

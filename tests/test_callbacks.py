@@ -170,3 +170,26 @@ def test_ema_checkpoint_holds_averaged_weights(full_run: dict[str, Any]) -> None
     raw, ema = last["current_model_state"], last["state_dict"]
     differs = [k for k in ema if ema[k].is_floating_point() and not torch.equal(ema[k], raw[k])]
     assert len(differs) > 10
+
+
+def test_confusion_matrix_over_max_classes_shows_the_most_confused(tmp_path: Path) -> None:
+    """60 classes, plots capped at 50: the ten classes without errors are left out of the
+    heatmaps, the CSV keeps all, and rows are normalised by each class's full support."""
+    from classifier.confusion import ConfusionMatrix, focus_classes
+
+    n = 60
+    confmat = torch.eye(n, dtype=torch.long) * 10
+    clean = set(range(0, n, 6))  # ten classes predicted perfectly
+    for i in range(n):
+        if i not in clean:
+            confmat[i, i] -= 3
+            confmat[i, (i + 1) % n if (i + 1) % n not in clean else (i + 2) % n] += 3
+    keep = focus_classes(confmat, 50)
+    assert keep == sorted(set(range(n)) - clean)
+    names = [f"class{i:02d}" for i in range(n)]
+    trainer: Any = type("T", (), {"loggers": []})()
+    ConfusionMatrix(max_classes=50)._plot(trainer, confmat, names, "val", tmp_path, ", epoch 3")
+    for suffix in ("", "_normalized"):
+        with Image.open(tmp_path / f"confusion_matrix_val{suffix}.png") as image:
+            width, height = image.size
+        assert width > 1000 and height > 1000  # 50 labelled rows, readable

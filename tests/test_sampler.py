@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from classifier.sampler import EpochSampler, ShardSampler
-from tests.conftest import CONF, run_cli
+from tests.conftest import full, run_cli
 
 
 def test_epoch_sampler_is_a_function_of_seed_and_epoch() -> None:
@@ -65,15 +65,14 @@ def test_weighted_sampler_flattens_an_imbalanced_folder(folder_factory: Any) -> 
     for i in range(36):  # common: 40 images, rare: 4, scarce: 4
         (data / "train" / "common" / f"extra_{i}.png").write_bytes(source.read_bytes())
     cli: Any = run_cli(
-        "fit",
-        "--config",
-        str(CONF / "full.yaml"),
-        "--data.data_dir",
-        str(data),
-        "--data.sampler",
-        "weighted",
-        "--trainer.max_epochs",
-        "2",
+        *full(
+            "fit",
+            data,
+            "--data.sampler",
+            "weighted",
+            "--trainer.max_epochs",
+            "2",
+        )
     )
     epochs = json.loads((Path(cli.trainer.log_dir) / "sampler_distribution.json").read_text())
     baseline, drawn = epochs[-1]["baseline"], epochs[-1]["effective"]

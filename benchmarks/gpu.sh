@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU throughput check for configs/resnet50.yaml: resnet50, 224 px, bf16, channels_last, EMA and
 # the default callbacks, on a generated JPEG folder, for a fixed number of steps. Prints
-# images/s, the fraction of time waiting for data, and peak GPU memory.
+# images/s, the fraction of time waiting for data, peak GPU memory and host-device syncs per
+# step (validation and epoch ends included).
 #   bash benchmarks/gpu.sh [STEPS] [BATCH] [WORKERS]
 set -euo pipefail
 cd "$(dirname "$0")/.."

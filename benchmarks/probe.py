@@ -22,12 +22,18 @@ class Throughput(Callback):
     """Images/s over training steps after ``warmup_steps``, the fraction of wall time spent
     waiting for the next batch, and peak GPU memory; written to ``$BENCH_OUT`` as JSON.
 
+    On a GPU it also counts the host-device synchronisations of the measured steps with
+    ``torch.cuda.set_sync_debug_mode`` (every ``.item()``, ``.cpu()``, ``bool(tensor)``), as
+    ``syncs_per_step``: log intervals and the loader's pinned copies should be all there is.
+
     Args:
         warmup_steps: steps excluded from the measurement (compilation, cudnn autotuning).
     """
 
     def __init__(self, warmup_steps: int = 20) -> None:
         self.warmup_steps = warmup_steps
+        self.syncs = 0
+        self._showwarning: Any = None
         self.steps = 0
         self.images = 0
         self.wait = 0.0
@@ -47,6 +53,7 @@ class Throughput(Callback):
             self.start = now = time.perf_counter()
             if pl_module.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(pl_module.device)
+                self._count_syncs()
         if self.start is not None and self.last_end is not None:
             self.wait += now - self.last_end
         self._batch_start = now
@@ -66,13 +73,34 @@ class Throughput(Callback):
             self.train_time += now - self._batch_start
             self.last_end = now
 
+    def _count_syncs(self) -> None:
+        import warnings
+
+        self._showwarning = warnings.showwarning
+
+        def show(message: Any, *args: Any, **kwargs: Any) -> None:
+            if "synchroniz" in str(message):
+                self.syncs += 1
+            else:
+                self._showwarning(message, *args, **kwargs)
+
+        warnings.showwarning = show
+        warnings.filterwarnings("always", message=".*synchroniz.*")
+        torch.cuda.set_sync_debug_mode("warn")
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._showwarning is not None:
+            import warnings
+
+            torch.cuda.set_sync_debug_mode("default")
+            warnings.showwarning = self._showwarning
         _sync(pl_module)
         busy = self.train_time + self.wait
         result = {
             "images_per_s": self.images / busy if busy else 0.0,
             "data_wait_fraction": self.wait / busy if busy else 0.0,
             "measured_steps": self.steps - self.warmup_steps,
+            "syncs_per_step": self.syncs / max(1, self.steps - self.warmup_steps),
             "peak_memory_gib": (
                 torch.cuda.max_memory_allocated(pl_module.device) / 2**30
                 if pl_module.device.type == "cuda"

@@ -213,6 +213,12 @@ def main() -> None:
         value = results[name][key]
         ok = value >= goal if op == ">=" else value <= goal
         print(f"{name + '.' + key:38s} {value:8.3f}   {op} {goal}  {'ok' if ok else 'MISSED'}")
+    fit = results["fit_vs_hand_loop"]
+    print(
+        f"\nfit_vs_hand_loop.ratio_with_end_of_fit {fit['ratio_with_end_of_fit']:.3f}: the"
+        f" end-of-fit figures ({fit['end_of_fit_s']:.1f} s, once per run) charged to the two"
+        " timed epochs"
+    )
     Path("bench.json").write_text(json.dumps(results, indent=2))
     print("\nwrote bench.json")
 

@@ -71,8 +71,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         std: per-channel RGB standard deviation; ``None`` as for ``mean``.
         batch_size: training images per batch and process.
         eval_batch_size: validation/test/predict batch size; ``None`` uses ``2 * batch_size``.
-        num_workers: loader processes per training process; ``None`` uses
-            ``min(8, CPU count)``.
+        num_workers: loader processes per training process (the train and val loaders keep
+            theirs between epochs); ``None`` uses ``min(8, CPU count)``.
         pin_memory: page-locked host memory for faster GPU copies; ``None`` enables it when
             training on a GPU.
         scale: RandomResizedCrop's range of the crop area as a fraction of the image.
@@ -296,7 +296,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             "batch_size": batch_size,
             "num_workers": workers,
             "pin_memory": pin,
-            "persistent_workers": workers > 0 and name == "train",
+            "persistent_workers": workers > 0 and name in ("train", "val"),  # reused each epoch
             "prefetch_factor": 4 if workers > 0 else None,
             # Its own generator: creating iterators does not consume the global RNG, whose
             # state is restored on resume.

@@ -193,3 +193,17 @@ def test_confusion_matrix_over_max_classes_shows_the_most_confused(tmp_path: Pat
         with Image.open(tmp_path / f"confusion_matrix_val{suffix}.png") as image:
             width, height = image.size
         assert width > 1000 and height > 1000  # 50 labelled rows, readable
+
+
+def test_run_files_have_the_permissions_of_any_new_file(
+    full_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """Atomic writes go through private temporary files; the results must not stay private."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    expected = plain.stat().st_mode & 0o777
+    files = [p for p in full_run["run"].rglob("*") if p.is_file()]
+    assert len(files) > 20
+    assert {
+        str(p.relative_to(full_run["run"])) for p in files if p.stat().st_mode & 0o777 != expected
+    } == set()

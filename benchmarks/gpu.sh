@@ -4,6 +4,7 @@
 # images/s, the fraction of time waiting for data, peak GPU memory and host-device syncs per
 # step (validation and epoch ends included).
 #   bash benchmarks/gpu.sh [STEPS] [BATCH] [WORKERS]
+#   variants: recipe, no-channels-last (default), compile (BENCH_VARIANTS="recipe compile")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-300}
@@ -14,9 +15,11 @@ PY=${PYTHON:-python3}
 export CLASSIFIER_ALLOWED_CLASS_PATHS=benchmarks. CLASSIFIER_CACHE_DIR=/tmp/classifier-cache
 $PY -m benchmarks.make_data "$DATA" "${BENCH_IMAGES:-20000}" 256
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-for variant in "recipe" "no-channels-last"; do
+# BENCH_VARIANTS="recipe compile" adds torch.compile (its warm-up steps are not timed).
+for variant in ${BENCH_VARIANTS:-recipe no-channels-last}; do
   extra=()
   [ "$variant" = "no-channels-last" ] && extra=(--model.channels_last false)
+  [ "$variant" = "compile" ] && extra=(--model.compile true)
   BENCH_OUT=/tmp/bench-$variant.json $PY -m classifier fit --config configs/resnet50.yaml \
     --model.pretrained false --data.data_dir "$DATA" --data.batch_size "$BATCH" \
     --data.num_workers "$WORKERS" --trainer.max_steps "$STEPS" --trainer.max_epochs 100 \

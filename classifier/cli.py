@@ -50,14 +50,15 @@ class RunConfig(SaveConfigCallback):
     """
 
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Write config.yaml (rank 0; refuses to overwrite another run's file)."""
+        """Write config.yaml (rank 0; the parser refuses to overwrite another run's file)."""
         folder = run_dir(trainer)
-        path = folder / self.config_filename
-        if path.exists() and not self.overwrite:
-            raise RuntimeError(f"{path} exists: refusing to overwrite another run's config.")
         folder.mkdir(parents=True, exist_ok=True)
         self.parser.save(
-            self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile
+            self.config,
+            str(folder / self.config_filename),
+            skip_none=False,
+            overwrite=self.overwrite,
+            multifile=self.multifile,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -103,10 +104,9 @@ class TrainingHistory(PlottingCallback):
         write_csv(folder / "history.csv", COLUMNS, [[r[c] for c in COLUMNS] for r in self.rows])
         if self.plots:
             rows = list(self.rows)
-            self.draws.request(trainer, lambda: self._plot(trainer, rows))
+            self.draws.request(trainer, lambda: self._plot(trainer, rows, folder))
 
-    def _plot(self, trainer: pl.Trainer, rows: list[dict[str, float]]) -> None:
-        folder = run_dir(trainer)
+    def _plot(self, trainer: pl.Trainer, rows: list[dict[str, float]], folder: Path) -> None:
         plt = pyplot()
         epochs = [r["epoch"] + 1 for r in rows]
         figure, axes = plt.subplots(figsize=(7, 4.5))

@@ -31,14 +31,14 @@ class DrawBudget:
 
     def __init__(self, share: float) -> None:
         self.share = share
+        self.restart()
+
+    def restart(self) -> None:
+        """Start the clock with nothing spent or waiting (at the start of fit)."""
         self.start = time.monotonic()
         self.spent = 0.0
         self.last_cost = 0.0
         self.pending: Callable[[], None] | None = None
-
-    def restart(self) -> None:
-        """Start the clock (at the start of fit)."""
-        self.start, self.spent, self.last_cost, self.pending = time.monotonic(), 0.0, 0.0, None
 
     def due(self) -> bool:
         """Whether a drawing now stays within the budget."""

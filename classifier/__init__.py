@@ -4,6 +4,15 @@ The public classes are importable from here; heavy optional libraries (ONNX, plo
 fvcore) are imported only inside the callbacks that use them.
 """
 
+import os as _os
+import sys as _sys
+
+if _sys.argv[:1] == ["-m"] and _sys.path and _sys.path[0] in ("", _os.getcwd()):
+    # ``python -m classifier`` puts the current folder first on sys.path, so a ``.py`` file
+    # beside a config (or a ``lightning/`` folder) would be imported ahead of the real one.
+    # The ``classifier`` console script never searches the current folder; neither does this.
+    del _sys.path[0]
+
 from classifier.confusion import ConfusionMatrix
 from classifier.data import ImageFolderDataModule
 from classifier.dataset_stats import DatasetStatistics

@@ -1,4 +1,12 @@
-"""Reading what a checkpoint says about itself, safely.
+"""Reading checkpoints, safely, through one function.
+
+Every checkpoint this process reads goes through :func:`load_checkpoint`: the command line's
+``--ckpt_path`` on every subcommand (whether typed, set in a YAML config or resolved from
+``last``), the test after fit, ONNX export and ``ImageClassifier.load_from_checkpoint``.
+It reads only a local regular file, always with ``torch.load(weights_only=True)``, so a pickled
+payload in a checkpoint is refused instead of run. :class:`SafeCheckpointIO` puts it under the
+trainer: Lightning's own loader would otherwise unpickle ``http(s)://`` checkpoints and any
+checkpoint given ``weights_only=False`` with the full (code-running) unpickler.
 
 ``classifier test|validate|predict --ckpt_path X`` needs no ``--config``: the model and data
 arguments stored in the checkpoint become the first config layer, under any ``--config`` and
@@ -7,10 +15,15 @@ command-line overrides the user gives.
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
+from lightning.pytorch.strategies import Strategy
 
 from classifier.safety import refuse_foreign_class_paths
 
@@ -19,21 +32,117 @@ class CheckpointError(ValueError):
     """The checkpoint cannot be used; the message says why."""
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True`` and an error a user can act on."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
+def checkpoint_file(path: str | Path) -> Path:
+    """The local file that ``path`` names, refusing URLs, folders, FIFOs and devices.
+
+    Raises:
+        CheckpointError: ``path`` is remote, missing, or not a regular file.
+    """
+    text = str(path)
+    if "://" in text:
         raise CheckpointError(
-            f"cannot load checkpoint {path}: {str(error).splitlines()[0]} "
-            "(truncated file, or not a classifier checkpoint; untrusted pickles are refused)."
-        ) from error
+            f"checkpoint {text}: remote checkpoints are not loaded (a checkpoint is a pickle, and "
+            "Lightning unpickles URLs with code execution on); download it and pass the file."
+        )
+    file = Path(text).expanduser()
+    try:
+        mode = file.stat().st_mode
+    except OSError:
+        raise CheckpointError(f"checkpoint {file} does not exist.") from None
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(
+            f"checkpoint {file} is not a regular file (a folder, FIFO or device)."
+        )
+    return file
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a local checkpoint file, with errors a user can act on.
+
+    The file is opened without blocking and checked again once open, so a file swapped for a
+    FIFO after the first check cannot hang the run.
+
+    Raises:
+        CheckpointError: the file is missing, not a regular file, not a Lightning checkpoint,
+            truncated, or holds objects other than tensors and plain containers.
+    """
+    file = checkpoint_file(path)
+    try:
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as error:
+        raise CheckpointError(f"cannot open checkpoint {file}: {error.strerror}.") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise CheckpointError(f"checkpoint {file} is not a regular file.")
+        try:
+            checkpoint = torch.load(handle, map_location="cpu", weights_only=True)
+        except Exception as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise CheckpointError(
+                f"cannot load checkpoint {file}: {first} (truncated file, or not a classifier "
+                "checkpoint; pickled objects other than tensors are refused)."
+            ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path} is not a Lightning checkpoint.")
+        raise CheckpointError(f"{file} is not a Lightning checkpoint.")
     return checkpoint
+
+
+class SafeCheckpointIO(CheckpointIO):
+    """The trainer's checkpoint I/O with every load done by :func:`load_checkpoint`.
+
+    Saving and removing stay with the wrapped plugin (Lightning's atomic ``torch.save``, or a
+    plugin chosen in the config such as ``AsyncCheckpointIO``). ``weights_only`` and
+    ``map_location`` requests are ignored: loads are always weights-only, onto the CPU.
+
+    Args:
+        inner: the plugin that saves and removes checkpoints.
+    """
+
+    def __init__(self, inner: CheckpointIO | None = None) -> None:
+        self.inner = inner if inner is not None else TorchCheckpointIO()
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        """Save with the wrapped plugin."""
+        self.inner.save_checkpoint(checkpoint, path, storage_options)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Load with :func:`load_checkpoint` (never with the full unpickler)."""
+        return load_checkpoint(path)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        """Remove with the wrapped plugin."""
+        self.inner.remove_checkpoint(path)
+
+    def teardown(self) -> None:
+        """Tear down the wrapped plugin (an async writer finishes its writes)."""
+        self.inner.teardown()
+
+
+def _refuse_own_loader(strategy: Strategy) -> Callable[..., dict[str, Any]]:
+    def refuse(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise CheckpointError(
+            f"{type(strategy).__name__} reads checkpoints with its own loader, which cannot be "
+            "restricted to weights; resume or evaluate with a single device or DDP instead."
+        )
+
+    return refuse
+
+
+def guard_checkpoint_loads(strategy: Strategy) -> None:
+    """Route every checkpoint the trainer loads through :func:`load_checkpoint`.
+
+    Strategies that load sharded checkpoints their own way (FSDP, DeepSpeed) are refused at
+    load time with a one-line error instead of unpickling unchecked.
+    """
+    io = strategy.checkpoint_io
+    if not isinstance(io, SafeCheckpointIO):
+        strategy.checkpoint_io = SafeCheckpointIO(io)
+    if type(strategy).load_checkpoint is not Strategy.load_checkpoint:
+        strategy.load_checkpoint = _refuse_own_loader(strategy)  # type: ignore[method-assign]
 
 
 def config_from_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning.pytorch as pl
 import yaml
@@ -20,17 +20,24 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from classifier.backbone import BackboneError
-from classifier.checkpoint import CheckpointError, config_from_checkpoint
+from classifier.checkpoint import (
+    CheckpointError,
+    checkpoint_file,
+    config_from_checkpoint,
+    guard_checkpoint_loads,
+)
 from classifier.data import ImageFolderDataModule
 from classifier.files import run_dir
 from classifier.folder import DataError
 from classifier.model import ImageClassifier, NonFiniteLossError
 from classifier.predict import PredictionWriter
 from classifier.preemption import SIGTERM_EXIT_CODE, PreemptionCheckpoint
-from classifier.safety import UnsafeConfigError, check_cli_args
+from classifier.safety import UnsafeConfigError, enforce_import_policy, unsafe_error
 from classifier.verify import ExportError
 
 _EVAL_COMMANDS = {"validate", "test", "predict"}
+#: ``ckpt_path`` values Lightning resolves itself (to files that are then loaded safely).
+_CKPT_KEYWORDS = {"best", "last", "hpc", "registry"}
 #: Errors whose message tells the user what to fix; printed without a traceback.
 USER_ERRORS = (
     DataError,
@@ -62,8 +69,55 @@ class RunConfig(SaveConfigCallback):
         )
 
 
+class ClassifierArgumentParser(LightningArgumentParser):
+    """Lightning's parser without option abbreviations, reporting refused imports in one line.
+
+    ``--ckpt`` must not silently mean ``--ckpt_path``: an option is taken only as spelt out.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """Raise :class:`UnsafeConfigError` for a refused import; otherwise report as usual."""
+        unsafe = unsafe_error(message)
+        if unsafe is not None:
+            raise unsafe from None
+        super().error(message, ex)
+
+
 class ClassifierCLI(LightningCLI):
-    """LightningCLI with the class list linked from the data to the model."""
+    """LightningCLI with the class list linked from the data to the model.
+
+    Every checkpoint the trainer loads goes through :func:`~classifier.checkpoint.load_checkpoint`
+    (weights only); there is no ``--weights_only`` option to turn that off.
+    """
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's subcommands, without the ``weights_only`` argument."""
+        return {name: {*skip, "weights_only"} for name, skip in LightningCLI.subcommands().items()}
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        """Lightning's trainer, loading checkpoints only through the safe loader."""
+        trainer = super().instantiate_trainer(**kwargs)
+        guard_checkpoint_loads(trainer.strategy)
+        return trainer
+
+    def _check_ckpt_path(self) -> None:
+        """Fail at once, in one line, on a checkpoint path that cannot be loaded."""
+        ckpt = self.config.get(str(self.subcommand), {}).get("ckpt_path")
+        if ckpt and str(ckpt) not in _CKPT_KEYWORDS:
+            checkpoint_file(ckpt)
+
+    def before_validate(self) -> None:
+        """Check ``ckpt_path`` before any data is read."""
+        self._check_ckpt_path()
+
+    def before_test(self) -> None:
+        """Check ``ckpt_path`` before any data is read."""
+        self._check_ckpt_path()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Link ``data.class_names`` to ``model.class_names``; add ``test_after_fit``."""
@@ -79,13 +133,15 @@ class ClassifierCLI(LightningCLI):
         """Disabled: checkpoint arguments are applied as the first config layer in ``main``."""
 
     def before_predict(self) -> None:
-        """Make sure predictions are written to a CSV."""
+        """Check ``ckpt_path``; make sure predictions are written to a CSV."""
+        self._check_ckpt_path()
         callbacks: list[Any] = getattr(self.trainer, "callbacks")  # noqa: B009 (set at runtime)
         if not any(isinstance(c, PredictionWriter) for c in callbacks):
             callbacks.append(PredictionWriter())
 
     def before_fit(self) -> None:
-        """Make sure a pre-empted run leaves a checkpoint to resume from."""
+        """Check ``ckpt_path``; make sure a pre-empted run leaves a checkpoint to resume from."""
+        self._check_ckpt_path()
         callbacks: list[Any] = getattr(self.trainer, "callbacks")  # noqa: B009 (set at runtime)
         if not any(isinstance(c, PreemptionCheckpoint) for c in callbacks):
             callbacks.append(PreemptionCheckpoint())
@@ -180,7 +236,7 @@ def main(args: list[str] | None = None) -> Any:
     # `args` is how the checkpoint layer is inserted; Lightning warns when sys.argv has
     # arguments too, which is expected here.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    check_cli_args(argv)
+    enforce_import_policy()
     if _command(argv) == "fit":
         argv = resolve_last(argv)
     with _checkpoint_layer(argv) as argv:
@@ -193,6 +249,7 @@ def main(args: list[str] | None = None) -> Any:
             auto_configure_optimizers=False,
             save_config_callback=RunConfig,
             save_config_kwargs={"save_to_log_dir": False},
+            parser_class=ClassifierArgumentParser,
         )
 
 

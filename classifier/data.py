@@ -14,7 +14,14 @@ from torch.utils.data import DataLoader
 
 from classifier.datasets import ImageDataset
 from classifier.files import run_dir, write_csv
-from classifier.folder import DataError, Split, class_dirs, read_split, read_unlabelled
+from classifier.folder import (
+    DataError,
+    Split,
+    class_dirs,
+    read_split,
+    read_unlabelled,
+    shared_files,
+)
 from classifier.sampler import EpochSampler, ShardSampler
 from classifier.scan import scan_files
 from classifier.transforms import (
@@ -52,8 +59,8 @@ class ResumableLoader(DataLoader[Any]):
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Skip the consumed samples if the run resumes inside the same epoch."""
         sampler = self.sampler
-        assert isinstance(sampler, EpochSampler)
-        sampler.resume(int(state["epoch"]), int(state["samples"]))
+        assert isinstance(sampler, EpochSampler) and self.batch_size is not None
+        sampler.resume(int(state["epoch"]), int(state["samples"]), sampler.usable)
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
@@ -131,6 +138,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.preprocessing: Preprocessing | None = None
         self.train_sampler: EpochSampler | None = None
         self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: Failures of each split's dataset already reported by :meth:`new_failures`.
+        self._reported_failures: dict[str, int] = {}
 
     @property
     def class_names(self) -> list[str]:
@@ -185,6 +194,19 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 self.splits[name] = self._read(name)
         self._build_datasets()
         self._report_excluded()
+        self._report_shared()
+
+    def _report_shared(self) -> None:
+        """Warn about files that two splits share (a leak that inflates evaluation scores)."""
+        shared = shared_files(self.splits)
+        if shared:
+            listing = "\n".join(f"  {p} ({a}/) = {q} ({b}/)" for a, b, p, q in shared[:10])
+            more = f"\n  ... and {len(shared) - 10} more" if len(shared) > 10 else ""
+            warnings.warn(
+                f"{len(shared)} file(s) are in two splits at once (links or hard links), so the "
+                f"evaluation sees training images:\n{listing}{more}",
+                stacklevel=2,
+            )
 
     def split(self, name: Stage) -> Split | None:
         """Split ``name``, read and scanned on first use; ``None`` when its folder is absent."""
@@ -257,7 +279,19 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 if name == "train"
                 else eval_transform(self.preprocessing)
             )
-            self.datasets[name] = ImageDataset(split.paths, split.labels, transform)
+            self.datasets[name] = ImageDataset(
+                split.paths, split.labels, transform, substitute=name == "train"
+            )
+
+    def new_failures(self, name: str) -> int:
+        """Files of split ``name`` that failed to load since the last call (this process)."""
+        dataset = self.datasets.get(name)
+        if dataset is None:
+            return 0
+        total = dataset.failures
+        new = total - self._reported_failures.get(name, 0)
+        self._reported_failures[name] = total
+        return new
 
     def class_counts(self, split: str = "train") -> list[int]:
         """Images per class in ``split`` (after exclusions)."""
@@ -309,8 +343,21 @@ class ImageFolderDataModule(pl.LightningDataModule):
         current: Any = self.trainer.fit_loop.epoch_loop.batch_progress.current
         return int(current.processed)
 
+    def _drop_last(self) -> bool:
+        """Drop the last partial training batch (as timm's and torchvision's reference scripts
+        do): a final batch of one image breaks BatchNorm. Kept when it is the only batch."""
+        per_rank = -(-len(self.splits["train"]) // self._rank()[1])
+        return per_rank >= self.batch_size
+
+    def train_batches_per_epoch(self) -> int:
+        """Training batches each process runs per epoch (before ``limit_train_batches``)."""
+        per_rank = -(-len(self.splits["train"]) // self._rank()[1])
+        if self._drop_last():
+            return per_rank // self.batch_size
+        return -(-per_rank // self.batch_size)
+
     def train_dataloader(self) -> DataLoader[Any]:
-        """Shuffled or weighted, sharded across processes."""
+        """Shuffled or weighted, sharded across processes; the last partial batch is dropped."""
         rank, world = self._rank()
         labels = torch.tensor(self.splits["train"].labels)
         weights = None
@@ -319,9 +366,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
             weights = (1.0 / counts.clamp(min=1))[labels]
         seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
         self.train_sampler = EpochSampler(len(labels), weights, seed, rank, world)
+        if self._drop_last():
+            self.train_sampler.usable = self.train_batches_per_epoch() * self.batch_size
         return ResumableLoader(
             sampler=self.train_sampler,
             progress=self._consumed_batches,
+            drop_last=self._drop_last(),
             **self._loader_kwargs("train", self.batch_size),
         )
 

@@ -7,14 +7,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from classifier.images import load_rgb
 
 log = logging.getLogger(__name__)
 
-#: How many following samples are tried in place of one that fails to load.
+#: How many following samples are tried in place of one that fails to load (training only).
 _MAX_REPLACEMENTS = 10
+#: The label of an evaluation or prediction sample whose file could not be read: metrics
+#: ignore it (``ignore_index``) and predictions.csv marks its row ``unreadable``.
+UNREADABLE = -2
+#: Failure counters, one per loader worker (and one for the main process), so that workers
+#: never race on one counter.
+_COUNTER_SLOTS = 257
 
 Sample = tuple[torch.Tensor, int, int]
 #: A plain index (evaluation), or (index, seed, epoch, position) from ``EpochSampler``.
@@ -31,15 +37,19 @@ def sample_seed(seed: int, epoch: int, index: int, position: int) -> int:
 class ImageDataset(Dataset[Sample]):
     """Images as ``(uint8 3xHxW tensor, label, index)``.
 
-    A file that fails to load (it passed the pre-scan but changed since, say) is logged and
-    replaced by the next loadable sample, so one bad file never stops a run. With a
-    ``(index, seed, epoch, position)`` key the random augmentation is seeded from it, so it is
-    the same whichever worker loads it and after a resume.
+    A file that fails to load (it passed the pre-scan but changed since, say) is logged with
+    its path and counted in :attr:`failures` (across loader workers). In training
+    (``substitute=True``) the next loadable sample takes its place, so one bad file never stops
+    a run; everywhere else the sample comes back as a blank image labelled :data:`UNREADABLE`
+    with its own index, so no file is counted twice or silently replaced by its neighbour.
+    With a ``(index, seed, epoch, position)`` key the random augmentation is seeded from it,
+    so it is the same whichever worker loads it and after a resume.
 
     Args:
         paths: image files.
         labels: class index per file (-1 when unknown).
         transform: applied to the ``uint8`` tensor.
+        substitute: replace an unreadable file by the next readable one (training).
     """
 
     def __init__(
@@ -47,11 +57,24 @@ class ImageDataset(Dataset[Sample]):
         paths: list[Path],
         labels: list[int],
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        substitute: bool = False,
     ) -> None:
         self.paths = paths
         self.labels = labels
         self.transform = transform
-        self.failures = 0
+        self.substitute = substitute
+        # Shared memory: loader workers (forked or spawned) count into the same tensor.
+        self._failures = torch.zeros(_COUNTER_SLOTS, dtype=torch.long)
+        self._failures.share_memory_()  # type: ignore[no-untyped-call]
+
+    @property
+    def failures(self) -> int:
+        """Files that failed to load so far, in this process and its loader workers."""
+        return int(self._failures.sum())
+
+    def _count_failure(self) -> None:
+        worker = get_worker_info()
+        self._failures[0 if worker is None else 1 + worker.id % (_COUNTER_SLOTS - 1)] += 1
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -70,8 +93,11 @@ class ImageDataset(Dataset[Sample]):
             try:
                 image = load_rgb(self.paths[current])
             except Exception as error:  # decoder errors vary by format
-                self.failures += 1
-                log.warning("skipping unreadable image %s: %s", self.paths[current], error)
+                self._count_failure()
+                if not self.substitute:
+                    log.warning("unreadable image %s: %s", self.paths[current], error)
+                    return self._unreadable(index)
+                log.warning("replacing unreadable image %s: %s", self.paths[current], error)
                 continue
             if self.transform is not None:
                 image = self.transform(image)
@@ -80,3 +106,8 @@ class ImageDataset(Dataset[Sample]):
             f"{_MAX_REPLACEMENTS + 1} consecutive images failed to load from "
             f"{self.paths[index]}; is the data folder still mounted?"
         )
+
+    def _unreadable(self, index: int) -> Sample:
+        """A blank image of the transform's output size, labelled :data:`UNREADABLE`."""
+        blank = torch.zeros(3, 8, 8, dtype=torch.uint8)
+        return (self.transform(blank) if self.transform else blank), UNREADABLE, index

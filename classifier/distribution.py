@@ -53,7 +53,7 @@ class SamplerDistribution(PlottingCallback):
             if trainer.world_size > 1 and pl_module.device.type == "cuda"
             else "cpu"
         )
-        drawn = gather_drawn(sampler.drawn.to(device)).cpu()
+        drawn = gather_drawn(sampler.trained.to(device)).cpu()
         if not trainer.is_global_zero:
             return
         names: list[str] = dm.class_names

@@ -10,7 +10,9 @@ Exporting a finished checkpoint later is one command::
 from __future__ import annotations
 
 import copy
+import io
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +23,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from classifier.files import run_dir, write_json
+from classifier.files import atomic_write_bytes, run_dir, write_json
 from classifier.model import as_classifier
 from classifier.transforms import Preprocessing
 from classifier.verify import ExportError, spread, verify_onnx
@@ -74,7 +76,8 @@ def export_onnx(
 ) -> Path:
     """Export ``net`` to one self-contained ONNX file with a dynamic batch axis.
 
-    The file is written under a temporary name and renamed only when complete.
+    The file is written under an exclusively created temporary name in the same folder and
+    renamed only when complete.
     """
     import onnx
 
@@ -83,30 +86,28 @@ def export_onnx(
     wrapper = _Exportable(net, pre, uint8_input).eval().cpu().float()
     dtype = torch.uint8 if uint8_input else torch.float32
     dummy = torch.zeros(2, 3, pre.image_size, pre.image_size, dtype=dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    graph = io.BytesIO()  # in memory: the file is written once, complete, by the atomic writer
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # dynamo=False: the TorchScript exporter needs no onnxscript and writes one file.
         torch.onnx.export(
             wrapper,
             (dummy,),
-            str(tmp),
+            graph,  # type: ignore[arg-type]  # file objects work with dynamo=False
             dynamo=False,
             opset_version=opset,
             input_names=["images"],
             output_names=["logits"],
             dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
         )
-    model = onnx.load(str(tmp))
+    model = onnx.load_from_string(graph.getvalue())
     if simplify:
         model = _simplify(model)
     for key, value in contract(class_names, pre, uint8_input).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
     onnx.checker.check_model(model)
-    onnx.save(model, str(tmp))
-    tmp.replace(path)
+    atomic_write_bytes(path, model.SerializeToString())
     return path
 
 
@@ -243,12 +244,15 @@ def export_checkpoint(
     images: str | None = None,
     verify_images: int = 64,
     atol: float = 1e-3,
+    min_agreement: float = 0.99,
+    overwrite: bool = False,
 ) -> Path:
     """Export a finished checkpoint to ONNX and verify it on real images.
 
     Args:
         ckpt_path: a checkpoint written by ``classifier fit``.
-        output: the ONNX file; default ``model.onnx`` beside the checkpoint's run folder.
+        output: the ONNX file; default ``model.onnx`` in the run folder the checkpoint belongs
+            to (``<run>/checkpoints/x.ckpt``), else ``<checkpoint name>.onnx`` beside it.
         opset: ONNX opset (>= 17).
         uint8_input: put normalisation inside the graph (``uint8`` RGB input).
         simplify: simplify the graph with onnxsim.
@@ -256,6 +260,8 @@ def export_checkpoint(
             the ``val/`` split the model was trained with, when it exists.
         verify_images: how many images to verify with (0 skips verification).
         atol: largest allowed absolute logit difference.
+        min_agreement: smallest allowed fraction of images with the same top-1 class.
+        overwrite: replace an existing ONNX file at the output path.
     """
     from classifier.checkpoint import checkpoint_config, load_checkpoint
     from classifier.folder import read_unlabelled
@@ -267,8 +273,9 @@ def export_checkpoint(
     model = ImageClassifier(class_names=names, **config["model"])
     model.load_state_dict(checkpoint["state_dict"])
     pre = Preprocessing.from_dict(checkpoint["preprocessing"])
-    run = Path(ckpt_path).resolve().parent.parent
-    path = Path(output) if output else run / "model.onnx"
+    path = Path(output) if output else default_output(Path(ckpt_path))
+    if path.exists() and not overwrite:
+        raise ExportError(f"{path} exists; pass --overwrite true to replace it, or --output FILE.")
     net = model.model.eval()
     export_onnx(net, path, names, pre, opset, uint8_input, simplify)
     write_json(path.parent / "labels_mapping.json", contract(names, pre, uint8_input))
@@ -285,7 +292,9 @@ def export_checkpoint(
             pre,
             uint8_input,
         )
-        report["passed"] = report["max_abs_logit_diff"] <= atol
+        report["passed"] = (
+            report["max_abs_logit_diff"] <= atol and report["top1_agreement"] >= min_agreement
+        )
         write_json(path.with_name("export_report.json"), report)
         if not report["passed"]:
             raise ExportError(f"{path} disagrees with PyTorch: {report}")
@@ -293,11 +302,30 @@ def export_checkpoint(
     return path
 
 
-def main() -> None:
-    """``classifier-export --ckpt_path best.ckpt``."""
+def default_output(ckpt_path: Path) -> Path:
+    """``<run>/model.onnx`` for a checkpoint in a run's ``checkpoints/`` folder (one holding
+    ``config.yaml``, ``hparams.yaml`` or ``metrics.csv``), else ``<name>.onnx`` beside it."""
+    folder = ckpt_path.resolve().parent
+    run = folder.parent
+    markers = ("config.yaml", "hparams.yaml", "metrics.csv")
+    if folder.name == "checkpoints" and any((run / m).is_file() for m in markers):
+        return run / "model.onnx"
+    return folder / f"{ckpt_path.stem}.onnx"
+
+
+def main(args: list[str] | None = None) -> None:
+    """``classifier-export --ckpt_path best.ckpt``; user errors print as one line."""
     from jsonargparse import auto_cli
 
-    auto_cli(export_checkpoint, as_positional=False)
+    from classifier.checkpoint import CheckpointError
+    from classifier.safety import UnsafeConfigError, enforce_import_policy
+
+    enforce_import_policy()
+    try:
+        auto_cli(export_checkpoint, args=args, as_positional=False)
+    except (CheckpointError, UnsafeConfigError, ExportError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """Text version of :func:`atomic_write_bytes` (UTF-8).
+
+    File names that are not valid UTF-8 (Python holds their bytes as lone surrogates) are
+    written escaped, ``caf\\xe9.jpg``, instead of failing after the work is done.
+    """
+    try:
+        # Bytes back as they were on disk, then each byte that is not UTF-8 as ``\xNN``.
+        readable = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        readable = text
+    atomic_write_bytes(path, readable.encode("utf-8", errors="backslashreplace"))
 
 
 def write_json(path: Path, data: Any) -> None:

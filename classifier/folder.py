@@ -17,10 +17,21 @@ from classifier.images import is_image_file
 
 #: Folder names that are never classes (tool and OS droppings).
 IGNORED_DIRS = frozenset({"__MACOSX", "__pycache__", "@eaDir", "$RECYCLE.BIN"})
+#: Most folders one split may hold; more means links fanning out (or the wrong data_dir).
+MAX_FOLDERS = 200_000
+
+FileId = tuple[int, int]
 
 
 class DataError(ValueError):
     """A problem with the image folder that the user must fix; the message says how."""
+
+
+def class_name(folder_name: str) -> str:
+    """The class name of a folder: NFC-normalised, with bytes that are not UTF-8 escaped
+    (``f\\xffx``), so checkpoints, figures, CSVs and ONNX metadata can all hold it."""
+    readable = os.fsencode(folder_name).decode("utf-8", errors="backslashreplace")
+    return unicodedata.normalize("NFC", readable)
 
 
 def _is_class_dir(entry: os.DirEntry[str]) -> bool:
@@ -32,7 +43,7 @@ def _is_class_dir(entry: os.DirEntry[str]) -> bool:
 
 
 def class_dirs(split_dir: Path) -> dict[str, Path]:
-    """Map each NFC-normalised class name in ``split_dir`` to its folder.
+    """Map each class name (:func:`class_name`) in ``split_dir`` to its folder.
 
     Raises:
         DataError: two folders differ only by case or Unicode form (``Cat`` and ``cat``).
@@ -43,7 +54,7 @@ def class_dirs(split_dir: Path) -> dict[str, Path]:
         for entry in sorted(entries, key=lambda e: e.name):
             if not _is_class_dir(entry):
                 continue
-            name = unicodedata.normalize("NFC", entry.name)
+            name = class_name(entry.name)
             key = name.casefold()
             if key in folded:
                 raise DataError(
@@ -55,12 +66,36 @@ def class_dirs(split_dir: Path) -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
-def walk_images(folder: Path) -> list[Path]:
-    """All image files under ``folder``, recursively and sorted, following symlinks once.
+@dataclass
+class Visited:
+    """What one walk has reached, by (device, inode): each folder and file is taken once.
+
+    Attributes:
+        folders: folders already walked.
+        files: the first path each image file was reached by.
+        repeats: ``(path, first path)`` of files reached again (links, hard links).
+    """
+
+    folders: set[FileId] = field(default_factory=set)
+    files: dict[FileId, Path] = field(default_factory=dict)
+    repeats: list[tuple[Path, Path]] = field(default_factory=list)
+
+
+def _file_id(stat: os.stat_result) -> FileId:
+    return stat.st_dev, stat.st_ino
+
+
+def walk_images(folder: Path, visited: Visited | None = None) -> list[Path]:
+    """All image files under ``folder``, recursively and sorted, following symlinks.
+
+    Each folder and file is taken once, however many links reach it (``visited`` records the
+    repeats), so links that branch without a cycle cannot multiply the walk.
 
     Raises:
-        DataError: a symlink points back to a folder already being walked (a cycle).
+        DataError: a symlink points back to a folder being walked (a cycle), or the walk
+            reaches more than :data:`MAX_FOLDERS` folders.
     """
+    visited = Visited() if visited is None else visited
     images: list[Path] = []
     ancestors: list[str] = []
 
@@ -68,6 +103,15 @@ def walk_images(folder: Path) -> list[Path]:
         real = os.path.realpath(directory)
         if real in ancestors:
             raise DataError(f"symlink cycle: {directory} points back to {real}; remove the link.")
+        key = _file_id(os.stat(directory))
+        if key in visited.folders:
+            return
+        visited.folders.add(key)
+        if len(visited.folders) > MAX_FOLDERS:
+            raise DataError(
+                f"{folder} holds more than {MAX_FOLDERS} folders (symlinks fanning out?); "
+                "point data_dir at the images or remove the links."
+            )
         ancestors.append(real)
         with os.scandir(directory) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
@@ -75,8 +119,15 @@ def walk_images(folder: Path) -> list[Path]:
                     if not entry.name.startswith(".") and entry.name not in IGNORED_DIRS:
                         visit(Path(entry.path))
                 elif entry.is_file(follow_symlinks=True) and is_image_file(entry.name):
-                    images.append(Path(entry.path))
+                    _take(Path(entry.path), _file_id(entry.stat(follow_symlinks=True)))
         ancestors.pop()
+
+    def _take(path: Path, key: FileId) -> None:
+        first = visited.files.setdefault(key, path)
+        if first is path:
+            images.append(path)
+        else:
+            visited.repeats.append((path, first))
 
     visit(folder)
     return images
@@ -93,6 +144,7 @@ class Split:
         labels: class index of each path in the train class map (-1: unknown, predict only).
         missing_classes: train classes with no images in this split.
         empty_classes: class folders present but holding no image.
+        visited: the files and folders walked, by (device, inode), with repeats.
     """
 
     name: str
@@ -101,6 +153,7 @@ class Split:
     labels: list[int] = field(default_factory=list)
     missing_classes: list[str] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
+    visited: Visited = field(default_factory=Visited)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -121,7 +174,7 @@ def read_split(name: str, root: Path, class_names: list[str]) -> Split:
                 f"{name} split has class {class_name!r} ({folder}) that train/ lacks; "
                 f"known classes: {', '.join(class_names)}. Add it to train/ or remove it."
             )
-        files = walk_images(folder)
+        files = walk_images(folder, split.visited)
         if not files:
             split.empty_classes.append(class_name)
         split.paths += files
@@ -139,7 +192,35 @@ def read_split(name: str, root: Path, class_names: list[str]) -> Split:
         warnings.warn(
             f"{name}/ has empty class folder(s): {', '.join(split.empty_classes)}", stacklevel=2
         )
+    _warn_repeats(split)
     return split
+
+
+def _warn_repeats(split: Split) -> None:
+    """Name files reached by more than one path (each is used once, under its first path)."""
+    repeats = split.visited.repeats
+    if repeats:
+        listing = "; ".join(f"{p} = {first}" for p, first in repeats[:5])
+        more = f" and {len(repeats) - 5} more" if len(repeats) > 5 else ""
+        warnings.warn(
+            f"{split.name}/: {len(repeats)} file(s) reached through more than one path "
+            f"(links) are used once: {listing}{more}",
+            stacklevel=3,
+        )
+
+
+def shared_files(splits: dict[str, Split]) -> list[tuple[str, str, Path, Path]]:
+    """Files that two splits both hold (the same device and inode, through links or hard
+    links): ``(split, other split, path, other path)``. Such a file leaks between the splits."""
+    found = []
+    names = sorted(splits)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            theirs = splits[second].visited.files
+            for key, path in splits[first].visited.files.items():
+                if key in theirs:
+                    found.append((first, second, path, theirs[key]))
+    return found
 
 
 def read_unlabelled(root: Path, class_names: list[str]) -> Split:
@@ -152,10 +233,11 @@ def read_unlabelled(root: Path, class_names: list[str]) -> Split:
         raise DataError(f"predict_dir {root} is not a folder.")
     index = {unicodedata.normalize("NFC", c): i for i, c in enumerate(class_names)}
     split = Split("predict", root)
-    for path in walk_images(root):
-        parent = unicodedata.normalize("NFC", path.parent.name)
+    for path in walk_images(root, split.visited):
+        parent = class_name(path.parent.name)
         split.paths.append(path)
         split.labels.append(index.get(parent, -1) if path.parent != root else -1)
     if not split.paths:
         raise DataError(f"no images found in {root}.")
+    _warn_repeats(split)
     return split

@@ -57,12 +57,27 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def check_pixels(width: int, height: int, path: str | Path) -> None:
+    """Refuse an image larger than PIL's decompression-bomb limit, before it is decoded.
+
+    Raises:
+        Image.DecompressionBombError: ``width * height`` exceeds ``Image.MAX_IMAGE_PIXELS``.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise Image.DecompressionBombError(
+            f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of {limit} "
+            "(PIL.Image.MAX_IMAGE_PIXELS); a decompression bomb?"
+        )
+
+
 def load_pil(path: Path) -> torch.Tensor:
     """Decode ``path`` fully with PIL into an RGB ``uint8`` ``3xHxW`` tensor (strict: a
     truncated file raises)."""
     with warnings.catch_warnings(), Image.open(path) as image:
         # Corrupt EXIF only loses orientation; PIL's warning about it is noise per file.
         warnings.filterwarnings("ignore", message="Corrupt EXIF", category=UserWarning)
+        check_pixels(*image.size, path)  # Image.open read the header only
         if image.format not in ALLOWED_FORMATS:
             raise ValueError(f"format {image.format} is not an allowed image format")
         if getattr(image, "n_frames", 1) > 1:
@@ -82,7 +97,8 @@ def load_rgb(path: str | Path) -> torch.Tensor:
     JPEGs are decoded by torchvision's libjpeg-turbo decoder (about twice as fast as PIL);
     everything else, and any JPEG that decoder refuses (CMYK, progressive oddities), goes through
     PIL with EXIF orientation applied, transparency composited on :data:`BACKGROUND`, and 16-bit
-    data scaled to 8 bits.
+    data scaled to 8 bits. Every route reads the image's size from its header first and refuses
+    a decompression bomb (:func:`check_pixels`) before decoding.
 
     Raises:
         OSError, ValueError, Image.DecompressionBombError: the file cannot be used.
@@ -91,26 +107,49 @@ def load_rgb(path: str | Path) -> torch.Tensor:
     if path.suffix.lower() in _JPEG_SUFFIXES:
         from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                data = read_file(str(path))
-                image: torch.Tensor = decode_jpeg(
-                    data, mode=ImageReadMode.RGB, apply_exif_orientation=True
-                )
-            if _is_cmyk_jpeg(data):
-                raise ValueError("CMYK JPEG: decoded by PIL for its Adobe colour handling")
-            return image
-        except (RuntimeError, ValueError):
-            pass
+        data = read_file(str(path))
+        frame = jpeg_frame(data.numpy().tobytes())
+        # No frame header, or CMYK/YCCK (PIL handles Adobe's colour inversion): PIL decodes.
+        if frame is not None and frame[2] != 4:
+            check_pixels(frame[1], frame[0], path)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    image: torch.Tensor = decode_jpeg(
+                        data, mode=ImageReadMode.RGB, apply_exif_orientation=True
+                    )
+                return image
+            except (RuntimeError, ValueError):
+                pass
     return load_pil(path)
 
 
-def _is_cmyk_jpeg(data: torch.Tensor) -> bool:
-    """Whether a JPEG's frame header declares 4 components (CMYK/YCCK)."""
-    raw = data.numpy().tobytes()
-    for marker in (b"\xff\xc0", b"\xff\xc1", b"\xff\xc2"):
-        at = raw.find(marker)
-        if at != -1 and at + 9 < len(raw):
-            return raw[at + 9] == 4
-    return False
+#: Start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic).
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_frame(raw: bytes) -> tuple[int, int, int] | None:
+    """``(height, width, components)`` from a JPEG's frame header, walking its segments (an EXIF
+    thumbnail's own header is skipped with its segment); ``None`` if there is none."""
+    if not raw.startswith(b"\xff\xd8"):
+        return None
+    at = 2
+    while at + 4 <= len(raw):
+        if raw[at] != 0xFF:
+            return None
+        marker = raw[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # segments without a length
+            at += 2
+            continue
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        length = int.from_bytes(raw[at + 2 : at + 4], "big")
+        if marker in _SOF_MARKERS and at + 10 <= len(raw):
+            height = int.from_bytes(raw[at + 5 : at + 7], "big")
+            width = int.from_bytes(raw[at + 7 : at + 9], "big")
+            return height, width, raw[at + 9]
+        at += 2 + length
+    return None

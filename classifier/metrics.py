@@ -23,21 +23,29 @@ from classifier.files import write_csv
 PER_CLASS_HEADER = ("class", "support", "predicted", "accuracy", "precision", "recall", "f1")
 
 
-def summary_metrics(num_classes: int) -> MetricCollection:
-    """``top1``, ``top5`` (when there are more than 5 classes), ``balanced_acc``, ``f1_macro``."""
+def summary_metrics(num_classes: int, ignore_index: int | None = None) -> MetricCollection:
+    """``top1``, ``top5`` (when there are more than 5 classes), ``balanced_acc``, ``f1_macro``.
+
+    Samples labelled ``ignore_index`` (unreadable files) are not counted.
+    """
+    ignore = ignore_index
     metrics: dict[str, MulticlassAccuracy | MulticlassF1Score] = {
-        "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-        "balanced_acc": MulticlassAccuracy(num_classes, average="macro"),
-        "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+        "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro", ignore_index=ignore),
+        "balanced_acc": MulticlassAccuracy(num_classes, average="macro", ignore_index=ignore),
+        "f1_macro": MulticlassF1Score(num_classes, average="macro", ignore_index=ignore),
     }
     if num_classes > 5:
-        metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        metrics["top5"] = MulticlassAccuracy(
+            num_classes, top_k=5, average="micro", ignore_index=ignore
+        )
     return MetricCollection(metrics)  # type: ignore[arg-type]
 
 
-def confusion_matrix(num_classes: int) -> MulticlassConfusionMatrix:
-    """Counts: rows are true classes, columns predicted classes."""
-    return MulticlassConfusionMatrix(num_classes)
+def confusion_matrix(
+    num_classes: int, ignore_index: int | None = None
+) -> MulticlassConfusionMatrix:
+    """Counts: rows are true classes, columns predicted classes (``ignore_index`` left out)."""
+    return MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
 
 
 def per_class(confmat: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import math
+from pathlib import Path
 from typing import Any, Literal, cast
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F  # noqa: N812
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim.lr_scheduler import LambdaLR
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from classifier import rng
 from classifier.backbone import create_backbone
+from classifier.datasets import UNREADABLE
 from classifier.files import run_dir
 from classifier.metrics import confusion_matrix, summary_metrics, write_per_class_csv
 from classifier.optim import Schedule, lr_multiplier, stepping_batches
@@ -137,12 +139,14 @@ class ImageClassifier(pl.LightningModule):
         # In checkpoints, so an epoch resumed mid-way reports accuracy over all its batches.
         self.train_top1.persistent(True)
         self.metrics = torch.nn.ModuleDict(
-            {s: summary_metrics(self.num_classes) for s in ("val", "test")}
+            {s: summary_metrics(self.num_classes, UNREADABLE) for s in ("val", "test")}
         )
         self.confmats = torch.nn.ModuleDict(
-            {s: confusion_matrix(self.num_classes) for s in ("val", "test")}
+            {s: confusion_matrix(self.num_classes, UNREADABLE) for s in ("val", "test")}
         )
         self.losses = torch.nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+        #: Files that could not be read, left out of every metric (summed over processes).
+        self.unreadable_counts = torch.nn.ModuleDict({s: SumMetric() for s in ("val", "test")})
 
     def summary(self, stage: EvalStage) -> MetricCollection:
         """The ``top1``/``top5``/``balanced_acc``/``f1_macro`` metrics of ``stage``."""
@@ -155,6 +159,10 @@ class ImageClassifier(pl.LightningModule):
     def mean_loss(self, stage: EvalStage) -> MeanMetric:
         """The mean per-image cross-entropy of ``stage``."""
         return cast(MeanMetric, self.losses[stage])
+
+    def unreadable(self, stage: EvalStage) -> SumMetric:
+        """How many files of ``stage`` could not be read (left out of every metric)."""
+        return cast(SumMetric, self.unreadable_counts[stage])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a normalised ``float`` NCHW batch."""
@@ -254,8 +262,10 @@ class ImageClassifier(pl.LightningModule):
     def _eval_step(self, stage: EvalStage, batch: Batch) -> dict[str, torch.Tensor]:
         images, labels, indices = batch
         logits = self(images)
-        losses = F.cross_entropy(logits.float(), labels, reduction="none")
-        self.mean_loss(stage).update(losses)
+        losses = F.cross_entropy(logits.float(), labels, reduction="none", ignore_index=UNREADABLE)
+        readable = labels != UNREADABLE  # unreadable files count nowhere (no host sync here)
+        self.mean_loss(stage).update(losses, weight=readable.float())
+        self.unreadable(stage).update((~readable).sum())
         self.summary(stage).update(logits, labels)
         self.confmat(stage).update(logits.argmax(1), labels)
         return {"logits": logits.detach(), "losses": losses.detach(), "indices": indices}
@@ -273,12 +283,34 @@ class ImageClassifier(pl.LightningModule):
             values = {f"{stage}/{k}": v for k, v in self.summary(stage).compute().items()}
             values[f"{stage}/loss"] = self.mean_loss(stage).compute()
             self.log_dict(values, prog_bar=stage == "val")
+            self._report_unreadable(stage)
             confmat = self.confmat(stage).compute()
             if self.trainer.is_global_zero:
                 path = run_dir(self.trainer) / f"{stage}_per_class.csv"
                 write_per_class_csv(path, confmat, self.class_names)
         for metric in (self.summary(stage), self.confmat(stage), self.mean_loss(stage)):
             metric.reset()
+        self.unreadable(stage).reset()
+
+    def _report_unreadable(self, stage: Literal["train", "val", "test"]) -> None:
+        """Log ``{stage}/unreadable`` and warn when files could not be read."""
+        if stage == "train":
+            datamodule: Any = getattr(self.trainer, "datamodule", None)
+            local = datamodule.new_failures("train") if hasattr(datamodule, "new_failures") else 0
+            count = int(self.trainer.strategy.reduce(torch.tensor(local), reduce_op="sum"))
+        else:
+            count = int(self.unreadable(stage).compute())
+        self.log(f"{stage}/unreadable", float(count), sync_dist=False)
+        if count:
+            what = (
+                "were replaced by the next readable image"
+                if stage == "train"
+                else "were left out of the metrics"
+            )
+            rank_zero_warn(
+                f"{count} {stage} image(s) could not be read this epoch and {what}; their paths "
+                "are in the warnings above (the files changed after the pre-scan?)."
+            )
 
     def on_validation_epoch_end(self) -> None:
         """Log ``val/*`` metrics and write ``val_per_class.csv`` (skipped in sanity checks)."""
@@ -329,8 +361,33 @@ class ImageClassifier(pl.LightningModule):
             total = max(1, int(self.trainer.estimated_stepping_batches))
             return max(1, total // max(1, self.trainer.max_epochs or 1)), total
         dm = self.trainer.datamodule  # type: ignore[attr-defined]
-        per_rank = math.ceil(len(datasets["train"]) / self.trainer.world_size)
-        return stepping_batches(self.trainer, math.ceil(per_rank / dm.batch_size))
+        return stepping_batches(self.trainer, dm.train_batches_per_epoch())
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | Path,
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> ImageClassifier:
+        """Lightning's loader restricted to local files and ``weights_only=True``.
+
+        ``weights_only`` is accepted for compatibility and ignored: a checkpoint never runs code.
+        """
+        from classifier.checkpoint import checkpoint_file
+
+        loaded: ImageClassifier = super().load_from_checkpoint(
+            checkpoint_file(checkpoint_path),
+            map_location=map_location,
+            hparams_file=hparams_file,
+            strict=strict,
+            weights_only=True,
+            **kwargs,
+        )
+        return loaded
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store class names, preprocessing and RNG states so the checkpoint describes itself
@@ -354,6 +411,10 @@ class ImageClassifier(pl.LightningModule):
             rng.restore(self._rng_states)
             self._rng_states = None
         self._first_epoch = True
+
+    def on_train_epoch_end(self) -> None:
+        """Report training images that failed to load this epoch (``train/unreadable``)."""
+        self._report_unreadable("train")
 
     def on_train_epoch_start(self) -> None:
         """Redraw a stale first epoch of a resumed run.

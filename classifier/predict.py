@@ -10,15 +10,17 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from classifier.datasets import UNREADABLE
 from classifier.dist import gather_objects
 from classifier.files import run_dir, write_csv
 
 
 class PredictionWriter(Callback):
-    """Write one CSV row per image: path, predicted class, confidence, top-k, true class.
+    """Write one CSV row per image: path, predicted class, confidence, true class, top-k, error.
 
     ``classifier predict`` adds this callback when the config has none. The true class column
-    appears when the images lie in folders named like the classes.
+    appears when the images lie in folders named like the classes. A file that could not be
+    read keeps its row, with empty predictions and ``unreadable`` in the ``error`` column.
 
     Args:
         filename: CSV file name inside the run folder.
@@ -63,15 +65,25 @@ class PredictionWriter(Callback):
         header = ["path", "predicted", "confidence"] + (["true"] if has_truth else [])
         for i in range(1, k + 1):
             header += [f"top{i}_class", f"top{i}_prob"]
-        table = []
-        for index, label, probs in rows:
-            values, order = torch.tensor(probs).topk(k)
-            line: list[Any] = [str(paths[index]), names[order[0]], round(float(values[0]), 6)]
-            if has_truth:
-                line.append(names[label] if label >= 0 else "")
-            for value, cls in zip(values.tolist(), order.tolist(), strict=True):
-                line += [names[cls], round(value, 6)]
-            table.append(line)
+        header.append("error")
+        table = [self._row(paths[i], label, probs, names, k, has_truth) for i, label, probs in rows]
         self.path = run_dir(trainer) / self.filename
         write_csv(self.path, header, table)
-        rank_zero_info(f"Wrote {len(table)} predictions to {self.path}")
+        failed = sum(label == UNREADABLE for _, label, _ in rows)
+        note = f"; {failed} unreadable file(s) marked in its error column" if failed else ""
+        rank_zero_info(f"Wrote {len(table)} predictions to {self.path}{note}")
+
+    @staticmethod
+    def _row(
+        path: Path, label: int, probs: list[float], names: list[str], k: int, has_truth: bool
+    ) -> list[Any]:
+        """One CSV row; an unreadable file gets empty predictions and ``unreadable``."""
+        if label == UNREADABLE:
+            return [str(path), "", ""] + [""] * (int(has_truth) + 2 * k) + ["unreadable"]
+        values, order = torch.tensor(probs).topk(k)
+        line: list[Any] = [str(path), names[order[0]], round(float(values[0]), 6)]
+        if has_truth:
+            line.append(names[label] if label >= 0 else "")
+        for value, cls in zip(values.tolist(), order.tolist(), strict=True):
+            line += [names[cls], round(value, 6)]
+        return [*line, ""]

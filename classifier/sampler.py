@@ -53,6 +53,14 @@ class EpochSampler(Sampler[Key]):
         self.resume_at: tuple[int, int] | None = None
         #: The dataset indices this rank drew in the current epoch, in order.
         self.drawn: torch.Tensor = torch.empty(0, dtype=torch.long)
+        #: How many of its draws this rank trains on per epoch (the loader may drop a last
+        #: partial batch); ``None``: all.
+        self.usable: int | None = None
+
+    @property
+    def trained(self) -> torch.Tensor:
+        """The drawn indices this rank trains on this epoch (without a dropped last batch)."""
+        return self.drawn if self.usable is None else self.drawn[: self.usable]
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning before each training epoch."""
@@ -84,13 +92,14 @@ class EpochSampler(Sampler[Key]):
     def __len__(self) -> int:
         return -(-self.num_samples // self.world_size)
 
-    def resume(self, epoch: int, consumed: int) -> None:
+    def resume(self, epoch: int, consumed: int, usable: int | None = None) -> None:
         """Continue after a checkpoint taken when ``consumed`` samples of ``epoch`` were used.
 
         Lightning creates the first iterator of a resumed run before it calls ``set_epoch``,
-        so the epoch to draw is pinned here.
+        so the epoch to draw is pinned here. ``usable`` is how many of this rank's samples an
+        epoch trains on (fewer than ``len(self)`` when the loader drops its last partial batch).
         """
-        if consumed >= len(self):
+        if consumed >= (len(self) if usable is None else usable):
             self.resume_at = (epoch + 1, 0)
         else:
             self.resume_at = (epoch, consumed)

@@ -105,8 +105,8 @@ class SampleGrids(PlottingCallback):
         probs = logits.float().softmax(1)
         confidence, predicted = probs.max(1)
         wrong = (predicted != labels).float()
-        # Misclassified first (score + 1e6), then by loss.
-        score = losses.float() + wrong * 1e6
+        # Misclassified first (score + 1e6), then by loss; unreadable files (label < 0) never.
+        score = torch.where(labels >= 0, losses.float() + wrong * 1e6, -torch.inf)
         top = score.topk(min(self.num_images, len(score))).indices
         self._candidates.append(
             torch.stack(
@@ -131,6 +131,7 @@ class SampleGrids(PlottingCallback):
         rows = torch.cat([torch.as_tensor(p) for p in gather_objects(local)])
         if not trainer.is_global_zero:
             return
+        rows = rows[rows[:, 0] > -torch.inf]
         rows = rows[rows[:, 0].argsort(descending=True)][: self.num_images]
         epoch = trainer.current_epoch + 1
         if len(rows):

@@ -1,8 +1,9 @@
 """A cached pre-scan that finds unusable image files before training starts.
 
 Every file is decoded fully (``Image.verify()`` misses truncated JPEG tails). Results are cached
-per file (path, size, modification time) outside the data folder, so a second run on the same
-folder only re-reads files that changed.
+per file (path, size, modification and change times, inode) in a private folder outside the data
+folder, so a second run on the same folder only re-reads files that changed, including a file
+replaced by another of the same size with its modification time restored.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from PIL import Image
 from classifier.files import atomic_write_text
 from classifier.images import load_pil
 
-#: Cache format version; bump when the checks change.
-_VERSION = 1
+#: Cache format version; bump when the checks or the key change.
+_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -43,8 +44,39 @@ def check_file(path: Path) -> str | None:
 
 
 def _key(path: Path) -> str:
-    stat = path.stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    # ctime cannot be set back by a user (unlike mtime), and a replaced file has a new inode.
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_dev}:{stat.st_ino}"
+
+
+def _read_cache(cache_file: Path) -> dict[str, list[str | None]]:
+    """The cache's well-formed entries; anything else (another shape, corruption) is dropped."""
+    try:
+        raw = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        path: entry
+        for path, entry in raw.items()
+        if isinstance(entry, list)
+        and len(entry) == 2
+        and isinstance(entry[0], str)
+        and (entry[1] is None or isinstance(entry[1], str))
+    }
+
+
+def _write_cache(cache_file: Path, cache: dict[str, list[str | None]]) -> None:
+    """Save the cache in a folder only this user can read (0700); never fail the run."""
+    try:
+        cache_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write_text(cache_file, json.dumps(cache))
+    except OSError:
+        pass  # a read-only home must not stop training; the scan reruns next time
 
 
 def scan_files(paths: Sequence[Path], root: Path, progress: bool = True) -> dict[str, str]:
@@ -57,11 +89,8 @@ def scan_files(paths: Sequence[Path], root: Path, progress: bool = True) -> dict
     """
     digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
     cache_file = cache_dir() / f"scan-v{_VERSION}-{digest}.json"
-    try:
-        cache: dict[str, list[str | None]] = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    keys = {str(p): _key(p) for p in paths}
+    cache = _read_cache(cache_file)
+    keys = {str(p): _key(p) for p in paths}  # a file gone since the walk is scanned (and fails)
     todo = [p for p in paths if cache.get(str(p), [None])[0] != keys[str(p)]]
     if todo:
         with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
@@ -72,9 +101,5 @@ def scan_files(paths: Sequence[Path], root: Path, progress: bool = True) -> dict
                 results = track(results, total=len(todo), description="Scanning images")
             for path, reason in zip(todo, results, strict=True):
                 cache[str(path)] = [keys[str(path)], reason]
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(cache_file, json.dumps(cache))
-        except OSError:
-            pass  # a read-only home must not stop training; the scan reruns next time
+        _write_cache(cache_file, cache)
     return {str(p): str(cache[str(p)][1]) for p in paths if cache[str(p)][1] is not None}

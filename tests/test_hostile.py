@@ -100,7 +100,7 @@ def test_case_clash_is_an_error(tmp_path: Path) -> None:
 def test_file_failing_at_load_time_is_replaced(tmp_path: Path) -> None:
     good = tmp_path / "good.png"
     Image.new("RGB", (8, 8), (1, 2, 3)).save(good)
-    dataset = ImageDataset([tmp_path / "gone.png", good], [0, 1])
+    dataset = ImageDataset([tmp_path / "gone.png", good], [0, 1], substitute=True)
     _, label, index = dataset[0]
     assert (label, index) == (1, 1) and dataset.failures == 1
 

@@ -184,7 +184,7 @@ def test_export_and_python_api_refuse_pickles(
     with pytest.raises(SystemExit):
         export_main(["--ckpt_path", str(evil_ckpt)])
     assert_one_error_line(1, capsys.readouterr().err, "cannot load checkpoint")
-    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+    with pytest.raises(Exception, match=r"Weights only load failed|Unsupported global"):
         ImageClassifier.load_from_checkpoint(evil_ckpt, weights_only=False)
     with pytest.raises(CheckpointError, match="remote"):
         ImageClassifier.load_from_checkpoint("https://example.invalid/x.ckpt")

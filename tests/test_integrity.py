@@ -1,0 +1,185 @@
+"""No result is silently wrong: unreadable files, stale caches, links, odd names and sizes, and
+exports that stay where they belong."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from classifier.data import ImageFolderDataModule
+from classifier.folder import Visited, walk_images
+from classifier.images import load_rgb
+from classifier.scan import cache_dir, scan_files
+from tests.conftest import draw, make_folder, run_cli, tiny
+
+GARBAGE = b"this is not an image any more"
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _fit(data: Path, *extra: str) -> Any:
+    return run_cli(*tiny("fit", data, "--trainer.max_epochs", "1", *extra))
+
+
+def test_files_unreadable_after_the_scan_are_counted_once_and_named(image_folder: Path) -> None:
+    (image_folder / "train" / "cat" / "cat_000.png").write_bytes(GARBAGE)
+    with pytest.warns(UserWarning, match="1 train image.*replaced by the next readable"):
+        cli: Any = _fit(image_folder, "--data.scan", "false")
+    assert cli.trainer.callback_metrics["train/unreadable"] == 1
+    best = cli.trainer.checkpoint_callback.best_model_path
+
+    broken = image_folder / "test" / "dog" / "dog_000.png"
+    broken.write_bytes(GARBAGE)
+    with pytest.warns(UserWarning, match="1 test image.*left out of the metrics"):
+        tested: Any = run_cli("test", "--ckpt_path", best, "--data.scan", "false")
+    assert tested.trainer.callback_metrics["test/unreadable"] == 1
+    per_class = _rows(Path(tested.trainer.log_dir) / "test_per_class.csv")
+    assert sum(int(r["support"]) for r in per_class) == 17  # 18 files, 1 unreadable
+
+    predicted: Any = run_cli(
+        "predict",
+        "--ckpt_path",
+        best,
+        "--data.scan",
+        "false",
+        "--data.predict_dir",
+        str(image_folder / "test"),
+    )
+    rows = _rows(Path(predicted.trainer.log_dir) / "predictions.csv")
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths)) == 18  # no file lost, none listed twice
+    marked = {r["path"]: r["error"] for r in rows}
+    assert marked.pop(str(broken)) == "unreadable"
+    assert set(marked.values()) == {""}
+    assert next(r for r in rows if r["path"] == str(broken))["predicted"] == ""
+
+
+def test_scan_cache_sees_a_same_size_replacement_and_survives_a_bad_cache(
+    image_folder: Path,
+) -> None:
+    root = image_folder / "val"
+    paths = walk_images(root)
+    assert scan_files(paths, root) == {}
+    victim = paths[0]
+    before = victim.stat()
+    victim.write_bytes(b"\0" * before.st_size)  # same size, then the old times put back
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert str(victim) in scan_files(paths, root)
+
+    (cache_file,) = cache_dir().glob("scan-*.json")
+    assert stat.S_IMODE(cache_dir().stat().st_mode) == 0o700
+    for junk in ("[1, 2, 3]", f'{{"{victim}": 7, "x": [1]}}', "{not json"):
+        cache_file.write_text(junk)
+        assert list(scan_files(paths, root)) == [str(victim)]
+
+
+def test_pixel_limit_applies_at_every_decode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = draw(0, np.random.default_rng(0))
+    for name in ("a.png", "b.jpg", "c.webp"):
+        image.save(tmp_path / name)
+        assert load_rgb(tmp_path / name).shape == (3, 40, 40)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    for name in ("a.png", "b.jpg", "c.webp"):
+        with pytest.raises(Image.DecompressionBombError, match="40x40"):
+            load_rgb(tmp_path / name)
+
+
+def test_symlink_fan_out_is_walked_once(tmp_path: Path) -> None:
+    real = make_folder(tmp_path / "d", counts={"train": 3}, classes=("cat",)) / "train" / "cat"
+    levels = [tmp_path / f"level{i}" for i in range(24)]
+    for level in levels:
+        level.mkdir()
+    for here, below in itertools.pairwise(levels):
+        for link in ("a", "b"):  # 2**23 paths to the bottom without a visited set
+            (here / link).symlink_to(below)
+    (levels[-1] / "images").symlink_to(real)
+    (levels[-1] / "again.png").symlink_to(real / "cat_000.png")
+    visited = Visited()
+    found = walk_images(levels[0], visited)
+    assert len(found) == 3
+    assert [(p.name, q.name) for p, q in visited.repeats] == [("cat_000.png", "again.png")]
+
+
+def test_a_file_in_two_splits_is_reported(image_folder: Path) -> None:
+    os.link(image_folder / "train" / "cat" / "cat_000.png", image_folder / "val" / "cat" / "x.png")
+    with pytest.warns(UserWarning, match="1 file.* in two splits"):
+        ImageFolderDataModule(str(image_folder), num_workers=0).setup("fit")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="bytes file names")
+def test_names_that_are_not_utf8_are_written_escaped(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "data", counts={"train": 6, "val": 3})
+    for split in ("train", "val"):
+        os.rename(os.fsencode(data / split / "fox"), os.fsencode(data / split) + b"/f\xffx")
+    os.rename(os.fsencode(data / "val" / "cat" / "cat_000.png"), os.fsencode(data) + b"/c\xe9t.png")
+    shutil.copytree(os.fsencode(data / "val"), os.fsencode(tmp_path / "predict"))
+    cli: Any = _fit(data)
+    run = Path(cli.trainer.log_dir)
+    assert "f\\xffx" in (run / "val_per_class.csv").read_text()
+    best = cli.trainer.checkpoint_callback.best_model_path
+    (tmp_path / "predict" / "odd").mkdir()
+    os.rename(
+        os.fsencode(tmp_path / "predict" / "cat" / "cat_001.png"),
+        os.fsencode(tmp_path / "predict" / "odd") + b"/n\xe9w.png",
+    )
+    predicted: Any = run_cli(
+        "predict", "--ckpt_path", best, "--data.predict_dir", str(tmp_path / "predict")
+    )
+    text = (Path(predicted.trainer.log_dir) / "predictions.csv").read_text()
+    assert "n\\xe9w.png" in text and "f\\xffx" in text
+
+
+@pytest.mark.parametrize("sampler", ["none", "weighted"])
+def test_a_last_batch_of_one_image_trains(folder_factory: Any, sampler: str) -> None:
+    data = folder_factory(counts={"train": 3, "val": 2})  # 9 images = 1 x 8 + 1
+    cli: Any = _fit(data, "--data.sampler", sampler)
+    assert cli.trainer.global_step == 1  # the partial batch of one is dropped, not crashed on
+
+
+def test_export_stays_beside_its_run_and_never_overwrites(
+    image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from classifier.export import main as export_main
+
+    cli: Any = _fit(image_folder)
+    run = Path(cli.trainer.log_dir)
+    best = str(run / "checkpoints" / "best.ckpt")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (run / ".model.onnx.tmp").symlink_to(victim)  # the old predictable temporary name
+    export_main(["--ckpt_path", best, "--verify_images", "6"])
+    assert (run / "model.onnx").is_file() and victim.read_text() == "keep me"
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp") and not p.is_symlink()]
+
+    with pytest.raises(SystemExit):
+        export_main(["--ckpt_path", best])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error:") and "--overwrite true" in err[-1]
+    export_main(["--ckpt_path", best, "--verify_images", "0", "--overwrite", "true"])
+
+    elsewhere = tmp_path / "downloads" / "deep"
+    elsewhere.mkdir(parents=True)
+    shutil.copy(best, elsewhere / "mine.ckpt")
+    export_main(["--ckpt_path", str(elsewhere / "mine.ckpt"), "--verify_images", "0"])
+    assert (elsewhere / "mine.onnx").is_file()
+    assert (
+        not (tmp_path / "model.onnx").exists()
+        and not (tmp_path / "downloads" / "model.onnx").exists()
+    )
+    assert torch.load(best, weights_only=True)["class_names"] == ["cat", "dog", "fox"]

@@ -94,6 +94,12 @@ class ClassifierCLI(LightningCLI):
     (weights only); there is no ``--weights_only`` option to turn that off.
     """
 
+    def __init__(self, *args: Any, layer_ckpt: str | None = None, **kwargs: Any) -> None:
+        #: The checkpoint whose model/data arguments were inserted as the first config layer.
+        self.layer_ckpt = layer_ckpt
+        enforce_import_policy()
+        super().__init__(*args, **kwargs)
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         """Lightning's subcommands, without the ``weights_only`` argument."""
@@ -108,6 +114,11 @@ class ClassifierCLI(LightningCLI):
     def _check_ckpt_path(self) -> None:
         """Fail at once, in one line, on a checkpoint path that cannot be loaded."""
         ckpt = self.config.get(str(self.subcommand), {}).get("ckpt_path")
+        if self.layer_ckpt is not None and str(ckpt) != self.layer_ckpt:
+            raise CheckpointError(
+                f"ckpt_path is given twice ({self.layer_ckpt} on the command line, {ckpt} from a "
+                "config); give it once, so the weights and the model arguments match."
+            )
         if ckpt and str(ckpt) not in _CKPT_KEYWORDS:
             checkpoint_file(ckpt)
 
@@ -161,8 +172,15 @@ class ClassifierCLI(LightningCLI):
 
 
 def _command(args: list[str]) -> str | None:
-    """The subcommand: the first argument that is not an option."""
-    return next((a for a in args if not a.startswith("-")), None)
+    """The subcommand: the first argument that is neither an option nor an option's value
+    (``classifier -c run.yaml test ...`` is ``test``)."""
+    skip = False
+    for arg in args:
+        if skip or arg.startswith("-"):
+            skip = arg in {"-c", "--config"}
+            continue
+        return arg
+    return None
 
 
 def _option(args: list[str], name: str) -> str | None:
@@ -214,19 +232,20 @@ def resolve_last(args: list[str]) -> list[str]:
 
 
 @contextmanager
-def _checkpoint_layer(args: list[str]) -> Iterator[list[str]]:
-    """Insert the checkpoint's model/data arguments as the first ``--config`` of an eval run."""
+def _checkpoint_layer(args: list[str]) -> Iterator[tuple[list[str], str | None]]:
+    """Insert the checkpoint's model/data arguments as the first ``--config`` of an eval run;
+    yields the arguments and the checkpoint used (``None`` when no layer was inserted)."""
     command = _command(args)
     ckpt = _option(args, "--ckpt_path")
-    if command not in _EVAL_COMMANDS or not ckpt or ckpt in {"best", "last", "hpc"}:
-        yield args
+    if command not in _EVAL_COMMANDS or not ckpt or ckpt in _CKPT_KEYWORDS:
+        yield args, None
         return
     layer = config_from_checkpoint(ckpt)
     with tempfile.TemporaryDirectory(prefix="classifier-ckpt-") as tmp:
         path = Path(tmp) / "checkpoint_config.yaml"
         path.write_text(yaml.safe_dump(layer))
         at = args.index(command) + 1
-        yield [*args[:at], "--config", str(path), *args[at:]]
+        yield [*args[:at], "--config", str(path), *args[at:]], ckpt
 
 
 def main(args: list[str] | None = None) -> Any:
@@ -236,10 +255,9 @@ def main(args: list[str] | None = None) -> Any:
     # `args` is how the checkpoint layer is inserted; Lightning warns when sys.argv has
     # arguments too, which is expected here.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    enforce_import_policy()
     if _command(argv) == "fit":
         argv = resolve_last(argv)
-    with _checkpoint_layer(argv) as argv:
+    with _checkpoint_layer(argv) as (argv, layer_ckpt):
         return ClassifierCLI(
             ImageClassifier,
             ImageFolderDataModule,
@@ -250,6 +268,7 @@ def main(args: list[str] | None = None) -> Any:
             save_config_callback=RunConfig,
             save_config_kwargs={"save_to_log_dir": False},
             parser_class=ClassifierArgumentParser,
+            layer_ckpt=layer_ckpt,
         )
 
 

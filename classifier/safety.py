@@ -10,8 +10,10 @@ route goes through (``class_path``, bare class names, list values, inline and ne
 environment variables, ``Callable`` and ``type`` arguments). It checks the requested name
 *before* importing it and the defining module of the object it resolved to *after*, so
 ``lightning.pytorch.cli.os.system`` (an allowed prefix that ends in :func:`os.system`) is refused
-too. Allowed are :data:`ALLOWED_PREFIXES` plus the comma-separated prefixes in
-``$CLASSIFIER_ALLOWED_CLASS_PATHS`` (for your own callbacks).
+too. Allowed are :data:`ALLOWED_PREFIXES` (the trainer's pluggable parts, not all of
+Lightning), classifier's public classes, and the comma-separated packages in
+``$CLASSIFIER_ALLOWED_CLASS_PATHS`` (for your own callbacks). Values of ``Any``-typed
+arguments are never instantiated.
 """
 
 from __future__ import annotations
@@ -20,8 +22,16 @@ import os
 import re
 from typing import Any
 
-#: Packages a config may name (every module below them too).
-ALLOWED_PREFIXES = ("classifier", "lightning", "pytorch_lightning", "torch.optim", "timm")
+#: What a config may name: the trainer's pluggable parts and classifier's public classes.
+#: Not whole packages: ``lightning`` and ``pytorch_lightning`` also hold functions that load
+#: pickles or run files, and a value may name a function wherever a ``Callable`` is accepted.
+_PLUGGABLE = ("callbacks", "loggers", "profilers", "strategies", "plugins", "accelerators")
+ALLOWED_PREFIXES = (
+    *(f"{package}.pytorch.{part}" for package in ("lightning",) for part in _PLUGGABLE),
+    *(f"pytorch_lightning.{part}" for part in _PLUGGABLE),
+    "lightning.fabric.plugins",
+    "torch.optim",
+)
 #: The environment variable that adds trusted packages, comma-separated.
 ENV_ALLOWED = "CLASSIFIER_ALLOWED_CLASS_PATHS"
 #: jsonargparse's refusal, or ours already raised by a nested parser (for init_args).
@@ -34,11 +44,28 @@ class UnsafeConfigError(ValueError):
     """A config, argument or checkpoint names an import path outside the allow-list."""
 
 
-def allowed_prefixes() -> tuple[str, ...]:
-    """:data:`ALLOWED_PREFIXES` plus the packages in ``$CLASSIFIER_ALLOWED_CLASS_PATHS``."""
+def classifier_classes() -> tuple[str, ...]:
+    """classifier's public classes, as exported (``classifier.EMA``) and where each is defined
+    (``classifier.ema.EMA``): exact paths, so no helper function of the package is reachable."""
+    import classifier
+
+    paths: list[str] = []
+    for name in classifier.__all__:
+        obj = getattr(classifier, name)
+        paths += [f"classifier.{name}", f"{obj.__module__}.{obj.__qualname__}"]
+    return tuple(paths)
+
+
+def user_prefixes() -> tuple[str, ...]:
+    """The packages in ``$CLASSIFIER_ALLOWED_CLASS_PATHS`` (comma-separated)."""
     extra = os.environ.get(ENV_ALLOWED, "")
-    more = tuple(p.strip().strip(".") for p in extra.split(",") if p.strip().strip("."))
-    return ALLOWED_PREFIXES + tuple(p for p in more if p not in ALLOWED_PREFIXES)
+    return tuple(p.strip().strip(".") for p in extra.split(",") if p.strip().strip("."))
+
+
+def allowed_prefixes() -> tuple[str, ...]:
+    """:data:`ALLOWED_PREFIXES`, classifier's classes and ``$CLASSIFIER_ALLOWED_CLASS_PATHS``."""
+    allowed = (*ALLOWED_PREFIXES, *classifier_classes())
+    return allowed + tuple(p for p in user_prefixes() if p not in allowed)
 
 
 def is_allowed(path: str) -> bool:
@@ -55,10 +82,16 @@ def enforce_import_policy() -> None:
     """
     from jsonargparse import set_parsing_settings
 
-    allowed = allowed_prefixes()
-    extra = set(allowed) - set(ALLOWED_PREFIXES)
+    extra = set(user_prefixes())
     stale = sorted(_granted - extra)
-    set_parsing_settings(import_path_denylist=["*", *stale], import_path_allowlist=list(allowed))
+    set_parsing_settings(
+        import_path_denylist=["*", *stale],
+        import_path_allowlist=list(allowed_prefixes()),
+        # A value for an ``Any``-typed argument (``console_kwargs``, ``tags``...) stays data:
+        # otherwise a ``class_path`` there is called with the config's arguments, and any
+        # allowed *function* would run with them.
+        instantiate_subclass_spec_in_any=False,
+    )
     _granted.clear()
     _granted.update(extra)
 
@@ -70,7 +103,7 @@ def unsafe_error(message: str) -> UnsafeConfigError | None:
         return None
     return UnsafeConfigError(
         f"the config or command line names {found.group(1)!r}, outside the allowed packages "
-        f"({', '.join(allowed_prefixes())}); refusing to import it. "
+        f"({', '.join((*ALLOWED_PREFIXES, 'classifier'))} classes); refusing to import it. "
         f"Add trusted packages of your own to ${ENV_ALLOWED} (comma-separated)."
     )
 
@@ -97,6 +130,6 @@ def refuse_foreign_class_paths(value: Any, origin: str) -> None:
         if not is_allowed(path):
             raise UnsafeConfigError(
                 f"{origin} names class_path {path!r}, outside the allowed packages "
-                f"({', '.join(allowed_prefixes())}); refusing to import it. "
+                f"({', '.join((*ALLOWED_PREFIXES, 'classifier'))} classes); refusing to import it. "
                 f"Add trusted packages to ${ENV_ALLOWED} (comma-separated)."
             )

@@ -6,6 +6,7 @@ Each attempt must leave no marker file behind and end in one ``error:`` line, no
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import textwrap
@@ -321,6 +322,39 @@ def test_attribute_chains_leaving_an_allowed_package_are_refused(
     )
     code, err = run_entry(capsys, *tiny("fit", image_folder), "--config", config)
     assert_one_error_line(code, err, "outside the allowed packages")
+
+
+def test_any_typed_values_are_never_instantiated(
+    image_folder: Path,
+    tmp_path: Path,
+    marker: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A ``class_path`` inside an ``Any`` value (``console_kwargs``) was called with the
+    config's arguments: any importable function ran. Even a trusted package's is not called."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "trustedfn.py").write_text(
+        f"def touch(**kwargs):\n    open({str(marker)!r}, 'w').close()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("CLASSIFIER_ALLOWED_CLASS_PATHS", "trustedfn")
+    for target in ("trustedfn.touch", "pytorch_lightning.__setup__._load_py_module"):
+        config = _write(
+            tmp_path,
+            "any.yaml",
+            f"""
+            trainer:
+              callbacks:
+                - class_path: lightning.pytorch.callbacks.RichProgressBar
+                  init_args:
+                    console_kwargs:
+                      x: {{class_path: {target}, init_args: {{path: x, name: e, location: x}}}}
+            """,
+        )
+        with contextlib.suppress(TypeError):  # rich's Console refuses the unknown ``x``
+            run_entry(capsys, *tiny("fit", image_folder), "--config", config)
+        assert not marker.exists(), target
 
 
 def test_dotted_values_that_are_not_classes_pass(

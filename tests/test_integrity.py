@@ -183,3 +183,21 @@ def test_export_stays_beside_its_run_and_never_overwrites(
         and not (tmp_path / "downloads" / "model.onnx").exists()
     )
     assert torch.load(best, weights_only=True)["class_names"] == ["cat", "dog", "fox"]
+
+
+def test_checkpoint_given_twice_is_refused_not_mixed(
+    image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_attacks import assert_one_error_line, run_entry
+
+    run = Path(_fit(image_folder).trainer.log_dir) / "checkpoints"
+    other = tmp_path / "other.yaml"
+    other.write_text(f"ckpt_path: {run / 'last.ckpt'}\n")
+    code, err = run_entry(capsys, "test", "--ckpt_path", str(run / "best.ckpt"), "-c", str(other))
+    assert_one_error_line(code, err, "given twice")
+    # A root-level config before the subcommand still gets the checkpoint's arguments.
+    root = tmp_path / "root.yaml"
+    root.write_text("test:\n  seed_everything: 3\n")
+    tested: Any = run_cli("-c", str(root), "test", "--ckpt_path", str(run / "last.ckpt"))
+    assert tested.model.class_names == ["cat", "dog", "fox"]
+    assert tested.model.hparams["model_name"] == "test_resnet"  # from the checkpoint

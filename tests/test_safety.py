@@ -109,7 +109,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(image_folder: Path, tmp_path: 
     assert result.returncode == 143, result.stderr[-3000:]
     last = next((tmp_path / "runs").rglob("last.ckpt"))
     state = torch.load(last, weights_only=True)
-    assert state["epoch"] == 1 and state["global_step"] == 5 + 3  # mid-epoch, exact step
+    assert (
+        state["epoch"] == 1 and state["global_step"] == 4 + 3
+    )  # mid-epoch, exact step (4 full batches an epoch)
 
 
 def test_local_safetensors_weights_load_without_internet(tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ BATCH=${2:-256}
 WORKERS=${3:-$(( $(nproc) - 2 ))}
 DATA=${BENCH_DATA:-/tmp/classifier-bench-jpeg}
 PY=${PYTHON:-python3}
-export CLASSIFIER_ALLOWED_CLASS_PATHS=benchmarks. CLASSIFIER_CACHE_DIR=/tmp/classifier-cache
+# python -m does not search the current folder for modules: the probe comes from PYTHONPATH.
+export CLASSIFIER_ALLOWED_CLASS_PATHS=benchmarks CLASSIFIER_CACHE_DIR=/tmp/classifier-cache
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 $PY -m benchmarks.make_data "$DATA" "${BENCH_IMAGES:-20000}" 256
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 # BENCH_VARIANTS="recipe compile" adds torch.compile (its warm-up steps are not timed).

@@ -30,6 +30,7 @@ from classifier.data import ImageFolderDataModule
 from classifier.files import run_dir
 from classifier.folder import DataError
 from classifier.model import ImageClassifier, NonFiniteLossError
+from classifier.plots import wait_for_figures
 from classifier.predict import PredictionWriter
 from classifier.preemption import SIGTERM_EXIT_CODE, PreemptionCheckpoint
 from classifier.safety import UnsafeConfigError, enforce_import_policy, unsafe_error
@@ -248,6 +249,16 @@ def _checkpoint_layer(args: list[str]) -> Iterator[tuple[list[str], str | None]]
         yield [*args[:at], "--config", str(path), *args[at:]], ckpt
 
 
+@contextmanager
+def _figures_written() -> Iterator[None]:
+    """Wait for the figures still rendering in the background before the command returns
+    (also after Ctrl-C, SIGTERM or an error), so none is lost or half-written."""
+    try:
+        yield
+    finally:
+        wait_for_figures()
+
+
 def main(args: list[str] | None = None) -> Any:
     """Run the ``classifier`` command line (``args`` default to ``sys.argv[1:]``)."""
     # sys.argv stays as typed: Lightning's DDP launcher re-runs it in every child process.
@@ -257,7 +268,7 @@ def main(args: list[str] | None = None) -> Any:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     if _command(argv) == "fit":
         argv = resolve_last(argv)
-    with _checkpoint_layer(argv) as (argv, layer_ckpt):
+    with _checkpoint_layer(argv) as (argv, layer_ckpt), _figures_written():
         return ClassifierCLI(
             ImageClassifier,
             ImageFolderDataModule,

@@ -10,7 +10,7 @@ import torch
 
 from classifier.files import run_dir, write_csv
 from classifier.model import as_classifier
-from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image, pyplot, save_figure
+from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image, new_figure, save_figure
 
 
 def most_confused(confmat: torch.Tensor, class_names: list[str], top: int) -> list[list[Any]]:
@@ -47,9 +47,8 @@ def heatmap(matrix: torch.Tensor, names: list[str], title: str, normalized: bool
     """A seaborn heatmap with class names; annotated while it stays readable."""
     import seaborn as sns
 
-    plt = pyplot()
     side = max(5.0, min(28.0, 0.45 * len(names) + 3))
-    figure, axes = plt.subplots(figsize=(side + 1.5, side))
+    figure, axes = new_figure((side + 1.5, side))
     sns.heatmap(
         matrix.numpy(),
         annot=len(names) <= 25,
@@ -132,8 +131,9 @@ class ConfusionMatrix(PlottingCallback):
             most_confused(confmat, names, self.top_pairs),
         )
         epoch = f", epoch {trainer.current_epoch + 1}" if stage == "val" else ""
+        step = trainer.global_step
         self.draws.request(
-            trainer, lambda: self._plot(trainer, confmat, names, stage, folder, epoch)
+            trainer, stage, lambda: self._plot(trainer, confmat, names, stage, folder, epoch, step)
         )
 
     def _plot(
@@ -144,6 +144,7 @@ class ConfusionMatrix(PlottingCallback):
         stage: str,
         folder: Path,
         epoch: str,
+        step: int,
     ) -> None:
         support = confmat.sum(1, keepdim=True).clamp(min=1).double()
         shown, note = confmat, ""
@@ -158,4 +159,4 @@ class ConfusionMatrix(PlottingCallback):
             kind = " (row-normalised)" if is_norm else ""
             figure = heatmap(matrix, names, f"{stage} confusion matrix{kind}{epoch}{note}", is_norm)
             path = save_figure(figure, folder / f"confusion_matrix_{stage}{suffix}.png")
-            log_image(trainer, f"{stage}/confusion_matrix{suffix}", path)
+            log_image(trainer, f"{stage}/confusion_matrix{suffix}", path, step)

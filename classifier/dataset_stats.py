@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from classifier.files import run_dir, write_json
-from classifier.plots import bar_chart, log_image, save_figure
+from classifier.plots import bar_chart, log_image, save_figure, submit_figure
 
 SPLITS = ("train", "val", "test")
 
@@ -55,11 +57,21 @@ class DatasetStatistics(Callback):
             counts = dm.class_counts(name)
             self.stats[name] = split_statistics(counts, names, len(dm.excluded.get(name, {})))
             if self.plots:
-                figure = bar_chart(names, {name: counts}, f"{name}: images per class", "images")
-                path = save_figure(figure, folder / f"class_distribution_{name}.png")
-                log_image(trainer, f"data/class_distribution_{name}", path)
+                submit_figure(
+                    f"class_distribution_{name}",
+                    partial(self._plot, trainer, names, counts, name, folder),
+                )
         write_json(folder / "dataset_stats.json", self.stats)
         self._print(names)
+
+    @staticmethod
+    def _plot(
+        trainer: pl.Trainer, names: list[str], counts: list[int], split: str, folder: Path
+    ) -> None:
+        """Draw one split's class counts (on the background figure thread)."""
+        figure = bar_chart(names, {split: counts}, f"{split}: images per class", "images")
+        path = save_figure(figure, folder / f"class_distribution_{split}.png")
+        log_image(trainer, f"data/class_distribution_{split}", path, 0)
 
     def _print(self, names: list[str]) -> None:
         from rich.console import Console

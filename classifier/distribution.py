@@ -83,13 +83,14 @@ class SamplerDistribution(PlottingCallback):
             "drawn": [record["effective"][n] for n in names],
         }
         title = f"Sampler: class shares drawn in epoch {record['epoch'] + 1}"
+        step = trainer.global_step
 
         def draw() -> None:
             figure = bar_chart(names, series, title, "share of images")
             path = save_figure(figure, folder / "sampler_distribution.png")
-            log_image(trainer, "data/sampler_distribution", path)
+            log_image(trainer, "data/sampler_distribution", path, step)
 
-        self.draws.request(trainer, draw)
+        self.draws.request(trainer, "sampler", draw)
         last = trainer.max_epochs is not None and record["epoch"] + 1 >= trainer.max_epochs
         if len(self.epochs) > 1 and not last:
             return  # the table is printed for the first and the last epoch; files every epoch

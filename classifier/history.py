@@ -10,7 +10,7 @@ import torch
 
 from classifier.files import run_dir, write_csv
 from classifier.model import as_classifier
-from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image, pyplot, save_figure
+from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image, new_figure, save_figure
 
 COLUMNS = (
     "epoch",
@@ -103,20 +103,21 @@ class TrainingHistory(PlottingCallback):
         folder = run_dir(trainer)
         write_csv(folder / "history.csv", COLUMNS, [[r[c] for c in COLUMNS] for r in self.rows])
         if self.plots:
-            rows = list(self.rows)
-            self.draws.request(trainer, lambda: self._plot(trainer, rows, folder))
+            rows, step = [dict(r) for r in self.rows], trainer.global_step
+            self.draws.request(trainer, "history", lambda: self._plot(trainer, rows, folder, step))
 
-    def _plot(self, trainer: pl.Trainer, rows: list[dict[str, float]], folder: Path) -> None:
-        plt = pyplot()
+    def _plot(
+        self, trainer: pl.Trainer, rows: list[dict[str, float]], folder: Path, step: int
+    ) -> None:
         epochs = [r["epoch"] + 1 for r in rows]
-        figure, axes = plt.subplots(figsize=(7, 4.5))
+        figure, axes = new_figure((7, 4.5))
         for key, label in (("train_loss", "train"), ("val_loss", "val")):
             axes.plot(epochs, [r[key] for r in rows], marker="o", label=label)
         axes.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
         axes.legend()
         axes.grid(alpha=0.3)
-        log_image(trainer, "history/loss", save_figure(figure, folder / "loss_history.png"))
-        figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+        log_image(trainer, "history/loss", save_figure(figure, folder / "loss_history.png"), step)
+        figure, (left, right) = new_figure((12, 4.5), 1, 2)
         for key in ("train_top1", "val_top1", "val_balanced_acc", "val_f1_macro"):
             left.plot(epochs, [r[key] for r in rows], marker="o", label=key)
         left.set(title="Metrics", xlabel="epoch", ylim=(0, 1.02))
@@ -125,7 +126,8 @@ class TrainingHistory(PlottingCallback):
         right.plot(epochs, [r["lr"] for r in rows], marker="o", color="tab:gray")
         right.set(title="Learning rate (end of epoch)", xlabel="epoch")
         right.grid(alpha=0.3)
-        log_image(trainer, "history/metrics", save_figure(figure, folder / "metrics_history.png"))
+        path = save_figure(figure, folder / "metrics_history.png")
+        log_image(trainer, "history/metrics", path, step)
 
     def state_dict(self) -> dict[str, Any]:
         """The rows so far and the running epoch's loss sum (for mid-epoch resume)."""

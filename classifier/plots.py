@@ -1,8 +1,15 @@
-"""Figures for the callbacks (matplotlib with the Agg backend, imported lazily)."""
+"""Figures for the callbacks, drawn off the training thread.
+
+Figures are built with matplotlib's object-oriented API on the Agg canvas (never ``pyplot``'s
+global state), so they can be rendered by :class:`FigureWorker`, one background thread: the
+training thread hands over a drawing of plain data and goes on. Matplotlib is imported lazily.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,24 +20,102 @@ from lightning.pytorch.callbacks import Callback
 
 from classifier.files import atomic_write_bytes
 
+Submit = Callable[[str, Callable[[], None]], None]
+
+
+class FigureWorker:
+    """One background thread that renders figures; the newest request of each kind wins.
+
+    :meth:`submit` returns at once. A request replaces a waiting one of the same ``kind`` (a
+    newer confusion matrix makes the older one pointless), so a slow machine draws fewer
+    figures, never stale ones. A figure that fails to render is a warning, never a lost run.
+    :meth:`wait` blocks until everything submitted is drawn (the end of the command).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._pending: dict[str, Callable[[], None]] = {}
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, kind: str, draw: Callable[[], None]) -> None:
+        """Queue ``draw`` (replacing a waiting request of the same ``kind``)."""
+        with self._lock:
+            self._pending.pop(kind, None)
+            self._pending[kind] = draw
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="classifier-figures", daemon=True
+                )
+                self._thread.start()
+            self._lock.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending:
+                    self._lock.wait()
+                kind = next(iter(self._pending))
+                draw = self._pending.pop(kind)
+                self._busy = True
+            try:
+                draw()
+            except Exception as error:  # a figure must never cost the run
+                warnings.warn(f"figure {kind} could not be drawn: {error}", stacklevel=1)
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._lock.notify_all()
+
+    def wait(self, timeout: float = 120.0) -> bool:
+        """Wait until every submitted figure is drawn; ``False`` if ``timeout`` ran out."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._pending or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(left)
+        return True
+
+
+_WORKER = FigureWorker()
+
+
+def submit_figure(kind: str, draw: Callable[[], None]) -> None:
+    """Render ``draw`` on the background figure thread."""
+    _WORKER.submit(kind, draw)
+
+
+def wait_for_figures(timeout: float = 120.0) -> None:
+    """Block until the figures submitted so far are written (end of a command, Ctrl-C,
+    SIGTERM); warn, instead of hanging, if they take longer than ``timeout`` seconds."""
+    if not _WORKER.wait(timeout):
+        warnings.warn(f"figures still drawing after {timeout:.0f} s were skipped", stacklevel=2)
+
 
 class DrawBudget:
     """Decides when a callback redraws its per-epoch figures, so drawing stays cheap.
 
-    Rendering a PNG costs a fixed 0.3-1 s of CPU whatever the epoch's length: on short epochs,
-    redrawing four callbacks' figures every epoch slows training by 10-40 %. A redraw is due
-    when the drawing time so far, plus what the last drawing cost, fits in ``share`` of the
-    wall time since fit started; otherwise the newest figure waits. The first epoch always
-    draws (so a run shows its plots early) and :meth:`flush` draws what waits at the end of
-    fit. Outside ``fit`` (``validate``, ``test``) figures are drawn at once.
+    Figures render on the :class:`FigureWorker` thread, but on a machine with few cores that
+    thread still takes CPU from training: rendering a PNG costs a fixed 0.3-1 s whatever the
+    epoch's length. A redraw is due when the drawing time so far, plus what the last drawing
+    cost, fits in ``share`` of the wall time since fit started; otherwise the newest figure
+    waits. The first epoch always draws (so a run shows its plots early) and :meth:`flush`
+    submits what waits at the end of fit. Outside ``fit`` (``validate``, ``test``) figures are
+    submitted at once.
 
     Args:
         share: the largest fraction of training wall time spent drawing: 0 draws only at the
             end of fit, 1 draws every time.
+        submit: where drawings go (default: the background :class:`FigureWorker`).
     """
 
-    def __init__(self, share: float) -> None:
+    def __init__(self, share: float, submit: Submit = submit_figure) -> None:
         self.share = share
+        self.submit = submit
+        #: Drawings handed to :attr:`submit` so far.
+        self.submitted = 0
         self.restart()
 
     def restart(self) -> None:
@@ -38,7 +123,7 @@ class DrawBudget:
         self.start = time.monotonic()
         self.spent = 0.0
         self.last_cost = 0.0
-        self.pending: Callable[[], None] | None = None
+        self.pending: tuple[str, Callable[[], None]] | None = None
 
     def due(self) -> bool:
         """Whether a drawing now stays within the budget."""
@@ -47,24 +132,34 @@ class DrawBudget:
         elapsed = time.monotonic() - self.start
         return self.share >= 1 or self.spent + self.last_cost <= self.share * elapsed
 
-    def request(self, trainer: pl.Trainer, draw: Callable[[], None]) -> None:
-        """Call ``draw`` now if it is due (or not in ``fit``), else keep it for :meth:`flush`."""
+    def request(self, trainer: pl.Trainer, kind: str, draw: Callable[[], None]) -> None:
+        """Submit ``draw`` if it is due (or not in ``fit``), else keep it for :meth:`flush`.
+
+        ``kind`` names the figure (a newer request of the same kind replaces an older one).
+        """
         if trainer.state.fn != "fit" or self.due():
-            self._run(draw)
+            self._run(kind, draw)
         else:
-            self.pending = draw
+            self.pending = (kind, draw)
 
     def flush(self) -> None:
-        """Draw the figure that waits, if any (end of fit)."""
+        """Submit the figure that waits, if any (end of fit)."""
         if self.pending is not None:
-            self._run(self.pending)
+            self._run(*self.pending)
 
-    def _run(self, draw: Callable[[], None]) -> None:
+    def _run(self, kind: str, draw: Callable[[], None]) -> None:
         self.pending = None
-        start = time.monotonic()
-        draw()
-        self.last_cost = time.monotonic() - start
-        self.spent += self.last_cost
+        self.submitted += 1
+
+        def timed() -> None:
+            start = time.monotonic()
+            try:
+                draw()
+            finally:
+                self.last_cost = time.monotonic() - start
+                self.spent += self.last_cost
+
+        self.submit(f"{kind}@{id(self)}", timed)
 
 
 #: Default share of training wall time each plotting callback may spend redrawing figures
@@ -93,34 +188,36 @@ class PlottingCallback(Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        """On Ctrl-C, draw what waits so the run folder shows the last finished epoch."""
-        if isinstance(exception, KeyboardInterrupt):
-            self.draws.flush()
+        """On Ctrl-C or SIGTERM, draw what waits so the run folder shows the last epoch."""
+        self.draws.flush()
 
 
-def pyplot() -> Any:
-    """``matplotlib.pyplot`` on the non-interactive Agg backend."""
-    import matplotlib
+def new_figure(
+    figsize: tuple[float, float], rows: int = 1, cols: int = 1, squeeze: bool = True
+) -> tuple[Any, Any]:
+    """A figure and its axes on its own Agg canvas (no ``pyplot`` state: thread-safe)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    figure = Figure(figsize=figsize)
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(rows, cols, squeeze=squeeze)
 
 
 def save_figure(figure: Any, path: Path) -> Path:
-    """Write ``figure`` as PNG atomically and close it."""
+    """Write ``figure`` as PNG atomically."""
     import io
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    pyplot().close(figure)
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
-def log_image(trainer: pl.Trainer, key: str, path: Path) -> None:
-    """Send a PNG to every logger that takes images (TensorBoard, WandB)."""
+def log_image(trainer: pl.Trainer, key: str, path: Path, step: int | None = None) -> None:
+    """Send a PNG to every logger that takes images (TensorBoard, WandB), at ``step`` (default:
+    the trainer's current step; figures drawn in the background pass the step they show)."""
+    step = trainer.global_step if step is None else step
     for logger in trainer.loggers:
         name = type(logger).__name__
         target: Any = logger
@@ -129,12 +226,10 @@ def log_image(trainer: pl.Trainer, key: str, path: Path) -> None:
                 from PIL import Image
 
                 pixels = np.asarray(Image.open(path).convert("RGB"))
-                target.experiment.add_image(key, pixels, trainer.global_step, dataformats="HWC")
-            elif name == "WandbLogger":
-                target.log_image(key=key, images=[str(path)], step=trainer.global_step)
+                target.experiment.add_image(key, pixels, step, dataformats="HWC")
+            elif name == "WandbLogger":  # WandB drops images at a step behind its own
+                target.log_image(key=key, images=[str(path)])
         except Exception as error:  # a logger hiccup must not stop training
-            import warnings
-
             warnings.warn(f"could not log {key} to {name}: {error}", stacklevel=2)
 
 
@@ -145,9 +240,8 @@ def bar_chart(
     ylabel: str,
 ) -> Any:
     """Grouped vertical bars, one group per label; rotates names when there are many."""
-    plt = pyplot()
     width = max(6.0, min(24.0, 0.35 * len(labels) * max(1, len(series))))
-    figure, axes = plt.subplots(figsize=(width, 4.5))
+    figure, axes = new_figure((width, 4.5))
     x = np.arange(len(labels))
     bar = 0.8 / max(1, len(series))
     for i, (name, values) in enumerate(series.items()):

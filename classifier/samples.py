@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,14 @@ import torch
 from classifier.dist import gather_objects
 from classifier.files import run_dir
 from classifier.model import as_classifier
-from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image, pyplot, save_figure
+from classifier.plots import (
+    PLOT_TIME_SHARE,
+    PlottingCallback,
+    log_image,
+    new_figure,
+    save_figure,
+    submit_figure,
+)
 from classifier.transforms import denormalize
 
 
@@ -20,10 +28,9 @@ def image_grid(
     images: list[torch.Tensor], titles: list[str], colours: list[str], title: str
 ) -> Any:
     """A figure of ``3xHxW`` float images in [0, 1] with a caption under each."""
-    plt = pyplot()
     cols = min(8, len(images))
     rows = math.ceil(len(images) / cols)
-    figure, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.4 * rows), squeeze=False)
+    figure, axes = new_figure((2.1 * cols, 2.4 * rows), rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption, colour in zip(axes.flat, images, titles, colours, strict=False):
@@ -32,6 +39,20 @@ def image_grid(
     figure.suptitle(title)
     figure.tight_layout()
     return figure
+
+
+def _save_grid(
+    trainer: pl.Trainer,
+    images: list[torch.Tensor],
+    captions: list[str],
+    colours: list[str],
+    title: str,
+    path: Path,
+    step: int,
+) -> None:
+    """Draw and write one grid, and send it to the loggers (on the figure thread)."""
+    save_figure(image_grid(images, captions, colours, title), path)
+    log_image(trainer, f"samples/{path.stem}", path, step)
 
 
 class SampleGrids(PlottingCallback):
@@ -74,15 +95,11 @@ class SampleGrids(PlottingCallback):
         assert model.preprocessing is not None
         shown = denormalize(images[: self.num_images].detach(), model.preprocessing).cpu()
         names = model.class_names
-        captions = [names[int(i)] for i in labels[: self.num_images]]
-        figure = image_grid(
-            list(shown), captions, ["black"] * len(captions), "Augmented training batch"
-        )
-        log_image(
-            trainer,
-            "samples/train_batch",
-            save_figure(figure, run_dir(trainer) / "train_batch.png"),
-        )
+        captions = [names[int(i)] for i in labels[: self.num_images].tolist()]
+        path = run_dir(trainer) / "train_batch.png"
+        title, colours = "Augmented training batch", ["black"] * len(captions)
+        grid = partial(_save_grid, trainer, list(shown), captions, colours, title, path, 0)
+        submit_figure(f"train_batch@{id(self)}", grid)
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start collecting candidates."""
@@ -135,13 +152,21 @@ class SampleGrids(PlottingCallback):
         rows = rows[rows[:, 0].argsort(descending=True)][: self.num_images]
         epoch = trainer.current_epoch + 1
         if len(rows):
-            self.draws.request(trainer, lambda: self._draw(trainer, pl_module, rows, epoch))
+            dataset = trainer.datamodule.datasets["val"]  # type: ignore[attr-defined]
+            names, step = as_classifier(pl_module).class_names, trainer.global_step
+            draw = partial(self._draw, trainer, dataset, names, rows, epoch, step)
+            self.draws.request(trainer, "val_predictions", draw)
 
+    @staticmethod
     def _draw(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, rows: torch.Tensor, epoch: int
+        trainer: pl.Trainer,
+        dataset: Any,
+        names: list[str],
+        rows: torch.Tensor,
+        epoch: int,
+        step: int,
     ) -> None:
-        dataset = trainer.datamodule.datasets["val"]  # type: ignore[attr-defined]
-        names = as_classifier(pl_module).class_names
+        """Re-read the chosen validation images and draw the gallery (figure thread)."""
         images, captions, colours = [], [], []
         for _, index, label, pred, conf in rows.tolist():
             image, _, _ = dataset[int(index)]
@@ -149,7 +174,5 @@ class SampleGrids(PlottingCallback):
             captions.append(f"true: {names[int(label)]}\npred: {names[int(pred)]} ({conf:.2f})")
             colours.append("black" if int(label) == int(pred) else "red")
         title = f"Validation, epoch {epoch}: misclassified, then highest loss"
-        path: Path = save_figure(
-            image_grid(images, captions, colours, title), run_dir(trainer) / "val_predictions.png"
-        )
-        log_image(trainer, "samples/val_predictions", path)
+        path = run_dir(trainer) / "val_predictions.png"
+        _save_grid(trainer, images, captions, colours, title, path, step)

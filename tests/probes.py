@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import lightning.pytorch as pl
@@ -104,7 +105,9 @@ class HostReads(Callback):
 
         def counting(name: str, method: Any) -> Any:
             def read(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-                if self._key is not None and not self._host_side(tensor):
+                # The figure thread draws from CPU copies: not a read on the training thread.
+                on_training_thread = threading.current_thread() is threading.main_thread()
+                if self._key is not None and on_training_thread and not self._host_side(tensor):
                     stack = traceback.extract_stack(limit=6)[:-1]
                     self.reads[self._key].append(
                         f"{name} at " + " < ".join(f"{f.filename}:{f.lineno}" for f in stack[::-1])

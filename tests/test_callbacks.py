@@ -188,7 +188,7 @@ def test_confusion_matrix_over_max_classes_shows_the_most_confused(tmp_path: Pat
     assert keep == sorted(set(range(n)) - clean)
     names = [f"class{i:02d}" for i in range(n)]
     trainer: Any = type("T", (), {"loggers": []})()
-    ConfusionMatrix(max_classes=50)._plot(trainer, confmat, names, "val", tmp_path, ", epoch 3")
+    ConfusionMatrix(max_classes=50)._plot(trainer, confmat, names, "val", tmp_path, ", epoch 3", 0)
     for suffix in ("", "_normalized"):
         with Image.open(tmp_path / f"confusion_matrix_val{suffix}.png") as image:
             width, height = image.size

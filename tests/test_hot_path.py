@@ -70,7 +70,7 @@ class FitTrainer:
 
 
 def test_draw_budget_keeps_drawing_within_its_share(clock: FakeClock) -> None:
-    budget, drawn = DrawBudget(0.1), []
+    budget, drawn = DrawBudget(0.1, submit=lambda kind, draw: draw()), []
     budget.restart()
 
     def draw(label: str, cost: float) -> Callable[[], None]:
@@ -82,17 +82,17 @@ def test_draw_budget_keeps_drawing_within_its_share(clock: FakeClock) -> None:
 
     trainer: Any = FitTrainer()
     clock.now += 10  # first epoch: always drawn
-    budget.request(trainer, draw("epoch 1", 2.0))
+    budget.request(trainer, "fig", draw("epoch 1", 2.0))
     clock.now += 10  # 22 s in, 2 s spent: another 2 s would be 18 % > 10 %
-    budget.request(trainer, draw("epoch 2", 2.0))
+    budget.request(trainer, "fig", draw("epoch 2", 2.0))
     clock.now += 10
-    budget.request(trainer, draw("epoch 3", 2.0))
+    budget.request(trainer, "fig", draw("epoch 3", 2.0))
     assert drawn == ["epoch 1"]
     clock.now += 10  # 42 s in: 2 + 2 <= 4.2
-    budget.request(trainer, draw("epoch 4", 2.0))
+    budget.request(trainer, "fig", draw("epoch 4", 2.0))
     assert drawn == ["epoch 1", "epoch 4"]
     clock.now += 1
-    budget.request(trainer, draw("epoch 5", 2.0))
+    budget.request(trainer, "fig", draw("epoch 5", 2.0))
     budget.flush()  # end of fit: the newest waiting figure, not the stale ones
     budget.flush()
     assert drawn == ["epoch 1", "epoch 4", "epoch 5"]
@@ -100,15 +100,15 @@ def test_draw_budget_keeps_drawing_within_its_share(clock: FakeClock) -> None:
 
 
 def test_draw_budget_zero_draws_only_at_the_end_and_eval_draws_at_once(clock: FakeClock) -> None:
-    budget, drawn = DrawBudget(0.0), []
+    budget, drawn = DrawBudget(0.0, submit=lambda kind, draw: draw()), []
     budget.restart()
     trainer: Any = FitTrainer()
-    budget.request(trainer, lambda: drawn.append("fit"))
+    budget.request(trainer, "fig", lambda: drawn.append("fit"))
     assert drawn == []
     budget.flush()
     assert drawn == ["fit"]
     trainer.state = type("state", (), {"fn": "test"})
-    budget.request(trainer, lambda: drawn.append("test"))
+    budget.request(trainer, "fig", lambda: drawn.append("test"))
     assert drawn == ["fit", "test"]
 
 
@@ -116,7 +116,8 @@ def test_draw_budget_zero_draws_only_at_the_end_and_eval_draws_at_once(clock: Fa
 def test_figures_wait_for_the_end_of_fit_when_over_budget(
     image_folder: Path, share: str, drawn_after_epoch_1: bool
 ) -> None:
-    """CSV files follow every epoch; PNGs follow within the budget, and at the end of fit."""
+    """CSV files follow every epoch; PNGs follow within the budget (drawn in the background,
+    so only the share-0 case can be checked mid-run), and at the end of fit."""
     cli: Any = run_cli(
         *tiny("fit", image_folder),
         "--trainer.callbacks+=classifier.ConfusionMatrix",
@@ -126,7 +127,10 @@ def test_figures_wait_for_the_end_of_fit_when_over_budget(
     probe = next(c for c in cli.trainer.callbacks if isinstance(c, RunFiles))
     after_first = probe.at_epoch_start[1]
     assert "confusion_matrix_val.csv" in after_first
-    assert ("confusion_matrix_val.png" in after_first) is drawn_after_epoch_1
+    if not drawn_after_epoch_1:
+        assert "confusion_matrix_val.png" not in after_first
+    matrices = next(c for c in cli.trainer.callbacks if type(c).__name__ == "ConfusionMatrix")
+    assert matrices.draws.submitted == (2 if drawn_after_epoch_1 else 1)  # each epoch, or the end
     run = Path(cli.trainer.log_dir)
     assert (run / "confusion_matrix_val.png").is_file()
     assert (run / "confusion_matrix_val_normalized.png").is_file()

@@ -274,11 +274,15 @@ def export_checkpoint(
     model.load_state_dict(checkpoint["state_dict"])
     pre = Preprocessing.from_dict(checkpoint["preprocessing"])
     path = Path(output) if output else default_output(Path(ckpt_path))
-    if path.exists() and not overwrite:
-        raise ExportError(f"{path} exists; pass --overwrite true to replace it, or --output FILE.")
+    files = [path, sidecar(path, "labels_mapping.json"), sidecar(path, "export_report.json")]
+    existing = [str(f) for f in files if f.exists()]
+    if existing and not overwrite:
+        raise ExportError(
+            f"{', '.join(existing)} exist(s); pass --overwrite true to replace, or --output FILE."
+        )
     net = model.model.eval()
     export_onnx(net, path, names, pre, opset, uint8_input, simplify)
-    write_json(path.parent / "labels_mapping.json", contract(names, pre, uint8_input))
+    write_json(sidecar(path, "labels_mapping.json"), contract(names, pre, uint8_input))
     folder = Path(images) if images else Path(config["data"].get("data_dir", "data")) / "val"
     report: dict[str, Any] = {"file": path.name, "opset": opset}
     if verify_images and folder.is_dir():
@@ -295,11 +299,18 @@ def export_checkpoint(
         report["passed"] = (
             report["max_abs_logit_diff"] <= atol and report["top1_agreement"] >= min_agreement
         )
-        write_json(path.with_name("export_report.json"), report)
+        write_json(sidecar(path, "export_report.json"), report)
         if not report["passed"]:
             raise ExportError(f"{path} disagrees with PyTorch: {report}")
     print(f"Exported {path}: {report}")
     return path
+
+
+def sidecar(onnx_path: Path, name: str) -> Path:
+    """A file that describes ``onnx_path``: ``labels_mapping.json`` beside ``model.onnx``,
+    ``fp32.labels_mapping.json`` beside ``fp32.onnx`` (two exports in one folder never share)."""
+    prefix = "" if onnx_path.name == "model.onnx" else f"{onnx_path.stem}."
+    return onnx_path.with_name(prefix + name)
 
 
 def default_output(ckpt_path: Path) -> Path:
@@ -316,6 +327,7 @@ def default_output(ckpt_path: Path) -> Path:
 def main(args: list[str] | None = None) -> None:
     """``classifier-export --ckpt_path best.ckpt``; user errors print as one line."""
     from jsonargparse import auto_cli
+    from PIL import Image
 
     from classifier.checkpoint import CheckpointError
     from classifier.safety import UnsafeConfigError, enforce_import_policy
@@ -323,7 +335,14 @@ def main(args: list[str] | None = None) -> None:
     enforce_import_policy()
     try:
         auto_cli(export_checkpoint, args=args, as_positional=False)
-    except (CheckpointError, UnsafeConfigError, ExportError, OSError) as error:
+    except (
+        CheckpointError,
+        UnsafeConfigError,
+        ExportError,
+        OSError,
+        ValueError,
+        Image.DecompressionBombError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
 

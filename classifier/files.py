@@ -26,18 +26,20 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename (never half-written).
 
-    The file gets the usual permissions (``0o644`` under umask 022), not the private ``0o600``
-    of a temporary file, so teammates and tools can read a run's outputs.
+    The temporary file is created exclusively (``mkstemp``) in the target folder, so nothing
+    planted at a predictable name can redirect the write. The file gets the usual permissions
+    (``0o644`` under umask 022) unless ``mode`` says otherwise, so teammates and tools can read
+    a run's outputs.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.chmod(tmp, _FILE_MODE)
+        os.chmod(tmp, _FILE_MODE if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

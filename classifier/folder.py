@@ -71,12 +71,12 @@ class Visited:
     """What one walk has reached, by (device, inode): each folder and file is taken once.
 
     Attributes:
-        folders: folders already walked.
+        folders: the first path each folder was walked by.
         files: the first path each image file was reached by.
-        repeats: ``(path, first path)`` of files reached again (links, hard links).
+        repeats: ``(path, first path)`` of files and folders reached again (links, hard links).
     """
 
-    folders: set[FileId] = field(default_factory=set)
+    folders: dict[FileId, Path] = field(default_factory=dict)
     files: dict[FileId, Path] = field(default_factory=dict)
     repeats: list[tuple[Path, Path]] = field(default_factory=list)
 
@@ -104,9 +104,10 @@ def walk_images(folder: Path, visited: Visited | None = None) -> list[Path]:
         if real in ancestors:
             raise DataError(f"symlink cycle: {directory} points back to {real}; remove the link.")
         key = _file_id(os.stat(directory))
-        if key in visited.folders:
+        first = visited.folders.setdefault(key, directory)
+        if first is not directory:
+            visited.repeats.append((directory, first))
             return
-        visited.folders.add(key)
         if len(visited.folders) > MAX_FOLDERS:
             raise DataError(
                 f"{folder} holds more than {MAX_FOLDERS} folders (symlinks fanning out?); "
@@ -192,18 +193,38 @@ def read_split(name: str, root: Path, class_names: list[str]) -> Split:
         warnings.warn(
             f"{name}/ has empty class folder(s): {', '.join(split.empty_classes)}", stacklevel=2
         )
-    _warn_repeats(split)
+    _check_repeats(split)
     return split
 
 
+def _class_of(path: Path, root: Path) -> str:
+    return path.relative_to(root).parts[0]
+
+
+def _check_repeats(split: Split) -> None:
+    """Refuse a file or folder that links make reachable from two class folders (its label
+    would depend on the walk order); name the other repeats (used once, under their first path).
+
+    Raises:
+        DataError: a file or folder is reachable from two class folders.
+    """
+    for path, first in split.visited.repeats:
+        if _class_of(path, split.root) != _class_of(first, split.root):
+            raise DataError(
+                f"{split.name}/: {path} and {first} are the same (a link) under two classes, "
+                "so its label is ambiguous; remove the link or the copy."
+            )
+    _warn_repeats(split)
+
+
 def _warn_repeats(split: Split) -> None:
-    """Name files reached by more than one path (each is used once, under its first path)."""
+    """Name files and folders reached by more than one path (used once, under the first)."""
     repeats = split.visited.repeats
     if repeats:
         listing = "; ".join(f"{p} = {first}" for p, first in repeats[:5])
         more = f" and {len(repeats) - 5} more" if len(repeats) > 5 else ""
         warnings.warn(
-            f"{split.name}/: {len(repeats)} file(s) reached through more than one path "
+            f"{split.name}/: {len(repeats)} file(s) or folder(s) reached by more than one path "
             f"(links) are used once: {listing}{more}",
             stacklevel=3,
         )

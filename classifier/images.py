@@ -144,6 +144,8 @@ def jpeg_frame(raw: bytes) -> tuple[int, int, int] | None:
         if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # segments without a length
             at += 2
             continue
+        if marker < 0xC0:  # not a segment marker: the decoder may read this differently
+            return None
         if marker == 0xDA:  # start of scan before any frame header
             return None
         length = int.from_bytes(raw[at + 2 : at + 4], "big")

@@ -297,7 +297,9 @@ class ImageClassifier(pl.LightningModule):
         if stage == "train":
             datamodule: Any = getattr(self.trainer, "datamodule", None)
             local = datamodule.new_failures("train") if hasattr(datamodule, "new_failures") else 0
-            count = int(self.trainer.strategy.reduce(torch.tensor(local), reduce_op="sum"))
+            # On the module's device: NCCL (GPU DDP) has no CPU tensors.
+            total = torch.tensor(local, device=self.device)
+            count = int(self.trainer.strategy.reduce(total, reduce_op="sum"))
         else:
             count = int(self.unreadable(stage).compute())
         self.log(f"{stage}/unreadable", float(count), sync_dist=False)

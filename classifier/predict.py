@@ -59,14 +59,18 @@ class PredictionWriter(Callback):
         if not trainer.is_global_zero:
             return
         names: list[str] = list(pl_module.class_names)  # type: ignore[arg-type]
-        paths = trainer.datamodule.splits["predict"].paths  # type: ignore[attr-defined]
+        split = trainer.datamodule.splits["predict"]  # type: ignore[attr-defined]
+        paths, truth = split.paths, split.labels
         k = min(self.top_k or int(pl_module.hparams.get("top_k", 5)), len(names))
-        has_truth = any(label >= 0 for _, label, _ in rows)
+        has_truth = any(label >= 0 for label in truth)
         header = ["path", "predicted", "confidence"] + (["true"] if has_truth else [])
         for i in range(1, k + 1):
             header += [f"top{i}_class", f"top{i}_prob"]
         header.append("error")
-        table = [self._row(paths[i], label, probs, names, k, has_truth) for i, label, probs in rows]
+        table = [
+            self._row(paths[i], label, truth[i], probs, names, k, has_truth)
+            for i, label, probs in rows
+        ]
         self.path = run_dir(trainer) / self.filename
         write_csv(self.path, header, table)
         failed = sum(label == UNREADABLE for _, label, _ in rows)
@@ -75,15 +79,21 @@ class PredictionWriter(Callback):
 
     @staticmethod
     def _row(
-        path: Path, label: int, probs: list[float], names: list[str], k: int, has_truth: bool
+        path: Path,
+        label: int,
+        true: int,
+        probs: list[float],
+        names: list[str],
+        k: int,
+        has_truth: bool,
     ) -> list[Any]:
-        """One CSV row; an unreadable file gets empty predictions and ``unreadable``."""
+        """One CSV row; an unreadable file (``label`` is UNREADABLE) gets empty predictions
+        and ``unreadable``, and keeps its true class."""
+        known = [names[true] if true >= 0 else ""] if has_truth else []
         if label == UNREADABLE:
-            return [str(path), "", ""] + [""] * (int(has_truth) + 2 * k) + ["unreadable"]
+            return [str(path), "", "", *known] + [""] * (2 * k) + ["unreadable"]
         values, order = torch.tensor(probs).topk(k)
-        line: list[Any] = [str(path), names[order[0]], round(float(values[0]), 6)]
-        if has_truth:
-            line.append(names[label] if label >= 0 else "")
+        line: list[Any] = [str(path), names[order[0]], round(float(values[0]), 6), *known]
         for value, cls in zip(values.tolist(), order.tolist(), strict=True):
             line += [names[cls], round(value, 6)]
         return [*line, ""]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from classifier.files import atomic_write_text
+from classifier.files import atomic_write_bytes
 from classifier.images import load_pil
 
 #: Cache format version; bump when the checks or the key change.
@@ -56,7 +56,7 @@ def _read_cache(cache_file: Path) -> dict[str, list[str | None]]:
     """The cache's well-formed entries; anything else (another shape, corruption) is dropped."""
     try:
         raw = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     if not isinstance(raw, dict):
         return {}
@@ -71,10 +71,14 @@ def _read_cache(cache_file: Path) -> dict[str, list[str | None]]:
 
 
 def _write_cache(cache_file: Path, cache: dict[str, list[str | None]]) -> None:
-    """Save the cache in a folder only this user can read (0700); never fail the run."""
+    """Save the cache where only this user can read it (folder 0700, file 0600); never fail
+    the run. An existing folder of this user's is made private too."""
+    folder = cache_file.parent
     try:
-        cache_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        atomic_write_text(cache_file, json.dumps(cache))
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if folder.stat().st_uid == os.getuid():
+            folder.chmod(0o700)
+        atomic_write_bytes(cache_file, json.dumps(cache).encode(), mode=0o600)
     except OSError:
         pass  # a read-only home must not stop training; the scan reruns next time
 

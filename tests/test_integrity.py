@@ -113,7 +113,9 @@ def test_symlink_fan_out_is_walked_once(tmp_path: Path) -> None:
     visited = Visited()
     found = walk_images(levels[0], visited)
     assert len(found) == 3
-    assert [(p.name, q.name) for p, q in visited.repeats] == [("cat_000.png", "again.png")]
+    repeats = {(p.name, q.name) for p, q in visited.repeats}
+    assert ("cat_000.png", "again.png") in repeats  # the file link, counted once
+    assert ("b", "a") in repeats and len(visited.repeats) == 1 + 23  # each level walked once
 
 
 def test_a_file_in_two_splits_is_reported(image_folder: Path) -> None:
@@ -201,3 +203,51 @@ def test_checkpoint_given_twice_is_refused_not_mixed(
     tested: Any = run_cli("-c", str(root), "test", "--ckpt_path", str(run / "last.ckpt"))
     assert tested.model.class_names == ["cat", "dog", "fox"]
     assert tested.model.hparams["model_name"] == "test_resnet"  # from the checkpoint
+
+
+def test_a_jpeg_whose_header_hides_its_size_goes_to_the_checked_decoder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``FF 00`` right after the start marker: libjpeg skips it as junk, a naive header walk
+    reads it as a segment and lands on a fake 16x16 frame header hidden in an APP segment."""
+    import io
+    import struct
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((100, 120, 3), 128, np.uint8)).save(buffer, "JPEG")
+    real = buffer.getvalue()
+    fake = b"\xff\xc0\x00\x11\x08\x00\x10\x00\x10\x03\x01\x22\x00\x02\x11\x01\x03\x11\x01"
+    app = b"\xff\xe5" + struct.pack(">H", 6 + len(fake)) + b"abcd" + fake
+    crafted = tmp_path / "crafted.jpg"
+    crafted.write_bytes(b"\xff\xd8\xff\x00" + struct.pack(">H", 10) + app + real[2:])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # 120 x 100 = 12,000 pixels
+    with pytest.raises(Image.DecompressionBombError):
+        load_rgb(crafted)
+
+
+def test_a_folder_linked_under_two_classes_is_an_error(folder_factory: Any) -> None:
+    from classifier.folder import DataError
+
+    root = folder_factory()
+    (root / "train" / "dog" / "sub").mkdir()
+    for name in ("a.png", "b.png"):
+        shutil.copy(root / "train" / "dog" / "dog_000.png", root / "train" / "dog" / "sub" / name)
+    (root / "train" / "cat" / "borrowed").symlink_to(root / "train" / "dog" / "sub")
+    with pytest.raises(DataError, match="under two classes"):
+        ImageFolderDataModule(str(root), num_workers=0).setup("fit")
+
+
+def test_two_exports_in_one_folder_keep_their_own_descriptions(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from classifier.export import main as export_main
+
+    best = str(Path(_fit(image_folder).trainer.log_dir) / "checkpoints" / "best.ckpt")
+    out = tmp_path / "exports"
+    export_main(["--ckpt_path", best, "--output", str(out / "fp.onnx"), "--verify_images", "0"])
+    u8 = ["--output", str(out / "u8.onnx"), "--uint8_input", "true", "--verify_images", "0"]
+    export_main(["--ckpt_path", best, *u8])
+    assert json.loads((out / "fp.labels_mapping.json").read_text())["input_dtype"] == "float32"
+    assert json.loads((out / "u8.labels_mapping.json").read_text())["input_dtype"] == "uint8"

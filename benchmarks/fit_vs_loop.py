@@ -91,6 +91,8 @@ def _hand_loop(data: Path) -> float:
     from torchvision import datasets
     from torchvision.transforms import v2
 
+    from benchmarks.hand_loop import train_and_validate
+
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     train_tf = v2.Compose(
         [
@@ -125,18 +127,8 @@ def _hand_loop(data: Path) -> float:
     for epoch in range(EPOCHS):
         if epoch == 1:
             start = time.perf_counter()
-        model.train()
-        for images, labels in loader:
-            optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(images), labels)
-            loss.backward()
-            optimizer.step()
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for images, labels in val_loader:
-                correct += int((model(images).argmax(1) == labels).sum())
-        print(f"hand loop epoch {epoch}: val top1 {correct / len(val):.3f}")
+        top1 = train_and_validate(model, optimizer, loader, val_loader)
+        print(f"hand loop epoch {epoch}: val top1 {top1:.3f}")
     return time.perf_counter() - start
 
 

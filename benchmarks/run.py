@@ -186,6 +186,10 @@ def bench_help() -> dict[str, float]:
 def main() -> None:
     from benchmarks.fit_vs_loop import bench_fit
     from benchmarks.make_data import make
+    from benchmarks.whole import bench_whole
+
+    # BENCH_WHOLE_EPOCHS="4 20": whole-command runs (the 20-epoch one takes ~10 minutes here).
+    whole_epochs = [int(e) for e in os.environ.get("BENCH_WHOLE_EPOCHS", "4").split()]
 
     results: dict[str, Any] = {"torch": torch.__version__, "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="classifier-bench-") as tmp:
@@ -196,6 +200,10 @@ def main() -> None:
             ("ema", bench_ema),
             ("onnx_vs_eager", lambda: bench_onnx(Path(tmp))),
             ("help_vs_import", bench_help),
+            *(
+                (f"whole_command_{e}_epochs", lambda e=e: bench_whole(Path(tmp), e))
+                for e in whole_epochs
+            ),
         ]
         for name, fn in steps:
             print(f"[bench] {name} ...", flush=True)
@@ -207,6 +215,10 @@ def main() -> None:
         "ema": ("fraction_of_step", "<=", 0.02),
         "onnx_vs_eager": ("batch8_speedup", ">=", 1.5),
         "help_vs_import": ("ratio", "<=", 1.15),
+        **{
+            f"whole_command_{e}_epochs": ("ratio", "<=", 1.10 if e < 20 else 1.03)
+            for e in whole_epochs
+        },
     }
     print("\nratio                                  measured   goal")
     for name, (key, op, goal) in goals.items():

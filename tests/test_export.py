@@ -26,7 +26,7 @@ def test_export_finished_checkpoint_with_uint8_input(trained: Path, tmp_path: Pa
     import onnxruntime as ort
 
     out = export_checkpoint(str(trained), output=str(tmp_path / "m.onnx"), uint8_input=True)
-    report = json.loads((tmp_path / "export_report.json").read_text())
+    report = json.loads((tmp_path / "m.export_report.json").read_text())
     assert report["passed"] and report["images"] == 18 and report["top1_agreement"] == 1.0
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].type == "tensor(uint8)"
@@ -37,4 +37,4 @@ def test_export_finished_checkpoint_with_uint8_input(trained: Path, tmp_path: Pa
 def test_disagreement_is_an_error_not_a_log_line(trained: Path, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="disagrees with PyTorch"):
         export_checkpoint(str(trained), output=str(tmp_path / "m.onnx"), atol=-1.0)
-    assert json.loads((tmp_path / "export_report.json").read_text())["passed"] is False
+    assert json.loads((tmp_path / "m.export_report.json").read_text())["passed"] is False

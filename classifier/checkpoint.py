@@ -4,9 +4,10 @@ Every checkpoint this process reads goes through :func:`load_checkpoint`: the co
 ``--ckpt_path`` on every subcommand (whether typed, set in a YAML config or resolved from
 ``last``), the test after fit, ONNX export and ``ImageClassifier.load_from_checkpoint``.
 It reads only a local regular file, always with ``torch.load(weights_only=True)``, so a pickled
-payload in a checkpoint is refused instead of run. :class:`SafeCheckpointIO` puts it under the
-trainer: Lightning's own loader would otherwise unpickle ``http(s)://`` checkpoints and any
-checkpoint given ``weights_only=False`` with the full (code-running) unpickler.
+payload in a checkpoint is refused instead of run.
+:class:`~classifier.checkpoint_io.SafeCheckpointIO` puts it under the trainer: Lightning's own
+loader would otherwise unpickle ``http(s)://`` checkpoints and any checkpoint given
+``weights_only=False`` with the full (code-running) unpickler.
 
 ``classifier test|validate|predict --ckpt_path X`` needs no ``--config``: the model and data
 arguments stored in the checkpoint become the first config layer, under any ``--config`` and
@@ -16,19 +17,11 @@ command-line overrides the user gives.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import tempfile
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
-from lightning.pytorch.plugins.io import AsyncCheckpointIO
-from lightning.pytorch.strategies import Strategy
-from lightning_utilities.core.apply_func import apply_to_collection
 
 from classifier.safety import refuse_foreign_class_paths
 
@@ -90,149 +83,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{file} is not a Lightning checkpoint.")
     return checkpoint
-
-
-class SafeCheckpointIO(CheckpointIO):
-    """The trainer's checkpoint I/O: loads through :func:`load_checkpoint`, writes off the
-    training thread, and writes one file where two callbacks save the same state.
-
-    Loading: ``weights_only`` and ``map_location`` requests are ignored; loads are always
-    weights-only, onto the CPU, after any write still in flight has finished.
-
-    Saving: the checkpoint's tensors are copied on the training thread (a point-in-time
-    snapshot; the containers are rebuilt with them) and the wrapped plugin serialises and
-    writes them on one background thread, in order; its atomic write never leaves a
-    half-written file. When a second save has exactly the training state of the previous one
-    (same epoch, step and loop progress: ``best.ckpt`` and ``last.ckpt`` after the same
-    validation), the file is linked (or copied) instead of serialised again. Lightning's
-    teardown, at the end of every run and on SIGTERM, Ctrl-C or an error, waits for the writes.
-
-    Args:
-        inner: the plugin that writes and removes files (default: Lightning's).
-        asynchronous: write on a background thread (off when ``inner`` is already asynchronous).
-    """
-
-    def __init__(self, inner: CheckpointIO | None = None, asynchronous: bool = True) -> None:
-        self.inner = inner if inner is not None else TorchCheckpointIO()
-        self.asynchronous = asynchronous and not isinstance(self.inner, AsyncCheckpointIO)
-        self._executor: ThreadPoolExecutor | None = None
-        self._error: BaseException | None = None
-        #: (training-state key, path) of the last checkpoint saved.
-        self._last: tuple[str, str] | None = None
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
-    ) -> None:
-        """Snapshot ``checkpoint`` and write it (or link the identical previous one)."""
-        self._raise_error()
-        key, target = _state_key(checkpoint), str(path)
-        previous = self._last
-        self._last = (key, target) if key else None
-        if key and previous and previous[0] == key and previous[1] != target:
-            self._submit(_link_or_copy, previous[1], target)
-            return
-        if self.asynchronous:
-            checkpoint = apply_to_collection(checkpoint, torch.Tensor, _snapshot)
-        self._submit(self.inner.save_checkpoint, checkpoint, path, storage_options)
-
-    def load_checkpoint(
-        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
-    ) -> dict[str, Any]:
-        """Load with :func:`load_checkpoint` (never with the full unpickler)."""
-        self.wait()
-        return load_checkpoint(path)
-
-    def remove_checkpoint(self, path: Any) -> None:
-        """Remove with the wrapped plugin, after the writes queued before."""
-        self._submit(self.inner.remove_checkpoint, path)
-
-    def wait(self) -> None:
-        """Block until every queued write is done; raise the first write error."""
-        if self._executor is not None:
-            self._executor.submit(lambda: None).result()
-        self._raise_error()
-
-    def teardown(self) -> None:
-        """Finish the queued writes (end of a run, SIGTERM, Ctrl-C, error)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-        self._last = None
-        self.inner.teardown()
-        self._raise_error()
-
-    def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        if not self.asynchronous:
-            fn(*args)
-            return
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="classifier-checkpoint")
-
-        def run() -> None:
-            try:
-                fn(*args)
-            except BaseException as error:  # raised on the training thread at the next call
-                self._error = self._error or error
-
-        self._executor.submit(run)
-
-    def _raise_error(self) -> None:
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
-
-
-def _snapshot(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().clone()
-
-
-def _state_key(checkpoint: dict[str, Any]) -> str:
-    """What identifies a checkpoint's training state (empty: unknown, never deduplicated)."""
-    if "loops" not in checkpoint or "global_step" not in checkpoint:
-        return ""
-    return repr((checkpoint.get("epoch"), checkpoint["global_step"], checkpoint["loops"]))
-
-
-def _link_or_copy(source: str, target: str) -> None:
-    """Make ``target`` hold the file ``source`` (hard link, else copy), atomically."""
-    if "://" in source or "://" in target:
-        raise CheckpointError(f"cannot link remote checkpoint {source} to {target}")
-    folder = os.path.dirname(target) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".link.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.unlink(tmp)
-        try:
-            os.link(source, tmp)
-        except OSError:  # another file system, or no hard links
-            shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _refuse_own_loader(strategy: Strategy) -> Callable[..., dict[str, Any]]:
-    def refuse(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        raise CheckpointError(
-            f"{type(strategy).__name__} reads checkpoints with its own loader, which cannot be "
-            "restricted to weights; resume or evaluate with a single device or DDP instead."
-        )
-
-    return refuse
-
-
-def guard_checkpoint_loads(strategy: Strategy) -> None:
-    """Route every checkpoint the trainer loads through :func:`load_checkpoint`.
-
-    Strategies that load sharded checkpoints their own way (FSDP, DeepSpeed) are refused at
-    load time with a one-line error instead of unpickling unchecked.
-    """
-    io = strategy.checkpoint_io
-    if not isinstance(io, SafeCheckpointIO):
-        strategy.checkpoint_io = SafeCheckpointIO(io)
-    if type(strategy).load_checkpoint is not Strategy.load_checkpoint:
-        strategy.load_checkpoint = _refuse_own_loader(strategy)  # type: ignore[method-assign]
 
 
 def config_from_checkpoint(path: str | Path) -> dict[str, Any]:

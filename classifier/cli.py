@@ -20,12 +20,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from classifier.backbone import BackboneError
-from classifier.checkpoint import (
-    CheckpointError,
-    checkpoint_file,
-    config_from_checkpoint,
-    guard_checkpoint_loads,
-)
+from classifier.checkpoint import CheckpointError, checkpoint_file, config_from_checkpoint
+from classifier.checkpoint_io import guard_checkpoint_loads
 from classifier.data import ImageFolderDataModule
 from classifier.files import run_dir
 from classifier.folder import DataError

@@ -23,7 +23,7 @@ def _file_mode() -> int:
 
 
 #: Read once at import: ``os.umask`` can only be read by setting it.
-_FILE_MODE = _file_mode()
+FILE_MODE = _file_mode()
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
@@ -39,7 +39,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.chmod(tmp, _FILE_MODE if mode is None else mode)
+        os.chmod(tmp, FILE_MODE if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

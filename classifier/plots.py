@@ -188,8 +188,15 @@ class PlottingCallback(Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        """On Ctrl-C or SIGTERM, draw what waits so the run folder shows the last epoch."""
+        """On Ctrl-C, SIGTERM or an error, draw what waits so the run folder shows the last
+        epoch (before Lightning closes the loggers)."""
         self.draws.flush()
+        wait_for_figures()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Wait for the figures before Lightning closes the loggers that receive them (the
+        end-of-fit figures render while the export runs in ``on_fit_end``)."""
+        wait_for_figures()
 
 
 def new_figure(
@@ -227,8 +234,8 @@ def log_image(trainer: pl.Trainer, key: str, path: Path, step: int | None = None
 
                 pixels = np.asarray(Image.open(path).convert("RGB"))
                 target.experiment.add_image(key, pixels, step, dataformats="HWC")
-            elif name == "WandbLogger":  # WandB drops images at a step behind its own
-                target.log_image(key=key, images=[str(path)])
+            elif name == "WandbLogger":
+                target.log_image(key=key, images=[str(path)], step=step)
         except Exception as error:  # a logger hiccup must not stop training
             warnings.warn(f"could not log {key} to {name}: {error}", stacklevel=2)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from classifier.checkpoint import SafeCheckpointIO
+from classifier.checkpoint_io import SafeCheckpointIO
 
 
 def _checkpoint(step: int, weight: torch.Tensor) -> dict[str, object]:
@@ -34,3 +34,42 @@ def test_the_same_state_saved_twice_is_one_file(tmp_path: Path) -> None:
     best, last, other = (tmp_path / n for n in ("best.ckpt", "last.ckpt", "other.ckpt"))
     assert best.stat().st_ino == last.stat().st_ino != other.stat().st_ino
     assert torch.load(last, weights_only=True)["global_step"] == 4
+
+
+def test_a_later_write_never_changes_the_linked_file(tmp_path: Path) -> None:
+    """best.ckpt and last.ckpt share a file after one validation; the next epoch's last.ckpt
+    replaces the link, and best.ckpt keeps its weights."""
+    io = SafeCheckpointIO()
+    io.save_checkpoint(_checkpoint(4, torch.zeros(3)), tmp_path / "best.ckpt")
+    io.save_checkpoint(_checkpoint(4, torch.zeros(3)), tmp_path / "last.ckpt")
+    io.save_checkpoint(_checkpoint(8, torch.ones(3)), tmp_path / "last.ckpt")
+    io.teardown()
+    assert torch.equal(
+        torch.load(tmp_path / "best.ckpt", weights_only=True)["state_dict"]["w"], torch.zeros(3)
+    )
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 8
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_weights_only_and_full_checkpoints_are_never_linked(tmp_path: Path) -> None:
+    io = SafeCheckpointIO()
+    full = _checkpoint(4, torch.zeros(3))
+    weights = {k: v for k, v in full.items() if k != "optimizer_states"} | {"weights_only": True}
+    io.save_checkpoint(weights, tmp_path / "best.ckpt")
+    io.save_checkpoint(full, tmp_path / "last.ckpt")
+    io.teardown()
+    assert (tmp_path / "best.ckpt").stat().st_ino != (tmp_path / "last.ckpt").stat().st_ino
+
+
+def test_a_failed_write_does_not_hide_the_exception_being_handled(tmp_path: Path) -> None:
+    import pytest
+
+    io = SafeCheckpointIO()
+    # The write fails on the background thread (a NUL byte in the name).
+    io.save_checkpoint(_checkpoint(1, torch.zeros(3)), tmp_path / "missing" / "x" / "\0bad")
+    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match="write failed"):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            io.teardown()  # as Lightning does while handling SIGTERM/Ctrl-C: warns, no masking
+            raise

@@ -1,0 +1,202 @@
+"""The trainer's checkpoint I/O: safe loads, background writes, one file per training state."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
+from lightning.pytorch.strategies import Strategy
+from lightning_utilities.core.apply_func import apply_to_collection
+
+from classifier.checkpoint import CheckpointError, load_checkpoint
+from classifier.files import FILE_MODE
+
+
+class SafeCheckpointIO(CheckpointIO):
+    """Loads through :func:`~classifier.checkpoint.load_checkpoint`; writes off the training
+    thread; writes one file where two callbacks save the same training state.
+
+    Loading: ``weights_only`` and ``map_location`` requests are ignored; loads are always
+    weights-only, onto the CPU, after the writes in flight have finished.
+
+    Saving (local files): the tensors are copied to CPU memory on the training thread (a
+    point-in-time snapshot; at most one more waits while a write runs), and one background
+    thread serialises each into an exclusively created temporary file in the target folder,
+    syncs it and renames it over the target, so a file is never half-written, not even on
+    SIGKILL. When a save has exactly the training state and contents of the previous one (same
+    keys, epoch, step and loop progress: ``best.ckpt`` and ``last.ckpt`` after one validation)
+    the file is hard-linked (or copied) instead of written twice; a later write replaces the
+    link, never the shared file. Remote paths and custom plugins write through the wrapped
+    plugin, on the same thread. Lightning's teardown (end of a run, SIGTERM, Ctrl-C, an error)
+    waits for every write.
+
+    Args:
+        inner: the plugin for remote paths and custom storage (default: Lightning's).
+        asynchronous: write on a background thread.
+    """
+
+    def __init__(self, inner: CheckpointIO | None = None, asynchronous: bool = True) -> None:
+        self.inner = inner if inner is not None else TorchCheckpointIO()
+        self.asynchronous = asynchronous
+        #: Lightning's plain writer is replaced by ours (atomic in the target folder, links).
+        self.own_writes = type(self.inner) is TorchCheckpointIO
+        self._executor: ThreadPoolExecutor | None = None
+        self._writing: Future[None] | None = None
+        self._error: BaseException | None = None
+        #: (training-state key, path) of the last checkpoint saved.
+        self._last: tuple[str, str] | None = None
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        """Snapshot ``checkpoint`` and write it (or link the identical previous one)."""
+        self._raise_error()
+        target = str(path)
+        local = self.own_writes and "://" not in target
+        key = _state_key(checkpoint) if local else ""
+        previous, self._last = self._last, ((key, target) if key else None)
+        if key and previous and previous[0] == key and previous[1] != target:
+            self._submit(_link_or_copy, previous[1], target)
+            return
+        if self.asynchronous:
+            if self._writing is not None:  # bound the snapshots held in memory to two
+                self._writing.result()
+            checkpoint = apply_to_collection(checkpoint, torch.Tensor, _snapshot)
+        if local:
+            self._writing = self._submit(_save_file, checkpoint, target)
+        else:
+            self._writing = self._submit(
+                self.inner.save_checkpoint, checkpoint, path, storage_options
+            )
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Load with :func:`~classifier.checkpoint.load_checkpoint` (never the full unpickler)."""
+        self.wait()
+        return load_checkpoint(path)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        """Remove, after the writes queued before."""
+        self._submit(self.inner.remove_checkpoint, path)
+
+    def wait(self) -> None:
+        """Block until every queued write is done; raise the first write error."""
+        if self._executor is not None:
+            self._executor.submit(lambda: None).result()
+        self._raise_error()
+
+    def teardown(self) -> None:
+        """Finish the queued writes (end of a run, SIGTERM, Ctrl-C, error)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self._writing, self._last = None, None
+        self.inner.teardown()
+        self._raise_error()
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[None] | None:
+        if not self.asynchronous:
+            fn(*args)
+            return None
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="classifier-checkpoint")
+
+        def run() -> None:
+            try:
+                fn(*args)
+            except BaseException as error:  # raised on the training thread at the next call
+                self._error = self._error or error
+
+        return self._executor.submit(run)
+
+    def _raise_error(self) -> None:
+        """Raise a failed write's error; while another exception is being handled (SIGTERM,
+        Ctrl-C), warn instead, so that one still decides how the run ends."""
+        error, self._error = self._error, None
+        if error is None:
+            return
+        if sys.exc_info()[0] is not None:
+            warnings.warn(f"a checkpoint write failed: {error!r}", stacklevel=3)
+            return
+        raise error
+
+
+def _snapshot(tensor: torch.Tensor) -> torch.Tensor:
+    """A point-in-time copy in CPU memory (GPU memory is not held by queued writes)."""
+    return tensor.detach().to("cpu", copy=True)
+
+
+def _state_key(checkpoint: dict[str, Any]) -> str:
+    """What identifies a checkpoint's contents and training state (empty: never linked)."""
+    if "loops" not in checkpoint or "global_step" not in checkpoint:
+        return ""
+    state = (sorted(checkpoint), checkpoint.get("epoch"), checkpoint["global_step"])
+    return repr((*state, checkpoint["loops"]))
+
+
+def _save_file(checkpoint: dict[str, Any], target: str) -> None:
+    """``torch.save`` into a new temporary file beside ``target``, synced, then renamed."""
+    folder = os.path.dirname(target) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ckpt.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """Make ``target`` hold the file ``source`` (hard link, else copy), atomically."""
+    folder = os.path.dirname(target) or "."
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".link.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:  # another file system, or no hard links
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _refuse_own_loader(strategy: Strategy) -> Callable[..., dict[str, Any]]:
+    def refuse(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise CheckpointError(
+            f"{type(strategy).__name__} reads checkpoints with its own loader, which cannot be "
+            "restricted to weights; resume or evaluate with a single device or DDP instead."
+        )
+
+    return refuse
+
+
+def guard_checkpoint_loads(strategy: Strategy) -> None:
+    """Route every checkpoint the trainer loads through the safe loader, and its writes
+    through :class:`SafeCheckpointIO`.
+
+    Strategies that load sharded checkpoints their own way (FSDP, DeepSpeed) are refused at
+    load time with a one-line error instead of unpickling unchecked.
+    """
+    io = strategy.checkpoint_io
+    if not isinstance(io, SafeCheckpointIO):
+        strategy.checkpoint_io = SafeCheckpointIO(io)
+    if type(strategy).load_checkpoint is not Strategy.load_checkpoint:
+        strategy.load_checkpoint = _refuse_own_loader(strategy)  # type: ignore[method-assign]

@@ -53,6 +53,8 @@ class EMA(WeightAveraging):
         self.update_starting_at_step = update_starting_at_step
         self._step = 0
         self._groups: TensorGroups | None = None
+        #: Whether every averaged tensor sits on its current tensor's device (fused updates).
+        self._same_device = True
 
     def current_decay(self, step: int) -> float:
         """The decay used at optimizer step ``step``."""
@@ -74,8 +76,14 @@ class EMA(WeightAveraging):
     ) -> None:
         if not averaged:
             return
-        if averaged[0].is_floating_point():
-            weight = 1.0 - self.current_decay(self._step)
+        floats = averaged[0].is_floating_point()
+        weight = 1.0 - self.current_decay(self._step)
+        if not self._same_device:  # EMA(device="cpu") on a GPU run: fused ops refuse the mix
+            # Blocking copies: a non-blocking GPU-to-CPU copy could be read before it lands.
+            for avg, cur in zip(averaged, current, strict=True):
+                moved = cur.to(avg.device)
+                avg.lerp_(moved, weight) if floats else avg.copy_(moved)
+        elif floats:
             torch._foreach_lerp_(averaged, current, weight)
         else:  # integer buffers such as BatchNorm's num_batches_tracked
             torch._foreach_copy_(averaged, current)
@@ -104,7 +112,8 @@ class EMA(WeightAveraging):
         (avg_float, cur_float), (avg_other, cur_other) = self._groups
         with torch.no_grad():
             if self._latest_update_step == 0:  # first update: start from the current weights
-                torch._foreach_copy_(avg_float + avg_other, cur_float + cur_other)
+                for avg, cur in zip(avg_float + avg_other, cur_float + cur_other, strict=True):
+                    avg.copy_(cur)
             else:
                 self._update(avg_float, cur_float, None)
                 self._update(avg_other, cur_other, None)
@@ -118,6 +127,8 @@ class EMA(WeightAveraging):
         module = self._average_model.module
         averaged = [*module.parameters(), *module.buffers()]
         current = [t.detach() for t in (*pl_module.parameters(), *pl_module.buffers())]
+        pairs = zip(averaged, current, strict=True)
+        self._same_device = all(a.device == c.device for a, c in pairs)
         floats = [i for i, t in enumerate(averaged) if t.is_floating_point()]
         others = [i for i, t in enumerate(averaged) if not t.is_floating_point()]
         return (

@@ -42,6 +42,31 @@ def test_fused_update_is_a_lerp() -> None:
     assert torch.allclose(averaged[1], torch.full((2,), 0.9))
 
 
+def test_average_on_another_device_updates_without_fused_ops() -> None:
+    """EMA(device="cpu") on a GPU run: fused ops refuse mixed devices, so the update goes
+    tensor by tensor. A meta-device average stands in for the second device here."""
+    ema = EMA(decay=0.9, warmup=False)
+    averaged, current = [torch.zeros(3, device="meta")], [torch.ones(3)]
+    with pytest.raises(RuntimeError):
+        ema._update(averaged, current, None)  # the fused path would fail
+    ema._same_device = False
+    ema._update(averaged, current, None)
+    assert averaged[0].device.type == "meta" and averaged[0].shape == (3,)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cpu_average_of_a_gpu_model() -> None:
+    ema = EMA(decay=0.9, warmup=False)
+    ema._same_device = False
+    averaged, current = (
+        [torch.zeros(3), torch.ones(2)],
+        [torch.ones(3).cuda(), torch.zeros(2).cuda()],
+    )
+    ema._update(averaged, current, None)
+    torch.cuda.synchronize()
+    assert torch.allclose(averaged[0], torch.full((3,), 0.1))
+
+
 def test_best_checkpoint_scores_and_tests_ema_weights(image_folder: Path) -> None:
     config = _monitor_loss(image_folder.parent)
     cli: Any = run_cli("fit", "--config", config, "--data.data_dir", str(image_folder))

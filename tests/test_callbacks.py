@@ -66,7 +66,20 @@ def test_confusion_matrix_counts_every_val_image_once(full_run: dict[str, Any]) 
         "confusion_matrix_test.png",
     ):
         assert Image.open(run / name).size[0] > 300
-    assert _csv(run / "most_confused_val.csv") is not None
+    # Every off-diagonal count of the matrix, largest first, with its share of the true class.
+    pairs = _csv(run / "most_confused_val.csv")
+    names = ["cat", "dog", "fox"]
+    expected = sorted(
+        (int(matrix[t, p]) for t in range(3) for p in range(3) if t != p and matrix[t, p]),
+        reverse=True,
+    )
+    assert [int(r["count"]) for r in pairs] == expected
+    for row in pairs:
+        t, p = names.index(row["true"]), names.index(row["predicted"])
+        assert int(row["count"]) == matrix[t, p]
+        assert float(row["share_of_true"]) == pytest.approx(
+            matrix[t, p] / matrix[t].sum(), abs=1e-4
+        )
 
 
 def test_history_has_one_row_per_epoch_including_the_last(full_run: dict[str, Any]) -> None:

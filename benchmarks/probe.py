@@ -12,6 +12,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from benchmarks.startup import record_startup
+
 
 def _sync(module: pl.LightningModule) -> None:
     if module.device.type == "cuda":
@@ -112,3 +114,13 @@ class Throughput(Callback):
         if out and trainer.is_global_zero:
             Path(out).write_text(json.dumps(result, indent=2))
         print(json.dumps(result))
+
+
+class FirstStep(Callback):
+    """Record the time from process start to the first training step (``$BENCH_STARTUP``):
+    imports, config parsing, data scan, model set-up and the sanity check."""
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        record_startup()

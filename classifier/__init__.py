@@ -38,4 +38,9 @@ __all__ = [
     "SamplerDistribution",
     "TrainingHistory",
 ]
-__version__ = "0.1.0"
+try:  # the installed distribution's version: pyproject.toml is the one place it is written
+    from importlib.metadata import PackageNotFoundError, version
+
+    __version__ = version("classifier")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"

@@ -16,6 +16,7 @@ import torch
 from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.strategies import Strategy
 from lightning_utilities.core.apply_func import apply_to_collection
+from typing_extensions import override
 
 from classifier.checkpoint import CheckpointError, load_checkpoint
 from classifier.files import FILE_MODE
@@ -55,6 +56,7 @@ class SafeCheckpointIO(CheckpointIO):
         #: (training-state key, path) of the last checkpoint saved.
         self._last: tuple[str, str] | None = None
 
+    @override
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
@@ -78,6 +80,7 @@ class SafeCheckpointIO(CheckpointIO):
                 self.inner.save_checkpoint, checkpoint, path, storage_options
             )
 
+    @override
     def load_checkpoint(
         self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
@@ -85,6 +88,7 @@ class SafeCheckpointIO(CheckpointIO):
         self.wait()
         return load_checkpoint(path)
 
+    @override
     def remove_checkpoint(self, path: Any) -> None:
         """Remove, after the writes queued before."""
         self._submit(self.inner.remove_checkpoint, path)
@@ -95,6 +99,7 @@ class SafeCheckpointIO(CheckpointIO):
             self._executor.submit(lambda: None).result()
         self._raise_error()
 
+    @override
     def teardown(self) -> None:
         """Finish the queued writes (end of a run, SIGTERM, Ctrl-C, error)."""
         if self._executor is not None:

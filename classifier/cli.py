@@ -18,6 +18,7 @@ import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from typing_extensions import override
 
 from classifier.backbone import BackboneError
 from classifier.checkpoint import CheckpointError, checkpoint_file, config_from_checkpoint
@@ -53,6 +54,7 @@ class RunConfig(SaveConfigCallback):
     ``save_dir``: a second run there would stop on the first run's config.yaml.
     """
 
+    @override
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Write config.yaml (rank 0; the parser refuses to overwrite another run's file)."""
         folder = run_dir(trainer)
@@ -76,6 +78,7 @@ class ClassifierArgumentParser(LightningArgumentParser):
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
 
+    @override
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         """Raise :class:`UnsafeConfigError` for a refused import; otherwise report as usual."""
         unsafe = unsafe_error(message)
@@ -97,11 +100,13 @@ class ClassifierCLI(LightningCLI):
         enforce_import_policy()
         super().__init__(*args, **kwargs)
 
+    @override
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         """Lightning's subcommands, without the ``weights_only`` argument."""
         return {name: {*skip, "weights_only"} for name, skip in LightningCLI.subcommands().items()}
 
+    @override
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         """Lightning's trainer, loading checkpoints only through the safe loader."""
         trainer = super().instantiate_trainer(**kwargs)
@@ -127,6 +132,7 @@ class ClassifierCLI(LightningCLI):
         """Check ``ckpt_path`` before any data is read."""
         self._check_ckpt_path()
 
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Link ``data.class_names`` to ``model.class_names``; add ``test_after_fit``."""
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
@@ -137,6 +143,7 @@ class ClassifierCLI(LightningCLI):
             help="After fit, evaluate the best checkpoint on the test/ split (if present).",
         )
 
+    @override
     def _parse_ckpt_path(self) -> None:
         """Disabled: checkpoint arguments are applied as the first config layer in ``main``."""
 

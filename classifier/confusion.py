@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from typing_extensions import override
 
 from classifier.files import run_dir, write_csv
 from classifier.model import as_classifier
@@ -100,6 +101,7 @@ class ConfusionMatrix(PlottingCallback):
         #: The last matrix written per stage (rows: true class).
         self.matrices: dict[str, torch.Tensor] = {}
 
+    @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write the validation matrix on schedule."""
         last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
@@ -107,6 +109,7 @@ class ConfusionMatrix(PlottingCallback):
         if not trainer.sanity_checking and due:
             self._write(trainer, pl_module, "val")
 
+    @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write the test matrix."""
         self._write(trainer, pl_module, "test")

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
+from typing_extensions import override
 
 from classifier.datasets import ImageDataset
 from classifier.files import run_dir, write_csv
@@ -178,6 +179,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             std=hp["std"] or backbone.get("std", IMAGENET_STD),
         )
 
+    @override
     def setup(self, stage: str) -> None:
         """Read the splits the stage needs, pre-scan them and build the datasets."""
         module = self.trainer.lightning_module if self.trainer is not None else None
@@ -356,6 +358,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             return per_rank // self.batch_size
         return -(-per_rank // self.batch_size)
 
+    @override
     def train_dataloader(self) -> DataLoader[Any]:
         """Shuffled or weighted, sharded across processes; the last partial batch is dropped."""
         rank, world = self._rank()
@@ -380,18 +383,22 @@ class ImageFolderDataModule(pl.LightningDataModule):
         sampler = ShardSampler(len(self.datasets[name]), rank, world)
         return DataLoader(sampler=sampler, **self._loader_kwargs(name, self.eval_batch_size))
 
+    @override
     def val_dataloader(self) -> DataLoader[Any]:
         """In file order, each image on exactly one process."""
         return self._eval_loader("val")
 
+    @override
     def test_dataloader(self) -> DataLoader[Any]:
         """In file order, each image on exactly one process."""
         return self._eval_loader("test")
 
+    @override
     def predict_dataloader(self) -> DataLoader[Any]:
         """In file order, each image on exactly one process."""
         return self._eval_loader("predict")
 
+    @override
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Normalise ``uint8`` images on the device they were sent to."""
         images, labels, indices = batch

@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
 from classifier.files import run_dir, write_json
 from classifier.plots import bar_chart, log_image, save_figure, submit_figure
@@ -41,6 +42,7 @@ class DatasetStatistics(Callback):
         self.plots = plots
         self.stats: dict[str, Any] = {}
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Collect statistics on rank 0."""
         if not trainer.is_global_zero:

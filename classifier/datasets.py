@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, get_worker_info
+from typing_extensions import override
 
 from classifier.images import load_rgb
 
@@ -79,6 +80,7 @@ class ImageDataset(Dataset[Sample]):
     def __len__(self) -> int:
         return len(self.paths)
 
+    @override
     def __getitem__(self, key: SampleKey) -> Sample:
         if isinstance(key, int):
             return self._load(key)

@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from typing_extensions import override
 
 from classifier.files import run_dir, safe_name, write_json
 from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, bar_chart, log_image, save_figure
@@ -39,6 +40,7 @@ class SamplerDistribution(PlottingCallback):
         super().__init__(plot_time_share)
         self.epochs: list[dict[str, Any]] = []
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Gather the epoch's draw (every rank) and report it (rank 0)."""
         dm = trainer.datamodule  # type: ignore[attr-defined]
@@ -109,10 +111,12 @@ class SamplerDistribution(PlottingCallback):
             )
         Console().print(table)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         """Per-epoch records, kept across resume."""
         return {"epochs": self.epochs}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.epochs = list(state_dict.get("epochs", []))

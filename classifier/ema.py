@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
+from typing_extensions import override
 
 #: ((averaged floats, current floats), (averaged others, current others)).
 TensorGroups = tuple[
@@ -62,6 +63,7 @@ class EMA(WeightAveraging):
             return self.decay
         return min(self.decay, (1 + step) / (10 + step))
 
+    @override
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         """Update after optimizer steps only (never at epoch ends)."""
         if step_idx is None:
@@ -88,6 +90,7 @@ class EMA(WeightAveraging):
         else:  # integer buffers such as BatchNorm's num_batches_tracked
             torch._foreach_copy_(averaged, current)
 
+    @override
     def on_train_batch_end(
         self,
         trainer: pl.Trainer,
@@ -136,11 +139,13 @@ class EMA(WeightAveraging):
             ([averaged[i] for i in others], [current[i] for i in others]),
         )
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Create the averaged model (Lightning) and forget tensors paired in an earlier fit."""
         super().setup(trainer, pl_module, stage)
         self._groups = None
 
+    @override
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:

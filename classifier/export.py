@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+from typing_extensions import override
 
 from classifier.files import atomic_write_bytes, run_dir, write_json
 from classifier.model import as_classifier
@@ -41,6 +42,7 @@ class _Exportable(nn.Module):
         self.mean = nn.Buffer(torch.tensor(pre.mean).view(1, 3, 1, 1) * 255)
         self.std = nn.Buffer(torch.tensor(pre.std).view(1, 3, 1, 1) * 255)
 
+    @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.uint8_input:
             images = (images.float() - self.mean) / self.std
@@ -169,6 +171,7 @@ class OnnxExport(Callback):
         #: Paths of the files exported by the last run.
         self.paths: list[Path] = []
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Export (rank 0 only) once training has finished."""
         if not trainer.is_global_zero or trainer.interrupted:

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from typing_extensions import override
 
 from classifier.files import run_dir, write_csv
 from classifier.model import as_classifier
@@ -48,10 +49,12 @@ class TrainingHistory(PlottingCallback):
         self._loss_sum: torch.Tensor | None = None
         self._steps = 0
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start the epoch's loss average."""
         self._loss_sum, self._steps = None, 0
 
+    @override
     def on_train_batch_end(
         self,
         trainer: pl.Trainer,
@@ -67,6 +70,7 @@ class TrainingHistory(PlottingCallback):
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
             self._steps += 1
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Append the epoch's row and rewrite the files (before checkpoints are saved)."""
         if trainer.sanity_checking or trainer.state.fn != "fit":
@@ -129,11 +133,13 @@ class TrainingHistory(PlottingCallback):
         path = save_figure(figure, folder / "metrics_history.png")
         log_image(trainer, "history/metrics", path, step)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         """The rows so far and the running epoch's loss sum (for mid-epoch resume)."""
         loss = float(self._loss_sum) if self._loss_sum is not None else None
         return {"rows": self.rows, "loss_sum": loss, "steps": self._steps}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue the rows (and a partly done epoch) of a resumed run."""
         self.rows = list(state_dict.get("rows", []))

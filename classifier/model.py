@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
+from typing_extensions import override
 
 from classifier import rng
 from classifier.backbone import create_backbone
@@ -164,12 +165,14 @@ class ImageClassifier(pl.LightningModule):
         """How many files of ``stage`` could not be read (left out of every metric)."""
         return cast(SumMetric, self.unreadable_counts[stage])
 
+    @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a normalised ``float`` NCHW batch."""
         if self.hparams["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
         return cast(torch.Tensor, self.model(images))
 
+    @override
     def setup(self, stage: str) -> None:
         """Take the preprocessing and the loss weights from the data module."""
         if stage == "fit" and self.hparams["compile"]:
@@ -199,6 +202,7 @@ class ImageClassifier(pl.LightningModule):
         on = off is None or self.current_epoch < off
         return self.mixup_fn is not None and on and batch_size % 2 == 0
 
+    @override
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """Cross-entropy (label smoothing, class weights), or soft-target CE under mixing."""
         images, labels, _ = batch
@@ -225,6 +229,7 @@ class ImageClassifier(pl.LightningModule):
         self._window_steps += 1
         return cast(torch.Tensor, loss)
 
+    @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Every ``log_every_n_steps`` batches, one host read: stop if the loss became NaN/inf,
         and show the interval's mean loss in the progress bar.
@@ -270,10 +275,12 @@ class ImageClassifier(pl.LightningModule):
         self.confmat(stage).update(logits.argmax(1), labels)
         return {"logits": logits.detach(), "losses": losses.detach(), "indices": indices}
 
+    @override
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """Update loss, summary metrics and confusion matrix; return per-image outputs."""
         return self._eval_step("val", batch)
 
+    @override
     def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """As :meth:`validation_step`, for the test split."""
         return self._eval_step("test", batch)
@@ -314,20 +321,24 @@ class ImageClassifier(pl.LightningModule):
                 "are in the warnings above (the files changed after the pre-scan?)."
             )
 
+    @override
     def on_validation_epoch_end(self) -> None:
         """Log ``val/*`` metrics and write ``val_per_class.csv`` (skipped in sanity checks)."""
         self._eval_epoch_end("val")
 
+    @override
     def on_test_epoch_end(self) -> None:
         """Log ``test/*`` metrics and write ``test_per_class.csv``."""
         self._eval_epoch_end("test")
 
+    @override
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """Class probabilities with the dataset indices and labels (-1 if unknown)."""
         images, labels, indices = batch
         probs = self(images).float().softmax(dim=1)
         return {"probs": probs, "labels": labels, "indices": indices}
 
+    @override
     def configure_optimizers(self) -> Any:
         """timm's optimizer factory (no decay on norms/biases) and a per-step LR schedule."""
         from timm.optim import create_optimizer_v2
@@ -365,6 +376,8 @@ class ImageClassifier(pl.LightningModule):
         dm = self.trainer.datamodule  # type: ignore[attr-defined]
         return stepping_batches(self.trainer, dm.train_batches_per_epoch())
 
+    @override
+    @override
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
         cls,
@@ -391,6 +404,7 @@ class ImageClassifier(pl.LightningModule):
         )
         return loaded
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store class names, preprocessing and RNG states so the checkpoint describes itself
         and a resumed run continues exactly."""
@@ -401,12 +415,14 @@ class ImageClassifier(pl.LightningModule):
         if self.preprocessing is not None:
             checkpoint["preprocessing"] = self.preprocessing.to_dict()
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the preprocessing saved by :meth:`on_save_checkpoint`."""
         if "preprocessing" in checkpoint:
             self.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])
         self._rng_states = checkpoint.get("rng_states")
 
+    @override
     def on_train_start(self) -> None:
         """Restore the RNG states of a resumed run right before its first training step."""
         if self._rng_states is not None:
@@ -414,10 +430,12 @@ class ImageClassifier(pl.LightningModule):
             self._rng_states = None
         self._first_epoch = True
 
+    @override
     def on_train_epoch_end(self) -> None:
         """Report training images that failed to load this epoch (``train/unreadable``)."""
         self._report_unreadable("train")
 
+    @override
     def on_train_epoch_start(self) -> None:
         """Redraw a stale first epoch of a resumed run.
 

@@ -9,6 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
 from classifier.export import contract
 from classifier.files import run_dir, write_json
@@ -68,6 +69,7 @@ class ModelInfo(Callback):
         self.repeats = repeats
         self.info: dict[str, Any] = {}
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Measure on rank 0 and write the files."""
         if not trainer.is_global_zero:

@@ -17,6 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
 from classifier.files import atomic_write_bytes
 
@@ -177,14 +178,17 @@ class PlottingCallback(Callback):
     def __init__(self, plot_time_share: float = PLOT_TIME_SHARE) -> None:
         self.draws = DrawBudget(plot_time_share)
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start the drawing budget's clock."""
         self.draws.restart()
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Draw the newest figures if they wait."""
         self.draws.flush()
 
+    @override
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
@@ -193,6 +197,7 @@ class PlottingCallback(Callback):
         self.draws.flush()
         wait_for_figures()
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Wait for the figures before Lightning closes the loggers that receive them (the
         end-of-fit figures render while the export runs in ``on_fit_end``)."""

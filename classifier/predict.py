@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
 
 from classifier.datasets import UNREADABLE
 from classifier.dist import gather_objects
@@ -33,10 +34,12 @@ class PredictionWriter(Callback):
         self._rows: list[tuple[int, int, list[float]]] = []
         self.path: Path | None = None
 
+    @override
     def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start a new table."""
         self._rows = []
 
+    @override
     def on_predict_batch_end(
         self,
         trainer: pl.Trainer,
@@ -53,6 +56,7 @@ class PredictionWriter(Callback):
         ):
             self._rows.append((index, label, row))
 
+    @override
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Gather every rank's rows and write the CSV on rank 0."""
         rows = sorted(r for part in gather_objects(self._rows) for r in part)

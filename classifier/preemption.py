@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from typing_extensions import override
 
 from classifier.files import run_dir
 
@@ -26,6 +27,7 @@ class PreemptionCheckpoint(Callback):
     def __init__(self) -> None:
         self.path: Path | None = None
 
+    @override
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
+from typing_extensions import override
 
 #: What the training sampler yields: (dataset index, seed, epoch, position in the epoch).
 #: The dataset seeds each sample's augmentation from it, so augmentation does not depend on
@@ -78,6 +79,7 @@ class EpochSampler(Sampler[Key]):
         padding = -len(order) % self.world_size
         return torch.cat([order, order[:padding]]) if padding else order
 
+    @override
     def __iter__(self) -> Iterator[Key]:
         start = 0
         if self.resume_at is not None:
@@ -116,6 +118,7 @@ class ShardSampler(Sampler[int]):
         self.rank = rank
         self.world_size = world_size
 
+    @override
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.rank, self.num_samples, self.world_size))
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from typing_extensions import override
 
 from classifier.dist import gather_objects
 from classifier.files import run_dir
@@ -83,6 +84,7 @@ class SampleGrids(PlottingCallback):
         self._candidates: list[torch.Tensor] = []
         self._train_done = False
 
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -101,10 +103,12 @@ class SampleGrids(PlottingCallback):
         grid = partial(_save_grid, trainer, list(shown), captions, colours, title, path, 0)
         submit_figure(f"train_batch@{id(self)}", grid)
 
+    @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start collecting candidates."""
         self._candidates = []
 
+    @override
     def on_validation_batch_end(
         self,
         trainer: pl.Trainer,
@@ -138,6 +142,7 @@ class SampleGrids(PlottingCallback):
             )
         )
 
+    @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Pick the overall top images across processes and draw the gallery."""
         last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs

@@ -19,7 +19,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from typing_extensions import override
 
 from classifier.checkpoint import CheckpointError, load_checkpoint
-from classifier.files import FILE_MODE
+from classifier.files import file_mode
 
 
 class SafeCheckpointIO(CheckpointIO):
@@ -159,7 +159,7 @@ def _save_file(checkpoint: dict[str, Any], target: str) -> None:
             torch.save(checkpoint, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, FILE_MODE)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -262,16 +262,22 @@ def _figures_written() -> Iterator[None]:
         wait_for_figures()
 
 
+@contextmanager
+def _quiet_args_warning() -> Iterator[None]:
+    """Silence, for this command only, Lightning's warning that ``args`` and ``sys.argv`` are
+    both given: ``args`` is how the checkpoint layer is inserted, and sys.argv stays as typed."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        yield
+
+
 def main(args: list[str] | None = None) -> Any:
     """Run the ``classifier`` command line (``args`` default to ``sys.argv[1:]``)."""
     # sys.argv stays as typed: Lightning's DDP launcher re-runs it in every child process.
     argv = list(sys.argv[1:] if args is None else args)
-    # `args` is how the checkpoint layer is inserted; Lightning warns when sys.argv has
-    # arguments too, which is expected here.
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     if _command(argv) == "fit":
         argv = resolve_last(argv)
-    with _checkpoint_layer(argv) as (argv, layer_ckpt), _figures_written():
+    with _checkpoint_layer(argv) as (argv, layer_ckpt), _figures_written(), _quiet_args_warning():
         return ClassifierCLI(
             ImageClassifier,
             ImageFolderDataModule,

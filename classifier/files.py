@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -15,15 +16,22 @@ from typing import Any
 import lightning.pytorch as pl
 
 
-def _file_mode() -> int:
-    """Permissions of a newly created file under this process's umask (0o644 under 022)."""
-    mask = os.umask(0)
-    os.umask(mask)
+@functools.cache
+def file_mode() -> int:
+    """Permissions of a newly created file under this process's umask (0o644 under 022).
+
+    Read from ``/proc/self/status`` where Linux offers it; elsewhere ``os.umask`` can only be
+    read by setting it, which is done once, on the first write, never at import.
+    """
+    try:
+        status = Path("/proc/self/status").read_text()
+        mask = int(
+            next(line for line in status.splitlines() if line.startswith("Umask:")).split()[1], 8
+        )
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
     return 0o666 & ~mask
-
-
-#: Read once at import: ``os.umask`` can only be read by setting it.
-FILE_MODE = _file_mode()
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
@@ -39,7 +47,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.chmod(tmp, FILE_MODE if mode is None else mode)
+        os.chmod(tmp, file_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -96,3 +96,13 @@ def test_installed_command_runs_as_a_subprocess() -> None:
         cwd=REPO,
     )
     assert export.returncode == 0 and "--ckpt_path" in export.stdout
+
+
+def test_a_command_leaves_the_process_warning_filters_alone(image_folder: Path) -> None:
+    import warnings
+
+    import classifier.cli  # noqa: F401 (import-time filters are not the command's)
+
+    before = list(warnings.filters)
+    run_cli(*tiny("fit", image_folder, "--trainer.max_epochs", "1"))
+    assert not [f for f in warnings.filters if f not in before]

@@ -60,8 +60,8 @@ class ResumableLoader(DataLoader[Any]):
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Skip the consumed samples if the run resumes inside the same epoch."""
         sampler = self.sampler
-        assert isinstance(sampler, EpochSampler) and self.batch_size is not None
-        sampler.resume(int(state["epoch"]), int(state["samples"]), sampler.usable)
+        assert isinstance(sampler, EpochSampler)
+        sampler.resume(int(state["epoch"]), int(state["samples"]))
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
@@ -345,18 +345,20 @@ class ImageFolderDataModule(pl.LightningDataModule):
         current: Any = self.trainer.fit_loop.epoch_loop.batch_progress.current
         return int(current.processed)
 
+    def _per_rank(self) -> int:
+        """Training samples each process draws per epoch."""
+        return -(-len(self.splits["train"]) // self._rank()[1])
+
     def _drop_last(self) -> bool:
         """Drop the last partial training batch (as timm's and torchvision's reference scripts
         do): a final batch of one image breaks BatchNorm. Kept when it is the only batch."""
-        per_rank = -(-len(self.splits["train"]) // self._rank()[1])
-        return per_rank >= self.batch_size
+        return self._per_rank() >= self.batch_size
 
     def train_batches_per_epoch(self) -> int:
         """Training batches each process runs per epoch (before ``limit_train_batches``)."""
-        per_rank = -(-len(self.splits["train"]) // self._rank()[1])
         if self._drop_last():
-            return per_rank // self.batch_size
-        return -(-per_rank // self.batch_size)
+            return self._per_rank() // self.batch_size
+        return -(-self._per_rank() // self.batch_size)
 
     @override
     def train_dataloader(self) -> DataLoader[Any]:
@@ -369,12 +371,13 @@ class ImageFolderDataModule(pl.LightningDataModule):
             weights = (1.0 / counts.clamp(min=1))[labels]
         seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
         self.train_sampler = EpochSampler(len(labels), weights, seed, rank, world)
-        if self._drop_last():
+        drop_last = self._drop_last()
+        if drop_last:
             self.train_sampler.usable = self.train_batches_per_epoch() * self.batch_size
         return ResumableLoader(
             sampler=self.train_sampler,
             progress=self._consumed_batches,
-            drop_last=self._drop_last(),
+            drop_last=drop_last,
             **self._loader_kwargs("train", self.batch_size),
         )
 

@@ -277,15 +277,15 @@ def export_checkpoint(
     model.load_state_dict(checkpoint["state_dict"])
     pre = Preprocessing.from_dict(checkpoint["preprocessing"])
     path = Path(output) if output else default_output(Path(ckpt_path))
-    files = [path, sidecar(path, "labels_mapping.json"), sidecar(path, "export_report.json")]
-    existing = [str(f) for f in files if f.exists()]
+    mapping, report_file = sidecar(path, "labels_mapping.json"), sidecar(path, "export_report.json")
+    existing = [str(f) for f in (path, mapping, report_file) if f.exists()]
     if existing and not overwrite:
         raise ExportError(
             f"{', '.join(existing)} exist(s); pass --overwrite true to replace, or --output FILE."
         )
     net = model.model.eval()
     export_onnx(net, path, names, pre, opset, uint8_input, simplify)
-    write_json(sidecar(path, "labels_mapping.json"), contract(names, pre, uint8_input))
+    write_json(mapping, contract(names, pre, uint8_input))
     folder = Path(images) if images else Path(config["data"].get("data_dir", "data")) / "val"
     report: dict[str, Any] = {"file": path.name, "opset": opset}
     if verify_images and folder.is_dir():
@@ -302,7 +302,7 @@ def export_checkpoint(
         report["passed"] = (
             report["max_abs_logit_diff"] <= atol and report["top1_agreement"] >= min_agreement
         )
-        write_json(sidecar(path, "export_report.json"), report)
+        write_json(report_file, report)
         if not report["passed"]:
             raise ExportError(f"{path} disagrees with PyTorch: {report}")
     print(f"Exported {path}: {report}")

@@ -28,15 +28,16 @@ def summary_metrics(num_classes: int, ignore_index: int | None = None) -> Metric
 
     Samples labelled ``ignore_index`` (unreadable files) are not counted.
     """
-    ignore = ignore_index
     metrics: dict[str, MulticlassAccuracy | MulticlassF1Score] = {
-        "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro", ignore_index=ignore),
-        "balanced_acc": MulticlassAccuracy(num_classes, average="macro", ignore_index=ignore),
-        "f1_macro": MulticlassF1Score(num_classes, average="macro", ignore_index=ignore),
+        "top1": MulticlassAccuracy(
+            num_classes, top_k=1, average="micro", ignore_index=ignore_index
+        ),
+        "balanced_acc": MulticlassAccuracy(num_classes, average="macro", ignore_index=ignore_index),
+        "f1_macro": MulticlassF1Score(num_classes, average="macro", ignore_index=ignore_index),
     }
     if num_classes > 5:
         metrics["top5"] = MulticlassAccuracy(
-            num_classes, top_k=5, average="micro", ignore_index=ignore
+            num_classes, top_k=5, average="micro", ignore_index=ignore_index
         )
     return MetricCollection(metrics)  # type: ignore[arg-type]
 

@@ -377,7 +377,6 @@ class ImageClassifier(pl.LightningModule):
         return stepping_batches(self.trainer, dm.train_batches_per_epoch())
 
     @override
-    @override
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
         cls,

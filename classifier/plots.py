@@ -226,10 +226,9 @@ def save_figure(figure: Any, path: Path) -> Path:
     return path
 
 
-def log_image(trainer: pl.Trainer, key: str, path: Path, step: int | None = None) -> None:
-    """Send a PNG to every logger that takes images (TensorBoard, WandB), at ``step`` (default:
-    the trainer's current step; figures drawn in the background pass the step they show)."""
-    step = trainer.global_step if step is None else step
+def log_image(trainer: pl.Trainer, key: str, path: Path, step: int) -> None:
+    """Send a PNG to every logger that takes images (TensorBoard, WandB), at ``step``: the step
+    the figure shows, taken when it was requested (it is drawn later, in the background)."""
     for logger in trainer.loggers:
         name = type(logger).__name__
         target: Any = logger

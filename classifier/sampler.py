@@ -94,14 +94,14 @@ class EpochSampler(Sampler[Key]):
     def __len__(self) -> int:
         return -(-self.num_samples // self.world_size)
 
-    def resume(self, epoch: int, consumed: int, usable: int | None = None) -> None:
+    def resume(self, epoch: int, consumed: int) -> None:
         """Continue after a checkpoint taken when ``consumed`` samples of ``epoch`` were used.
 
         Lightning creates the first iterator of a resumed run before it calls ``set_epoch``,
-        so the epoch to draw is pinned here. ``usable`` is how many of this rank's samples an
-        epoch trains on (fewer than ``len(self)`` when the loader drops its last partial batch).
+        so the epoch to draw is pinned here. An epoch ends after :attr:`usable` samples when the
+        loader drops its last partial batch.
         """
-        if consumed >= (len(self) if usable is None else usable):
+        if consumed >= (len(self) if self.usable is None else self.usable):
             self.resume_at = (epoch + 1, 0)
         else:
             self.resume_at = (epoch, consumed)

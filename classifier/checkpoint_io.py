@@ -19,7 +19,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from typing_extensions import override
 
 from classifier.checkpoint import CheckpointError, load_checkpoint
-from classifier.files import file_mode
+from classifier.files import atomic_write
 
 
 class SafeCheckpointIO(CheckpointIO):
@@ -151,19 +151,7 @@ def _state_key(checkpoint: dict[str, Any]) -> str:
 
 def _save_file(checkpoint: dict[str, Any], target: str) -> None:
     """``torch.save`` into a new temporary file beside ``target``, synced, then renamed."""
-    folder = os.path.dirname(target) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ckpt.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(Path(target), lambda handle: torch.save(checkpoint, handle), sync=True)
 
 
 def _link_or_copy(source: str, target: str) -> None:

@@ -9,9 +9,9 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import lightning.pytorch as pl
 
@@ -34,24 +34,41 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written).
+def atomic_write(
+    path: Path, write: Callable[[BinaryIO], object], mode: int | None = None, sync: bool = False
+) -> None:
+    """Write ``path`` through a temporary file and a rename, so it is never half-written.
 
     The temporary file is created exclusively (``mkstemp``) in the target folder, so nothing
-    planted at a predictable name can redirect the write. The file gets the usual permissions
-    (``0o644`` under umask 022) unless ``mode`` says otherwise, so teammates and tools can read
-    a run's outputs.
+    planted at a predictable name can redirect the write, and the rename replaces a link at
+    ``path`` instead of writing through it. The file gets the usual permissions (``0o644``
+    under umask 022) unless ``mode`` says otherwise, so teammates and tools can read a run's
+    outputs.
+
+    Args:
+        path: the file to write.
+        write: writes the contents into the open binary file it is given.
+        mode: the file's permissions (default: as the umask gives new files).
+        sync: flush the data to disk before the rename (checkpoints: survive a crash).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.chmod(tmp, file_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` with :func:`atomic_write`."""
+    atomic_write(path, lambda handle: handle.write(data), mode)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -292,15 +292,25 @@ def main(args: list[str] | None = None) -> Any:
         )
 
 
+@contextmanager
+def one_line_errors(*extra: type[BaseException]) -> Iterator[None]:
+    """Print a user error (:data:`USER_ERRORS` and ``extra``) as one ``error:`` line and exit
+    with status 1, without a traceback; the console scripts run inside this."""
+    caught: tuple[type[BaseException], ...] = (*USER_ERRORS, *extra)
+    try:
+        yield
+    except caught as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
 def entry() -> None:
     """Console-script entry point (``classifier``): user errors as one line, SIGTERM as 143."""
     try:
-        main()
+        with one_line_errors():
+            main()
     except SIGTERMException:
         sys.exit(SIGTERM_EXIT_CODE)
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

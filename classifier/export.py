@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import sys
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -332,22 +331,13 @@ def main(args: list[str] | None = None) -> None:
     from jsonargparse import auto_cli
     from PIL import Image
 
-    from classifier.checkpoint import CheckpointError
-    from classifier.safety import UnsafeConfigError, enforce_import_policy
+    from classifier.cli import one_line_errors
+    from classifier.safety import enforce_import_policy
 
     enforce_import_policy()
-    try:
+    # Beyond the CLI's user errors: unreadable verification images and bad paths.
+    with one_line_errors(OSError, ValueError, Image.DecompressionBombError):
         auto_cli(export_checkpoint, args=args, as_positional=False)
-    except (
-        CheckpointError,
-        UnsafeConfigError,
-        ExportError,
-        OSError,
-        ValueError,
-        Image.DecompressionBombError,
-    ) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def heatmap(matrix: torch.Tensor, names: list[str], title: str, normalized: bool
 class ConfusionMatrix(PlottingCallback):
     """Confusion matrices at the end of validation (every N epochs) and of test.
 
-    Reuses the counts the model accumulated during the epoch (``confmats`` metric, synchronised
+    Reuses the counts the model accumulated during the epoch (its ``StageMetrics``, synchronised
     across processes; no extra forward passes, sanity-check batches excluded). Writes
     ``confusion_matrix_<stage>.png`` (counts), ``confusion_matrix_<stage>_normalized.png`` (rows
     sum to 1), ``confusion_matrix_<stage>.csv`` and ``most_confused_<stage>.csv``. During fit
@@ -117,7 +117,8 @@ class ConfusionMatrix(PlottingCallback):
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # compute() gathers every rank's counts, so every rank must call it.
         model = as_classifier(pl_module)
-        confmat = model.confmat("val" if stage == "val" else "test").compute().cpu().long()
+        metrics = model.stage_metrics("val" if stage == "val" else "test")
+        confmat = metrics.confmat.compute().cpu().long()
         if not trainer.is_global_zero:
             return
         self.matrices[stage] = confmat

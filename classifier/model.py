@@ -8,17 +8,14 @@ from typing import Any, Literal, cast
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F  # noqa: N812
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim.lr_scheduler import LambdaLR
-from torchmetrics import MeanMetric, MetricCollection, SumMetric
-from torchmetrics.classification import MulticlassConfusionMatrix
 from typing_extensions import override
 
 from classifier import rng
 from classifier.backbone import create_backbone
-from classifier.datasets import UNREADABLE
+from classifier.evaluation import StageMetrics, warn_unreadable
 from classifier.files import run_dir
-from classifier.metrics import confusion_matrix, summary_metrics, write_per_class_csv
+from classifier.metrics import summary_metrics, write_per_class_csv
 from classifier.optim import Schedule, lr_multiplier, stepping_batches
 from classifier.sampler import EpochSampler
 from classifier.transforms import Preprocessing
@@ -139,31 +136,13 @@ class ImageClassifier(pl.LightningModule):
         self.train_top1 = summary_metrics(self.num_classes)["top1"]
         # In checkpoints, so an epoch resumed mid-way reports accuracy over all its batches.
         self.train_top1.persistent(True)
-        self.metrics = torch.nn.ModuleDict(
-            {s: summary_metrics(self.num_classes, UNREADABLE) for s in ("val", "test")}
+        self.evaluation = torch.nn.ModuleDict(
+            {s: StageMetrics(self.num_classes) for s in ("val", "test")}
         )
-        self.confmats = torch.nn.ModuleDict(
-            {s: confusion_matrix(self.num_classes, UNREADABLE) for s in ("val", "test")}
-        )
-        self.losses = torch.nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
-        #: Files that could not be read, left out of every metric (summed over processes).
-        self.unreadable_counts = torch.nn.ModuleDict({s: SumMetric() for s in ("val", "test")})
 
-    def summary(self, stage: EvalStage) -> MetricCollection:
-        """The ``top1``/``top5``/``balanced_acc``/``f1_macro`` metrics of ``stage``."""
-        return cast(MetricCollection, self.metrics[stage])
-
-    def confmat(self, stage: EvalStage) -> MulticlassConfusionMatrix:
-        """The confusion-matrix metric of ``stage`` (synchronised across processes)."""
-        return cast(MulticlassConfusionMatrix, self.confmats[stage])
-
-    def mean_loss(self, stage: EvalStage) -> MeanMetric:
-        """The mean per-image cross-entropy of ``stage``."""
-        return cast(MeanMetric, self.losses[stage])
-
-    def unreadable(self, stage: EvalStage) -> SumMetric:
-        """How many files of ``stage`` could not be read (left out of every metric)."""
-        return cast(SumMetric, self.unreadable_counts[stage])
+    def stage_metrics(self, stage: EvalStage) -> StageMetrics:
+        """Loss, summary metrics, confusion matrix and unreadable count of ``stage``."""
+        return cast(StageMetrics, self.evaluation[stage])
 
     @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -267,12 +246,7 @@ class ImageClassifier(pl.LightningModule):
     def _eval_step(self, stage: EvalStage, batch: Batch) -> dict[str, torch.Tensor]:
         images, labels, indices = batch
         logits = self(images)
-        losses = F.cross_entropy(logits.float(), labels, reduction="none", ignore_index=UNREADABLE)
-        readable = labels != UNREADABLE  # unreadable files count nowhere (no host sync here)
-        self.mean_loss(stage).update(losses, weight=readable.float())
-        self.unreadable(stage).update((~readable).sum())
-        self.summary(stage).update(logits, labels)
-        self.confmat(stage).update(logits.argmax(1), labels)
+        losses = self.stage_metrics(stage).update(logits, labels)
         return {"logits": logits.detach(), "losses": losses.detach(), "indices": indices}
 
     @override
@@ -286,40 +260,21 @@ class ImageClassifier(pl.LightningModule):
         return self._eval_step("test", batch)
 
     def _eval_epoch_end(self, stage: EvalStage) -> None:
+        metrics = self.stage_metrics(stage)
         if not self.trainer.sanity_checking:
-            values = {f"{stage}/{k}": v for k, v in self.summary(stage).compute().items()}
-            values[f"{stage}/loss"] = self.mean_loss(stage).compute()
-            self.log_dict(values, prog_bar=stage == "val")
-            self._report_unreadable(stage)
-            confmat = self.confmat(stage).compute()
+            values = metrics.compute_logged()
+            self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
+            self._log_unreadable(stage, int(metrics.unreadable.compute()))
+            confmat = metrics.confmat.compute()
             if self.trainer.is_global_zero:
                 path = run_dir(self.trainer) / f"{stage}_per_class.csv"
                 write_per_class_csv(path, confmat, self.class_names)
-        for metric in (self.summary(stage), self.confmat(stage), self.mean_loss(stage)):
-            metric.reset()
-        self.unreadable(stage).reset()
+        metrics.reset()
 
-    def _report_unreadable(self, stage: Literal["train", "val", "test"]) -> None:
-        """Log ``{stage}/unreadable`` and warn when files could not be read."""
-        if stage == "train":
-            datamodule: Any = getattr(self.trainer, "datamodule", None)
-            local = datamodule.new_failures("train") if hasattr(datamodule, "new_failures") else 0
-            # On the module's device: NCCL (GPU DDP) has no CPU tensors.
-            total = torch.tensor(local, device=self.device)
-            count = int(self.trainer.strategy.reduce(total, reduce_op="sum"))
-        else:
-            count = int(self.unreadable(stage).compute())
+    def _log_unreadable(self, stage: str, count: int) -> None:
+        """Log ``{stage}/unreadable`` (in metrics.csv) and warn when files could not be read."""
         self.log(f"{stage}/unreadable", float(count), sync_dist=False)
-        if count:
-            what = (
-                "were replaced by the next readable image"
-                if stage == "train"
-                else "were left out of the metrics"
-            )
-            rank_zero_warn(
-                f"{count} {stage} image(s) could not be read this epoch and {what}; their paths "
-                "are in the warnings above (the files changed after the pre-scan?)."
-            )
+        warn_unreadable(stage, count)
 
     @override
     def on_validation_epoch_end(self) -> None:
@@ -432,7 +387,11 @@ class ImageClassifier(pl.LightningModule):
     @override
     def on_train_epoch_end(self) -> None:
         """Report training images that failed to load this epoch (``train/unreadable``)."""
-        self._report_unreadable("train")
+        datamodule: Any = getattr(self.trainer, "datamodule", None)
+        local = datamodule.new_failures("train") if hasattr(datamodule, "new_failures") else 0
+        # On the module's device: NCCL (GPU DDP) has no CPU tensors.
+        total = torch.tensor(local, device=self.device)
+        self._log_unreadable("train", int(self.trainer.strategy.reduce(total, reduce_op="sum")))
 
     @override
     def on_train_epoch_start(self) -> None:

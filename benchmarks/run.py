@@ -59,7 +59,7 @@ def bench_pipeline(data: Path) -> dict[str, float]:
     )
     split = read_split("train", data / "train", sorted(p.name for p in (data / "train").iterdir()))
     ours = ImageDataset(split.paths, split.labels, train_transform(pre))
-    mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
+    mean, std = pre.mean_std()
     plain = datasets.ImageFolder(
         str(data / "train"),
         v2.Compose(

@@ -408,10 +408,6 @@ class ImageFolderDataModule(pl.LightningDataModule):
         if images.dtype == torch.uint8:
             assert self.preprocessing is not None
             if self._mean_std is None or self._mean_std[0].device != images.device:
-                pre = self.preprocessing
-                self._mean_std = (
-                    torch.tensor(pre.mean, device=images.device).view(1, 3, 1, 1),
-                    torch.tensor(pre.std, device=images.device).view(1, 3, 1, 1),
-                )
+                self._mean_std = self.preprocessing.mean_std(images.device)
             images = normalize(images, *self._mean_std)
         return images, labels, indices

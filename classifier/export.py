@@ -38,8 +38,8 @@ class _Exportable(nn.Module):
         super().__init__()
         self.net = net
         self.uint8_input = uint8_input
-        self.mean = nn.Buffer(torch.tensor(pre.mean).view(1, 3, 1, 1) * 255)
-        self.std = nn.Buffer(torch.tensor(pre.std).view(1, 3, 1, 1) * 255)
+        mean, std = pre.mean_std(scale=255.0)
+        self.mean, self.std = nn.Buffer(mean), nn.Buffer(std)
 
     @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,6 @@ from typing import Any, Literal, cast
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch.optim.lr_scheduler import LambdaLR
 from typing_extensions import override
 
@@ -15,6 +14,7 @@ from classifier import rng
 from classifier.backbone import create_backbone
 from classifier.evaluation import StageMetrics, warn_unreadable
 from classifier.files import run_dir
+from classifier.losses import cross_entropy, mixed_cross_entropy
 from classifier.metrics import summary_metrics, write_per_class_csv
 from classifier.optim import Schedule, lr_multiplier, stepping_batches
 from classifier.sampler import EpochSampler
@@ -23,8 +23,9 @@ from classifier.transforms import Preprocessing
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _mixup(mixup: float, cutmix: float, label_smoothing: float, num_classes: int) -> Any:
-    """timm's ``Mixup`` (soft targets with label smoothing folded in), or ``None``."""
+def _mixup(mixup: float, cutmix: float, num_classes: int) -> Any:
+    """timm's ``Mixup`` giving mixed one-hot targets (the loss applies label smoothing), or
+    ``None``."""
     if mixup <= 0 and cutmix <= 0:
         return None
     from timm.data import Mixup
@@ -32,7 +33,7 @@ def _mixup(mixup: float, cutmix: float, label_smoothing: float, num_classes: int
     return Mixup(
         mixup_alpha=mixup,
         cutmix_alpha=cutmix,
-        label_smoothing=label_smoothing,
+        label_smoothing=0.0,
         num_classes=num_classes,
     )
 
@@ -132,7 +133,7 @@ class ImageClassifier(pl.LightningModule):
         self.register_buffer("_loss_window", torch.zeros(()), persistent=False)
         self._window_steps = 0
         self._reported_step = 0
-        self.mixup_fn = _mixup(mixup, cutmix, label_smoothing, self.num_classes)
+        self.mixup_fn = _mixup(mixup, cutmix, self.num_classes)
         self.train_top1 = summary_metrics(self.num_classes)["top1"]
         # In checkpoints, so an epoch resumed mid-way reports accuracy over all its batches.
         self.train_top1.persistent(True)
@@ -183,20 +184,17 @@ class ImageClassifier(pl.LightningModule):
 
     @override
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        """Cross-entropy (label smoothing, class weights), or soft-target CE under mixing."""
+        """Cross-entropy with label smoothing and class weights, of hard or mixed targets
+        (normalised alike, see :mod:`classifier.losses`)."""
         images, labels, _ = batch
         weight = self.class_weights if self.use_class_weights else None
+        smoothing = self.hparams["label_smoothing"]
         if self._mixing(len(images)):
-            images, soft = self.mixup_fn(images, labels)
-            logits = self(images)
-            log_probs = F.log_softmax(logits, dim=1)
-            per_class = soft * log_probs if weight is None else soft * log_probs * weight
-            loss = -per_class.sum(1).mean()
+            images, mix = self.mixup_fn(images, labels)
+            loss = mixed_cross_entropy(self(images), mix, weight, smoothing)
         else:
             logits = self(images)
-            loss = F.cross_entropy(
-                logits, labels, weight=weight, label_smoothing=self.hparams["label_smoothing"]
-            )
+            loss = cross_entropy(logits, labels, weight, smoothing)
             self.train_top1.update(logits.detach(), labels)
             self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
         # Loggers read it every log interval; the bar shows the interval mean (see below).
@@ -206,7 +204,7 @@ class ImageClassifier(pl.LightningModule):
         self._finite &= torch.isfinite(detached)
         self._loss_window += detached
         self._window_steps += 1
-        return cast(torch.Tensor, loss)
+        return loss
 
     @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -72,6 +72,15 @@ class Preprocessing:
             "input_range": "float32: (pixel / 255 - mean) / std",
         }
 
+    def mean_std(
+        self, device: torch.device | str | None = None, scale: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std as ``1x3x1x1`` float tensors (times ``scale``: 255 for pixel values),
+        the shape :func:`normalize` broadcasts over an NCHW batch."""
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1) * scale
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1) * scale
+        return mean, std
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
         """Inverse of :meth:`to_dict` (extra keys are ignored)."""
@@ -134,6 +143,5 @@ def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
 
 def denormalize(images: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     """Normalised float NCHW batch back to RGB in [0, 1], for showing images."""
-    mean = torch.tensor(pre.mean, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std, device=images.device).view(1, 3, 1, 1)
+    mean, std = pre.mean_std(images.device)
     return (images.float() * std + mean).clamp(0, 1)

@@ -45,8 +45,7 @@ def verify_onnx(
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     transform = eval_transform(pre)
-    mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std).view(1, 3, 1, 1)
+    mean, std = pre.mean_std()
     net = net.eval()
     agree, correct_torch, correct_onnx, max_diff = 0, 0, 0, 0.0
     for start in range(0, len(paths), batch_size):

@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 
 CONF = Path(__file__).parent / "conf"
+#: ``tiny.yaml`` with every callback the shipped configs use, layered from ``callbacks.yaml``.
+FULL = ["--config", str(CONF / "tiny.yaml"), "--config", str(CONF / "callbacks.yaml")]
 REPO = Path(__file__).parent.parent
 
 #: One colour per class: separable at a glance, so a tiny model learns it in a few steps.
@@ -105,11 +107,11 @@ def classifier_process(
     )
 
 
-def tiny(command: str, data: Path, *extra: str, config: str = "tiny.yaml") -> list[str]:
-    """Arguments for a fast run of ``tests/conf/<config>`` (default tiny.yaml) on ``data``."""
-    return [command, "--config", str(CONF / config), "--data.data_dir", str(data), *extra]
+def tiny(command: str, data: Path, *extra: str) -> list[str]:
+    """Arguments for a fast run of ``tests/conf/tiny.yaml`` on ``data``."""
+    return [command, "--config", str(CONF / "tiny.yaml"), "--data.data_dir", str(data), *extra]
 
 
 def full(command: str, data: Path, *extra: str) -> list[str]:
-    """As :func:`tiny`, with every callback the shipped configs use (``full.yaml``)."""
-    return tiny(command, data, *extra, config="full.yaml")
+    """As :func:`tiny`, with every callback the shipped configs use (:data:`FULL`)."""
+    return [command, *FULL, "--data.data_dir", str(data), *extra]

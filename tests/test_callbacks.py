@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import CONF, make_folder, run_cli
+from tests.conftest import FULL, REPO, make_folder, run_cli
 
 EPOCHS = 3
 
@@ -30,8 +31,7 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     try:
         cli: Any = run_cli(
             "fit",
-            "--config",
-            str(CONF / "full.yaml"),
+            *FULL,
             "--data.data_dir",
             str(data),
             "--trainer.max_epochs",
@@ -220,3 +220,32 @@ def test_run_files_have_the_permissions_of_any_new_file(
     assert {
         str(p.relative_to(full_run["run"])) for p in files if p.stat().st_mode & 0o777 != expected
     } == set()
+
+
+def test_the_full_run_covers_every_callback_the_shipped_configs_use(
+    full_run: dict[str, Any],
+) -> None:
+    import importlib
+
+    import yaml
+
+    shipped = set()
+    for config in sorted((REPO / "configs").glob("*.yaml")):
+        for entry in yaml.safe_load(config.read_text())["trainer"]["callbacks"]:
+            module, _, name = entry["class_path"].rpartition(".")
+            shipped.add(getattr(importlib.import_module(module), name))
+    ran = {type(c) for c in full_run["cli"].trainer.callbacks}
+    assert shipped, "configs/ name no callbacks"
+    assert not {c.__name__ for c in shipped} - {c.__name__ for c in ran}
+    assert all(any(issubclass(r, c) for r in ran) for c in shipped)
+
+
+def test_the_shipped_warm_up_and_schedule_reach_the_optimizer(full_run: dict[str, Any]) -> None:
+    # callbacks.yaml sets warmup_epochs 0.5 like the shipped configs; LearningRateMonitor
+    # logs every step: 16 images x 3 classes / batch 8 = 6 steps per epoch, so 3 warm-up steps.
+    rows = [r for r in _csv(full_run["run"] / "metrics.csv") if r.get("lr-AdamW/pg1")]
+    lrs = [float(r["lr-AdamW/pg1"]) for r in rows]  # pg2: no weight decay, same rate
+    assert len(lrs) == 6 * EPOCHS
+    base = 0.01  # tiny.yaml
+    assert lrs[:4] == pytest.approx([base / 4, 2 * base / 4, 3 * base / 4, base])
+    assert lrs[-1] < lrs[4] and all(a >= b for a, b in itertools.pairwise(lrs[3:]))

@@ -106,3 +106,12 @@ def test_a_command_leaves_the_process_warning_filters_alone(image_folder: Path) 
     before = list(warnings.filters)
     run_cli(*tiny("fit", image_folder, "--trainer.max_epochs", "1"))
     assert not [f for f in warnings.filters if f not in before]
+
+
+def test_invalid_value_names_the_argument(
+    image_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        run_cli(*tiny("fit", image_folder, "--data.sampler", "balanced"))
+    err = capsys.readouterr().err
+    assert "sampler" in err and "balanced" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -69,3 +70,19 @@ def test_auto_class_weights_are_inverse_frequency(folder_factory) -> None:  # ty
 def test_checkpoint_classes_must_match_train(image_folder: Path) -> None:
     with pytest.raises(DataError, match="differ from the folders"):
         _setup(image_folder, class_names=["cat", "dog", "owl"])
+
+
+def test_empty_class_folder_in_val_is_a_warning_in_train_an_error(folder_factory: Any) -> None:
+    from classifier.data import ImageFolderDataModule
+    from classifier.folder import DataError
+
+    root = folder_factory()
+    (root / "val" / "owl").mkdir()
+    (root / "train" / "owl").mkdir()
+    with pytest.raises(DataError, match="without images: owl"):
+        ImageFolderDataModule(str(root), num_workers=0).setup("fit")
+    (root / "train" / "owl" / "a.png").write_bytes(
+        (root / "train" / "cat" / "cat_000.png").read_bytes()
+    )
+    with pytest.warns(UserWarning, match="empty class folder"):
+        ImageFolderDataModule(str(root), num_workers=0).setup("fit")

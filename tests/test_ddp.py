@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CONF, classifier_process, make_folder, run_cli
+from tests.conftest import FULL, classifier_process, make_folder, run_cli
 
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 
@@ -39,8 +39,7 @@ def test_ddp_metrics_confusion_and_weighted_shards_match_one_process(tmp_path: P
     ddp_dir.mkdir()
     common = [
         "fit",
-        "--config",
-        str(CONF / "full.yaml"),
+        *FULL,
         "--data.data_dir",
         str(data),
         "--data.sampler",
@@ -60,7 +59,7 @@ def test_ddp_metrics_confusion_and_weighted_shards_match_one_process(tmp_path: P
 
     # Validate the same checkpoint with 1 and 2 processes: identical counts and metrics.
     best = str(one / "checkpoints" / "best.ckpt")
-    validate = ["validate", "--ckpt_path", best, "--config", str(CONF / "full.yaml")]
+    validate = ["validate", "--ckpt_path", best, *FULL]
     os.chdir(single_dir)
     alone: Any = run_cli(*validate, "--data.data_dir", str(data))
     alone_dir = single_dir / alone.trainer.log_dir

@@ -10,20 +10,18 @@ import torch
 import yaml
 
 from classifier.ema import EMA
-from tests.conftest import CONF, run_cli
+from tests.conftest import CONF, FULL, run_cli
 from tests.probes import probe
 
-FULL = str(CONF / "full.yaml")
 
-
-def _monitor_loss(folder: Path) -> str:
-    """full.yaml with best.ckpt chosen by val/loss (a score raw weights would not reproduce)."""
-    config = yaml.safe_load(Path(FULL).read_text())
+def _monitor_loss(folder: Path) -> list[str]:
+    """:data:`FULL` with best.ckpt chosen by val/loss (a score raw weights would not reproduce)."""
+    config = yaml.safe_load((CONF / "callbacks.yaml").read_text())
     checkpoint = config["trainer"]["callbacks"][0]["init_args"]
     checkpoint.update(monitor="val/loss", mode="min")
     path = folder / "loss_monitor.yaml"
     path.write_text(yaml.safe_dump(config))
-    return str(path)
+    return ["--config", str(CONF / "tiny.yaml"), "--config", str(path)]
 
 
 def test_decay_warms_up() -> None:
@@ -69,7 +67,7 @@ def test_cpu_average_of_a_gpu_model() -> None:
 
 def test_best_checkpoint_scores_and_tests_ema_weights(image_folder: Path) -> None:
     config = _monitor_loss(image_folder.parent)
-    cli: Any = run_cli("fit", "--config", config, "--data.data_dir", str(image_folder))
+    cli: Any = run_cli("fit", *config, "--data.data_dir", str(image_folder))
     checkpoint = cli.trainer.checkpoint_callback
     best = torch.load(checkpoint.best_model_path, weights_only=True)
     raw, averaged = best["current_model_state"], best["state_dict"]
@@ -83,13 +81,12 @@ def test_best_checkpoint_scores_and_tests_ema_weights(image_folder: Path) -> Non
 
 
 def test_resume_restores_raw_and_ema_weights(image_folder: Path) -> None:
-    first: Any = run_cli("fit", "--config", FULL, "--data.data_dir", str(image_folder))
+    first: Any = run_cli("fit", *FULL, "--data.data_dir", str(image_folder))
     last = Path(first.trainer.log_dir) / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
     resumed: Any = run_cli(
         "fit",
-        "--config",
-        FULL,
+        *FULL,
         "--data.data_dir",
         str(image_folder),
         "--trainer.max_epochs",

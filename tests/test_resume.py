@@ -10,11 +10,10 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import CONF, classifier_process, run_cli
+from tests.conftest import FULL, classifier_process, run_cli
 
 ARGS = [
-    "--config",
-    str(CONF / "full.yaml"),
+    *FULL,
     "--trainer.max_epochs",
     "4",
     "--trainer.deterministic",
@@ -67,3 +66,19 @@ def test_stop_mid_epoch_then_resume_is_bitwise_equal(
     whole_losses, resumed_losses = _losses(first), _losses(second)
     assert resumed_losses and all(whole_losses[s] == v for s, v in resumed_losses.items())
     assert (first / "history.csv").read_text() == (second / "history.csv").read_text()
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    from classifier import rng
+
+    torch.manual_seed(1)
+    states = rng.capture()
+    first = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    torch.save({"rng_states": states}, tmp_path / "states.pt")
+    random.random(), np.random.rand(), torch.rand(3)  # move every generator on
+    rng.restore(torch.load(tmp_path / "states.pt", weights_only=True)["rng_states"])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == first

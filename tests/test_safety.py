@@ -85,15 +85,6 @@ def test_nan_loss_stops_without_overwriting_checkpoints(image_folder: Path) -> N
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-def test_invalid_value_names_the_argument(
-    image_folder: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit):
-        run_cli(*tiny("fit", image_folder, "--data.sampler", "balanced"))
-    err = capsys.readouterr().err
-    assert "sampler" in err and "balanced" in err
-
-
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_143(image_folder: Path, tmp_path: Path) -> None:
     result = classifier_process(
@@ -114,20 +105,6 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(image_folder: Path, tmp_path: 
     )  # mid-epoch, exact step (4 full batches an epoch)
 
 
-def test_local_safetensors_weights_load_without_internet(tmp_path: Path) -> None:
-    import timm
-    from safetensors.torch import save_file
-
-    from classifier.backbone import create_backbone
-
-    source = timm.create_model("resnet10t", pretrained=False, num_classes=1000)
-    path = tmp_path / "resnet10t.safetensors"
-    save_file(source.state_dict(), str(path))
-    model = create_backbone("resnet10t", num_classes=3, pretrained=str(path))
-    assert torch.equal(model.state_dict()["conv1.0.weight"], source.state_dict()["conv1.0.weight"])
-    assert model.state_dict()["fc.weight"].shape == (3, 512)  # a new head for 3 classes
-
-
 def test_secrets_in_the_environment_never_reach_run_files(
     image_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,19 +116,3 @@ def test_secrets_in_the_environment_never_reach_run_files(
     for path in run.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
-
-
-def test_empty_class_folder_in_val_is_a_warning_in_train_an_error(folder_factory: Any) -> None:
-    from classifier.data import ImageFolderDataModule
-    from classifier.folder import DataError
-
-    root = folder_factory()
-    (root / "val" / "owl").mkdir()
-    (root / "train" / "owl").mkdir()
-    with pytest.raises(DataError, match="without images: owl"):
-        ImageFolderDataModule(str(root), num_workers=0).setup("fit")
-    (root / "train" / "owl" / "a.png").write_bytes(
-        (root / "train" / "cat" / "cat_000.png").read_bytes()
-    )
-    with pytest.warns(UserWarning, match="empty class folder"):
-        ImageFolderDataModule(str(root), num_workers=0).setup("fit")

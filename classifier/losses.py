@@ -1,0 +1,44 @@
+"""The training loss: cross-entropy with class weights and label smoothing, for hard labels and
+for the mixed targets of MixUp/CutMix, normalised the same way in both cases.
+
+PyTorch's ``F.cross_entropy`` divides a class-weighted loss by the summed weights of the
+targets, but a probability-target loss by the batch size, so the same batch would weigh
+differently with and without mixing. :func:`mixed_cross_entropy` divides by the summed
+weights of the mixed targets, which is the hard-label normalisation when the mix is one-hot.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+
+def cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Mean cross-entropy of integer ``labels``: each image counts with its class's weight."""
+    return F.cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing)
+
+
+def mixed_cross_entropy(
+    logits: torch.Tensor,
+    mix: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Cross-entropy of mixed targets (rows of ``mix`` sum to 1; label smoothing not folded in).
+
+    Equals :func:`cross_entropy` when ``mix`` is one-hot. Label smoothing moves
+    ``label_smoothing`` of each target uniformly over the classes, as PyTorch does.
+    """
+    classes = logits.shape[1]
+    target = mix * (1.0 - label_smoothing) + label_smoothing / classes
+    log_probs = F.log_softmax(logits.float(), dim=1)
+    if weight is None:
+        return -(target * log_probs).sum(1).mean()
+    # Each image weighs as much as its (mixed) class: the denominator F.cross_entropy uses.
+    per_image = -(target * log_probs * weight).sum(1)
+    return per_image.sum() / (mix * weight).sum()

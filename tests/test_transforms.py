@@ -1,0 +1,78 @@
+"""Training augmentations and the evaluation pipeline keep the uint8 contract and do their job."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from classifier.transforms import (
+    Preprocessing,
+    denormalize,
+    eval_transform,
+    normalize,
+    train_transform,
+)
+
+PRE = Preprocessing.from_crop_pct(32, 0.875, "bilinear", (0.5, 0.25, 0.75), (0.2, 0.2, 0.2))
+
+
+def _image() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (3, 48, 60), dtype=torch.uint8, generator=generator)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"auto_augment": "randaugment"},
+        {"auto_augment": "trivialaugment"},
+        {"color_jitter": 0.4},
+        {"random_erasing": 1.0},
+    ],
+    ids=["randaugment", "trivialaugment", "color_jitter", "random_erasing"],
+)
+def test_each_augmentation_keeps_uint8_and_size_and_changes_pixels(
+    options: dict[str, object],
+) -> None:
+    plain = train_transform(PRE, scale=(1.0, 1.0), hflip=0.0)
+    augmented = train_transform(PRE, scale=(1.0, 1.0), hflip=0.0, **options)  # type: ignore[arg-type]
+    changed = 0
+    for seed in range(8):
+        torch.manual_seed(seed)
+        reference = plain(_image())
+        torch.manual_seed(seed)
+        out = augmented(_image())
+        assert out.dtype == torch.uint8 and out.shape == (3, 32, 32)
+        changed += not torch.equal(out, reference)
+    assert changed >= 4
+
+
+def test_random_erasing_fills_with_the_mean_colour() -> None:
+    transform = train_transform(PRE, scale=(1.0, 1.0), hflip=0.0, random_erasing=1.0)
+    torch.manual_seed(0)
+    out = transform(torch.zeros(3, 64, 64, dtype=torch.uint8))
+    filled = out.flatten(1).amax(1)  # erased area is the only non-zero part
+    assert filled.tolist() == [round(m * 255) for m in PRE.mean]
+    assert normalize(out[None], *PRE.mean_std()).abs().amin() < 0.01  # mean colour -> 0
+
+
+def test_evaluation_resizes_the_short_side_then_centre_crops() -> None:
+    assert PRE.resize_size == 36
+    image = torch.zeros(3, 40, 80, dtype=torch.uint8)
+    image[:, :, 38:42] = 255  # a centred stripe survives the centre crop
+    out = eval_transform(PRE)(image)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+    assert out[:, :, 15:17].float().mean() > 200 and out[:, :, :5].max() == 0
+
+
+def test_normalize_and_denormalize_are_inverse() -> None:
+    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    floats = normalize(images, *PRE.mean_std())
+    assert floats.dtype == torch.float32
+    assert torch.allclose(denormalize(floats, PRE) * 255, images.float(), atol=1e-3)
+
+
+def test_preprocessing_round_trips_through_its_dict() -> None:
+    assert Preprocessing.from_dict(PRE.to_dict()) == PRE
+    with pytest.raises(ValueError, match="crop_pct"):
+        Preprocessing.from_crop_pct(32, 1.5, "bilinear", (0, 0, 0), (1, 1, 1))

@@ -13,6 +13,8 @@ import copy
 import io
 import json
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,23 +49,6 @@ class _Exportable(nn.Module):
             images = (images.float() - self.mean) / self.std
         out: torch.Tensor = self.net(images)
         return out
-
-
-def contract(class_names: list[str], pre: Preprocessing, uint8_input: bool) -> dict[str, Any]:
-    """The preprocessing contract written to ONNX metadata and ``labels_mapping.json``."""
-    info = pre.to_dict()
-    if uint8_input:
-        info["input_range"] = "uint8 RGB 0-255; normalisation is inside the graph"
-    return {
-        "class_names": class_names,
-        "labels": {str(i): name for i, name in enumerate(class_names)},
-        **info,
-        "input_dtype": "uint8" if uint8_input else "float32",
-        "input_name": "images",
-        "output_name": "logits",
-        "output": "logits (apply softmax for probabilities)",
-        "background_for_transparency": "white",
-    }
 
 
 def export_onnx(
@@ -104,7 +89,7 @@ def export_onnx(
     model = onnx.load_from_string(graph.getvalue())
     if simplify:
         model = _simplify(model)
-    for key, value in contract(class_names, pre, uint8_input).items():
+    for key, value in pre.contract(class_names, uint8_input).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
     onnx.checker.check_model(model)
@@ -127,11 +112,73 @@ def _simplify(model: Any) -> Any:
     return model
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export and when an export passes (see :class:`OnnxExport` for each field)."""
+
+    opset: int = 18
+    simplify: bool = True
+    uint8_input: bool = False
+    verify_images: int = 64
+    atol: float = 1e-3
+    min_agreement: float = 0.99
+
+    def __post_init__(self) -> None:
+        if self.opset < OPSET_MIN:
+            raise ValueError(f"opset must be >= {OPSET_MIN}, got {self.opset}")
+
+    def passed(self, report: dict[str, Any]) -> bool:
+        """The one pass rule: logits within ``atol`` and top-1 agreement of ``min_agreement``."""
+        return bool(
+            report["max_abs_logit_diff"] <= self.atol
+            and report["top1_agreement"] >= self.min_agreement
+        )
+
+
+def export_and_verify(
+    net: nn.Module,
+    path: Path,
+    class_names: list[str],
+    pre: Preprocessing,
+    options: ExportOptions,
+    images: tuple[Sequence[Path], Sequence[int]] | None = None,
+) -> dict[str, Any]:
+    """Export ``net`` to ``path``, describe it, verify it on ``images`` and report.
+
+    The one export routine (the ``OnnxExport`` callback and ``classifier-export`` both call
+    it) and the only writer of the files beside the model: ``labels_mapping.json`` and
+    ``export_report.json`` (see :func:`sidecar`). Verification uses up to
+    ``options.verify_images`` of ``images`` (paths, labels), spread over the list.
+
+    Raises:
+        ExportError: the ONNX model disagrees with ``net`` beyond the options' tolerances
+            (the report is written first).
+    """
+    net = copy.deepcopy(net).cpu().float().eval()  # leave the caller's model where it is
+    export_onnx(net, path, class_names, pre, options.opset, options.uint8_input, options.simplify)
+    write_json(sidecar(path, "labels_mapping.json"), pre.contract(class_names, options.uint8_input))
+    report: dict[str, Any] = {"file": path.name, "opset": options.opset, "verified": False}
+    chosen = spread(images[0], options.verify_images) if images else []
+    if images and chosen:
+        paths, labels = [images[0][i] for i in chosen], [images[1][i] for i in chosen]
+        report |= verify_onnx(path, net, paths, labels, pre, options.uint8_input)
+        report |= {"verified": True, "passed": options.passed(report)}
+    write_json(sidecar(path, "export_report.json"), report)
+    if report.get("passed") is False:
+        raise ExportError(
+            f"ONNX export {path} disagrees with PyTorch: top-1 agreement "
+            f"{report['top1_agreement']:.4f} (min {options.min_agreement}), max |logit "
+            f"difference| {report['max_abs_logit_diff']:.2e} (atol {options.atol})."
+        )
+    return report
+
+
 class OnnxExport(Callback):
     """Export the trained model to ONNX at the end of ``fit`` and verify it.
 
-    Writes ``model.onnx`` (or ``model_best.onnx`` and ``model_final.onnx`` with ``all``),
-    ``labels_mapping.json`` and ``export_report.json`` into the run folder. Verification runs
+    Writes ``model.onnx``, ``labels_mapping.json`` and ``export_report.json`` into the run
+    folder (with ``all``: ``model_best.onnx``, ``model_best.labels_mapping.json``, ...,
+    ``model_final.onnx``, ...). Verification runs
     the file with onnxruntime on real validation images against the PyTorch model; a top-1
     disagreement rate or logit difference beyond tolerance raises an error.
 
@@ -158,15 +205,10 @@ class OnnxExport(Callback):
         atol: float = 1e-3,
         min_agreement: float = 0.99,
     ) -> None:
-        if opset < OPSET_MIN:
-            raise ValueError(f"opset must be >= {OPSET_MIN}, got {opset}")
         self.export = export
-        self.opset = opset
-        self.simplify = simplify
-        self.uint8_input = uint8_input
-        self.verify_images = verify_images
-        self.atol = atol
-        self.min_agreement = min_agreement
+        self.options = ExportOptions(
+            opset, simplify, uint8_input, verify_images, atol, min_agreement
+        )
         #: Paths of the files exported by the last run.
         self.paths: list[Path] = []
 
@@ -187,43 +229,21 @@ class OnnxExport(Callback):
             targets.append(("final", as_classifier(pl_module).model))
         datamodule = trainer.datamodule  # type: ignore[attr-defined]
         val = datamodule.splits.get("val") if datamodule is not None else None
-        reports = {}
-        for name, net in targets:
-            filename = "model.onnx" if len(targets) == 1 else f"model_{name}.onnx"
-            reports[name] = self._export_one(pl_module, net, folder / filename, val)
-        only = next(iter(reports.values()))
-        write_json(folder / "export_report.json", reports if len(reports) > 1 else only)
-
-    def _export_one(
-        self, pl_module: pl.LightningModule, net: nn.Module, path: Path, val: Any
-    ) -> dict[str, Any]:
         model = as_classifier(pl_module)
-        names, pre = model.class_names, model.preprocessing
-        if pre is None:
+        if model.preprocessing is None:
             raise ExportError("the model has no preprocessing; was it set up by a data module?")
-        net = copy.deepcopy(net).cpu().float().eval()  # leave the training model where it is
-        export_onnx(net, path, names, pre, self.opset, self.uint8_input, self.simplify)
-        write_json(path.parent / "labels_mapping.json", contract(names, pre, self.uint8_input))
-        self.paths.append(path)
-        report: dict[str, Any] = {"file": path.name, "opset": self.opset}
-        if self.verify_images and val is not None:
-            chosen = spread(val.paths, self.verify_images)
-            paths = [val.paths[i] for i in chosen]
-            labels = [val.labels[i] for i in chosen]
-            report |= verify_onnx(path, net, paths, labels, pre, self.uint8_input)
-            report["passed"] = (
-                report["max_abs_logit_diff"] <= self.atol
-                and report["top1_agreement"] >= self.min_agreement
+        for name, net in targets:
+            path = folder / ("model.onnx" if len(targets) == 1 else f"model_{name}.onnx")
+            report = export_and_verify(
+                net,
+                path,
+                model.class_names,
+                model.preprocessing,
+                self.options,
+                (val.paths, val.labels) if val is not None else None,
             )
-            if not report["passed"]:
-                write_json(path.parent / "export_report.json", report)
-                raise ExportError(
-                    f"ONNX export {path} disagrees with PyTorch: top-1 agreement "
-                    f"{report['top1_agreement']:.4f} (min {self.min_agreement}), max |logit "
-                    f"difference| {report['max_abs_logit_diff']:.2e} (atol {self.atol})."
-                )
-        rank_zero_info(f"Exported {path}: {report}")
-        return report
+            self.paths.append(path)
+            rank_zero_info(f"Exported {path}: {report}")
 
 
 def _load_weights(pl_module: pl.LightningModule, ckpt_path: str) -> nn.Module:
@@ -276,34 +296,23 @@ def export_checkpoint(
     model.load_state_dict(checkpoint["state_dict"])
     pre = Preprocessing.from_dict(checkpoint["preprocessing"])
     path = Path(output) if output else default_output(Path(ckpt_path))
-    mapping, report_file = sidecar(path, "labels_mapping.json"), sidecar(path, "export_report.json")
-    existing = [str(f) for f in (path, mapping, report_file) if f.exists()]
+    described = (path, sidecar(path, "labels_mapping.json"), sidecar(path, "export_report.json"))
+    existing = [str(f) for f in described if f.exists()]
     if existing and not overwrite:
         raise ExportError(
             f"{', '.join(existing)} exist(s); pass --overwrite true to replace, or --output FILE."
         )
-    net = model.model.eval()
-    export_onnx(net, path, names, pre, opset, uint8_input, simplify)
-    write_json(mapping, contract(names, pre, uint8_input))
     folder = Path(images) if images else Path(config["data"].get("data_dir", "data")) / "val"
-    report: dict[str, Any] = {"file": path.name, "opset": opset}
-    if verify_images and folder.is_dir():
-        split = read_unlabelled(folder, names)
-        chosen = spread(split.paths, verify_images)
-        report |= verify_onnx(
-            path,
-            net,
-            [split.paths[i] for i in chosen],
-            [split.labels[i] for i in chosen],
-            pre,
-            uint8_input,
-        )
-        report["passed"] = (
-            report["max_abs_logit_diff"] <= atol and report["top1_agreement"] >= min_agreement
-        )
-        write_json(report_file, report)
-        if not report["passed"]:
-            raise ExportError(f"{path} disagrees with PyTorch: {report}")
+    split = read_unlabelled(folder, names) if verify_images and folder.is_dir() else None
+    options = ExportOptions(opset, simplify, uint8_input, verify_images, atol, min_agreement)
+    report = export_and_verify(
+        model.model,
+        path,
+        names,
+        pre,
+        options,
+        (split.paths, split.labels) if split is not None else None,
+    )
     print(f"Exported {path}: {report}")
     return path
 

@@ -11,7 +11,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from classifier.export import contract
 from classifier.files import run_dir, write_json
 from classifier.model import as_classifier
 
@@ -56,8 +55,7 @@ def measure_latency(
 class ModelInfo(Callback):
     """Print and save parameters, weight size, GMACs and latency when fit starts.
 
-    Writes ``model_info.json`` and ``labels_mapping.json`` (class index to name plus the
-    preprocessing contract) into the run folder, and prints a table.
+    Writes ``model_info.json`` into the run folder and prints a table.
 
     Args:
         batch_sizes: batch sizes whose latency and images/s are measured on the training device.
@@ -67,7 +65,6 @@ class ModelInfo(Callback):
     def __init__(self, batch_sizes: tuple[int, ...] = (1, 32), repeats: int = 5) -> None:
         self.batch_sizes = batch_sizes
         self.repeats = repeats
-        self.info: dict[str, Any] = {}
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -101,10 +98,8 @@ class ModelInfo(Callback):
                 "images_per_s": round(batch / seconds, 1),
             }
         net.train(was_training)
-        self.info = info
         folder = run_dir(trainer)
         write_json(folder / "model_info.json", info)
-        write_json(folder / "labels_mapping.json", contract(pl_module.class_names, pre, False))  # type: ignore[arg-type]
         self._print(info)
 
     @staticmethod

@@ -81,6 +81,23 @@ class Preprocessing:
         std = torch.tensor(self.std, device=device).view(1, 3, 1, 1) * scale
         return mean, std
 
+    def contract(self, class_names: list[str], uint8_input: bool = False) -> dict[str, Any]:
+        """Everything a consumer of an exported model needs: classes, preprocessing and input/
+        output description (ONNX metadata and ``labels_mapping.json``)."""
+        info = self.to_dict()
+        if uint8_input:
+            info["input_range"] = "uint8 RGB 0-255; normalisation is inside the graph"
+        return {
+            "class_names": class_names,
+            "labels": {str(i): name for i, name in enumerate(class_names)},
+            **info,
+            "input_dtype": "uint8" if uint8_input else "float32",
+            "input_name": "images",
+            "output_name": "logits",
+            "output": "logits (apply softmax for probabilities)",
+            "background_for_transparency": "white",
+        }
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
         """Inverse of :meth:`to_dict` (extra keys are ignored)."""

@@ -96,8 +96,6 @@ def test_model_info_counts_the_models_parameters(full_run: dict[str, Any]) -> No
     assert info["parameters"] == sum(p.numel() for p in model.model.parameters())
     assert info["gmacs"] > 0
     assert set(info["latency"]) == {"1", "4"}
-    mapping = json.loads((full_run["run"] / "labels_mapping.json").read_text())
-    assert mapping["labels"] == {"0": "cat", "1": "dog", "2": "fox"}
 
 
 def test_dataset_statistics(full_run: dict[str, Any]) -> None:
@@ -123,13 +121,16 @@ def test_sample_grids_are_written(full_run: dict[str, Any]) -> None:
 
 def test_onnx_matches_pytorch_on_real_images(full_run: dict[str, Any]) -> None:
     run = full_run["run"]
-    report = json.loads((run / "export_report.json").read_text())
-    for kind in ("best", "final"):
-        assert report[kind]["passed"] is True
-        assert report[kind]["images"] == 18
-        assert report[kind]["top1_agreement"] == 1.0
-        assert report[kind]["max_abs_logit_diff"] < 1e-3
+    for kind in ("best", "final"):  # export: all writes each model's own report and mapping
+        report = json.loads((run / f"model_{kind}.export_report.json").read_text())
+        assert report["passed"] is True and report["verified"] is True
+        assert report["images"] == 18
+        assert report["top1_agreement"] == 1.0
+        assert report["max_abs_logit_diff"] < 1e-3
         assert (run / f"model_{kind}.onnx").is_file()
+        mapping = json.loads((run / f"model_{kind}.labels_mapping.json").read_text())
+        assert mapping["labels"] == {"0": "cat", "1": "dog", "2": "fox"}
+    assert not (run / "labels_mapping.json").exists()  # one writer, one name per model
     assert not list(run.glob("*.onnx.data"))  # one self-contained file
 
 

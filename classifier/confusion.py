@@ -10,8 +10,16 @@ import torch
 from typing_extensions import override
 
 from classifier.files import run_dir, write_csv
+from classifier.metrics import write_per_class_csv
 from classifier.model import as_classifier
-from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image, new_figure, save_figure
+from classifier.plots import (
+    PLOT_TIME_SHARE,
+    PlottingCallback,
+    epoch_due,
+    log_image,
+    new_figure,
+    save_figure,
+)
 
 
 def most_confused(confmat: torch.Tensor, class_names: list[str], top: int) -> list[list[Any]]:
@@ -74,7 +82,8 @@ class ConfusionMatrix(PlottingCallback):
     Reuses the counts the model accumulated during the epoch (its ``StageMetrics``, synchronised
     across processes; no extra forward passes, sanity-check batches excluded). Writes
     ``confusion_matrix_<stage>.png`` (counts), ``confusion_matrix_<stage>_normalized.png`` (rows
-    sum to 1), ``confusion_matrix_<stage>.csv`` and ``most_confused_<stage>.csv``. During fit
+    sum to 1), ``confusion_matrix_<stage>.csv``, ``<stage>_per_class.csv`` (support, precision,
+    recall, F1 per class) and ``most_confused_<stage>.csv``. During fit
     the CSV files follow every N epochs and the heatmaps are redrawn while that stays within
     ``plot_time_share`` of the run's time (always at the end of fit).
 
@@ -98,15 +107,11 @@ class ConfusionMatrix(PlottingCallback):
         self.every_n_epochs = max(1, every_n_epochs)
         self.max_classes = max_classes
         self.top_pairs = top_pairs
-        #: The last matrix written per stage (rows: true class).
-        self.matrices: dict[str, torch.Tensor] = {}
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write the validation matrix on schedule."""
-        last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-        due = (trainer.current_epoch + 1) % self.every_n_epochs == 0 or last
-        if not trainer.sanity_checking and due:
+        if epoch_due(trainer, self.every_n_epochs):
             self._write(trainer, pl_module, "val")
 
     @override
@@ -121,7 +126,6 @@ class ConfusionMatrix(PlottingCallback):
         confmat = metrics.confmat.compute().cpu().long()
         if not trainer.is_global_zero:
             return
-        self.matrices[stage] = confmat
         names = model.class_names
         folder = run_dir(trainer)
         write_csv(
@@ -129,6 +133,7 @@ class ConfusionMatrix(PlottingCallback):
             ["true \\ predicted", *names],
             [[name, *row] for name, row in zip(names, confmat.tolist(), strict=True)],
         )
+        write_per_class_csv(folder / f"{stage}_per_class.csv", confmat, names)
         write_csv(
             folder / f"most_confused_{stage}.csv",
             ["true", "predicted", "count", "share_of_true"],

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from classifier import rng
 from classifier.datasets import ImageDataset
 from classifier.files import run_dir, write_csv
 from classifier.folder import (
@@ -40,28 +41,58 @@ Stage = Literal["train", "val", "test", "predict"]
 
 
 class ResumableLoader(DataLoader[Any]):
-    """Training loader whose position Lightning saves in checkpoints.
+    """Training loader that owns exact resume.
 
-    A checkpoint written mid-epoch (on SIGTERM, or by ``every_n_train_steps``) records how many
-    batches of the epoch were consumed; resuming skips exactly those, so no sample is replayed
-    or skipped.
+    Its state (saved by Lightning in checkpoints written inside an epoch) holds the epoch and
+    how many of this rank's samples it consumed; resuming skips exactly those, so no sample is
+    replayed or skipped. The random generators' states of the checkpoint (dropout, drop-path
+    and MixUp draw from them; the data module carries them, because Lightning keeps loader
+    states only for unfinished epochs) are restored when its first iterator is created, right
+    before training continues. Each iterator draws the epoch Lightning is about to run, so an
+    iterator created before ``set_epoch`` (Lightning creates the first one early) is never stale.
+
+    Args:
+        progress: batches of the current epoch already consumed.
+        epoch: the epoch the trainer runs next.
+        rng_states: generator states to restore before the first iteration (a resumed run).
     """
 
-    def __init__(self, *args: Any, progress: Callable[[], int], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        progress: Callable[[], int],
+        epoch: Callable[[], int],
+        rng_states: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.progress = progress
+        self.epoch = epoch
+        self._rng_states = rng_states
+
+    def _epoch_sampler(self) -> EpochSampler:
+        sampler = self.sampler
+        assert isinstance(sampler, EpochSampler)
+        return sampler
+
+    @override
+    def __iter__(self) -> Any:
+        sampler = self._epoch_sampler()
+        if sampler.resume_at is None:
+            sampler.set_epoch(self.epoch())
+        if self._rng_states is not None:
+            rng.restore(self._rng_states)
+            self._rng_states = None
+        return super().__iter__()
 
     def state_dict(self) -> dict[str, int]:
         """The epoch and the number of this rank's samples already trained on."""
-        sampler = self.sampler
-        assert isinstance(sampler, EpochSampler) and self.batch_size is not None
-        return {"epoch": sampler.epoch, "samples": self.progress() * self.batch_size}
+        assert self.batch_size is not None
+        return {"epoch": self._epoch_sampler().epoch, "samples": self.progress() * self.batch_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Skip the consumed samples if the run resumes inside the same epoch."""
-        sampler = self.sampler
-        assert isinstance(sampler, EpochSampler)
-        sampler.resume(int(state["epoch"]), int(state["samples"]))
+        self._epoch_sampler().resume(int(state["epoch"]), int(state["samples"]))
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
@@ -139,6 +170,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.preprocessing: Preprocessing | None = None
         self.train_sampler: EpochSampler | None = None
         self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: Generator states of the checkpoint a resumed fit starts from.
+        self._rng_states: dict[str, Any] | None = None
         #: Failures of each split's dataset already reported by :meth:`new_failures`.
         self._reported_failures: dict[str, int] = {}
 
@@ -345,6 +378,13 @@ class ImageFolderDataModule(pl.LightningDataModule):
         current: Any = self.trainer.fit_loop.epoch_loop.batch_progress.current
         return int(current.processed)
 
+    def _next_epoch(self) -> int:
+        """The epoch the trainer runs next (what Lightning passes to ``set_epoch``)."""
+        if self.trainer is None:
+            return 0
+        current: Any = self.trainer.fit_loop.epoch_progress.current
+        return int(current.processed)
+
     def _per_rank(self) -> int:
         """Training samples each process draws per epoch."""
         return -(-len(self.splits["train"]) // self._rank()[1])
@@ -377,9 +417,21 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return ResumableLoader(
             sampler=self.train_sampler,
             progress=self._consumed_batches,
+            epoch=self._next_epoch,
+            rng_states=self._rng_states,
             drop_last=drop_last,
             **self._loader_kwargs("train", self.batch_size),
         )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """The random generators' states, saved in every checkpoint for exact resume."""
+        return {"rng_states": rng.capture()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep the checkpoint's generator states for the training loader to restore."""
+        self._rng_states = state_dict.get("rng_states")
 
     def _eval_loader(self, name: str) -> DataLoader[Any]:
         rank, world = self._rank()

@@ -9,7 +9,14 @@ import torch
 from typing_extensions import override
 
 from classifier.files import run_dir, safe_name, write_json
-from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, bar_chart, log_image, save_figure
+from classifier.plots import (
+    PLOT_TIME_SHARE,
+    PlottingCallback,
+    bar_chart,
+    last_epoch,
+    log_image,
+    save_figure,
+)
 
 
 def gather_drawn(drawn: torch.Tensor) -> torch.Tensor:
@@ -93,8 +100,7 @@ class SamplerDistribution(PlottingCallback):
             log_image(trainer, "data/sampler_distribution", path, step)
 
         self.draws.request(trainer, "sampler", draw)
-        last = trainer.max_epochs is not None and record["epoch"] + 1 >= trainer.max_epochs
-        if len(self.epochs) > 1 and not last:
+        if len(self.epochs) > 1 and not last_epoch(trainer, record["epoch"]):
             return  # the table is printed for the first and the last epoch; files every epoch
         from rich.console import Console
         from rich.table import Table

@@ -10,14 +10,11 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from typing_extensions import override
 
-from classifier import rng
 from classifier.backbone import create_backbone
 from classifier.evaluation import StageMetrics, warn_unreadable
-from classifier.files import run_dir
 from classifier.losses import cross_entropy, mixed_cross_entropy
-from classifier.metrics import summary_metrics, write_per_class_csv
+from classifier.metrics import summary_metrics
 from classifier.optim import Schedule, lr_multiplier, stepping_batches
-from classifier.sampler import EpochSampler
 from classifier.transforms import Preprocessing
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -127,8 +124,6 @@ class ImageClassifier(pl.LightningModule):
         self.preprocessing: Preprocessing | None = None
         self.register_buffer("class_weights", torch.ones(self.num_classes), persistent=False)
         self.use_class_weights = False
-        self._rng_states: dict[str, Any] | None = None
-        self._first_epoch = False
         self.register_buffer("_finite", torch.ones((), dtype=torch.bool), persistent=False)
         self.register_buffer("_loss_window", torch.zeros(()), persistent=False)
         self._window_steps = 0
@@ -263,10 +258,6 @@ class ImageClassifier(pl.LightningModule):
             values = metrics.compute_logged()
             self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
             self._log_unreadable(stage, int(metrics.unreadable.compute()))
-            confmat = metrics.confmat.compute()
-            if self.trainer.is_global_zero:
-                path = run_dir(self.trainer) / f"{stage}_per_class.csv"
-                write_per_class_csv(path, confmat, self.class_names)
         metrics.reset()
 
     def _log_unreadable(self, stage: str, count: int) -> None:
@@ -276,12 +267,12 @@ class ImageClassifier(pl.LightningModule):
 
     @override
     def on_validation_epoch_end(self) -> None:
-        """Log ``val/*`` metrics and write ``val_per_class.csv`` (skipped in sanity checks)."""
+        """Log ``val/*`` metrics (skipped in sanity checks)."""
         self._eval_epoch_end("val")
 
     @override
     def on_test_epoch_end(self) -> None:
-        """Log ``test/*`` metrics and write ``test_per_class.csv``."""
+        """Log ``test/*`` metrics."""
         self._eval_epoch_end("test")
 
     @override
@@ -358,12 +349,10 @@ class ImageClassifier(pl.LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store class names, preprocessing and RNG states so the checkpoint describes itself
-        and a resumed run continues exactly."""
+        """Store class names and preprocessing so the checkpoint describes itself."""
         if self._trainer is not None and self._trainer.training:
             self.check_finite()  # never write NaN weights over a good checkpoint
         checkpoint["class_names"] = self.class_names
-        checkpoint["rng_states"] = rng.capture()
         if self.preprocessing is not None:
             checkpoint["preprocessing"] = self.preprocessing.to_dict()
 
@@ -372,15 +361,6 @@ class ImageClassifier(pl.LightningModule):
         """Restore the preprocessing saved by :meth:`on_save_checkpoint`."""
         if "preprocessing" in checkpoint:
             self.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])
-        self._rng_states = checkpoint.get("rng_states")
-
-    @override
-    def on_train_start(self) -> None:
-        """Restore the RNG states of a resumed run right before its first training step."""
-        if self._rng_states is not None:
-            rng.restore(self._rng_states)
-            self._rng_states = None
-        self._first_epoch = True
 
     @override
     def on_train_epoch_end(self) -> None:
@@ -390,21 +370,6 @@ class ImageClassifier(pl.LightningModule):
         # On the module's device: NCCL (GPU DDP) has no CPU tensors.
         total = torch.tensor(local, device=self.device)
         self._log_unreadable("train", int(self.trainer.strategy.reduce(total, reduce_op="sum")))
-
-    @override
-    def on_train_epoch_start(self) -> None:
-        """Redraw a stale first epoch of a resumed run.
-
-        Lightning builds the train iterator before its first ``set_epoch`` call and reuses it
-        for the first epoch (with workers prefetching, epoch 0's order is already drawn); when
-        that iterator belongs to another epoch it is rebuilt here, before any batch is used.
-        """
-        sampler = getattr(self.trainer.datamodule, "train_sampler", None)  # type: ignore[attr-defined]
-        stale = isinstance(sampler, EpochSampler) and sampler.drawn_epoch != sampler.epoch
-        fetcher = self.trainer.fit_loop._data_fetcher
-        if self._first_epoch and stale and fetcher is not None:
-            iter(fetcher)
-        self._first_epoch = False
 
 
 def as_classifier(module: pl.LightningModule) -> ImageClassifier:

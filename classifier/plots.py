@@ -115,8 +115,6 @@ class DrawBudget:
     def __init__(self, share: float, submit: Submit = submit_figure) -> None:
         self.share = share
         self.submit = submit
-        #: Drawings handed to :attr:`submit` so far.
-        self.submitted = 0
         self.restart()
 
     def restart(self) -> None:
@@ -150,7 +148,6 @@ class DrawBudget:
 
     def _run(self, kind: str, draw: Callable[[], None]) -> None:
         self.pending = None
-        self.submitted += 1
 
         def timed() -> None:
             start = time.monotonic()
@@ -161,6 +158,22 @@ class DrawBudget:
                 self.spent += self.last_cost
 
         self.submit(f"{kind}@{id(self)}", timed)
+
+
+def last_epoch(trainer: pl.Trainer, epoch: int | None = None) -> bool:
+    """Whether ``epoch`` (default: the current one) is the last that ``max_epochs`` allows
+    (never, when only ``max_steps`` or time bounds the run: Lightning sets ``max_epochs=-1``)."""
+    epoch = trainer.current_epoch if epoch is None else epoch
+    limit = trainer.max_epochs
+    return limit is not None and limit >= 0 and epoch + 1 >= limit
+
+
+def epoch_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
+    """Whether a per-epoch output is due after this validation: every ``every_n_epochs`` epochs
+    and at the last epoch, never during the sanity check."""
+    if trainer.sanity_checking:
+        return False
+    return (trainer.current_epoch + 1) % max(1, every_n_epochs) == 0 or last_epoch(trainer)
 
 
 #: Default share of training wall time each plotting callback may spend redrawing figures

@@ -17,6 +17,7 @@ from classifier.model import as_classifier
 from classifier.plots import (
     PLOT_TIME_SHARE,
     PlottingCallback,
+    epoch_due,
     log_image,
     new_figure,
     save_figure,
@@ -145,9 +146,7 @@ class SampleGrids(PlottingCallback):
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Pick the overall top images across processes and draw the gallery."""
-        last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-        due = (trainer.current_epoch + 1) % self.every_n_epochs == 0 or last
-        if trainer.sanity_checking or not due:
+        if not epoch_due(trainer, self.every_n_epochs):
             return
         local = torch.cat(self._candidates).cpu() if self._candidates else torch.empty(0, 5)
         rows = torch.cat([torch.as_tensor(p) for p in gather_objects(local)])

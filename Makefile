@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/quickstart.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo data test test-fast lint format bench clean
+.PHONY: help install demo data test test-fast test-latest lint format bench clean
 
 help: ## Show this help.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,18 @@ test: $(STAMP) ## Install, then run the whole test suite.
 test-fast: $(STAMP) ## Run the tests not marked slow.
 	$(BIN)/python -m pytest -q -m "not slow"
 
+LATEST := .venv-latest
+# Requirement names from pyproject.toml with every version bound dropped.
+UNBOUNDED = $(BIN)/python -c 'import re, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(" ".join(re.split(r"[<>=!~; ]", r)[0] for r in p["dependencies"] + p["optional-dependencies"]["dev"]))'
+
+test-latest: $(STAMP) ## Newest release of every dependency, caps ignored, in .venv-latest/; then the suite (not run by CI).
+	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip
+	$(LATEST)/bin/pip install -q --upgrade $$($(UNBOUNDED))
+	$(LATEST)/bin/pip install -q --no-deps -e .
+	$(LATEST)/bin/pip list 2>/dev/null | grep -iE '^(lightning|jsonargparse|torch|timm|torchmetrics) '
+	$(LATEST)/bin/python -m pytest -q
+
 lint: $(STAMP) ## ruff (lint + format check) and mypy --strict on classifier/.
 	$(BIN)/ruff check classifier tests benchmarks
 	$(BIN)/ruff format --check classifier tests benchmarks
@@ -47,4 +59,4 @@ bench: $(STAMP) ## Print speed ratios measured side by side in one run (writes b
 	CLASSIFIER_ALLOWED_CLASS_PATHS=benchmarks. $(BIN)/python -m benchmarks.run
 
 clean: ## Remove the virtual environment, runs and caches (keeps data/).
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) runs .pytest_cache .mypy_cache .ruff_cache

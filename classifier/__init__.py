@@ -18,6 +18,7 @@ from classifier.data import ImageFolderDataModule
 from classifier.dataset_stats import DatasetStatistics
 from classifier.distribution import SamplerDistribution
 from classifier.ema import EMA
+from classifier.evaluation import PerClassReport
 from classifier.export import OnnxExport
 from classifier.history import TrainingHistory
 from classifier.model import ImageClassifier
@@ -33,6 +34,7 @@ __all__ = [
     "ImageFolderDataModule",
     "ModelInfo",
     "OnnxExport",
+    "PerClassReport",
     "PredictionWriter",
     "SampleGrids",
     "SamplerDistribution",

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import lightning.pytorch as pl
 import yaml
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -24,6 +25,7 @@ from classifier.backbone import BackboneError
 from classifier.checkpoint import CheckpointError, checkpoint_file, config_from_checkpoint
 from classifier.checkpoint_io import guard_checkpoint_loads
 from classifier.data import ImageFolderDataModule
+from classifier.evaluation import PerClassReport
 from classifier.files import run_dir
 from classifier.folder import DataError
 from classifier.model import ImageClassifier, NonFiniteLossError
@@ -124,13 +126,21 @@ class ClassifierCLI(LightningCLI):
         if ckpt and str(ckpt) not in _CKPT_KEYWORDS:
             checkpoint_file(ckpt)
 
+    def _ensure(self, callback: type[Callback]) -> None:
+        """Add a ``callback`` with default arguments unless the config has one."""
+        callbacks: list[Any] = getattr(self.trainer, "callbacks")  # noqa: B009 (set at runtime)
+        if not any(isinstance(c, callback) for c in callbacks):
+            callbacks.append(callback())
+
     def before_validate(self) -> None:
-        """Check ``ckpt_path`` before any data is read."""
+        """Check ``ckpt_path`` before any data is read; write the per-class report."""
         self._check_ckpt_path()
+        self._ensure(PerClassReport)
 
     def before_test(self) -> None:
-        """Check ``ckpt_path`` before any data is read."""
+        """Check ``ckpt_path`` before any data is read; write the per-class report."""
         self._check_ckpt_path()
+        self._ensure(PerClassReport)
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -150,16 +160,14 @@ class ClassifierCLI(LightningCLI):
     def before_predict(self) -> None:
         """Check ``ckpt_path``; make sure predictions are written to a CSV."""
         self._check_ckpt_path()
-        callbacks: list[Any] = getattr(self.trainer, "callbacks")  # noqa: B009 (set at runtime)
-        if not any(isinstance(c, PredictionWriter) for c in callbacks):
-            callbacks.append(PredictionWriter())
+        self._ensure(PredictionWriter)
 
     def before_fit(self) -> None:
-        """Check ``ckpt_path``; make sure a pre-empted run leaves a checkpoint to resume from."""
+        """Check ``ckpt_path``; make sure a pre-empted run leaves a checkpoint to resume from
+        and that the per-class reports are written."""
         self._check_ckpt_path()
-        callbacks: list[Any] = getattr(self.trainer, "callbacks")  # noqa: B009 (set at runtime)
-        if not any(isinstance(c, PreemptionCheckpoint) for c in callbacks):
-            callbacks.append(PreemptionCheckpoint())
+        self._ensure(PreemptionCheckpoint)
+        self._ensure(PerClassReport)
 
     def after_fit(self) -> None:
         """Print where the run's files are; optionally test the best checkpoint."""

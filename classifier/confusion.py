@@ -10,7 +10,6 @@ import torch
 from typing_extensions import override
 
 from classifier.files import run_dir, write_csv
-from classifier.metrics import write_per_class_csv
 from classifier.model import as_classifier
 from classifier.plots import (
     PLOT_TIME_SHARE,
@@ -82,8 +81,7 @@ class ConfusionMatrix(PlottingCallback):
     Reuses the counts the model accumulated during the epoch (its ``StageMetrics``, synchronised
     across processes; no extra forward passes, sanity-check batches excluded). Writes
     ``confusion_matrix_<stage>.png`` (counts), ``confusion_matrix_<stage>_normalized.png`` (rows
-    sum to 1), ``confusion_matrix_<stage>.csv``, ``<stage>_per_class.csv`` (support, precision,
-    recall, F1 per class) and ``most_confused_<stage>.csv``. During fit
+    sum to 1), ``confusion_matrix_<stage>.csv`` and ``most_confused_<stage>.csv``. During fit
     the CSV files follow every N epochs and the heatmaps are redrawn while that stays within
     ``plot_time_share`` of the run's time (always at the end of fit).
 
@@ -133,7 +131,6 @@ class ConfusionMatrix(PlottingCallback):
             ["true \\ predicted", *names],
             [[name, *row] for name, row in zip(names, confmat.tolist(), strict=True)],
         )
-        write_per_class_csv(folder / f"{stage}_per_class.csv", confmat, names)
         write_csv(
             folder / f"most_confused_{stage}.csv",
             ["true", "predicted", "count", "share_of_true"],

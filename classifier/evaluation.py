@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F  # noqa: N812
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
+from typing_extensions import override
 
 from classifier.datasets import UNREADABLE
-from classifier.metrics import confusion_matrix, summary_metrics
+from classifier.files import run_dir
+from classifier.metrics import confusion_matrix, summary_metrics, write_per_class_csv
 
 
 class StageMetrics(nn.Module):
@@ -63,3 +69,32 @@ def warn_unreadable(stage: str, count: int) -> None:
             f"{count} {stage} image(s) could not be read this epoch and {what}; their paths "
             "are in the warnings above (the files changed after the pre-scan?)."
         )
+
+
+class PerClassReport(Callback):
+    """Write ``val_per_class.csv`` after every validation and ``test_per_class.csv`` after
+    test: support, predicted count, accuracy (= recall), precision, recall and F1 per class,
+    from the counts the model accumulated (synchronised across processes).
+
+    ``classifier`` adds this callback to ``fit``, ``validate`` and ``test`` when the config
+    has none.
+    """
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write ``val_per_class.csv`` (not for sanity-check batches)."""
+        if not trainer.sanity_checking:
+            self._write(trainer, pl_module, "val")
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write ``test_per_class.csv``."""
+        self._write(trainer, pl_module, "test")
+
+    @staticmethod
+    def _write(trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        module: Any = pl_module
+        confmat = module.stage_metrics(stage).confmat.compute()  # every rank takes part
+        if trainer.is_global_zero:
+            path = run_dir(trainer) / f"{stage}_per_class.csv"
+            write_per_class_csv(path, confmat, list(module.class_names))

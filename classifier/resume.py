@@ -1,0 +1,68 @@
+"""Exact resume of the training data: the loader that skips what a checkpoint consumed,
+restores the random generators and never draws a stale epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch.utils.data import DataLoader
+from typing_extensions import override
+
+from classifier import rng
+from classifier.sampler import EpochSampler
+
+
+class ResumableLoader(DataLoader[Any]):
+    """Training loader that owns exact resume.
+
+    Its state (saved by Lightning in checkpoints written inside an epoch) holds the epoch and
+    how many of this rank's samples it consumed; resuming skips exactly those, so no sample is
+    replayed or skipped. The random generators' states of the checkpoint (dropout, drop-path
+    and MixUp draw from them; the data module carries them, because Lightning keeps loader
+    states only for unfinished epochs) are restored when its first iterator is created, right
+    before training continues. Each iterator draws the epoch Lightning is about to run, so an
+    iterator created before ``set_epoch`` (Lightning creates the first one early) is never stale.
+
+    Args:
+        progress: batches of the current epoch already consumed.
+        epoch: the epoch the trainer runs next.
+        rng_states: generator states to restore before the first iteration (a resumed run).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        progress: Callable[[], int],
+        epoch: Callable[[], int],
+        rng_states: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+        self.epoch = epoch
+        self._rng_states = rng_states
+
+    def _epoch_sampler(self) -> EpochSampler:
+        sampler = self.sampler
+        assert isinstance(sampler, EpochSampler)
+        return sampler
+
+    @override
+    def __iter__(self) -> Any:
+        sampler = self._epoch_sampler()
+        if sampler.resume_at is None:
+            sampler.set_epoch(self.epoch())
+        if self._rng_states is not None:
+            rng.restore(self._rng_states)
+            self._rng_states = None
+        return super().__iter__()
+
+    def state_dict(self) -> dict[str, int]:
+        """The epoch and the number of this rank's samples already trained on."""
+        assert self.batch_size is not None
+        return {"epoch": self._epoch_sampler().epoch, "samples": self.progress() * self.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Skip the consumed samples if the run resumes inside the same epoch."""
+        self._epoch_sampler().resume(int(state["epoch"]), int(state["samples"]))

@@ -106,6 +106,26 @@ def checkpoint_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str,
     for section in (model, data):
         for key in ("class_names", "_instantiator", "_class_path"):
             section.pop(key, None)
+    _drop_retired(model, data, path)
     model["pretrained"] = False
     data["class_names"] = list(class_names)
     return {"model": model, "data": data}
+
+
+def _drop_retired(model: dict[str, Any], data: dict[str, Any], path: str | Path) -> None:
+    """Leave out (with a warning) options an older checkpoint has that this version retired,
+    so its model and data are still built (``model.top_k`` moved to ``PredictionWriter``)."""
+    import inspect
+    import warnings
+
+    from classifier.data import ImageFolderDataModule
+    from classifier.model import ImageClassifier
+
+    for name, section, cls in (
+        ("model", model, ImageClassifier),
+        ("data", data, ImageFolderDataModule),
+    ):
+        accepted = inspect.signature(cls.__init__).parameters
+        for key in [k for k in section if k not in accepted]:
+            del section[key]
+            warnings.warn(f"{path}: {name}.{key} is no longer an option; ignored", stacklevel=3)

@@ -143,6 +143,15 @@ class ClassifierCLI(LightningCLI):
         self._ensure(PerClassReport)
 
     @override
+    def before_instantiate_classes(self) -> None:
+        """Give ``data.seed`` the run's ``seed_everything`` when it is not set (after Lightning
+        has drawn a random seed for ``seed_everything: true``), so config.yaml records it."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.data.seed is None:
+            seed = config.seed_everything
+            config.data.seed = 0 if isinstance(seed, bool) else int(seed)
+
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Link ``data.class_names`` to ``model.class_names``; add ``test_after_fit``."""
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")

@@ -74,6 +74,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
             (checked against ``train/`` when it exists). ``None`` lists ``train/``.
         strict: stop with an error listing unreadable files instead of excluding them.
         scan: decode every file once before training to exclude unreadable ones (cached).
+        seed: seed of the training order and of each image's augmentation (epoch ``e`` draws
+            with ``seed`` and ``e``); ``None`` takes the run's ``seed_everything`` (``0`` when
+            used from Python without one).
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         class_names: list[str] | None = None,
         strict: bool = False,
         scan: bool = True,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         # class_names belongs to the model's hyper-parameters (it is linked from here).
@@ -354,7 +358,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         if self.hparams["sampler"] == "weighted":
             counts = torch.bincount(labels, minlength=self.num_classes).double()
             weights = (1.0 / counts.clamp(min=1))[labels]
-        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        seed = self.hparams["seed"] or 0
         self.train_sampler = EpochSampler(len(labels), weights, seed, rank, world)
         drop_last = self._drop_last()
         if drop_last:

@@ -75,7 +75,6 @@ class ImageClassifier(pl.LightningModule):
             tensor cores).
         compile: compile the network with ``torch.compile``; falls back to eager with a warning
             if compilation fails.
-        top_k: how many classes ``predict`` lists per image.
     """
 
     class_weights: torch.Tensor
@@ -105,7 +104,6 @@ class ImageClassifier(pl.LightningModule):
         mixup_off_epoch: int | None = None,
         channels_last: bool = False,
         compile: bool = False,
-        top_k: int = 5,
     ) -> None:
         super().__init__()
         if not class_names:

@@ -25,10 +25,10 @@ class PredictionWriter(Callback):
 
     Args:
         filename: CSV file name inside the run folder.
-        top_k: classes listed per image; ``None`` uses the model's ``top_k``.
+        top_k: classes listed per image (all classes when there are fewer).
     """
 
-    def __init__(self, filename: str = "predictions.csv", top_k: int | None = None) -> None:
+    def __init__(self, filename: str = "predictions.csv", top_k: int = 5) -> None:
         self.filename = filename
         self.top_k = top_k
         self._rows: list[tuple[int, int, list[float]]] = []
@@ -65,7 +65,7 @@ class PredictionWriter(Callback):
         names: list[str] = list(pl_module.class_names)  # type: ignore[arg-type]
         split = trainer.datamodule.splits["predict"]  # type: ignore[attr-defined]
         paths, truth = split.paths, split.labels
-        k = min(self.top_k or int(pl_module.hparams.get("top_k", 5)), len(names))
+        k = max(1, min(self.top_k, len(names)))
         has_truth = any(label >= 0 for label in truth)
         header = ["path", "predicted", "confidence"] + (["true"] if has_truth else [])
         for i in range(1, k + 1):

@@ -6,8 +6,10 @@ import csv
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import REPO, run_cli, tiny
@@ -44,6 +46,20 @@ def test_fit_then_test_and_predict_from_checkpoint_alone(image_folder: Path) -> 
     assert all(r["predicted"] == r["top1_class"] for r in table)
     probs = [sum(float(r[f"top{i}_prob"]) for i in (1, 2, 3)) for r in table]
     assert all(abs(p - 1) < 1e-4 for p in probs)
+
+    # top_k is the writer's one option, as the README shows it.
+    fewer = run_cli(
+        "predict",
+        "--ckpt_path",
+        str(best),
+        "--data.predict_dir",
+        str(image_folder / "val"),
+        "--trainer.callbacks+=classifier.PredictionWriter",
+        "--trainer.callbacks.top_k",
+        "2",
+    )
+    header = next(csv.reader((_run_folder(fewer) / "predictions.csv").open()))
+    assert "top2_class" in header and "top3_class" not in header
 
 
 def test_runs_never_overwrite_each_other(image_folder: Path) -> None:
@@ -115,3 +131,29 @@ def test_invalid_value_names_the_argument(
         run_cli(*tiny("fit", image_folder, "--data.sampler", "balanced"))
     err = capsys.readouterr().err
     assert "sampler" in err and "balanced" in err
+
+
+def test_sampler_seed_is_the_runs_seed_and_recorded(
+    image_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PL_GLOBAL_SEED", "123")  # no hidden input: the environment is ignored
+    args = tiny("fit", image_folder, "--trainer.max_epochs", "1", "--seed_everything", "7")
+    cli: Any = run_cli(*args)
+    assert cli.datamodule.train_sampler.seed == 7
+    assert yaml.safe_load((_run_folder(cli) / "config.yaml").read_text())["data"]["seed"] == 7
+    own: Any = run_cli(*args, "--data.seed", "5")
+    assert own.datamodule.train_sampler.seed == 5
+    assert not torch.equal(own.datamodule.train_sampler.drawn, cli.datamodule.train_sampler.drawn)
+
+
+def test_only_documented_environment_variables_are_read() -> None:
+    import re
+
+    names = set()
+    for path in (REPO / "classifier").glob("*.py"):
+        text = path.read_text()
+        assert "getenv(" not in text, path
+        for match in re.finditer(r"os\.environ(?:\.get)?[\[(]\s*(\"?[A-Za-z_.]+)", text):
+            names.add(match.group(1))
+    constants = {"ENV_ALLOWED"}  # safety.py: "CLASSIFIER_ALLOWED_CLASS_PATHS"
+    assert {n for n in names if not n.startswith('"CLASSIFIER_')} <= constants, names

@@ -348,7 +348,7 @@ class ImageClassifier(pl.LightningModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store class names and preprocessing so the checkpoint describes itself."""
-        if self._trainer is not None and self._trainer.training:
+        if self.trainer.training:
             self.check_finite()  # never write NaN weights over a good checkpoint
         checkpoint["class_names"] = self.class_names
         if self.preprocessing is not None:

@@ -183,6 +183,32 @@ def bench_help() -> dict[str, float]:
     return {"help_s": help_s, "import_lightning_timm_s": import_s, "ratio": help_s / import_s}
 
 
+def bench_duplicates() -> dict[str, float]:
+    """Seconds to find near duplicates among 100,000 perceptual hashes (one core), and the
+    banded index's speed-up over all pairs measured on 8,000 of them."""
+    import numpy as np
+
+    from classifier.health import near_pairs
+
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, 100_000, dtype=np.uint64) * 2
+    hashes[1::50] = hashes[::50] ^ np.uint64(0b1011)  # 2,000 planted near copies (3 bits)
+    seconds = median_time(lambda: near_pairs(hashes, 4))
+    sample = hashes[:8000]
+
+    def brute() -> object:
+        return [
+            np.flatnonzero(np.bitwise_count(sample[i + 1 :] ^ h) <= 4) for i, h in enumerate(sample)
+        ]
+
+    banded_s, brute_s = interleaved(
+        lambda: median_time(lambda: near_pairs(sample, 4), 1),
+        lambda: median_time(brute, 1),
+        REPEATS,
+    )
+    return {"hashes_100k_s": seconds, "speedup_vs_all_pairs_8k": brute_s / banded_s}
+
+
 def main() -> None:
     from benchmarks.fit_vs_loop import bench_fit
     from benchmarks.make_data import make
@@ -200,6 +226,7 @@ def main() -> None:
             ("ema", bench_ema),
             ("onnx_vs_eager", lambda: bench_onnx(Path(tmp))),
             ("help_vs_import", bench_help),
+            ("duplicates", bench_duplicates),
             *(
                 (f"whole_command_{e}_epochs", lambda e=e: bench_whole(Path(tmp), e))
                 for e in whole_epochs
@@ -215,6 +242,7 @@ def main() -> None:
         "ema": ("fraction_of_step", "<=", 0.02),
         "onnx_vs_eager": ("batch8_speedup", ">=", 1.5),
         "help_vs_import": ("ratio", "<=", 1.15),
+        "duplicates": ("hashes_100k_s", "<=", 10.0),
         **{
             f"whole_command_{e}_epochs": ("ratio", "<=", 1.10 if e < 20 else 1.03)
             for e in whole_epochs

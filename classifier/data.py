@@ -14,15 +14,15 @@ from typing_extensions import override
 
 from classifier import rng
 from classifier.datasets import ImageDataset
-from classifier.files import run_dir, write_csv
+from classifier.files import run_dir, write_json
 from classifier.folder import (
     DataError,
     Split,
     class_dirs,
     read_split,
     read_unlabelled,
-    shared_files,
 )
+from classifier.health import describe, duplicates, leakage, report_excluded, report_shared
 from classifier.resume import ResumableLoader
 from classifier.sampler import EpochSampler, ShardSampler
 from classifier.scan import scan_files
@@ -74,6 +74,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
             (checked against ``train/`` when it exists). ``None`` lists ``train/``.
         strict: stop with an error listing unreadable files instead of excluding them.
         scan: decode every file once before training to exclude unreadable ones (cached).
+        duplicate_bits: images whose 64-bit perceptual hashes differ in at most this many bits
+            are near duplicates in the data health check at fit start (``data_health.json``:
+            copies across splits, under two classes, within a class); -1 turns it off. Needs
+            ``scan``.
+        on_leakage: ``warn`` or ``error`` when a val/ or test/ image is also in train/ (an
+            exact or near copy).
         seed: seed of the training order and of each image's augmentation (epoch ``e`` draws
             with ``seed`` and ``e``); ``None`` takes the run's ``seed_everything`` (``0`` when
             used from Python without one).
@@ -102,6 +108,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         class_names: list[str] | None = None,
         strict: bool = False,
         scan: bool = True,
+        duplicate_bits: int = 4,
+        on_leakage: Literal["warn", "error"] = "warn",
         seed: int | None = None,
     ) -> None:
         super().__init__()
@@ -116,6 +124,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.datasets: dict[str, ImageDataset] = {}
         #: ``{split: {path: reason}}`` of files the pre-scan excluded.
         self.excluded: dict[str, dict[str, str]] = {}
+        #: ``{split: {path: (content hash, perceptual hash)}}`` from the pre-scan.
+        self.hashes: dict[str, dict[str, tuple[str, int]]] = {}
         self.preprocessing: Preprocessing | None = None
         self.train_sampler: EpochSampler | None = None
         self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -176,21 +186,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
         for name in wanted[stage]:
             if name not in self.splits:
                 self.splits[name] = self._read(name)
+        checked = stage == "fit" and self._check_health()
         self._build_datasets()
         self._report_excluded()
-        self._report_shared()
-
-    def _report_shared(self) -> None:
-        """Warn about files that two splits share (a leak that inflates evaluation scores)."""
-        shared = shared_files(self.splits)
-        if shared:
-            listing = "\n".join(f"  {p} ({a}/) = {q} ({b}/)" for a, b, p, q in shared[:10])
-            more = f"\n  ... and {len(shared) - 10} more" if len(shared) > 10 else ""
-            warnings.warn(
-                f"{len(shared)} file(s) are in two splits at once (links or hard links), so the "
-                f"evaluation sees training images:\n{listing}{more}",
-                stacklevel=2,
-            )
+        if not checked:
+            report_shared(self.splits)
 
     def split(self, name: Stage) -> Split | None:
         """Split ``name``, read and scanned on first use; ``None`` when its folder is absent."""
@@ -218,7 +218,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         else:
             split = read_split(name, self._split_root(name), self.class_names)
         if self.hparams["scan"]:
-            bad = scan_files(split.paths, split.root)
+            scanned = scan_files(split.paths, split.root)
+            self.hashes[name], bad = scanned.hashes, scanned.bad
             if bad:
                 self.excluded[name] = bad
                 keep = [i for i, p in enumerate(split.paths) if str(p) not in bad]
@@ -228,22 +229,32 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 raise DataError(f"no readable images in {split.root}.")
         return split
 
+    def _check_health(self) -> bool:
+        """Duplicates in and across train, val and test (see :mod:`classifier.health`); whether
+        the check ran."""
+        bits = self.hparams["duplicate_bits"]
+        if bits < 0 or not self.hparams["scan"]:
+            return False
+        self.split("test")  # a copy in test/ inflates the final score as much as one in val/
+        report = duplicates(self.splits, self.hashes, self.class_names, bits)
+        message = leakage(report)
+        if message and self.hparams["on_leakage"] == "error":
+            raise DataError(f"{message}\nRemove the copies, or set --data.on_leakage warn.")
+        if self.trainer is not None and self.trainer.is_global_zero:
+            path = run_dir(self.trainer) / "data_health.json"
+            write_json(path, report)
+            print(f"{describe(report)}\n  every group: {path}")
+        if message:
+            warnings.warn(message, stacklevel=3)
+        return True
+
     def _report_excluded(self) -> None:
         if not self.excluded:
             return
-        rows = [(s, p, r) for s, bad in self.excluded.items() for p, r in sorted(bad.items())]
-        listing = "\n".join(f"  {p}: {r}" for _, p, r in rows[:20])
-        more = f"\n  ... and {len(rows) - 20} more" if len(rows) > 20 else ""
-        if self.hparams["strict"]:
-            raise DataError(f"{len(rows)} unreadable image(s) (strict: true):\n{listing}{more}")
-        report = ""
+        folder = None
         if self.trainer is not None and self.trainer.is_global_zero:
-            path = run_dir(self.trainer) / "excluded_files.csv"
-            write_csv(path, ["split", "path", "reason"], rows)
-            report = f" (list in {path})"
-        warnings.warn(
-            f"excluded {len(rows)} unreadable image(s){report}:\n{listing}{more}", stacklevel=2
-        )
+            folder = run_dir(self.trainer)
+        report_excluded(self.excluded, self.hparams["strict"], folder)
 
     def _build_datasets(self) -> None:
         assert self.preprocessing is not None

@@ -1,6 +1,7 @@
 """A cached pre-scan that finds unusable image files before training starts.
 
-Every file is decoded fully (``Image.verify()`` misses truncated JPEG tails). Results are cached
+Every file is decoded fully (``Image.verify()`` misses truncated JPEG tails), and hashed for the
+duplicate check while it is in memory (:mod:`classifier.health`). Results are cached
 per file (path, size, modification and change times, inode) in a private folder outside the data
 folder, so a second run on the same folder only re-reads files that changed, including a file
 replaced by another of the same size with its modification time restored.
@@ -13,15 +14,33 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
 from classifier.files import atomic_write_bytes
+from classifier.health import content_hash, dhash
 from classifier.images import load_pil
 
-#: Cache format version; bump when the checks or the key change.
-_VERSION = 2
+#: Cache format version; bump when the checks, the hashes or the key change.
+_VERSION = 3
+
+#: A cache entry: [file key, reason it is unusable or None, content hash, perceptual hash].
+Entry = list[str | None]
+
+
+@dataclass
+class ScanResult:
+    """What the pre-scan found.
+
+    Attributes:
+        bad: ``{path: reason}`` of files that cannot be used.
+        hashes: ``{path: (content hash, 64-bit perceptual hash)}`` of the usable files.
+    """
+
+    bad: dict[str, str] = field(default_factory=dict)
+    hashes: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 def cache_dir() -> Path:
@@ -30,17 +49,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CLASSIFIER_CACHE_DIR", default))
 
 
-def check_file(path: Path) -> str | None:
-    """Return why ``path`` cannot be used, or ``None`` if it decodes fully."""
+def check_file(path: Path) -> tuple[str | None, str | None, str | None]:
+    """``(why path cannot be used, None, None)``, or ``(None, content hash, perceptual hash
+    in hex)`` if it decodes fully."""
     try:
         if path.stat().st_size == 0:
-            return "empty file"
-        load_pil(path)
+            return "empty file", None, None
+        pixels = load_pil(path)
+        return None, content_hash(path), f"{dhash(pixels):016x}"
     except Image.DecompressionBombError as error:
-        return f"decompression bomb: {error}"
+        return f"decompression bomb: {error}", None, None
     except Exception as error:  # any decoder failure makes the file unusable
-        return f"{type(error).__name__}: {error}"
-    return None
+        return f"{type(error).__name__}: {error}", None, None
 
 
 def _key(path: Path) -> str:
@@ -52,7 +72,7 @@ def _key(path: Path) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_dev}:{stat.st_ino}"
 
 
-def _read_cache(cache_file: Path) -> dict[str, list[str | None]]:
+def _read_cache(cache_file: Path) -> dict[str, Entry]:
     """The cache's well-formed entries; anything else (another shape, corruption) is dropped."""
     try:
         raw = json.loads(cache_file.read_text())
@@ -64,13 +84,21 @@ def _read_cache(cache_file: Path) -> dict[str, list[str | None]]:
         path: entry
         for path, entry in raw.items()
         if isinstance(entry, list)
-        and len(entry) == 2
+        and len(entry) == 4
+        and all(value is None or isinstance(value, str) for value in entry)
         and isinstance(entry[0], str)
-        and (entry[1] is None or isinstance(entry[1], str))
+        and (entry[1] is not None or (entry[2] is not None and _is_hex(entry[3])))
     }
 
 
-def _write_cache(cache_file: Path, cache: dict[str, list[str | None]]) -> None:
+def _is_hex(value: str | None) -> bool:
+    try:
+        return value is not None and 0 <= int(value, 16) < 2**64
+    except ValueError:
+        return False
+
+
+def _write_cache(cache_file: Path, cache: dict[str, Entry]) -> None:
     """Save the cache where only this user can read it (folder 0700, file 0600); never fail
     the run. An existing folder of this user's is made private too."""
     folder = cache_file.parent
@@ -83,8 +111,9 @@ def _write_cache(cache_file: Path, cache: dict[str, list[str | None]]) -> None:
         pass  # a read-only home must not stop training; the scan reruns next time
 
 
-def scan_files(paths: Sequence[Path], root: Path, progress: bool = True) -> dict[str, str]:
-    """Decode every file in ``paths``; return ``{path: reason}`` for the unusable ones.
+def scan_files(paths: Sequence[Path], root: Path, progress: bool = True) -> ScanResult:
+    """Decode and hash every file in ``paths`` (files unchanged since the cached scan are not
+    read again).
 
     Args:
         paths: image files to check.
@@ -98,12 +127,21 @@ def scan_files(paths: Sequence[Path], root: Path, progress: bool = True) -> dict
     todo = [p for p in paths if cache.get(str(p), [None])[0] != keys[str(p)]]
     if todo:
         with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-            results: Iterable[str | None] = pool.map(check_file, todo)
+            results: Iterable[tuple[str | None, str | None, str | None]] = pool.map(
+                check_file, todo
+            )
             if progress and len(todo) > 200:
                 from rich.progress import track
 
                 results = track(results, total=len(todo), description="Scanning images")
-            for path, reason in zip(todo, results, strict=True):
-                cache[str(path)] = [keys[str(path)], reason]
+            for path, (reason, content, perceptual) in zip(todo, results, strict=True):
+                cache[str(path)] = [keys[str(path)], reason, content, perceptual]
         _write_cache(cache_file, cache)
-    return {str(p): str(cache[str(p)][1]) for p in paths if cache[str(p)][1] is not None}
+    result = ScanResult()
+    for name in [str(p) for p in paths]:
+        _, reason, content, perceptual = cache[name]
+        if reason is not None:
+            result.bad[name] = reason
+        else:
+            result.hashes[name] = (str(content), int(str(perceptual), 16))
+    return result

@@ -1,0 +1,244 @@
+"""Data health: exact and near-duplicate images within and across splits.
+
+The pre-scan reads every file once and records two hashes per image (:func:`content_hash` of
+the bytes, :func:`dhash` of the pixels). Near duplicates are found without comparing all pairs:
+the 64 hash bits are cut into ``max_distance + 1`` bands, and two hashes that differ in at most
+``max_distance`` bits agree on at least one band (pigeonhole), so only hashes sharing a band's
+value are compared (:func:`near_pairs`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from classifier.files import write_csv
+from classifier.folder import DataError, Split, shared_files
+
+#: Bits of the perceptual hash.
+HASH_BITS = 64
+
+
+def content_hash(path: Path) -> str:
+    """A digest of the file's bytes (equal bytes, equal digest)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dhash(image: torch.Tensor) -> int:
+    """64-bit difference hash of an RGB ``uint8`` ``3xHxW`` image: a 9x8 grey thumbnail, one
+    bit per pair of horizontal neighbours (1 where the right one is brighter). Resizing,
+    re-encoding and small colour changes move few bits."""
+    from PIL import Image
+
+    pixels = Image.fromarray(image.permute(1, 2, 0).numpy())
+    grey = np.asarray(pixels.convert("L").resize((9, 8), Image.Resampling.BILINEAR), np.int16)
+    bits = np.packbits((grey[:, 1:] > grey[:, :-1]).flatten())
+    return int.from_bytes(bits.tobytes(), "big")
+
+
+def _band_pairs(values: np.ndarray, lo: int, hi: int, max_distance: int) -> list[np.ndarray]:
+    """Pairs of distinct ``values`` that share bits ``lo:hi`` and are within the distance."""
+    key = (values >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    found = []
+    for offset in range(1, len(order)):
+        same = ordered[offset:] == ordered[:-offset]
+        if not same.any():  # no run of equal keys is longer than offset
+            break
+        first, second = order[:-offset][same], order[offset:][same]
+        close = np.bitwise_count(values[first] ^ values[second]) <= max_distance
+        found.append(np.stack([first[close], second[close]], axis=1))
+    return found
+
+
+def near_pairs(hashes: Sequence[int] | np.ndarray, max_distance: int) -> np.ndarray:
+    """Index pairs ``(i, j)``, ``i < j``, linking hashes at most ``max_distance`` bits apart:
+    every such pair of distinct hashes, and each repeat of a hash with its first occurrence
+    (the same groups as all pairs give, see :func:`groups_of`). Distinct hashes are compared
+    through the banded index, so the cost grows with the candidates, not with all pairs.
+    """
+    values = np.asarray(hashes, dtype=np.uint64)
+    if len(values) < 2 or max_distance < 0:
+        return np.empty((0, 2), dtype=np.int64)
+    unique, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    pairs = [np.stack([first[inverse], np.arange(len(values))], axis=1)]  # equal hashes
+    edges = np.linspace(0, HASH_BITS, min(max_distance, HASH_BITS - 1) + 2).astype(int)
+    if max_distance > 0:
+        for lo, hi in itertools.pairwise(edges):
+            for found in _band_pairs(unique, int(lo), int(hi), max_distance):
+                pairs.append(first[found])  # one representative per distinct hash
+    joined = np.concatenate(pairs)
+    joined = joined[joined[:, 0] != joined[:, 1]]
+    joined.sort(axis=1)
+    return np.unique(joined, axis=0)
+
+
+def groups_of(count: int, pairs: np.ndarray) -> list[list[int]]:
+    """Connected groups (two or more members) of ``count`` items linked by ``pairs``."""
+    parent = list(range(count))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in pairs.tolist():
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    members: dict[int, list[int]] = {}
+    for i in range(count):
+        members.setdefault(root(i), []).append(i)
+    return sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One scanned image: where it is filed and its two hashes."""
+
+    split: str
+    label: str
+    path: str
+    content: str
+    dhash: int
+
+
+def _kinds(members: list[ImageRecord]) -> list[str]:
+    kinds = []
+    if len({m.split for m in members}) > 1:
+        kinds.append("leakage")  # the same picture in training and evaluation
+    if len({m.label for m in members}) > 1:
+        kinds.append("conflicting_labels")
+    if not kinds:
+        kinds.append("redundant")  # several copies in one class of one split
+    return kinds
+
+
+def health_report(records: Sequence[ImageRecord], max_distance: int) -> dict[str, Any]:
+    """Every duplicate group with its kinds (``leakage``, ``conflicting_labels``,
+    ``redundant``), whether its files are byte-identical, and a count per kind."""
+    pairs = near_pairs([r.dhash for r in records], max_distance)
+    groups: list[dict[str, Any]] = []
+    for indices in groups_of(len(records), pairs):
+        members = [records[i] for i in indices]
+        groups.append(
+            {
+                "kinds": _kinds(members),
+                "exact": len({m.content for m in members}) == 1,
+                "images": [{"split": m.split, "class": m.label, "path": m.path} for m in members],
+            }
+        )
+    summary = {
+        kind: {
+            "groups": sum(kind in g["kinds"] for g in groups),
+            "images": sum(len(g["images"]) for g in groups if kind in g["kinds"]),
+        }
+        for kind in ("leakage", "conflicting_labels", "redundant")
+    }
+    return {
+        "images": len(records),
+        "max_distance_bits": max_distance,
+        "summary": summary,
+        "groups": groups,
+    }
+
+
+def duplicates(
+    splits: dict[str, Split],
+    hashes: dict[str, dict[str, tuple[str, int]]],
+    class_names: list[str],
+    max_distance: int,
+) -> dict[str, Any]:
+    """:func:`health_report` over the labelled ``splits`` with their pre-scan ``hashes``."""
+    records = [
+        ImageRecord(name, class_names[label], str(path), *hashes[name][str(path)])
+        for name, split in splits.items()
+        if name != "predict"
+        for path, label in zip(split.paths, split.labels, strict=True)
+    ]
+    return health_report(records, max_distance)
+
+
+def report_shared(splits: dict[str, Split]) -> None:
+    """Warn about files two splits share by link (the check when there are no hashes)."""
+    shared = shared_files(splits)
+    if shared:
+        listing = "\n".join(f"  {p} ({a}/) = {q} ({b}/)" for a, b, p, q in shared[:10])
+        more = f"\n  ... and {len(shared) - 10} more" if len(shared) > 10 else ""
+        warnings.warn(
+            f"{len(shared)} file(s) are in two splits at once (links or hard links), so the "
+            f"evaluation sees training images:\n{listing}{more}",
+            stacklevel=3,
+        )
+
+
+def report_excluded(excluded: dict[str, dict[str, str]], strict: bool, folder: Path | None) -> None:
+    """Warn about (``strict``: stop on) the files the pre-scan excluded; list them all in
+    ``folder/excluded_files.csv`` when a folder is given (rank 0)."""
+    rows = [(s, p, r) for s, bad in excluded.items() for p, r in sorted(bad.items())]
+    listing = "\n".join(f"  {p}: {r}" for _, p, r in rows[:20])
+    more = f"\n  ... and {len(rows) - 20} more" if len(rows) > 20 else ""
+    if strict:
+        raise DataError(f"{len(rows)} unreadable image(s) (strict: true):\n{listing}{more}")
+    report = ""
+    if folder is not None:
+        write_csv(folder / "excluded_files.csv", ["split", "path", "reason"], rows)
+        report = f" (list in {folder / 'excluded_files.csv'})"
+    warnings.warn(
+        f"excluded {len(rows)} unreadable image(s){report}:\n{listing}{more}", stacklevel=3
+    )
+
+
+def describe(report: dict[str, Any], limit: int = 5) -> str:
+    """A few lines for the console: counts per kind and the first groups of the worst kind."""
+    summary = report["summary"]
+    lines = [
+        f"Data health: {report['images']} images, duplicates within "
+        f"{report['max_distance_bits']} of {HASH_BITS} perceptual-hash bits"
+    ]
+    labels = {
+        "leakage": "in two splits (evaluation sees training images)",
+        "conflicting_labels": "filed under two classes",
+        "redundant": "repeated within one class",
+    }
+    for kind, label in labels.items():
+        counts = summary[kind]
+        lines.append(f"  {counts['groups']:5d} group(s), {counts['images']} images {label}")
+    worst = next((k for k in labels if summary[k]["groups"]), None)
+    if worst is not None:
+        shown = [g for g in report["groups"] if worst in g["kinds"]][:limit]
+        for group in shown:
+            where = ", ".join(f"{i['split']}/{i['class']}:{i['path']}" for i in group["images"][:3])
+            more = len(group["images"]) - 3
+            lines.append(f"    {worst}: {where}" + (f" (+{more})" if more > 0 else ""))
+    return "\n".join(lines)
+
+
+def leakage(report: dict[str, Any], limit: int = 10) -> str | None:
+    """A message naming the files that two splits share (exact or near copies), or ``None``."""
+    groups = [g for g in report["groups"] if "leakage" in g["kinds"]]
+    if not groups:
+        return None
+    listing = "\n".join(
+        "  " + " = ".join(f"{i['path']} ({i['split']}/)" for i in g["images"])
+        for g in groups[:limit]
+    )
+    more = f"\n  ... and {len(groups) - limit} more" if len(groups) > limit else ""
+    return (
+        f"{len(groups)} image group(s) appear in two splits (exact or near copies), so the "
+        f"evaluation sees training images:\n{listing}{more}"
+    )

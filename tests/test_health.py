@@ -1,0 +1,93 @@
+"""Data health: duplicates across splits, under two classes and within a class are reported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from classifier.folder import DataError
+from classifier.health import groups_of, near_pairs
+from tests.conftest import make_folder, run_cli, tiny
+
+
+def _brute_groups(hashes: np.ndarray, max_distance: int) -> list[list[int]]:
+    distance = np.bitwise_count(hashes[:, None] ^ hashes[None, :])
+    first, second = np.triu_indices(len(hashes), 1)
+    close = distance[first, second] <= max_distance
+    return groups_of(len(hashes), np.stack([first[close], second[close]], axis=1))
+
+
+@pytest.mark.parametrize("max_distance", [0, 1, 4, 7])
+def test_banded_search_finds_the_same_groups_as_all_pairs(max_distance: int) -> None:
+    rng = np.random.default_rng(max_distance)
+    hashes = rng.integers(0, 2**63, 2000, dtype=np.uint64) * 2 + 1
+    for i in range(0, 400, 4):  # near copies 0-8 bits away, chains, and exact repeats
+        flipped = int(hashes[i])
+        for bit in rng.choice(64, size=int(rng.integers(0, 9)), replace=False):
+            flipped ^= 1 << int(bit)
+        hashes[i + 1] = np.uint64(flipped)
+        hashes[i + 2] = hashes[i + 1] ^ np.uint64(1 << int(rng.integers(64)))
+    hashes[900:905] = hashes[899]
+    found = groups_of(len(hashes), near_pairs(hashes, max_distance))
+    assert found == _brute_groups(hashes, max_distance)
+    assert found  # the planted copies are there to be found
+
+
+def test_a_hundred_thousand_hashes_are_compared_without_all_pairs() -> None:
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, 100_000, dtype=np.uint64) * 2
+    hashes[1::1000] = hashes[::1000] ^ np.uint64(0b101)
+    pairs = near_pairs(hashes, 4)  # make bench times this (well under 10 s on one core)
+    assert {tuple(p) for p in pairs.tolist()} >= {(i, i + 1) for i in range(0, 100_000, 1000)}
+
+
+def _unhealthy(root: Path) -> Path:
+    data = make_folder(root, counts={"train": 8, "val": 4})
+    # An exact copy of a training image in val (leakage).
+    shutil.copy(data / "train" / "cat" / "cat_000.png", data / "val" / "cat" / "leak.png")
+    # A resized, re-encoded copy in val (a near duplicate: other bytes, other size).
+    with Image.open(data / "train" / "dog" / "dog_001.png") as image:
+        image.resize((56, 56), Image.Resampling.BICUBIC).save(
+            data / "val" / "dog" / "near.jpg", quality=85
+        )
+    # The same picture filed under two classes of train (conflicting labels).
+    shutil.copy(data / "train" / "fox" / "fox_002.png", data / "train" / "cat" / "fox_as_cat.png")
+    # A copy within one class (redundant).
+    shutil.copy(data / "train" / "fox" / "fox_003.png", data / "train" / "fox" / "again.png")
+    return data
+
+
+def _group_with(report: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(g for g in report["groups"] if any(name in i["path"] for i in g["images"]))
+
+
+def test_every_kind_of_duplicate_is_in_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _unhealthy(tmp_path / "data")
+    with pytest.warns(UserWarning, match="leak"):
+        cli: Any = run_cli(*tiny("fit", data, "--trainer.max_epochs", "1"))
+    report = json.loads((Path(cli.trainer.log_dir) / "data_health.json").read_text())
+    exact = _group_with(report, "leak.png")
+    assert exact["kinds"] == ["leakage"] and exact["exact"]
+    assert {i["split"] for i in exact["images"]} == {"train", "val"}
+    near = _group_with(report, "near.jpg")
+    assert near["kinds"] == ["leakage"] and not near["exact"]
+    conflict = _group_with(report, "fox_as_cat.png")
+    assert conflict["kinds"] == ["conflicting_labels"]
+    assert {i["class"] for i in conflict["images"]} == {"cat", "fox"}
+    assert _group_with(report, "again.png")["kinds"] == ["redundant"]
+    assert report["summary"]["leakage"] == {"groups": 2, "images": 4}
+    assert "Data health" in capsys.readouterr().out
+
+
+def test_leakage_can_stop_the_run(tmp_path: Path) -> None:
+    data = _unhealthy(tmp_path / "data")
+    with pytest.raises(DataError, match=r"leak\.png"):
+        run_cli(*tiny("fit", data, "--data.on_leakage", "error"))

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from classifier import rng
 from classifier.datasets import ImageDataset
-from classifier.files import run_dir, write_json
+from classifier.files import run_dir
 from classifier.folder import (
     DataError,
     Split,
@@ -22,9 +19,10 @@ from classifier.folder import (
     read_split,
     read_unlabelled,
 )
-from classifier.health import describe, duplicates, leakage, report_excluded, report_shared
-from classifier.resume import ResumableLoader
-from classifier.sampler import EpochSampler, ShardSampler
+from classifier.health import check_duplicates, report_excluded, report_shared
+from classifier.holdout import carve, draw, relative, saved, write_manifest
+from classifier.loaders import LoaderDataModule
+from classifier.sampler import EpochSampler
 from classifier.scan import scan_files
 from classifier.transforms import (
     IMAGENET_MEAN,
@@ -33,14 +31,13 @@ from classifier.transforms import (
     Interpolation,
     Preprocessing,
     eval_transform,
-    normalize,
     train_transform,
 )
 
 Stage = Literal["train", "val", "test", "predict"]
 
 
-class ImageFolderDataModule(pl.LightningDataModule):
+class ImageFolderDataModule(LoaderDataModule):
     """Images from ``data_dir/{train,val,test}/<class>/*``; classes are the folders of ``train/``.
 
     Args:
@@ -80,6 +77,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
             ``scan``.
         on_leakage: ``warn`` or ``error`` when a val/ or test/ image is also in train/ (an
             exact or near copy).
+        val_fraction: without a ``val/`` folder, hold out this share of each class of
+            ``train/`` for validation (seeded, duplicates kept on one side; saved as
+            ``split.csv`` and in checkpoints, reused on resume, ``validate`` and ``test``).
         seed: seed of the training order and of each image's augmentation (epoch ``e`` draws
             with ``seed`` and ``e``); ``None`` takes the run's ``seed_everything`` (``0`` when
             used from Python without one).
@@ -110,6 +110,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         scan: bool = True,
         duplicate_bits: int = 4,
         on_leakage: Literal["warn", "error"] = "warn",
+        val_fraction: float = 0.0,
         seed: int | None = None,
     ) -> None:
         super().__init__()
@@ -129,6 +130,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.preprocessing: Preprocessing | None = None
         self.train_sampler: EpochSampler | None = None
         self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: All of ``train/`` before a validation share was held out (``val_fraction``).
+        self._unsplit: Split | None = None
         #: Generator states of the checkpoint a resumed fit starts from.
         self._rng_states: dict[str, Any] | None = None
         #: Failures of each split's dataset already reported by :meth:`new_failures`.
@@ -144,6 +147,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return self._class_names
 
     @property
+    @override
     def num_classes(self) -> int:
         """Number of classes."""
         return len(self.class_names)
@@ -153,9 +157,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
             raise DataError(f"data_dir {self.data_dir} does not exist (set --data.data_dir).")
         root = self.data_dir / name
         if not root.is_dir():
+            hint = (
+                " or hold out part of train/ with --data.val_fraction 0.1" if name == "val" else ""
+            )
             raise DataError(
                 f"{root} is missing: data_dir must hold train/ and val/ (and optionally test/), "
-                "each with one folder per class."
+                f"each with one folder per class{hint}."
             )
         return root
 
@@ -188,7 +195,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 self.splits[name] = self._read(name)
         checked = stage == "fit" and self._check_health()
         self._build_datasets()
-        self._report_excluded()
+        if self.excluded:
+            report_excluded(self.excluded, self.hparams["strict"], self._rank_zero_folder())
         if not checked:
             report_shared(self.splits)
 
@@ -211,6 +219,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 )
 
     def _read(self, name: Stage) -> Split:
+        if name == "val" and self.hparams["val_fraction"] > 0:
+            return self._hold_out()
         if name == "predict":
             if self.hparams["predict_dir"] is None:
                 raise DataError("predict needs --data.predict_dir DIR (a folder of images).")
@@ -229,32 +239,51 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 raise DataError(f"no readable images in {split.root}.")
         return split
 
+    def _hold_out(self) -> Split:
+        """A validation split carved from ``train/`` (see :mod:`classifier.holdout`)."""
+        if (self.data_dir / "val").is_dir():
+            raise DataError(
+                f"{self.data_dir / 'val'} exists, and val_fraction holds out part of train/ only "
+                "when there is no val/ folder: drop --data.val_fraction or the folder."
+            )
+        train = self.split("train")
+        assert train is not None
+        self._unsplit = train
+        hp = self.hparams
+        hashes = self.hashes.get("train", {})
+        held = draw(train, hashes, hp["val_fraction"], hp["seed"] or 0, hp["duplicate_bits"])
+        return self._apply_holdout(held)
+
+    def _apply_holdout(self, held: set[int]) -> Split:
+        assert self._unsplit is not None
+        self.splits["train"], val = carve(self._unsplit, held)
+        self.hashes["val"] = self.hashes.get("train", {})
+        folder = self._rank_zero_folder()
+        if folder is not None:
+            write_manifest(folder / "split.csv", self.splits["train"], val, self.class_names)
+        return val
+
+    def _rank_zero_folder(self) -> Path | None:
+        """The run folder on rank 0 (where reports are written), else ``None``."""
+        if self.trainer is not None and self.trainer.is_global_zero:
+            return run_dir(self.trainer)
+        return None
+
     def _check_health(self) -> bool:
-        """Duplicates in and across train, val and test (see :mod:`classifier.health`); whether
-        the check ran."""
-        bits = self.hparams["duplicate_bits"]
-        if bits < 0 or not self.hparams["scan"]:
+        """Duplicates in and across train, val and test; whether the check ran."""
+        hp = self.hparams
+        if hp["duplicate_bits"] < 0 or not hp["scan"]:
             return False
         self.split("test")  # a copy in test/ inflates the final score as much as one in val/
-        report = duplicates(self.splits, self.hashes, self.class_names, bits)
-        message = leakage(report)
-        if message and self.hparams["on_leakage"] == "error":
-            raise DataError(f"{message}\nRemove the copies, or set --data.on_leakage warn.")
-        if self.trainer is not None and self.trainer.is_global_zero:
-            path = run_dir(self.trainer) / "data_health.json"
-            write_json(path, report)
-            print(f"{describe(report)}\n  every group: {path}")
-        if message:
-            warnings.warn(message, stacklevel=3)
+        check_duplicates(
+            self.splits,
+            self.hashes,
+            self.class_names,
+            hp["duplicate_bits"],
+            hp["on_leakage"],
+            self._rank_zero_folder(),
+        )
         return True
-
-    def _report_excluded(self) -> None:
-        if not self.excluded:
-            return
-        folder = None
-        if self.trainer is not None and self.trainer.is_global_zero:
-            folder = run_dir(self.trainer)
-        report_excluded(self.excluded, self.hparams["strict"], folder)
 
     def _build_datasets(self) -> None:
         assert self.preprocessing is not None
@@ -310,116 +339,24 @@ class ImageFolderDataModule(pl.LightningDataModule):
             )
         return torch.tensor(setting, dtype=torch.float)
 
-    def _rank(self) -> tuple[int, int]:
-        if self.trainer is None:
-            return 0, 1
-        return self.trainer.global_rank, self.trainer.world_size
-
-    def _loader_kwargs(self, name: str, batch_size: int) -> dict[str, Any]:
-        workers = self.num_workers
-        pin = self.hparams["pin_memory"]
-        if pin is None:
-            pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        return {
-            "dataset": self.datasets[name],
-            "batch_size": batch_size,
-            "num_workers": workers,
-            "pin_memory": pin,
-            "persistent_workers": workers > 0 and name in ("train", "val"),  # reused each epoch
-            "prefetch_factor": 4 if workers > 0 else None,
-            # Its own generator: creating iterators does not consume the global RNG, whose
-            # state is restored on resume.
-            "generator": torch.Generator().manual_seed(0),
-        }
-
-    def _consumed_batches(self) -> int:
-        if self.trainer is None:
-            return 0
-        current: Any = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return int(current.processed)
-
-    def _next_epoch(self) -> int:
-        """The epoch the trainer runs next (what Lightning passes to ``set_epoch``)."""
-        if self.trainer is None:
-            return 0
-        current: Any = self.trainer.fit_loop.epoch_progress.current
-        return int(current.processed)
-
-    def _per_rank(self) -> int:
-        """Training samples each process draws per epoch."""
-        return -(-len(self.splits["train"]) // self._rank()[1])
-
-    def _drop_last(self) -> bool:
-        """Drop the last partial training batch (as timm's and torchvision's reference scripts
-        do): a final batch of one image breaks BatchNorm. Kept when it is the only batch."""
-        return self._per_rank() >= self.batch_size
-
-    def train_batches_per_epoch(self) -> int:
-        """Training batches each process runs per epoch (before ``limit_train_batches``)."""
-        if self._drop_last():
-            return self._per_rank() // self.batch_size
-        return -(-self._per_rank() // self.batch_size)
-
-    @override
-    def train_dataloader(self) -> DataLoader[Any]:
-        """Shuffled or weighted, sharded across processes; the last partial batch is dropped."""
-        rank, world = self._rank()
-        labels = torch.tensor(self.splits["train"].labels)
-        weights = None
-        if self.hparams["sampler"] == "weighted":
-            counts = torch.bincount(labels, minlength=self.num_classes).double()
-            weights = (1.0 / counts.clamp(min=1))[labels]
-        seed = self.hparams["seed"] or 0
-        self.train_sampler = EpochSampler(len(labels), weights, seed, rank, world)
-        drop_last = self._drop_last()
-        if drop_last:
-            self.train_sampler.usable = self.train_batches_per_epoch() * self.batch_size
-        return ResumableLoader(
-            sampler=self.train_sampler,
-            progress=self._consumed_batches,
-            epoch=self._next_epoch,
-            rng_states=self._rng_states,
-            drop_last=drop_last,
-            **self._loader_kwargs("train", self.batch_size),
-        )
-
     @override
     def state_dict(self) -> dict[str, Any]:
-        """The random generators' states, saved in every checkpoint for exact resume."""
-        return {"rng_states": rng.capture()}
+        """The random generators' states (for exact resume) and the held-out validation
+        images (``val_fraction``), saved in every checkpoint."""
+        state: dict[str, Any] = {"rng_states": rng.capture()}
+        if self._unsplit is not None and "val" in self.splits:
+            state["held_out"] = [relative(p, self._unsplit.root) for p in self.splits["val"].paths]
+        return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Keep the checkpoint's generator states for the training loader to restore."""
+        """Keep the checkpoint's generator states for the training loader to restore; hold out
+        the checkpoint's validation images instead of a new draw."""
         self._rng_states = state_dict.get("rng_states")
-
-    def _eval_loader(self, name: str) -> DataLoader[Any]:
-        rank, world = self._rank()
-        sampler = ShardSampler(len(self.datasets[name]), rank, world)
-        return DataLoader(sampler=sampler, **self._loader_kwargs(name, self.eval_batch_size))
-
-    @override
-    def val_dataloader(self) -> DataLoader[Any]:
-        """In file order, each image on exactly one process."""
-        return self._eval_loader("val")
-
-    @override
-    def test_dataloader(self) -> DataLoader[Any]:
-        """In file order, each image on exactly one process."""
-        return self._eval_loader("test")
-
-    @override
-    def predict_dataloader(self) -> DataLoader[Any]:
-        """In file order, each image on exactly one process."""
-        return self._eval_loader("predict")
-
-    @override
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Normalise ``uint8`` images on the device they were sent to."""
-        images, labels, indices = batch
-        if images.dtype == torch.uint8:
-            assert self.preprocessing is not None
-            if self._mean_std is None or self._mean_std[0].device != images.device:
-                self._mean_std = self.preprocessing.mean_std(images.device)
-            images = normalize(images, *self._mean_std)
-        return images, labels, indices
+        names = state_dict.get("held_out")
+        if names is None or self._unsplit is None:
+            return
+        self.splits["val"] = self._apply_holdout(saved(self._unsplit, names))
+        for name in ("train", "val"):
+            self.datasets.pop(name, None)
+        self._build_datasets()

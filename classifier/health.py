@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from classifier.files import write_csv
+from classifier.files import write_csv, write_json
 from classifier.folder import DataError, Split, shared_files
 
 #: Bits of the perceptual hash.
@@ -171,6 +171,28 @@ def duplicates(
         for path, label in zip(split.paths, split.labels, strict=True)
     ]
     return health_report(records, max_distance)
+
+
+def check_duplicates(
+    splits: dict[str, Split],
+    hashes: dict[str, dict[str, tuple[str, int]]],
+    class_names: list[str],
+    max_distance: int,
+    on_leakage: str,
+    folder: Path | None,
+) -> None:
+    """Find duplicates in the labelled ``splits``; write ``data_health.json`` and print a
+    summary when ``folder`` is given (rank 0); warn about leakage, or raise when
+    ``on_leakage`` is ``error``."""
+    report = duplicates(splits, hashes, class_names, max_distance)
+    message = leakage(report)
+    if message and on_leakage == "error":
+        raise DataError(f"{message}\nRemove the copies, or set --data.on_leakage warn.")
+    if folder is not None:
+        write_json(folder / "data_health.json", report)
+        print(f"{describe(report)}\n  every group: {folder / 'data_health.json'}")
+    if message:
+        warnings.warn(message, stacklevel=4)
 
 
 def report_shared(splits: dict[str, Split]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
@@ -66,3 +67,19 @@ class ResumableLoader(DataLoader[Any]):
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Skip the consumed samples if the run resumes inside the same epoch."""
         self._epoch_sampler().resume(int(state["epoch"]), int(state["samples"]))
+
+
+def consumed_batches(trainer: pl.Trainer | None) -> int:
+    """Batches of the current training epoch already consumed."""
+    if trainer is None:
+        return 0
+    current: Any = trainer.fit_loop.epoch_loop.batch_progress.current
+    return int(current.processed)
+
+
+def next_epoch(trainer: pl.Trainer | None) -> int:
+    """The epoch the trainer runs next (what Lightning passes to ``set_epoch``)."""
+    if trainer is None:
+        return 0
+    current: Any = trainer.fit_loop.epoch_progress.current
+    return int(current.processed)

@@ -1,0 +1,107 @@
+"""A validation split carved out of ``train/`` when the data has no ``val/`` folder.
+
+The split is stratified (each class gives the same share, to within one image), seeded, and
+keeps every group of duplicate images on one side, so no copy of a validation image is trained
+on. It is written to ``split.csv`` in the run folder and carried in checkpoints, so a resumed run,
+``validate`` and ``test`` use exactly the same images even if files were added since.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from classifier.files import write_csv
+from classifier.folder import Split
+from classifier.health import groups_of, near_pairs
+
+
+def hold_out(
+    labels: Sequence[int], groups: Iterable[Sequence[int]], fraction: float, seed: int
+) -> list[int]:
+    """Indices of a stratified, seeded validation share of ``labels``.
+
+    Args:
+        labels: class index of every training image.
+        groups: indices that must stay together (duplicates); other images stand alone.
+        fraction: share of each class to hold out (a class of two or more images gives at
+            least one and keeps at least one).
+        seed: seed of the draw.
+    """
+    grouped = {i for group in groups for i in group}
+    units = [list(g) for g in groups] + [[i] for i in range(len(labels)) if i not in grouped]
+    units.sort()
+    random.Random(seed).shuffle(units)  # noqa: S311 (a reproducible draw, not a secret)
+    counts: dict[int, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    target = {c: 0 if n < 2 else min(n - 1, max(1, round(fraction * n))) for c, n in counts.items()}
+    taken = dict.fromkeys(counts, 0)
+    chosen: list[int] = []
+    for unit in units:
+        per_class: dict[int, int] = {}
+        for i in unit:
+            per_class[labels[i]] = per_class.get(labels[i], 0) + 1
+        if all(taken[c] + k <= target[c] for c, k in per_class.items()):
+            chosen += unit
+            for c, k in per_class.items():
+                taken[c] += k
+    return sorted(chosen)
+
+
+def draw(
+    train: Split,
+    hashes: dict[str, tuple[str, int]],
+    fraction: float,
+    seed: int,
+    max_distance: int,
+) -> set[int]:
+    """The indices of ``train`` to hold out, keeping groups of images whose perceptual hashes
+    are within ``max_distance`` bits together (no groups when the pre-scan was off)."""
+    groups: list[list[int]] = []
+    if all(str(p) in hashes for p in train.paths):
+        perceptual = [hashes[str(p)][1] for p in train.paths]
+        groups = groups_of(len(train.paths), near_pairs(perceptual, max(0, max_distance)))
+    return set(hold_out(train.labels, groups, fraction, seed))
+
+
+def saved(train: Split, names: Sequence[str]) -> set[int]:
+    """The indices of ``train`` a checkpoint held out (by manifest path); warns about any
+    that are gone."""
+    wanted = set(names)
+    held = {i for i, p in enumerate(train.paths) if relative(p, train.root) in wanted}
+    if len(held) < len(wanted):
+        warnings.warn(
+            f"{len(wanted) - len(held)} held-out validation image(s) of the checkpoint are gone "
+            "from train/; validating on the rest",
+            stacklevel=3,
+        )
+    return held
+
+
+def carve(train: Split, held: set[int]) -> tuple[Split, Split]:
+    """``train`` without the ``held`` indices, and a ``val`` split of them (same root)."""
+    keep = [i for i in range(len(train.paths)) if i not in held]
+    rest = Split("train", train.root)
+    rest.paths, rest.labels = [train.paths[i] for i in keep], [train.labels[i] for i in keep]
+    val = Split("val", train.root)
+    order = sorted(held)
+    val.paths, val.labels = [train.paths[i] for i in order], [train.labels[i] for i in order]
+    return rest, val
+
+
+def relative(path: Path, root: Path) -> str:
+    """``path`` as stored in the manifest: relative to the ``train/`` folder."""
+    return path.relative_to(root).as_posix()
+
+
+def write_manifest(path: Path, train: Split, val: Split, class_names: list[str]) -> None:
+    """``split.csv``: every image of ``train/`` with its class and the split it went to."""
+    rows = [
+        (relative(p, split.root), class_names[label], split.name)
+        for split in (train, val)
+        for p, label in zip(split.paths, split.labels, strict=True)
+    ]
+    write_csv(path, ["path", "class", "split"], sorted(rows))

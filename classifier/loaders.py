@@ -1,0 +1,128 @@
+"""Loaders for an image-folder data module: sharded samplers, exact resume, normalisation on
+the device. :class:`~classifier.data.ImageFolderDataModule` reads the folders and builds the
+datasets; this base turns them into loaders (as TorchGeo's base data modules do)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+from typing_extensions import override
+
+from classifier.datasets import ImageDataset
+from classifier.folder import Split
+from classifier.resume import ResumableLoader, consumed_batches, next_epoch
+from classifier.sampler import EpochSampler, ShardSampler
+from classifier.transforms import Preprocessing, normalize
+
+
+class LoaderDataModule(pl.LightningDataModule):
+    """The loaders of :class:`~classifier.data.ImageFolderDataModule` (see its arguments)."""
+
+    splits: dict[str, Split]
+    datasets: dict[str, ImageDataset]
+    batch_size: int
+    eval_batch_size: int
+    num_workers: int
+    preprocessing: Preprocessing | None
+    train_sampler: EpochSampler | None
+    _rng_states: dict[str, Any] | None
+    _mean_std: tuple[torch.Tensor, torch.Tensor] | None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (the subclass knows them)."""
+        raise NotImplementedError
+
+    def _rank(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _loader_kwargs(self, name: str, batch_size: int) -> dict[str, Any]:
+        workers = self.num_workers
+        pin = self.hparams["pin_memory"]
+        if pin is None:
+            pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        return {
+            "dataset": self.datasets[name],
+            "batch_size": batch_size,
+            "num_workers": workers,
+            "pin_memory": pin,
+            "persistent_workers": workers > 0 and name in ("train", "val"),  # reused each epoch
+            "prefetch_factor": 4 if workers > 0 else None,
+            # Its own generator: creating iterators does not consume the global RNG, whose
+            # state is restored on resume.
+            "generator": torch.Generator().manual_seed(0),
+        }
+
+    def _per_rank(self) -> int:
+        """Training samples each process draws per epoch."""
+        return -(-len(self.splits["train"]) // self._rank()[1])
+
+    def _drop_last(self) -> bool:
+        """Drop the last partial training batch (as timm's and torchvision's reference scripts
+        do): a final batch of one image breaks BatchNorm. Kept when it is the only batch."""
+        return self._per_rank() >= self.batch_size
+
+    def train_batches_per_epoch(self) -> int:
+        """Training batches each process runs per epoch (before ``limit_train_batches``)."""
+        if self._drop_last():
+            return self._per_rank() // self.batch_size
+        return -(-self._per_rank() // self.batch_size)
+
+    @override
+    def train_dataloader(self) -> DataLoader[Any]:
+        """Shuffled or weighted, sharded across processes; the last partial batch is dropped."""
+        rank, world = self._rank()
+        labels = torch.tensor(self.splits["train"].labels)
+        weights = None
+        if self.hparams["sampler"] == "weighted":
+            counts = torch.bincount(labels, minlength=self.num_classes).double()
+            weights = (1.0 / counts.clamp(min=1))[labels]
+        seed = self.hparams["seed"] or 0
+        self.train_sampler = EpochSampler(len(labels), weights, seed, rank, world)
+        drop_last = self._drop_last()
+        if drop_last:
+            self.train_sampler.usable = self.train_batches_per_epoch() * self.batch_size
+        return ResumableLoader(
+            sampler=self.train_sampler,
+            progress=lambda: consumed_batches(self.trainer),
+            epoch=lambda: next_epoch(self.trainer),
+            rng_states=self._rng_states,
+            drop_last=drop_last,
+            **self._loader_kwargs("train", self.batch_size),
+        )
+
+    def _eval_loader(self, name: str) -> DataLoader[Any]:
+        rank, world = self._rank()
+        sampler = ShardSampler(len(self.datasets[name]), rank, world)
+        return DataLoader(sampler=sampler, **self._loader_kwargs(name, self.eval_batch_size))
+
+    @override
+    def val_dataloader(self) -> DataLoader[Any]:
+        """In file order, each image on exactly one process."""
+        return self._eval_loader("val")
+
+    @override
+    def test_dataloader(self) -> DataLoader[Any]:
+        """In file order, each image on exactly one process."""
+        return self._eval_loader("test")
+
+    @override
+    def predict_dataloader(self) -> DataLoader[Any]:
+        """In file order, each image on exactly one process."""
+        return self._eval_loader("predict")
+
+    @override
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Normalise ``uint8`` images on the device they were sent to."""
+        images, labels, indices = batch
+        if images.dtype == torch.uint8:
+            assert self.preprocessing is not None
+            if self._mean_std is None or self._mean_std[0].device != images.device:
+                self._mean_std = self.preprocessing.mean_std(images.device)
+            images = normalize(images, *self._mean_std)
+        return images, labels, indices

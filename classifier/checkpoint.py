@@ -82,7 +82,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{file} is not a Lightning checkpoint.")
+    _upgrade(checkpoint)
     return checkpoint
+
+
+def _upgrade(checkpoint: dict[str, Any]) -> None:
+    """Move what older versions stored elsewhere to where this one reads it: the generator
+    states were top-level, and now belong to the data module's state (exact resume)."""
+    legacy = checkpoint.pop("rng_states", None)
+    if legacy is not None:
+        checkpoint.setdefault("ImageFolderDataModule", {}).setdefault("rng_states", legacy)
 
 
 def config_from_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -86,7 +86,8 @@ class ConfusionMatrix(PlottingCallback):
     ``plot_time_share`` of the run's time (always at the end of fit).
 
     Args:
-        every_n_epochs: write the validation matrix every N epochs (the last epoch always).
+        every_n_epochs: write the validation matrix every N epochs, and at the last epoch
+            ``max_epochs`` allows (a run stopped earlier keeps its last due matrix).
         max_classes: above this many classes the plots show the ``max_classes`` classes involved
             in most errors (the CSV files keep every class).
         top_pairs: rows in the most-confused-pairs list.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -343,7 +344,7 @@ class ImageFolderDataModule(LoaderDataModule):
     def state_dict(self) -> dict[str, Any]:
         """The random generators' states (for exact resume) and the held-out validation
         images (``val_fraction``), saved in every checkpoint."""
-        state: dict[str, Any] = {"rng_states": rng.capture()}
+        state: dict[str, Any] = {"rng_states": rng.capture(), "seed": self.hparams["seed"] or 0}
         if self._unsplit is not None and "val" in self.splits:
             state["held_out"] = [relative(p, self._unsplit.root) for p in self.splits["val"].paths]
         return state
@@ -353,6 +354,14 @@ class ImageFolderDataModule(LoaderDataModule):
         """Keep the checkpoint's generator states for the training loader to restore; hold out
         the checkpoint's validation images instead of a new draw."""
         self._rng_states = state_dict.get("rng_states")
+        if "seed" in state_dict and state_dict["seed"] != (self.hparams["seed"] or 0):
+            if self.trainer is not None and self.trainer.state.fn == "fit":
+                warnings.warn(
+                    f"data.seed {self.hparams['seed']} differs from the checkpoint's "
+                    f"{state_dict['seed']}; the resumed run keeps the checkpoint's order",
+                    stacklevel=2,
+                )
+            self.hparams["seed"] = state_dict["seed"]
         names = state_dict.get("held_out")
         if names is None or self._unsplit is None:
             return

@@ -209,8 +209,6 @@ class OnnxExport(Callback):
         self.options = ExportOptions(
             opset, simplify, uint8_input, verify_images, atol, min_agreement
         )
-        #: Paths of the files exported by the last run.
-        self.paths: list[Path] = []
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -242,7 +240,6 @@ class OnnxExport(Callback):
                 self.options,
                 (val.paths, val.labels) if val is not None else None,
             )
-            self.paths.append(path)
             rank_zero_info(f"Exported {path}: {report}")
 
 

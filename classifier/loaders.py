@@ -82,8 +82,11 @@ class LoaderDataModule(pl.LightningDataModule):
         if self.hparams["sampler"] == "weighted":
             counts = torch.bincount(labels, minlength=self.num_classes).double()
             weights = (1.0 / counts.clamp(min=1))[labels]
-        seed = self.hparams["seed"] or 0
+        seed = int(self.hparams["seed"] or 0)
+        if self.trainer is not None:  # one draw for all ranks, whatever seed each was given
+            seed = int(self.trainer.strategy.broadcast(seed, src=0))
         self.train_sampler = EpochSampler(len(labels), weights, seed, rank, world)
+        states, self._rng_states = self._rng_states, None  # restored once, by this loader
         drop_last = self._drop_last()
         if drop_last:
             self.train_sampler.usable = self.train_batches_per_epoch() * self.batch_size
@@ -91,7 +94,7 @@ class LoaderDataModule(pl.LightningDataModule):
             sampler=self.train_sampler,
             progress=lambda: consumed_batches(self.trainer),
             epoch=lambda: next_epoch(self.trainer),
-            rng_states=self._rng_states,
+            rng_states=states,
             drop_last=drop_last,
             **self._loader_kwargs("train", self.batch_size),
         )

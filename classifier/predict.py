@@ -29,6 +29,8 @@ class PredictionWriter(Callback):
     """
 
     def __init__(self, filename: str = "predictions.csv", top_k: int = 5) -> None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
         self.filename = filename
         self.top_k = top_k
         self._rows: list[tuple[int, int, list[float]]] = []
@@ -65,7 +67,7 @@ class PredictionWriter(Callback):
         names: list[str] = list(pl_module.class_names)  # type: ignore[arg-type]
         split = trainer.datamodule.splits["predict"]  # type: ignore[attr-defined]
         paths, truth = split.paths, split.labels
-        k = max(1, min(self.top_k, len(names)))
+        k = min(self.top_k, len(names))
         has_truth = any(label >= 0 for label in truth)
         header = ["path", "predicted", "confidence"] + (["true"] if has_truth else [])
         for i in range(1, k + 1):

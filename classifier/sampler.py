@@ -48,8 +48,6 @@ class EpochSampler(Sampler[Key]):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
-        #: The epoch of the last iterator created (``None`` before the first).
-        self.drawn_epoch: int | None = None
         #: (epoch, samples of this rank to skip) for the first iteration after a resume.
         self.resume_at: tuple[int, int] | None = None
         #: The dataset indices this rank drew in the current epoch, in order.
@@ -86,7 +84,6 @@ class EpochSampler(Sampler[Key]):
             self.epoch, start = self.resume_at
             self.resume_at = None
         self.drawn = self.global_draw()[self.rank :: self.world_size]
-        self.drawn_epoch = self.epoch
         indices = self.drawn.tolist()
         keys = [(index, self.seed, self.epoch, pos) for pos, index in enumerate(indices)]
         return iter(keys[start:])

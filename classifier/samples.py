@@ -68,7 +68,8 @@ class SampleGrids(PlottingCallback):
 
     Args:
         num_images: images per grid.
-        every_n_epochs: pick the validation gallery every N epochs (the last epoch always).
+        every_n_epochs: pick the validation gallery every N epochs, and at the last epoch
+            ``max_epochs`` allows (a run stopped earlier keeps its last due gallery).
         plot_time_share: the largest fraction of training wall time spent drawing the gallery
             (0: only at the end of fit; 1: whenever it is picked).
     """

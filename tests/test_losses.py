@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -56,15 +57,44 @@ def test_class_weights_and_label_smoothing_change_the_loss() -> None:
     assert float(cross_entropy(logits, labels, heavier)) > plain
 
 
-def test_list_class_weights_reach_the_loss(image_folder: Path) -> None:
+def _step(model: ImageClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    with pytest.warns(UserWarning, match="self.log"):  # no trainer: nothing to log to
+        return float(model.training_step((images, labels, torch.arange(len(labels))), 0))
+
+
+def test_list_class_weights_reach_the_training_loss(image_folder: Path) -> None:
     data = ImageFolderDataModule(str(image_folder), class_weights=[1.0, 3.0, 0.5], num_workers=0)
     data.setup("fit")
     weights = data.loss_weights()
     assert weights is not None and weights.tolist() == [1.0, 3.0, 0.5]
+    model = ImageClassifier("test_resnet", ["cat", "dog", "fox"], pretrained=False).eval()
+    model.class_weights.copy_(weights)  # what setup() does with the data module's weights
+    model.use_class_weights = True
+    images, labels = torch.rand(6, 3, 32, 32), torch.tensor([0, 1, 1, 2, 0, 1])
+    with torch.no_grad():
+        logits = model(images)
+        loss = _step(model, images, labels)
+    assert loss == pytest.approx(float(cross_entropy(logits, labels, weights)), rel=1e-5)
+    assert loss != pytest.approx(float(cross_entropy(logits, labels)), rel=1e-3)
     bad = ImageFolderDataModule(str(image_folder), class_weights=[1.0, 2.0], num_workers=0)
     bad.setup("fit")
     with pytest.raises(ValueError, match="2 values for 3 classes"):
         bad.loss_weights()
+
+
+def test_a_mixed_training_step_applies_smoothing_and_weights_in_the_loss() -> None:
+    model = ImageClassifier(
+        "test_resnet", ["a", "b", "c", "d"], pretrained=False, mixup=0.4, label_smoothing=0.1
+    ).eval()
+    model.class_weights.copy_(WEIGHTS)
+    model.use_class_weights = True
+    images, labels = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    np.random.seed(0)  # timm's Mixup draws lambda from NumPy
+    mixed, mix = model.mixup_fn(images.clone(), labels)
+    with torch.no_grad():
+        expected = float(mixed_cross_entropy(model(mixed), mix, WEIGHTS, 0.1))
+        np.random.seed(0)
+        assert _step(model, images.clone(), labels) == pytest.approx(expected, rel=1e-5)
 
 
 def test_mixup_targets_carry_no_smoothing_the_loss_adds_it() -> None:

@@ -60,6 +60,7 @@ def _configured(**hparams: Any) -> tuple[torch.optim.Optimizer, Any]:
     model = ImageClassifier("test_resnet", ["a", "b"], pretrained=False, **hparams)
     model._stepping_batches = lambda: (10, 100)  # type: ignore[method-assign]
     config = model.configure_optimizers()
+    assert config["lr_scheduler"]["interval"] == "step"  # Lightning steps it per optimizer step
     return config["optimizer"], config["lr_scheduler"]["scheduler"]
 
 

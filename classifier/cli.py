@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import tempfile
 import warnings
@@ -26,7 +28,7 @@ from classifier.checkpoint import CheckpointError, checkpoint_file, config_from_
 from classifier.checkpoint_io import guard_checkpoint_loads
 from classifier.data import ImageFolderDataModule
 from classifier.evaluation import PerClassReport
-from classifier.files import run_dir
+from classifier.files import run_dir, run_of_checkpoint
 from classifier.folder import DataError
 from classifier.model import ImageClassifier, NonFiniteLossError
 from classifier.plots import wait_for_figures
@@ -178,6 +180,14 @@ class ClassifierCLI(LightningCLI):
         self._ensure(PreemptionCheckpoint)
         self._ensure(PerClassReport)
 
+    def after_validate(self) -> None:
+        """Say where the results are."""
+        rank_zero_info(f"\nResults: {run_dir(self.trainer)}")
+
+    def after_test(self) -> None:
+        """Say where the results are."""
+        rank_zero_info(f"\nResults: {run_dir(self.trainer)}")
+
     def after_fit(self) -> None:
         """Print where the run's files are; optionally test the best checkpoint."""
         trainer = self.trainer
@@ -262,11 +272,43 @@ def _checkpoint_layer(args: list[str]) -> Iterator[tuple[list[str], str | None]]
         yield args, None
         return
     layer = config_from_checkpoint(ckpt)
+    run = run_of_checkpoint(Path(ckpt))
+    if run is not None:  # results go beside the run they evaluate (a config's logger wins)
+        version = _free_name(run, command)
+        layer["trainer"] = {
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(run), "name": "", "version": version},
+            }
+        }
     with tempfile.TemporaryDirectory(prefix="classifier-ckpt-") as tmp:
         path = Path(tmp) / "checkpoint_config.yaml"
         path.write_text(yaml.safe_dump(layer))
         at = args.index(command) + 1
         yield [*args[:at], "--config", str(path), *args[at:]], ckpt
+
+
+def version_line() -> str:
+    """``classifier X (lightning Y, torch Z, timm W)``, for ``classifier --version``."""
+    import lightning
+    import timm
+    import torch
+
+    from classifier import __version__
+
+    versions = (
+        f"lightning {lightning.__version__}, torch {torch.__version__}, timm {timm.__version__}"
+    )
+    return f"classifier {__version__} ({versions})"
+
+
+def _free_name(run: Path, command: str) -> str:
+    """``test``, then ``test_2``, ``test_3`` ...: the first name not yet taken in ``run``."""
+    name, number = command, 1
+    while (run / name).exists():
+        number += 1
+        name = f"{command}_{number}"
+    return name
 
 
 @contextmanager
@@ -279,13 +321,45 @@ def _figures_written() -> Iterator[None]:
         wait_for_figures()
 
 
+#: Warnings about Lightning's internals, not about the user's run, silenced in every command
+#: (``CLASSIFIER_DEBUG=1`` shows them).
+_NOISE = (
+    "LightningCLI's args parameter is intended",  # args is how the checkpoint layer goes in
+    r"isinstance\(treespec, LeafSpec\)",  # a deprecation inside Lightning's torch calls
+    "`torch.jit.script` is deprecated",  # fvcore's FLOP counter
+)
+#: Evaluating a checkpoint needs neither its training callbacks nor its checkpoint folder.
+_EVAL_NOISE = (
+    "callbacks used to create the checkpoint need to be provided",
+    "The dirpath has changed from",
+)
+
+
+class _DropTips(logging.Filter):
+    """Drop Lightning's advertising (``💡 Tip: ... litlogger / litmodels``)."""
+
+    @override
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
 @contextmanager
-def _quiet_args_warning() -> Iterator[None]:
-    """Silence, for this command only, Lightning's warning that ``args`` and ``sys.argv`` are
-    both given: ``args`` is how the checkpoint layer is inserted, and sys.argv stays as typed."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+def _quiet(command: str | None) -> Iterator[None]:
+    """Silence, for this command only, messages that do not concern the user's run."""
+    if os.environ.get("CLASSIFIER_DEBUG"):
         yield
+        return
+    noise = _NOISE + (_EVAL_NOISE if command in _EVAL_COMMANDS else ())
+    tips = _DropTips()
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    logger.addFilter(tips)
+    try:
+        with warnings.catch_warnings():
+            for message in noise:
+                warnings.filterwarnings("ignore", message=f".*{message}")
+            yield
+    finally:
+        logger.removeFilter(tips)
 
 
 def main(args: list[str] | None = None) -> Any:
@@ -294,7 +368,10 @@ def main(args: list[str] | None = None) -> Any:
     argv = list(sys.argv[1:] if args is None else args)
     if _command(argv) == "fit":
         argv = resolve_last(argv)
-    with _checkpoint_layer(argv) as (argv, layer_ckpt), _figures_written(), _quiet_args_warning():
+    if _command(argv) is None and "--version" in argv:
+        print(version_line())
+        return None
+    with _quiet(_command(argv)), _checkpoint_layer(argv) as (argv, layer_ckpt), _figures_written():
         return ClassifierCLI(
             ImageClassifier,
             ImageFolderDataModule,

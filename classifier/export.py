@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from classifier.files import atomic_write_bytes, run_dir, write_json
+from classifier.files import atomic_write_bytes, run_dir, run_of_checkpoint, write_json
 from classifier.model import as_classifier
 from classifier.transforms import Preprocessing
 from classifier.verify import ExportError, spread, verify_onnx
@@ -324,12 +324,10 @@ def sidecar(onnx_path: Path, name: str) -> Path:
 def default_output(ckpt_path: Path) -> Path:
     """``<run>/model.onnx`` for a checkpoint in a run's ``checkpoints/`` folder (one holding
     ``config.yaml``, ``hparams.yaml`` or ``metrics.csv``), else ``<name>.onnx`` beside it."""
-    folder = ckpt_path.resolve().parent
-    run = folder.parent
-    markers = ("config.yaml", "hparams.yaml", "metrics.csv")
-    if folder.name == "checkpoints" and any((run / m).is_file() for m in markers):
+    run = run_of_checkpoint(ckpt_path)
+    if run is not None:
         return run / "model.onnx"
-    return folder / f"{ckpt_path.stem}.onnx"
+    return ckpt_path.resolve().parent / f"{ckpt_path.stem}.onnx"
 
 
 def main(args: list[str] | None = None) -> None:

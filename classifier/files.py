@@ -124,3 +124,14 @@ def safe_name(name: str, max_len: int = 64) -> str:
     """A class or metric name made safe for a file name (no ``/``, ``..``, newlines)."""
     cleaned = re.sub(r"[^\w.-]+", "_", name, flags=re.UNICODE).strip("._") or "unnamed"
     return cleaned[:max_len]
+
+
+def run_of_checkpoint(ckpt_path: Path) -> Path | None:
+    """The run folder a checkpoint belongs to (``<run>/checkpoints/x.ckpt``, where ``<run>``
+    holds ``config.yaml``, ``hparams.yaml`` or ``metrics.csv``), else ``None``."""
+    folder = ckpt_path.resolve().parent
+    run = folder.parent
+    markers = ("config.yaml", "hparams.yaml", "metrics.csv")
+    if folder.name == "checkpoints" and any((run / m).is_file() for m in markers):
+        return run
+    return None

@@ -155,3 +155,25 @@ def test_only_documented_environment_variables_are_read() -> None:
             if "environ" in code or "getenv" in code:
                 documented = "CLASSIFIER_" in code or "ENV_ALLOWED" in code
                 assert documented or "``" in code, f"{path.name}:{number}: {line.strip()}"
+
+
+def test_evaluating_a_run_is_quiet_and_writes_beside_it(image_folder: Path) -> None:
+    """What a newcomer sees from ``classifier test --ckpt_path``: no advertising, no warnings
+    about Lightning's internals, results in ``<run>/test/`` (numbered when repeated)."""
+    cli: Any = run_cli(*tiny("fit", image_folder, "--trainer.max_epochs", "1"))
+    run = _run_folder(cli).resolve()
+    best = str(run / "checkpoints" / "best.ckpt")
+    exe = str(Path(sys.executable).parent / "classifier")
+    result = subprocess.run(
+        [exe, "test", "--ckpt_path", best], capture_output=True, text=True, timeout=300
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Tip:" not in output and "Warning" not in output, output
+    assert f"Results: {run / 'test'}" in output
+    assert (run / "test" / "test_per_class.csv").is_file()
+    again: Any = run_cli("validate", "--ckpt_path", best)
+    assert _run_folder(again).resolve() == run / "validate"
+    assert _run_folder(run_cli("validate", "--ckpt_path", best)).resolve() == run / "validate_2"
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
+    assert version.stdout.startswith("classifier ") and "lightning" in version.stdout

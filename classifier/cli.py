@@ -155,8 +155,23 @@ class ClassifierCLI(LightningCLI):
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Link ``data.class_names`` to ``model.class_names``; add ``test_after_fit``."""
+        """Link ``data.class_names`` to ``model.class_names``; add ``tune`` and
+        ``test_after_fit``."""
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.add_argument(
+            "--tune.batch_size",
+            type=bool,
+            default=False,
+            help="Before fit, find the largest batch size that fits (Lightning's Tuner, on one "
+            "device) and train with it; config.yaml records the value.",
+        )
+        parser.add_argument(
+            "--tune.lr",
+            type=bool,
+            default=False,
+            help="Before fit, run the learning-rate finder, train with its suggestion and save "
+            "lr_finder.png; config.yaml records the value.",
+        )
         parser.add_argument(
             "--test_after_fit",
             type=bool,
@@ -179,6 +194,28 @@ class ClassifierCLI(LightningCLI):
         self._check_ckpt_path()
         self._ensure(PreemptionCheckpoint)
         self._ensure(PerClassReport)
+        self._tune()
+
+    def _tune(self) -> None:
+        """Run the finders asked for and record what they found in the run's config."""
+        config = self.config[str(self.subcommand)]
+        tune = config.get("tune")
+        if tune is None or not (tune.batch_size or tune.lr):
+            return
+        from classifier.tune import find
+
+        folder = run_dir(self.trainer)
+        folder.mkdir(parents=True, exist_ok=True)
+        found = find(self.trainer, self.model, self.datamodule, tune.batch_size, tune.lr, folder)
+        if found.batch_size is not None:
+            config.data.batch_size = found.batch_size
+            rank_zero_info(f"Batch-size finder: training with batch_size {found.batch_size}")
+        if found.lr is not None:
+            config.model.lr = found.lr
+            rank_zero_info(
+                f"LR finder: training with lr {found.lr:.4g} ({folder / 'lr_finder.png'})"
+            )
+        tune.batch_size = tune.lr = False  # config.yaml reruns with the values, not the search
 
     def after_validate(self) -> None:
         """Say where the results are."""

@@ -5,30 +5,27 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
-import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
 import lightning.pytorch as pl
-import yaml
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
+from classifier.arguments import CKPT_KEYWORDS, checkpoint_layer, resolve_last, subcommand
 from classifier.backbone import BackboneError
-from classifier.checkpoint import CheckpointError, checkpoint_file, config_from_checkpoint
+from classifier.checkpoint import CheckpointError, checkpoint_file
 from classifier.checkpoint_io import guard_checkpoint_loads
+from classifier.console import quiet, version_line
 from classifier.data import ImageFolderDataModule
 from classifier.evaluation import PerClassReport
-from classifier.files import run_dir, run_of_checkpoint
+from classifier.files import run_dir
 from classifier.folder import DataError
 from classifier.model import ImageClassifier, NonFiniteLossError
 from classifier.plots import wait_for_figures
@@ -37,9 +34,7 @@ from classifier.preemption import SIGTERM_EXIT_CODE, PreemptionCheckpoint
 from classifier.safety import UnsafeConfigError, enforce_import_policy, unsafe_error
 from classifier.verify import ExportError
 
-_EVAL_COMMANDS = {"validate", "test", "predict"}
 #: ``ckpt_path`` values Lightning resolves itself (to files that are then loaded safely).
-_CKPT_KEYWORDS = {"best", "last", "hpc", "registry"}
 #: Errors whose message tells the user what to fix; printed without a traceback.
 USER_ERRORS = (
     DataError,
@@ -125,7 +120,7 @@ class ClassifierCLI(LightningCLI):
                 f"ckpt_path is given twice ({self.layer_ckpt} on the command line, {ckpt} from a "
                 "config); give it once, so the weights and the model arguments match."
             )
-        if ckpt and str(ckpt) not in _CKPT_KEYWORDS:
+        if ckpt and str(ckpt) not in CKPT_KEYWORDS:
             checkpoint_file(ckpt)
 
     def _ensure(self, callback: type[Callback]) -> None:
@@ -239,115 +234,6 @@ class ClassifierCLI(LightningCLI):
             rank_zero_info(f"Best checkpoint: {best}")
 
 
-def _command(args: list[str]) -> str | None:
-    """The subcommand: the first argument that is neither an option nor an option's value
-    (``classifier -c run.yaml test ...`` is ``test``)."""
-    skip = False
-    for arg in args:
-        if skip or arg.startswith("-"):
-            skip = arg in {"-c", "--config"}
-            continue
-        return arg
-    return None
-
-
-def _option(args: list[str], name: str) -> str | None:
-    """The value of ``--name X`` or ``--name=X`` (the last one given)."""
-    value = None
-    for i, arg in enumerate(args):
-        if arg == name and i + 1 < len(args):
-            value = args[i + 1]
-        elif arg.startswith(name + "="):
-            value = arg.split("=", 1)[1]
-    return value
-
-
-def _run_roots(args: list[str]) -> list[Path]:
-    """Folders that hold this configuration's runs: the logger's save_dir/name, or runs/."""
-    roots = []
-    for i, arg in enumerate(args):
-        if arg in {"--config", "-c"} and i + 1 < len(args) and Path(args[i + 1]).is_file():
-            config = yaml.safe_load(Path(args[i + 1]).read_text()) or {}
-            logger = (config.get("trainer") or {}).get("logger")
-            if isinstance(logger, dict) and isinstance(logger.get("init_args"), dict):
-                init = logger["init_args"]
-                # WandB names its run folder after the project (``name`` is the run's label).
-                wandb = str(logger.get("class_path", "")).endswith("WandbLogger")
-                name = init.get("project", "lightning_logs") if wandb else init.get("name", "")
-                roots.append(Path(init.get("save_dir", "runs")) / str(name))
-    return roots or [Path(_option(args, "--trainer.default_root_dir") or "runs")]
-
-
-def resolve_last(args: list[str]) -> list[str]:
-    """Replace ``fit --ckpt_path last`` by the newest ``last.ckpt`` of earlier runs.
-
-    Each run has its own versioned folder, where Lightning's own ``last`` lookup would search
-    only the new, empty one.
-    """
-    if _option(args, "--ckpt_path") != "last":
-        return args
-    found = [p for root in _run_roots(args) for p in root.glob("**/checkpoints/last.ckpt")]
-    if not found:
-        roots = ", ".join(str(r) for r in _run_roots(args))
-        raise CheckpointError(f"--ckpt_path last: no checkpoints/last.ckpt under {roots}.")
-    newest = max(found, key=lambda p: p.stat().st_mtime)
-    rank_zero_info(f"Resuming from {newest}")
-    out = [a for a in args if not a.startswith("--ckpt_path=")]
-    at = out.index("--ckpt_path") if "--ckpt_path" in out else None
-    if at is not None:
-        del out[at : at + 2]
-    return [*out, "--ckpt_path", str(newest)]
-
-
-@contextmanager
-def _checkpoint_layer(args: list[str]) -> Iterator[tuple[list[str], str | None]]:
-    """Insert the checkpoint's model/data arguments as the first ``--config`` of an eval run;
-    yields the arguments and the checkpoint used (``None`` when no layer was inserted)."""
-    command = _command(args)
-    ckpt = _option(args, "--ckpt_path")
-    if command not in _EVAL_COMMANDS or not ckpt or ckpt in _CKPT_KEYWORDS:
-        yield args, None
-        return
-    layer = config_from_checkpoint(ckpt)
-    run = run_of_checkpoint(Path(ckpt))
-    if run is not None:  # results go beside the run they evaluate (a config's logger wins)
-        version = _free_name(run, command)
-        layer["trainer"] = {
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(run), "name": "", "version": version},
-            }
-        }
-    with tempfile.TemporaryDirectory(prefix="classifier-ckpt-") as tmp:
-        path = Path(tmp) / "checkpoint_config.yaml"
-        path.write_text(yaml.safe_dump(layer))
-        at = args.index(command) + 1
-        yield [*args[:at], "--config", str(path), *args[at:]], ckpt
-
-
-def version_line() -> str:
-    """``classifier X (lightning Y, torch Z, timm W)``, for ``classifier --version``."""
-    import lightning
-    import timm
-    import torch
-
-    from classifier import __version__
-
-    versions = (
-        f"lightning {lightning.__version__}, torch {torch.__version__}, timm {timm.__version__}"
-    )
-    return f"classifier {__version__} ({versions})"
-
-
-def _free_name(run: Path, command: str) -> str:
-    """``test``, then ``test_2``, ``test_3`` ...: the first name not yet taken in ``run``."""
-    name, number = command, 1
-    while (run / name).exists():
-        number += 1
-        name = f"{command}_{number}"
-    return name
-
-
 @contextmanager
 def _figures_written() -> Iterator[None]:
     """Wait for the figures still rendering in the background before the command returns
@@ -358,57 +244,16 @@ def _figures_written() -> Iterator[None]:
         wait_for_figures()
 
 
-#: Warnings about Lightning's internals, not about the user's run, silenced in every command
-#: (``CLASSIFIER_DEBUG=1`` shows them).
-_NOISE = (
-    "LightningCLI's args parameter is intended",  # args is how the checkpoint layer goes in
-    r"isinstance\(treespec, LeafSpec\)",  # a deprecation inside Lightning's torch calls
-    "`torch.jit.script` is deprecated",  # fvcore's FLOP counter
-)
-#: Evaluating a checkpoint needs neither its training callbacks nor its checkpoint folder.
-_EVAL_NOISE = (
-    "callbacks used to create the checkpoint need to be provided",
-    "The dirpath has changed from",
-)
-
-
-class _DropTips(logging.Filter):
-    """Drop Lightning's advertising (``💡 Tip: ... litlogger / litmodels``)."""
-
-    @override
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in str(record.msg)
-
-
-@contextmanager
-def _quiet(command: str | None) -> Iterator[None]:
-    """Silence, for this command only, messages that do not concern the user's run."""
-    if os.environ.get("CLASSIFIER_DEBUG"):
-        yield
-        return
-    noise = _NOISE + (_EVAL_NOISE if command in _EVAL_COMMANDS else ())
-    tips = _DropTips()
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    logger.addFilter(tips)
-    try:
-        with warnings.catch_warnings():
-            for message in noise:
-                warnings.filterwarnings("ignore", message=f".*{message}")
-            yield
-    finally:
-        logger.removeFilter(tips)
-
-
 def main(args: list[str] | None = None) -> Any:
     """Run the ``classifier`` command line (``args`` default to ``sys.argv[1:]``)."""
     # sys.argv stays as typed: Lightning's DDP launcher re-runs it in every child process.
     argv = list(sys.argv[1:] if args is None else args)
-    if _command(argv) == "fit":
+    if subcommand(argv) == "fit":
         argv = resolve_last(argv)
-    if _command(argv) is None and "--version" in argv:
+    if subcommand(argv) is None and "--version" in argv:
         print(version_line())
         return None
-    with _quiet(_command(argv)), _checkpoint_layer(argv) as (argv, layer_ckpt), _figures_written():
+    with quiet(subcommand(argv)), checkpoint_layer(argv) as (argv, layer_ckpt), _figures_written():
         return ClassifierCLI(
             ImageClassifier,
             ImageFolderDataModule,

@@ -1,0 +1,116 @@
+"""Reading the raw command line before LightningCLI parses it: which subcommand, which
+checkpoint, where earlier runs are; and inserting a checkpoint's own arguments as the first
+config layer of an evaluation command."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+from lightning.pytorch.utilities import rank_zero_info
+
+from classifier.checkpoint import CheckpointError, config_from_checkpoint
+from classifier.files import run_of_checkpoint
+
+#: Subcommands that evaluate a checkpoint.
+EVAL_COMMANDS = {"validate", "test", "predict"}
+#: ``--ckpt_path`` values Lightning resolves itself.
+CKPT_KEYWORDS = {"best", "last", "hpc", "registry"}
+
+
+def subcommand(args: list[str]) -> str | None:
+    """The subcommand: the first argument that is neither an option nor an option's value
+    (``classifier -c run.yaml test ...`` is ``test``)."""
+    skip = False
+    for arg in args:
+        if skip or arg.startswith("-"):
+            skip = arg in {"-c", "--config"}
+            continue
+        return arg
+    return None
+
+
+def _option(args: list[str], name: str) -> str | None:
+    """The value of ``--name X`` or ``--name=X`` (the last one given)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _run_roots(args: list[str]) -> list[Path]:
+    """Folders that hold this configuration's runs: the logger's save_dir/name, or runs/."""
+    roots = []
+    for i, arg in enumerate(args):
+        if arg in {"--config", "-c"} and i + 1 < len(args) and Path(args[i + 1]).is_file():
+            config = yaml.safe_load(Path(args[i + 1]).read_text()) or {}
+            logger = (config.get("trainer") or {}).get("logger")
+            if isinstance(logger, dict) and isinstance(logger.get("init_args"), dict):
+                init = logger["init_args"]
+                # WandB names its run folder after the project (``name`` is the run's label).
+                wandb = str(logger.get("class_path", "")).endswith("WandbLogger")
+                name = init.get("project", "lightning_logs") if wandb else init.get("name", "")
+                roots.append(Path(init.get("save_dir", "runs")) / str(name))
+    return roots or [Path(_option(args, "--trainer.default_root_dir") or "runs")]
+
+
+def resolve_last(args: list[str]) -> list[str]:
+    """Replace ``fit --ckpt_path last`` by the newest ``last.ckpt`` of earlier runs.
+
+    Each run has its own versioned folder, where Lightning's own ``last`` lookup would search
+    only the new, empty one.
+    """
+    if _option(args, "--ckpt_path") != "last":
+        return args
+    found = [p for root in _run_roots(args) for p in root.glob("**/checkpoints/last.ckpt")]
+    if not found:
+        roots = ", ".join(str(r) for r in _run_roots(args))
+        raise CheckpointError(f"--ckpt_path last: no checkpoints/last.ckpt under {roots}.")
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    rank_zero_info(f"Resuming from {newest}")
+    out = [a for a in args if not a.startswith("--ckpt_path=")]
+    at = out.index("--ckpt_path") if "--ckpt_path" in out else None
+    if at is not None:
+        del out[at : at + 2]
+    return [*out, "--ckpt_path", str(newest)]
+
+
+@contextmanager
+def checkpoint_layer(args: list[str]) -> Iterator[tuple[list[str], str | None]]:
+    """Insert the checkpoint's model/data arguments as the first ``--config`` of an eval run;
+    yields the arguments and the checkpoint used (``None`` when no layer was inserted)."""
+    command = subcommand(args)
+    ckpt = _option(args, "--ckpt_path")
+    if command not in EVAL_COMMANDS or not ckpt or ckpt in CKPT_KEYWORDS:
+        yield args, None
+        return
+    layer = config_from_checkpoint(ckpt)
+    run = run_of_checkpoint(Path(ckpt))
+    if run is not None:  # results go beside the run they evaluate (a config's logger wins)
+        version = _free_name(run, command)
+        layer["trainer"] = {
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(run), "name": "", "version": version},
+            }
+        }
+    with tempfile.TemporaryDirectory(prefix="classifier-ckpt-") as tmp:
+        path = Path(tmp) / "checkpoint_config.yaml"
+        path.write_text(yaml.safe_dump(layer))
+        at = args.index(command) + 1
+        yield [*args[:at], "--config", str(path), *args[at:]], ckpt
+
+
+def _free_name(run: Path, command: str) -> str:
+    """``test``, then ``test_2``, ``test_3`` ...: the first name not yet taken in ``run``."""
+    name, number = command, 1
+    while (run / name).exists():
+        number += 1
+        name = f"{command}_{number}"
+    return name

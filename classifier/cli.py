@@ -25,12 +25,13 @@ from classifier.checkpoint_io import guard_checkpoint_loads
 from classifier.console import quiet, version_line
 from classifier.data import ImageFolderDataModule
 from classifier.evaluation import PerClassReport
-from classifier.files import run_dir
+from classifier.files import run_dir, run_of_checkpoint
 from classifier.folder import DataError
 from classifier.model import ImageClassifier, NonFiniteLossError
 from classifier.plots import wait_for_figures
 from classifier.predict import PredictionWriter
 from classifier.preemption import SIGTERM_EXIT_CODE, PreemptionCheckpoint
+from classifier.report import write_report
 from classifier.safety import UnsafeConfigError, enforce_import_policy, unsafe_error
 from classifier.verify import ExportError
 
@@ -217,8 +218,14 @@ class ClassifierCLI(LightningCLI):
         rank_zero_info(f"\nResults: {run_dir(self.trainer)}")
 
     def after_test(self) -> None:
-        """Say where the results are."""
-        rank_zero_info(f"\nResults: {run_dir(self.trainer)}")
+        """Say where the results are; refresh the evaluated run's report.html with them."""
+        results = run_dir(self.trainer)
+        rank_zero_info(f"\nResults: {results}")
+        ckpt = self.config[str(self.subcommand)].get("ckpt_path")
+        run = run_of_checkpoint(Path(ckpt)) if ckpt and Path(ckpt).is_file() else None
+        if run is not None and self.trainer.is_global_zero:
+            wait_for_figures()
+            rank_zero_info(f"Report: {write_report(run, results)}")
 
     def after_fit(self) -> None:
         """Print where the run's files are; optionally test the best checkpoint."""
@@ -232,6 +239,9 @@ class ClassifierCLI(LightningCLI):
         rank_zero_info(f"\nRun folder: {run_dir(trainer)}")
         if best:
             rank_zero_info(f"Best checkpoint: {best}")
+        if trainer.is_global_zero and not trainer.interrupted:
+            wait_for_figures()  # the page embeds them
+            rank_zero_info(f"Report: {write_report(run_dir(trainer))}")
 
 
 @contextmanager

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import shutil
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +252,78 @@ def test_the_shipped_warm_up_and_schedule_reach_the_optimizer(full_run: dict[str
     base = 0.01  # tiny.yaml
     assert lrs[:4] == pytest.approx([base / 4, 2 * base / 4, 3 * base / 4, base])
     assert lrs[-1] < lrs[4] and all(a >= b for a, b in itertools.pairwise(lrs[3:]))
+
+
+class _Page(HTMLParser):
+    """Sections, images and anything that would need the network or JavaScript."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: list[str] = []
+        self.images: list[str] = []
+        self.scripts = 0
+        self.links: list[str] = []
+        self.viewport = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "section":
+            self.sections.append(str(found.get("id")))
+        elif tag == "img":
+            self.images.append(str(found.get("src")))
+        elif tag == "script":
+            self.scripts += 1
+        elif tag == "meta" and found.get("name") == "viewport":
+            self.viewport = True
+        for key in ("href", "src"):
+            value = str(found.get(key) or "")
+            if value and not value.startswith("data:"):
+                self.links.append(value)
+
+
+def test_report_shows_every_part_of_the_run_in_one_page(full_run: dict[str, Any]) -> None:
+    import base64
+    import io
+
+    page = _Page()
+    page.feed((full_run["run"] / "report.html").read_text())
+    expected = ["summary", "curves", "confusion", "per-class", "gallery", "data", "model"]
+    assert page.sections == [*expected, "export"]  # no calibration figure in this run
+    assert page.scripts == 0 and page.links == [] and page.viewport
+    # loss, metrics, val and test matrices, gallery, class distribution
+    assert len(page.images) == 6
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
+            image.load()
+            assert image.size[0] > 100
+    text = (full_run["run"] / "report.html").read_text()
+    assert "Test" in text and "model_best.onnx: passed" in text and "worst F1 first" in text
+
+
+@pytest.mark.skipif(
+    not (shutil.which("chromium") or shutil.which("chromium-browser")),
+    reason="headless Chromium is not installed (Debian: apt install chromium)",
+)
+def test_report_renders_in_a_browser(full_run: dict[str, Any], tmp_path: Path) -> None:
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [
+            str(browser),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--screenshot={shot}",
+            "--window-size=420,2400",  # a phone's width
+            (full_run["run"] / "report.html").resolve().as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert pixels.std() > 20  # text, cards and figures, not a blank page
+    assert (pixels < 100).mean() > 0.01  # dark ink (text, plot lines) is drawn

@@ -172,6 +172,7 @@ def test_evaluating_a_run_is_quiet_and_writes_beside_it(image_folder: Path) -> N
     assert "Tip:" not in output and "Warning" not in output, output
     assert f"Results: {run / 'test'}" in output
     assert (run / "test" / "test_per_class.csv").is_file()
+    assert "<h3>Test (test/)</h3>" in (run / "report.html").read_text()  # refreshed by test
     again: Any = run_cli("validate", "--ckpt_path", best)
     assert _run_folder(again).resolve() == run / "validate"
     assert _run_folder(run_cli("validate", "--ckpt_path", best)).resolve() == run / "validate_2"

@@ -1,0 +1,272 @@
+"""``report.html``: one self-contained page that shows a run.
+
+Built from the files the run wrote (so it reflects exactly what is on disk): headline metrics,
+learning curves, confusion matrix and most-confused pairs, per-class table (worst F1 first),
+top-loss gallery, calibration (when present), data health, model info and the export's
+contract and verification. Images are embedded; no JavaScript, no network; the layout reflows
+on a phone.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from classifier.files import atomic_write_text
+
+#: ``(id, title)`` of every section, in page order.
+SECTIONS = (
+    ("summary", "Summary"),
+    ("curves", "Learning curves"),
+    ("confusion", "Confusion matrix"),
+    ("per-class", "Per class"),
+    ("gallery", "Validation images with the highest loss"),
+    ("calibration", "Calibration"),
+    ("data", "Data health"),
+    ("model", "Model"),
+    ("export", "Export"),
+)
+METRICS = ("top1", "top5", "balanced_acc", "f1_macro", "loss")
+
+_STYLE = """
+body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;
+background:#f4f6f9}
+main{max-width:1100px;margin:0 auto;padding:12px}
+section{background:#fff;border-radius:8px;padding:12px 16px;margin:12px 0;
+box-shadow:0 1px 3px #0002}
+h1{font-size:1.4em;margin:8px 0}h2{font-size:1.15em;margin:4px 0 10px}
+img{max-width:100%;height:auto;display:block;margin:8px 0}
+.cards{display:flex;flex-wrap:wrap;gap:8px}
+.card{background:#eef2f8;border-radius:6px;padding:8px 12px;min-width:120px}
+.card b{display:block;font-size:1.3em}
+.pair{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:8px}
+.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.92em}
+td,th{border-bottom:1px solid #dde;padding:3px 8px;text-align:right;white-space:nowrap}
+td:first-child,th:first-child{text-align:left}.muted{color:#667}.bad{color:#b3261e}
+"""
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _image(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows
+    )
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return str(value) if number.is_integer() and "." not in str(value) else f"{number:.4g}"
+
+
+def _cards(values: dict[str, float]) -> str:
+    cards = "".join(
+        f'<div class="card">{html.escape(k)}<b>{v:.4g}</b></div>' for k, v in values.items()
+    )
+    return f'<div class="cards">{cards}</div>'
+
+
+def stage_metrics(metrics_csv: Path, stage: str) -> dict[str, float]:
+    """The last logged ``{stage}/*`` summary metrics of a ``metrics.csv``."""
+    found: dict[str, float] = {}
+    for row in _read_csv(metrics_csv):
+        for name in METRICS:
+            value = row.get(f"{stage}/{name}")
+            if value:
+                found[name] = float(value)
+    return found
+
+
+def _summary(run: Path, results: Path) -> str:
+    history = _read_csv(run / "history.csv")
+    parts = []
+    if history:
+        best = max(history, key=lambda r: float(r.get("val_top1") or "nan"))
+        val = {k: float(best[f"val_{k}"]) for k in ("top1", "balanced_acc", "f1_macro", "loss")}
+        parts.append(f"<h3>Validation, best epoch {int(best['epoch']) + 1}</h3>{_cards(val)}")
+    test = stage_metrics(results / "metrics.csv", "test")
+    if test:
+        where = "" if results == run else f" ({html.escape(results.name)}/)"
+        parts.append(f"<h3>Test{where}</h3>{_cards(test)}")
+    info = _read_json(run / "model_info.json") or {}
+    epochs = len(history)
+    facts = f"{html.escape(str(info.get('model_name', '')))}, {epochs} epoch(s)"
+    return "".join(parts) + f'<p class="muted">{facts}; run folder {html.escape(str(run))}</p>'
+
+
+def _confusion(run: Path, results: Path) -> str:
+    images = _image(run / "confusion_matrix_val.png", "validation confusion matrix") + _image(
+        results / "confusion_matrix_test.png", "test confusion matrix"
+    )
+    parts = [f'<div class="pair">{images}</div>']
+    pairs = _read_csv(run / "most_confused_val.csv")[:10]
+    if pairs:
+        rows = [(p["true"], p["predicted"], p["count"], p["share_of_true"]) for p in pairs]
+        header = ("true", "predicted as", "images", "share of true class")
+        parts.append("<h3>Most confused (validation)</h3>" + _table(header, rows))
+    return "".join(parts)
+
+
+def _per_class(run: Path, results: Path) -> str:
+    parts = []
+    for stage, folder in (("val", run), ("test", results)):
+        rows = _read_csv(folder / f"{stage}_per_class.csv")
+        if rows:
+            rows.sort(key=lambda r: float(r["f1"]))
+            header = ("class", "support", "predicted", "precision", "recall", "f1")
+            table = _table(header, ([r[h] for h in header] for r in rows))
+            parts.append(f"<h3>{stage} (worst F1 first)</h3>{table}")
+    return "".join(parts)
+
+
+def _data(run: Path) -> str:
+    parts = []
+    health = _read_json(run / "data_health.json")
+    if health:
+        rows = [(k, v["groups"], v["images"]) for k, v in health["summary"].items()]
+        parts.append(_table(("duplicates", "groups", "images"), rows))
+        shown = [
+            (
+                ", ".join(g["kinds"]),
+                "exact" if g["exact"] else "near",
+                i["split"],
+                i["class"],
+                i["path"],
+            )
+            for g in health["groups"][:10]
+            for i in g["images"]
+        ]
+        if shown:
+            parts.append(_table(("kind", "copy", "split", "class", "path"), shown))
+    stats = _read_json(run / "dataset_stats.json") or {}
+    per_class = {split: s.get("per_class", {}) for split, s in stats.items() if isinstance(s, dict)}
+    if per_class:
+        classes = sorted({c for counts in per_class.values() for c in counts})
+        header = ("class", *per_class)
+        parts.append(
+            _table(header, ([c, *(per_class[s].get(c, 0) for s in per_class)] for c in classes))
+        )
+    parts.append(_image(run / "class_distribution_train.png", "training class distribution"))
+    return "".join(parts)
+
+
+def _model(run: Path) -> str:
+    info = _read_json(run / "model_info.json")
+    if not info:
+        return ""
+    rows = [
+        (k, info[k])
+        for k in ("model_name", "num_classes", "parameters", "weights_mb", "gmacs")
+        if k in info
+    ]
+    rows += [
+        (f"latency, batch {b}", f"{v['ms']} ms ({v['images_per_s']} img/s)")
+        for b, v in info.get("latency", {}).items()
+    ]
+    return _table(("", ""), rows)
+
+
+def _export(run: Path) -> str:
+    parts = []
+    for report_file in sorted(run.glob("*export_report.json")):
+        report = _read_json(report_file) or {}
+        verdict = (
+            "passed"
+            if report.get("passed")
+            else ("not verified" if not report.get("verified") else "FAILED")
+        )
+        keys = (
+            "images",
+            "top1_agreement",
+            "max_abs_logit_diff",
+            "top1_pytorch",
+            "top1_onnxruntime",
+        )
+        rows = [(k, report[k]) for k in keys if k in report]
+        parts.append(
+            f"<h3>{html.escape(str(report.get('file', '')))}: {verdict}</h3>"
+            + _table(("", ""), rows)
+        )
+    for mapping_file in sorted(run.glob("*labels_mapping.json"))[:1]:
+        contract = _read_json(mapping_file) or {}
+        fields = (
+            "image_size",
+            "resize_size",
+            "interpolation",
+            "mean",
+            "std",
+            "input_dtype",
+            "input_range",
+            "output",
+        )
+        parts.append(
+            "<h3>Preprocessing contract</h3>"
+            + _table(("", ""), ((k, contract[k]) for k in fields if k in contract))
+        )
+    return "".join(parts)
+
+
+def write_report(run: Path, results: Path | None = None) -> Path:
+    """Write ``run/report.html`` from the run's files; test results come from ``results``
+    (a ``classifier test`` folder such as ``run/test/``), else from the run itself."""
+    results = results or run
+    builders = {
+        "summary": lambda: _summary(run, results),
+        "curves": lambda: (
+            _image(run / "loss_history.png", "loss")
+            + _image(run / "metrics_history.png", "metrics")
+        ),
+        "confusion": lambda: _confusion(run, results),
+        "per-class": lambda: _per_class(run, results),
+        "gallery": lambda: _image(run / "val_predictions.png", "highest-loss validation images"),
+        "calibration": lambda: _image(run / "calibration_val.png", "reliability diagram"),
+        "data": lambda: _data(run),
+        "model": lambda: _model(run),
+        "export": lambda: _export(run),
+    }
+    sections = []
+    for key, title in SECTIONS:
+        body = builders[key]()
+        if body:
+            sections.append(f'<section id="{key}"><h2>{title}</h2>{body}</section>')
+    page = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(run.name)}: classifier report</title><style>{_STYLE}</style>"
+        f"</head><body><main><h1>Run {html.escape(str(run))}</h1>{''.join(sections)}"
+        "</main></body></html>"
+    )
+    path = run / "report.html"
+    atomic_write_text(path, page)
+    return path

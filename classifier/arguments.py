@@ -4,6 +4,7 @@ config layer of an evaluation command."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -92,7 +93,10 @@ def checkpoint_layer(args: list[str]) -> Iterator[tuple[list[str], str | None]]:
         return
     layer = config_from_checkpoint(ckpt)
     run = run_of_checkpoint(Path(ckpt))
-    if run is not None:  # results go beside the run they evaluate (a config's logger wins)
+    # Results go beside the run they evaluate, unless a config or option chooses the logger
+    # (jsonargparse would merge their logger arguments into this one, not replace it).
+    chosen = any(a in {"-c", "--config"} or a.startswith("--trainer") for a in args)
+    if run is not None and not chosen and os.access(run, os.W_OK):
         version = _free_name(run, command)
         layer["trainer"] = {
             "logger": {
@@ -108,9 +112,19 @@ def checkpoint_layer(args: list[str]) -> Iterator[tuple[list[str], str | None]]:
 
 
 def _free_name(run: Path, command: str) -> str:
-    """``test``, then ``test_2``, ``test_3`` ...: the first name not yet taken in ``run``."""
+    """``test``, then ``test_2``, ``test_3`` ...: the first name not yet taken in ``run``,
+    created here so that no other command takes it."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0:  # a DDP process re-running the command
+        taken = [p for p in run.glob(f"{command}*") if p.is_dir()]
+        if taken:  # the folder rank 0 reserved
+            return max(taken, key=lambda p: p.stat().st_mtime).name
     name, number = command, 1
-    while (run / name).exists():
-        number += 1
-        name = f"{command}_{number}"
-    return name
+    while True:
+        try:
+            (run / name).mkdir()  # reserved: two commands at once never share a folder
+            return name
+        except FileExistsError:
+            number += 1
+            name = f"{command}_{number}"

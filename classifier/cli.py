@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,9 +34,9 @@ from classifier.predict import PredictionWriter
 from classifier.preemption import SIGTERM_EXIT_CODE, PreemptionCheckpoint
 from classifier.report import write_report
 from classifier.safety import UnsafeConfigError, enforce_import_policy, unsafe_error
+from classifier.tune import TuneError, find
 from classifier.verify import ExportError
 
-#: ``ckpt_path`` values Lightning resolves itself (to files that are then loaded safely).
 #: Errors whose message tells the user what to fix; printed without a traceback.
 USER_ERRORS = (
     DataError,
@@ -44,6 +45,7 @@ USER_ERRORS = (
     UnsafeConfigError,
     NonFiniteLossError,
     ExportError,
+    TuneError,
 )
 
 
@@ -198,8 +200,11 @@ class ClassifierCLI(LightningCLI):
         tune = config.get("tune")
         if tune is None or not (tune.batch_size or tune.lr):
             return
-        from classifier.tune import find
-
+        if config.get("ckpt_path"):
+            raise TuneError(
+                "--tune.* starts a new run: a resumed run keeps its optimizer's learning rate "
+                "and its batch size; drop --ckpt_path or the finders."
+            )
         folder = run_dir(self.trainer)
         folder.mkdir(parents=True, exist_ok=True)
         found = find(self.trainer, self.model, self.datamodule, tune.batch_size, tune.lr, folder)
@@ -224,8 +229,7 @@ class ClassifierCLI(LightningCLI):
         ckpt = self.config[str(self.subcommand)].get("ckpt_path")
         run = run_of_checkpoint(Path(ckpt)) if ckpt and Path(ckpt).is_file() else None
         if run is not None and self.trainer.is_global_zero:
-            wait_for_figures()
-            rank_zero_info(f"Report: {write_report(run, results)}")
+            _report(run, results)
 
     def after_fit(self) -> None:
         """Print where the run's files are; optionally test the best checkpoint."""
@@ -240,8 +244,17 @@ class ClassifierCLI(LightningCLI):
         if best:
             rank_zero_info(f"Best checkpoint: {best}")
         if trainer.is_global_zero and not trainer.interrupted:
-            wait_for_figures()  # the page embeds them
-            rank_zero_info(f"Report: {write_report(run_dir(trainer))}")
+            _report(run_dir(trainer))
+
+
+def _report(run: Path, results: Path | None = None) -> None:
+    """Write ``run/report.html`` once the figures it embeds are drawn; a failure is a warning
+    (a read-only run folder, say), never a lost result."""
+    wait_for_figures()
+    try:
+        rank_zero_info(f"Report: {write_report(run, results)}")
+    except OSError as error:
+        warnings.warn(f"report.html not written: {error}", stacklevel=2)
 
 
 @contextmanager

@@ -47,7 +47,7 @@ class _DropTips(logging.Filter):
 
     @override
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in str(record.msg)
+        return "💡 Tip:" not in str(record.msg)
 
 
 @contextmanager

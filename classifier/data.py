@@ -20,7 +20,7 @@ from classifier.folder import (
     read_split,
     read_unlabelled,
 )
-from classifier.health import check_duplicates, report_excluded, report_shared
+from classifier.health import check_duplicates, duplicates, report_excluded, report_shared
 from classifier.holdout import carve, draw, relative, saved, write_manifest
 from classifier.loaders import LoaderDataModule
 from classifier.sampler import EpochSampler
@@ -115,6 +115,8 @@ class ImageFolderDataModule(LoaderDataModule):
         seed: int | None = None,
     ) -> None:
         super().__init__()
+        if not -1 <= duplicate_bits < 64:
+            raise DataError(f"duplicate_bits must be -1 (off) or 0-63, got {duplicate_bits}")
         # class_names belongs to the model's hyper-parameters (it is linked from here).
         self.save_hyperparameters(ignore=["class_names"])
         self.data_dir = Path(data_dir)
@@ -127,10 +129,12 @@ class ImageFolderDataModule(LoaderDataModule):
         #: ``{split: {path: reason}}`` of files the pre-scan excluded.
         self.excluded: dict[str, dict[str, str]] = {}
         #: ``{split: {path: (content hash, perceptual hash)}}`` from the pre-scan.
-        self.hashes: dict[str, dict[str, tuple[str, int]]] = {}
+        self.hashes: dict[str, dict[str, tuple[str, int | None]]] = {}
         self.preprocessing: Preprocessing | None = None
         self.train_sampler: EpochSampler | None = None
         self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: The duplicate report of the first fit setup.
+        self._health: dict[str, Any] | None = None
         #: All of ``train/`` before a validation share was held out (``val_fraction``).
         self._unsplit: Split | None = None
         #: Generator states of the checkpoint a resumed fit starts from.
@@ -194,6 +198,8 @@ class ImageFolderDataModule(LoaderDataModule):
         for name in wanted[stage]:
             if name not in self.splits:
                 self.splits[name] = self._read(name)
+        if "val" in self.splits and self._unsplit is not None:  # again in a second fit's folder
+            self._write_manifest(self.splits["val"])
         checked = stage == "fit" and self._check_health()
         self._build_datasets()
         if self.excluded:
@@ -242,6 +248,10 @@ class ImageFolderDataModule(LoaderDataModule):
 
     def _hold_out(self) -> Split:
         """A validation split carved from ``train/`` (see :mod:`classifier.holdout`)."""
+        if not 0 < self.hparams["val_fraction"] < 1:
+            raise DataError(
+                f"val_fraction must be between 0 and 1, got {self.hparams['val_fraction']}"
+            )
         if (self.data_dir / "val").is_dir():
             raise DataError(
                 f"{self.data_dir / 'val'} exists, and val_fraction holds out part of train/ only "
@@ -253,16 +263,25 @@ class ImageFolderDataModule(LoaderDataModule):
         hp = self.hparams
         hashes = self.hashes.get("train", {})
         held = draw(train, hashes, hp["val_fraction"], hp["seed"] or 0, hp["duplicate_bits"])
+        if not held:
+            raise DataError(
+                f"val_fraction {hp['val_fraction']} holds out no image of {train.root}: every "
+                "class needs two or more images (one to train on, one to validate)."
+            )
         return self._apply_holdout(held)
 
     def _apply_holdout(self, held: set[int]) -> Split:
         assert self._unsplit is not None
         self.splits["train"], val = carve(self._unsplit, held)
         self.hashes["val"] = self.hashes.get("train", {})
-        folder = self._rank_zero_folder()
-        if folder is not None:
-            write_manifest(folder / "split.csv", self.splits["train"], val, self.class_names)
+        self._write_manifest(val)
         return val
+
+    def _write_manifest(self, val: Split) -> None:
+        """``split.csv`` in the run folder (rank 0), when a validation share was held out."""
+        folder = self._rank_zero_folder()
+        if folder is not None and self._unsplit is not None:
+            write_manifest(folder / "split.csv", self.splits["train"], val, self.class_names)
 
     def _rank_zero_folder(self) -> Path | None:
         """The run folder on rank 0 (where reports are written), else ``None``."""
@@ -275,15 +294,13 @@ class ImageFolderDataModule(LoaderDataModule):
         hp = self.hparams
         if hp["duplicate_bits"] < 0 or not hp["scan"]:
             return False
-        self.split("test")  # a copy in test/ inflates the final score as much as one in val/
-        check_duplicates(
-            self.splits,
-            self.hashes,
-            self.class_names,
-            hp["duplicate_bits"],
-            hp["on_leakage"],
-            self._rank_zero_folder(),
-        )
+        announce = self._health is None  # a second setup (after the finders) only writes it
+        if self._health is None:
+            self.split("test")  # a copy in test/ inflates the final score as much as in val/
+            self._health = duplicates(
+                self.splits, self.hashes, self.class_names, hp["duplicate_bits"]
+            )
+        check_duplicates(self._health, hp["on_leakage"], self._rank_zero_folder(), announce)
         return True
 
     def _build_datasets(self) -> None:

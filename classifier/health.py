@@ -25,6 +25,13 @@ from classifier.folder import DataError, Split, shared_files
 
 #: Bits of the perceptual hash.
 HASH_BITS = 64
+#: Images whose shorter side is below this get no perceptual hash: at that size distinct
+#: pictures (digits, icons) hash as closely as resized copies, so only exact copies are found.
+MIN_SIDE = 64
+#: A hash with fewer than this many bits set (or unset) comes from a nearly flat picture
+#: (blank frames, plain backgrounds): such pictures all hash alike, so they too are compared
+#: byte for byte only.
+MIN_EDGE_BITS = 8
 
 
 def content_hash(path: Path) -> str:
@@ -36,16 +43,21 @@ def content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def dhash(image: torch.Tensor) -> int:
+def dhash(image: torch.Tensor) -> int | None:
     """64-bit difference hash of an RGB ``uint8`` ``3xHxW`` image: a 9x8 grey thumbnail, one
     bit per pair of horizontal neighbours (1 where the right one is brighter). Resizing,
-    re-encoding and small colour changes move few bits."""
+    re-encoding and small colour changes move few bits. ``None`` below :data:`MIN_SIDE` and for
+    nearly flat pictures (:data:`MIN_EDGE_BITS`)."""
     from PIL import Image
 
+    if min(image.shape[1:]) < MIN_SIDE:
+        return None
     pixels = Image.fromarray(image.permute(1, 2, 0).numpy())
     grey = np.asarray(pixels.convert("L").resize((9, 8), Image.Resampling.BILINEAR), np.int16)
-    bits = np.packbits((grey[:, 1:] > grey[:, :-1]).flatten())
-    return int.from_bytes(bits.tobytes(), "big")
+    edges = (grey[:, 1:] > grey[:, :-1]).flatten()
+    if not MIN_EDGE_BITS <= int(edges.sum()) <= HASH_BITS - MIN_EDGE_BITS:
+        return None
+    return int.from_bytes(np.packbits(edges).tobytes(), "big")
 
 
 def _band_pairs(values: np.ndarray, lo: int, hi: int, max_distance: int) -> list[np.ndarray]:
@@ -71,7 +83,9 @@ def near_pairs(hashes: Sequence[int] | np.ndarray, max_distance: int) -> np.ndar
     through the banded index, so the cost grows with the candidates, not with all pairs.
     """
     values = np.asarray(hashes, dtype=np.uint64)
-    if len(values) < 2 or max_distance < 0:
+    if not 0 <= max_distance < HASH_BITS:
+        raise ValueError(f"max_distance must be in [0, {HASH_BITS - 1}], got {max_distance}")
+    if len(values) < 2:
         return np.empty((0, 2), dtype=np.int64)
     unique, first, inverse = np.unique(values, return_index=True, return_inverse=True)
     pairs = [np.stack([first[inverse], np.arange(len(values))], axis=1)]  # equal hashes
@@ -106,6 +120,10 @@ def groups_of(count: int, pairs: np.ndarray) -> list[list[int]]:
     return sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])
 
 
+#: Kinds of duplicate groups, worst first.
+KINDS = ("leakage", "conflicting_labels", "split_overlap", "redundant")
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     """One scanned image: where it is filed and its two hashes."""
@@ -114,13 +132,16 @@ class ImageRecord:
     label: str
     path: str
     content: str
-    dhash: int
+    dhash: int | None
 
 
 def _kinds(members: list[ImageRecord]) -> list[str]:
     kinds = []
-    if len({m.split for m in members}) > 1:
+    splits = {m.split for m in members}
+    if "train" in splits and len(splits) > 1:
         kinds.append("leakage")  # the same picture in training and evaluation
+    elif len(splits) > 1:
+        kinds.append("split_overlap")  # val and test share a picture
     if len({m.label for m in members}) > 1:
         kinds.append("conflicting_labels")
     if not kinds:
@@ -128,12 +149,34 @@ def _kinds(members: list[ImageRecord]) -> list[str]:
     return kinds
 
 
+def informative(value: int | None) -> bool:
+    """Whether a perceptual hash can tell a near copy from a look-alike (see
+    :data:`MIN_EDGE_BITS`)."""
+    if value is None:
+        return False
+    return MIN_EDGE_BITS <= value.bit_count() <= HASH_BITS - MIN_EDGE_BITS
+
+
+def duplicate_groups(records: Sequence[ImageRecord], max_distance: int) -> list[list[int]]:
+    """Indices of ``records`` that are copies of each other: byte-identical files, or perceptual
+    hashes at most ``max_distance`` bits apart (images with a hash only)."""
+    if not records:
+        return []
+    hashed = [i for i, r in enumerate(records) if informative(r.dhash)]
+    near = near_pairs([records[i].dhash or 0 for i in hashed], max_distance)
+    contents = [r.content for r in records]
+    _, first, inverse = np.unique(contents, return_index=True, return_inverse=True)
+    exact = np.stack([first[inverse], np.arange(len(records))], axis=1)
+    linked = np.asarray(hashed, dtype=np.int64)[near].reshape(-1, 2)
+    return groups_of(len(records), np.concatenate([linked, exact]))
+
+
 def health_report(records: Sequence[ImageRecord], max_distance: int) -> dict[str, Any]:
     """Every duplicate group with its kinds (``leakage``, ``conflicting_labels``,
     ``redundant``), whether its files are byte-identical, and a count per kind."""
-    pairs = near_pairs([r.dhash for r in records], max_distance)
+    hashed = sum(informative(r.dhash) for r in records)
     groups: list[dict[str, Any]] = []
-    for indices in groups_of(len(records), pairs):
+    for indices in duplicate_groups(records, max_distance):
         members = [records[i] for i in indices]
         groups.append(
             {
@@ -147,11 +190,13 @@ def health_report(records: Sequence[ImageRecord], max_distance: int) -> dict[str
             "groups": sum(kind in g["kinds"] for g in groups),
             "images": sum(len(g["images"]) for g in groups if kind in g["kinds"]),
         }
-        for kind in ("leakage", "conflicting_labels", "redundant")
+        for kind in KINDS
     }
     return {
         "images": len(records),
         "max_distance_bits": max_distance,
+        # Small and nearly flat images are compared byte for byte only.
+        "near_duplicate_check": {"images": hashed, "min_side": MIN_SIDE},
         "summary": summary,
         "groups": groups,
     }
@@ -159,7 +204,7 @@ def health_report(records: Sequence[ImageRecord], max_distance: int) -> dict[str
 
 def duplicates(
     splits: dict[str, Split],
-    hashes: dict[str, dict[str, tuple[str, int]]],
+    hashes: dict[str, dict[str, tuple[str, int | None]]],
     class_names: list[str],
     max_distance: int,
 ) -> dict[str, Any]:
@@ -174,24 +219,19 @@ def duplicates(
 
 
 def check_duplicates(
-    splits: dict[str, Split],
-    hashes: dict[str, dict[str, tuple[str, int]]],
-    class_names: list[str],
-    max_distance: int,
-    on_leakage: str,
-    folder: Path | None,
+    report: dict[str, Any], on_leakage: str, folder: Path | None, announce: bool = True
 ) -> None:
-    """Find duplicates in the labelled ``splits``; write ``data_health.json`` and print a
-    summary when ``folder`` is given (rank 0); warn about leakage, or raise when
-    ``on_leakage`` is ``error``."""
-    report = duplicates(splits, hashes, class_names, max_distance)
+    """Write ``data_health.json`` (when ``folder`` is given: rank 0) and, when ``announce``,
+    print a summary and warn about leakage; raise instead when ``on_leakage`` is ``error``
+    (after the file is written, so it lists every group)."""
     message = leakage(report)
-    if message and on_leakage == "error":
-        raise DataError(f"{message}\nRemove the copies, or set --data.on_leakage warn.")
     if folder is not None:
         write_json(folder / "data_health.json", report)
-        print(f"{describe(report)}\n  every group: {folder / 'data_health.json'}")
-    if message:
+        if announce:
+            print(f"{describe(report)}\n  every group: {folder / 'data_health.json'}")
+    if message and on_leakage == "error":
+        raise DataError(f"{message}\nRemove the copies, or set --data.on_leakage warn.")
+    if message and announce:
         warnings.warn(message, stacklevel=4)
 
 
@@ -228,13 +268,21 @@ def report_excluded(excluded: dict[str, dict[str, str]], strict: bool, folder: P
 def describe(report: dict[str, Any], limit: int = 5) -> str:
     """A few lines for the console: counts per kind and the first groups of the worst kind."""
     summary = report["summary"]
+    check = report["near_duplicate_check"]
     lines = [
-        f"Data health: {report['images']} images, duplicates within "
+        f"Data health: {report['images']} images, near copies within "
         f"{report['max_distance_bits']} of {HASH_BITS} perceptual-hash bits"
     ]
+    if check["images"] < report["images"]:
+        small = report["images"] - check["images"]
+        lines.append(
+            f"  ({small} image(s) under {check['min_side']} px or nearly flat are compared "
+            "byte for byte only)"
+        )
     labels = {
-        "leakage": "in two splits (evaluation sees training images)",
+        "leakage": "in train and in val/test (evaluation sees training images)",
         "conflicting_labels": "filed under two classes",
+        "split_overlap": "in both val and test",
         "redundant": "repeated within one class",
     }
     for kind, label in labels.items():
@@ -256,11 +304,13 @@ def leakage(report: dict[str, Any], limit: int = 10) -> str | None:
     if not groups:
         return None
     listing = "\n".join(
-        "  " + " = ".join(f"{i['path']} ({i['split']}/)" for i in g["images"])
+        "  "
+        + " = ".join(f"{i['path']} ({i['split']}/)" for i in g["images"][:3])
+        + (f" (+{len(g['images']) - 3})" if len(g["images"]) > 3 else "")
         for g in groups[:limit]
     )
     more = f"\n  ... and {len(groups) - limit} more" if len(groups) > limit else ""
     return (
-        f"{len(groups)} image group(s) appear in two splits (exact or near copies), so the "
-        f"evaluation sees training images:\n{listing}{more}"
+        f"{len(groups)} image group(s) appear in train and in val or test (exact or near "
+        f"copies), so the evaluation sees training images:\n{listing}{more}"
     )

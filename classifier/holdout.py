@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from classifier.files import write_csv
 from classifier.folder import Split
-from classifier.health import groups_of, near_pairs
+from classifier.health import ImageRecord, duplicate_groups
 
 
 def hold_out(
-    labels: Sequence[int], groups: Iterable[Sequence[int]], fraction: float, seed: int
+    labels: Sequence[int], groups: Sequence[Sequence[int]], fraction: float, seed: int
 ) -> list[int]:
     """Indices of a stratified, seeded validation share of ``labels``.
 
@@ -30,14 +30,22 @@ def hold_out(
             least one and keeps at least one).
         seed: seed of the draw.
     """
-    grouped = {i for group in groups for i in group}
-    units = [list(g) for g in groups] + [[i] for i in range(len(labels)) if i not in grouped]
-    units.sort()
-    random.Random(seed).shuffle(units)  # noqa: S311 (a reproducible draw, not a secret)
     counts: dict[int, int] = {}
     for label in labels:
         counts[label] = counts.get(label, 0) + 1
     target = {c: 0 if n < 2 else min(n - 1, max(1, round(fraction * n))) for c, n in counts.items()}
+    # A group larger than its class's share could never be held out whole; it is split up.
+    kept = [list(g) for g in groups if len(g) <= max(target[labels[i]] for i in g)]
+    if len(kept) < len(list(groups)):
+        warnings.warn(
+            f"{len(list(groups)) - len(kept)} duplicate group(s) are larger than their class's "
+            "validation share and were split between train and val",
+            stacklevel=3,
+        )
+    grouped = {i for group in kept for i in group}
+    units = kept + [[i] for i in range(len(labels)) if i not in grouped]
+    units.sort()
+    random.Random(seed).shuffle(units)  # noqa: S311 (a reproducible draw, not a secret)
     taken = dict.fromkeys(counts, 0)
     chosen: list[int] = []
     for unit in units:
@@ -53,7 +61,7 @@ def hold_out(
 
 def draw(
     train: Split,
-    hashes: dict[str, tuple[str, int]],
+    hashes: dict[str, tuple[str, int | None]],
     fraction: float,
     seed: int,
     max_distance: int,
@@ -62,8 +70,11 @@ def draw(
     are within ``max_distance`` bits together (no groups when the pre-scan was off)."""
     groups: list[list[int]] = []
     if all(str(p) in hashes for p in train.paths):
-        perceptual = [hashes[str(p)][1] for p in train.paths]
-        groups = groups_of(len(train.paths), near_pairs(perceptual, max(0, max_distance)))
+        records = [
+            ImageRecord("train", str(label), str(p), *hashes[str(p)])
+            for p, label in zip(train.paths, train.labels, strict=True)
+        ]
+        groups = duplicate_groups(records, max(0, max_distance))
     return set(hold_out(train.labels, groups, fraction, seed))
 
 
@@ -84,9 +95,9 @@ def saved(train: Split, names: Sequence[str]) -> set[int]:
 def carve(train: Split, held: set[int]) -> tuple[Split, Split]:
     """``train`` without the ``held`` indices, and a ``val`` split of them (same root)."""
     keep = [i for i in range(len(train.paths)) if i not in held]
-    rest = Split("train", train.root)
+    rest = Split("train", train.root, visited=train.visited)
     rest.paths, rest.labels = [train.paths[i] for i in keep], [train.labels[i] for i in keep]
-    val = Split("val", train.root)
+    val = Split("val", train.root, visited=train.visited)
     order = sorted(held)
     val.paths, val.labels = [train.paths[i] for i in order], [train.labels[i] for i in order]
     return rest, val

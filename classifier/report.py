@@ -90,6 +90,15 @@ def _fmt(value: Any) -> str:
     return str(value) if number.is_integer() and "." not in str(value) else f"{number:.4g}"
 
 
+def _number(text: str | None) -> float:
+    """``text`` as a number for sorting; missing or NaN sorts first."""
+    try:
+        value = float(text or "nan")
+    except ValueError:
+        return float("-inf")
+    return float("-inf") if value != value else value
+
+
 def _cards(values: dict[str, float]) -> str:
     cards = "".join(
         f'<div class="card">{html.escape(k)}<b>{v:.4g}</b></div>' for k, v in values.items()
@@ -112,7 +121,7 @@ def _summary(run: Path, results: Path) -> str:
     history = _read_csv(run / "history.csv")
     parts = []
     if history:
-        best = max(history, key=lambda r: float(r.get("val_top1") or "nan"))
+        best = max(history, key=lambda r: _number(r.get("val_top1")))
         val = {k: float(best[f"val_{k}"]) for k in ("top1", "balanced_acc", "f1_macro", "loss")}
         parts.append(f"<h3>Validation, best epoch {int(best['epoch']) + 1}</h3>{_cards(val)}")
     test = stage_metrics(results / "metrics.csv", "test")
@@ -143,7 +152,7 @@ def _per_class(run: Path, results: Path) -> str:
     for stage, folder in (("val", run), ("test", results)):
         rows = _read_csv(folder / f"{stage}_per_class.csv")
         if rows:
-            rows.sort(key=lambda r: float(r["f1"]))
+            rows.sort(key=lambda r: _number(r.get("f1")))
             header = ("class", "support", "predicted", "precision", "recall", "f1")
             table = _table(header, ([r[h] for h in header] for r in rows))
             parts.append(f"<h3>{stage} (worst F1 first)</h3>{table}")

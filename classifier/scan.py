@@ -24,7 +24,7 @@ from classifier.health import content_hash, dhash
 from classifier.images import load_pil
 
 #: Cache format version; bump when the checks, the hashes or the key change.
-_VERSION = 3
+_VERSION = 4
 
 #: A cache entry: [file key, reason it is unusable or None, content hash, perceptual hash].
 Entry = list[str | None]
@@ -36,11 +36,12 @@ class ScanResult:
 
     Attributes:
         bad: ``{path: reason}`` of files that cannot be used.
-        hashes: ``{path: (content hash, 64-bit perceptual hash)}`` of the usable files.
+        hashes: ``{path: (content hash, 64-bit perceptual hash or None for small images)}``
+            of the usable files.
     """
 
     bad: dict[str, str] = field(default_factory=dict)
-    hashes: dict[str, tuple[str, int]] = field(default_factory=dict)
+    hashes: dict[str, tuple[str, int | None]] = field(default_factory=dict)
 
 
 def cache_dir() -> Path:
@@ -55,8 +56,8 @@ def check_file(path: Path) -> tuple[str | None, str | None, str | None]:
     try:
         if path.stat().st_size == 0:
             return "empty file", None, None
-        pixels = load_pil(path)
-        return None, content_hash(path), f"{dhash(pixels):016x}"
+        perceptual = dhash(load_pil(path))
+        return None, content_hash(path), "" if perceptual is None else f"{perceptual:016x}"
     except Image.DecompressionBombError as error:
         return f"decompression bomb: {error}", None, None
     except Exception as error:  # any decoder failure makes the file unusable
@@ -92,6 +93,8 @@ def _read_cache(cache_file: Path) -> dict[str, Entry]:
 
 
 def _is_hex(value: str | None) -> bool:
+    if value == "":  # an image too small for a perceptual hash
+        return True
     try:
         return value is not None and 0 <= int(value, 16) < 2**64
     except ValueError:
@@ -143,5 +146,5 @@ def scan_files(paths: Sequence[Path], root: Path, progress: bool = True) -> Scan
         if reason is not None:
             result.bad[name] = reason
         else:
-            result.hashes[name] = (str(content), int(str(perceptual), 16))
+            result.hashes[name] = (str(content), int(perceptual, 16) if perceptual else None)
     return result

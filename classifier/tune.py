@@ -19,6 +19,10 @@ from lightning.pytorch.tuner.tuning import Tuner
 from classifier.plots import new_figure, save_figure
 
 
+class TuneError(ValueError):
+    """The finders cannot run with these settings; the message says what to change."""
+
+
 @dataclass(frozen=True)
 class Found:
     """What the finders chose (``None``: not searched)."""
@@ -56,7 +60,7 @@ def find(
     learning rate for it; both are set on ``datamodule`` and ``model``. The LR curve goes to
     ``folder/lr_finder.png``."""
     if trainer.world_size > 1:
-        raise ValueError(
+        raise TuneError(
             "the finders run on one device: tune with --trainer.devices 1, then train on "
             "several with the values it records in config.yaml."
         )
@@ -74,6 +78,8 @@ def find(
             found_lr = finder.suggestion() if finder is not None else None
             if finder is not None:
                 _plot(finder.results, found_lr, folder / "lr_finder.png")
+    # The finders' own checkpoint restores must not decide the real run's random draws.
+    datamodule._rng_states = None
     return Found(found_size, found_lr)
 
 

@@ -47,15 +47,23 @@ def test_a_hundred_thousand_hashes_are_compared_without_all_pairs() -> None:
     assert {tuple(p) for p in pairs.tolist()} >= {(i, i + 1) for i in range(0, 100_000, 1000)}
 
 
+def _photo(seed: int, size: int = 96) -> Image.Image:
+    """A smooth picture, like a photo (the generated class images are mostly noise)."""
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    return small.resize((size, size), Image.Resampling.BICUBIC)
+
+
 def _unhealthy(root: Path) -> Path:
     data = make_folder(root, counts={"train": 8, "val": 4})
     # An exact copy of a training image in val (leakage).
     shutil.copy(data / "train" / "cat" / "cat_000.png", data / "val" / "cat" / "leak.png")
     # A resized, re-encoded copy in val (a near duplicate: other bytes, other size).
-    with Image.open(data / "train" / "dog" / "dog_001.png") as image:
-        image.resize((56, 56), Image.Resampling.BICUBIC).save(
-            data / "val" / "dog" / "near.jpg", quality=85
-        )
+    big = _photo(7)
+    big.save(data / "train" / "dog" / "big.png")
+    big.resize((80, 80), Image.Resampling.BICUBIC).save(
+        data / "val" / "dog" / "near.jpg", quality=85
+    )
     # The same picture filed under two classes of train (conflicting labels).
     shutil.copy(data / "train" / "fox" / "fox_002.png", data / "train" / "cat" / "fox_as_cat.png")
     # A copy within one class (redundant).
@@ -91,3 +99,26 @@ def test_leakage_can_stop_the_run(tmp_path: Path) -> None:
     data = _unhealthy(tmp_path / "data")
     with pytest.raises(DataError, match=r"leak\.png"):
         run_cli(*tiny("fit", data, "--data.on_leakage", "error"))
+
+
+def test_small_images_are_compared_byte_for_byte_only() -> None:
+    from classifier.health import ImageRecord, health_report
+
+    # Distinct small pictures (digits, icons) can share a perceptual hash; only exact copies
+    # of them count, so a whole dataset of look-alikes is not one "duplicate" group.
+    records = [ImageRecord("train", str(i % 3), f"{i}.png", f"c{i}", None) for i in range(30)]
+    records.append(ImageRecord("val", "0", "copy.png", "c0", None))
+    report = health_report(records, 4)
+    assert [len(g["images"]) for g in report["groups"]] == [2]
+    assert report["groups"][0]["kinds"] == ["leakage"]
+    assert report["near_duplicate_check"] == {"images": 0, "min_side": 64}
+
+
+def test_val_and_test_sharing_a_picture_is_not_called_training_leakage() -> None:
+    from classifier.health import ImageRecord, health_report
+
+    records = [
+        ImageRecord("val", "a", "v.png", "same", 1),
+        ImageRecord("test", "a", "t.png", "same", 1),
+    ]
+    assert health_report(records, 4)["groups"][0]["kinds"] == ["split_overlap"]

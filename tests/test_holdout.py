@@ -83,3 +83,19 @@ def test_a_missing_val_folder_says_how_to_get_a_split(tmp_path: Path) -> None:
     both = make_folder(tmp_path / "both", counts={"train": 4, "val": 2})
     with pytest.raises(DataError, match="no val/ folder"):
         run_cli(*tiny("fit", both, "--data.val_fraction", "0.2"))
+
+
+def test_a_group_too_big_for_its_share_is_split_with_a_warning() -> None:
+    labels = [0] * 20
+    with pytest.warns(UserWarning, match="larger than their class's validation share"):
+        held = hold_out(labels, [list(range(12))], 0.2, seed=0)
+    assert len(held) == 4
+
+
+def test_fractions_outside_zero_one_and_empty_shares_are_errors(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "data", counts={"train": 4})
+    with pytest.raises(DataError, match="between 0 and 1"):
+        run_cli(*tiny("fit", data, "--data.val_fraction", "10"))
+    single = make_folder(tmp_path / "single", counts={"train": 1})
+    with pytest.raises(DataError, match="two or more images"):
+        run_cli(*tiny("fit", single, "--data.val_fraction", "0.5"))

@@ -120,7 +120,7 @@ def test_symlink_fan_out_is_walked_once(tmp_path: Path) -> None:
 
 def test_a_file_in_two_splits_is_reported(image_folder: Path) -> None:
     os.link(image_folder / "train" / "cat" / "cat_000.png", image_folder / "val" / "cat" / "x.png")
-    with pytest.warns(UserWarning, match=r"1 image group\(s\) appear in two splits"):
+    with pytest.warns(UserWarning, match=r"1 image group\(s\) appear in train and in val"):
         ImageFolderDataModule(str(image_folder), num_workers=0).setup("fit")
     # Without the pre-scan's hashes, the link itself is still found.
     with pytest.warns(UserWarning, match=r"1 file\(s\) are in two splits"):

@@ -34,3 +34,12 @@ def test_finders_choose_record_and_plot(image_folder: Path) -> None:
     assert again.model.hparams["lr"] == pytest.approx(lr)
     assert again.datamodule.batch_size == config["data"]["batch_size"]
     assert not (Path(again.trainer.log_dir) / "lr_finder.png").exists()
+
+
+def test_finders_refuse_a_resumed_run(image_folder: Path) -> None:
+    from classifier.tune import TuneError
+
+    cli: Any = run_cli(*tiny("fit", image_folder, "--trainer.max_epochs", "1"))
+    last = str(Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt")
+    with pytest.raises(TuneError, match="drop --ckpt_path"):
+        run_cli(*tiny("fit", image_folder), "--ckpt_path", last, "--tune.lr", "true")

@@ -1,7 +1,7 @@
 """Train an image classifier on a folder of images and ship it as ONNX.
 
-The public classes are importable from here; heavy optional libraries (ONNX, plotting, WandB,
-fvcore) are imported only inside the callbacks that use them.
+The public classes are importable from here (each on first use); heavy optional libraries
+(ONNX, plotting, WandB, fvcore) are imported only inside the callbacks that use them.
 """
 
 import os as _os
@@ -13,33 +13,39 @@ if _sys.argv[:1] == ["-m"] and _sys.path and _sys.path[0] in ("", _os.getcwd()):
     # The ``classifier`` console script never searches the current folder; neither does this.
     del _sys.path[0]
 
-from classifier.confusion import ConfusionMatrix
-from classifier.data import ImageFolderDataModule
-from classifier.dataset_stats import DatasetStatistics
-from classifier.distribution import SamplerDistribution
-from classifier.ema import EMA
-from classifier.evaluation import PerClassReport
-from classifier.export import OnnxExport
-from classifier.history import TrainingHistory
-from classifier.model import ImageClassifier
-from classifier.model_info import ModelInfo
-from classifier.predict import PredictionWriter
-from classifier.samples import SampleGrids
+#: Public class -> the module that defines it. Imported on first use (PEP 562), so a light entry
+#: point such as ``classifier-predict`` (onnxruntime, Pillow and NumPy only) never loads torch.
+_PUBLIC = {
+    "EMA": "classifier.ema",
+    "ConfusionMatrix": "classifier.confusion",
+    "DatasetStatistics": "classifier.dataset_stats",
+    "ImageClassifier": "classifier.model",
+    "ImageFolderDataModule": "classifier.data",
+    "ModelInfo": "classifier.model_info",
+    "OnnxExport": "classifier.export",
+    "PerClassReport": "classifier.evaluation",
+    "PredictionWriter": "classifier.predict",
+    "SampleGrids": "classifier.samples",
+    "SamplerDistribution": "classifier.distribution",
+    "TrainingHistory": "classifier.history",
+}
+__all__ = sorted(_PUBLIC)
 
-__all__ = [
-    "EMA",
-    "ConfusionMatrix",
-    "DatasetStatistics",
-    "ImageClassifier",
-    "ImageFolderDataModule",
-    "ModelInfo",
-    "OnnxExport",
-    "PerClassReport",
-    "PredictionWriter",
-    "SampleGrids",
-    "SamplerDistribution",
-    "TrainingHistory",
-]
+
+def __getattr__(name: str) -> object:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'classifier' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
+
+
 try:  # the installed distribution's version: pyproject.toml is the one place it is written
     from importlib.metadata import PackageNotFoundError, version
 

@@ -1,0 +1,178 @@
+"""``classifier-predict model.onnx images/``: predictions from an exported model alone.
+
+Needs only onnxruntime, Pillow and NumPy (no torch, no Lightning): the preprocessing contract
+(image size, resize size, interpolation, mean, std, input type, class names) is read from the
+model's metadata, and the CSV has the columns of ``classifier predict``. Install on a machine
+without torch with ``pip install --no-deps classifier onnxruntime pillow numpy``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Extensions read as images, as in training (``classifier.images``).
+EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
+_RESAMPLING = {"bilinear": 2, "bicubic": 3, "nearest": 0}  # PIL.Image.Resampling values
+
+
+class PredictError(Exception):
+    """A problem the user can fix (missing folder, not a classifier export)."""
+
+
+def _contract(session: Any) -> dict[str, Any]:
+    """The JSON-valued metadata entries (others, added by tools such as onnxsim, are skipped)."""
+    contract: dict[str, Any] = {}
+    for key, value in session.get_modelmeta().custom_metadata_map.items():
+        try:
+            contract[key] = json.loads(value)
+        except ValueError:
+            continue
+    return contract
+
+
+def _images(folder: Path) -> Iterator[Path]:
+    for path in sorted(folder.rglob("*")):
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if path.is_file() and path.suffix.lower() in EXTENSIONS and not hidden:
+            yield path
+
+
+def load(path: Path, contract: dict[str, Any]) -> np.ndarray:
+    """``path`` as the network's ``uint8`` CHW input: EXIF orientation, transparency on white,
+    shorter side resized to ``resize_size`` with the contract's interpolation, centre crop."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as opened:
+        opened.load()
+        image = ImageOps.exif_transpose(opened) or opened
+        if image.mode in {"RGBA", "LA", "PA"} or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            canvas.alpha_composite(rgba)
+            image = canvas
+        image = image.convert("RGB")
+    resize, size = int(contract["resize_size"]), int(contract["image_size"])
+    width, height = image.size
+    # As torchvision's Resize(int): the shorter side becomes resize_size, the longer follows.
+    if width <= height:
+        new = (resize, int(resize * height / width))
+    else:
+        new = (int(resize * width / height), resize)
+    image = image.resize(new, _RESAMPLING.get(str(contract["interpolation"]), 2))
+    left, top = (image.width - size) // 2, (image.height - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _input(pixels: np.ndarray, contract: dict[str, Any]) -> np.ndarray:
+    if contract.get("input_dtype") == "uint8":
+        return pixels[None]
+    mean = np.asarray(contract["mean"], dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(contract["std"], dtype=np.float32).reshape(3, 1, 1)
+    return ((pixels.astype(np.float32) / 255.0 - mean) / std)[None]
+
+
+def _probabilities(session: Any, batch: np.ndarray) -> np.ndarray:
+    names = [o.name for o in session.get_outputs()]
+    if "probabilities" in names:  # calibrated (temperature-scaled) softmax inside the graph
+        calibrated: np.ndarray = np.asarray(session.run(["probabilities"], {"images": batch})[0])
+        return calibrated
+    logits = np.asarray(session.run([names[0]], {"images": batch})[0], dtype=np.float64)
+    exp: np.ndarray = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
+    return probabilities
+
+
+def predict(model: Path, folder: Path, output: Path, top_k: int = 5) -> int:
+    """Write ``output`` with one row per image of ``folder``; return the number of rows."""
+    import onnxruntime as ort
+
+    if not model.is_file():
+        raise PredictError(f"{model} is not a file")
+    if not folder.is_dir():
+        raise PredictError(f"{folder} is not a folder")
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    contract = _contract(session)
+    names: list[str] = list(contract.get("class_names", []))
+    if not names or "resize_size" not in contract:
+        raise PredictError(f"{model} has no class names or preprocessing in its metadata")
+    paths = list(_images(folder))
+    if not paths:
+        raise PredictError(f"no images in {folder}")
+    k = max(1, min(top_k, len(names)))
+    truth = [p.parent.name if p.parent.name in names else "" for p in paths]
+    rows = [
+        _row(session, contract, path, names, k, true)
+        for path, true in zip(paths, truth, strict=True)
+    ]
+    _write(output, rows, k, any(truth))
+    return len(rows)
+
+
+def _row(
+    session: Any, contract: dict[str, Any], path: Path, names: Sequence[str], k: int, true: str
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"path": str(path), "true": true, "error": ""}
+    try:
+        pixels = load(path, contract)
+    except Exception:  # any decoder failure: the row stays, marked
+        row["error"] = "unreadable"
+        return row
+    probs = _probabilities(session, _input(pixels, contract))[0]
+    order = np.argsort(-probs)[:k]
+    row["predicted"], row["confidence"] = names[order[0]], round(float(probs[order[0]]), 6)
+    for rank, index in enumerate(order, 1):
+        row[f"top{rank}_class"], row[f"top{rank}_prob"] = (
+            names[index],
+            round(float(probs[index]), 6),
+        )
+    return row
+
+
+def _write(output: Path, rows: list[dict[str, Any]], k: int, has_truth: bool) -> None:
+    header = ["path", "predicted", "confidence"] + (["true"] if has_truth else [])
+    for rank in range(1, k + 1):
+        header += [f"top{rank}_class", f"top{rank}_prob"]
+    header.append("error")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, header, extrasaction="ignore", restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point; user errors print as one ``error:`` line."""
+    parser = argparse.ArgumentParser(
+        prog="classifier-predict",
+        description="Predict a folder of images with an exported ONNX model (no torch needed).",
+        allow_abbrev=False,
+    )
+    parser.add_argument("model", type=Path, help="the .onnx file written by classifier")
+    parser.add_argument("images", type=Path, help="folder of images (searched recursively)")
+    parser.add_argument("--output", type=Path, default=Path("predictions.csv"), help="CSV file")
+    parser.add_argument("--top_k", type=int, default=5, help="classes listed per image")
+    args = parser.parse_args(argv)
+    try:
+        count = predict(args.model, args.images, args.output, args.top_k)
+    except (PredictError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as error:  # onnxruntime refusing the file, and the like
+        print(f"error: {args.model}: {type(error).__name__}: {error}", file=sys.stderr)
+        sys.exit(1)
+    print(f"Wrote {count} predictions to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -15,11 +15,18 @@ from typing_extensions import override
 
 from classifier.datasets import UNREADABLE
 from classifier.files import run_dir
-from classifier.metrics import confusion_matrix, summary_metrics, write_per_class_csv
+from classifier.metrics import (
+    OneVsRestAUROC,
+    confusion_matrix,
+    macro,
+    summary_metrics,
+    write_per_class_csv,
+)
 
 
 class StageMetrics(nn.Module):
-    """Mean loss, summary metrics (``top1``, ``top5``, ``balanced_acc``, ``f1_macro``), the
+    """Mean loss, summary metrics (``top1``, ``top5``, ``balanced_acc``, ``f1_macro``, and
+    ``auroc``: the macro one-vs-rest AUROC of the epoch's accumulated scores), the
     confusion matrix and the count of unreadable files of one stage, synchronised across
     processes when computed. Files labelled :data:`~classifier.datasets.UNREADABLE` count in
     :attr:`unreadable` and nowhere else.
@@ -34,6 +41,7 @@ class StageMetrics(nn.Module):
         self.confmat = confusion_matrix(num_classes, UNREADABLE)
         self.loss = MeanMetric()
         self.unreadable = SumMetric()
+        self.auroc = OneVsRestAUROC(num_classes, UNREADABLE)
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Add a batch; return its per-image cross-entropy (0 for unreadable files)."""
@@ -43,17 +51,19 @@ class StageMetrics(nn.Module):
         self.unreadable.update((~readable).sum())
         self.summary.update(logits, labels)
         self.confmat.update(logits.argmax(1), labels)
+        self.auroc.update(logits, labels)
         return losses
 
     def compute_logged(self) -> dict[str, torch.Tensor]:
         """The summary metrics and ``loss``, by name (every process takes part)."""
         values: dict[str, torch.Tensor] = dict(self.summary.compute())
         values["loss"] = self.loss.compute()
+        values["auroc"] = macro(self.auroc.compute())
         return values
 
     def reset(self) -> None:
         """Start the next epoch from nothing."""
-        for metric in (self.summary, self.confmat, self.loss, self.unreadable):
+        for metric in (self.summary, self.confmat, self.loss, self.unreadable, self.auroc):
             metric.reset()
 
 
@@ -73,7 +83,8 @@ def warn_unreadable(stage: str, count: int) -> None:
 
 class PerClassReport(Callback):
     """Write ``val_per_class.csv`` after every validation and ``test_per_class.csv`` after
-    test: support, predicted count, accuracy (= recall), precision, recall and F1 per class,
+    test: support, predicted count, accuracy (= recall), precision, recall, F1 and one-vs-rest
+    AUROC per class,
     from the counts the model accumulated (synchronised across processes).
 
     ``classifier`` adds this callback to ``fit``, ``validate`` and ``test`` when the config
@@ -94,7 +105,9 @@ class PerClassReport(Callback):
     @staticmethod
     def _write(trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         module: Any = pl_module
-        confmat = module.stage_metrics(stage).confmat.compute()  # every rank takes part
+        metrics = module.stage_metrics(stage)
+        confmat = metrics.confmat.compute()  # every rank takes part
+        auroc = metrics.auroc.compute()
         if trainer.is_global_zero:
             path = run_dir(trainer) / f"{stage}_per_class.csv"
-            write_per_class_csv(path, confmat, list(module.class_names))
+            write_per_class_csv(path, confmat, list(module.class_names), auroc)

@@ -11,16 +11,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
 )
+from torchmetrics.utilities import dim_zero_cat
+from typing_extensions import override
 
 from classifier.files import write_csv
 
-PER_CLASS_HEADER = ("class", "support", "predicted", "accuracy", "precision", "recall", "f1")
+PER_CLASS_HEADER = (
+    "class",
+    "support",
+    "predicted",
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "auroc",
+)
 
 
 def summary_metrics(num_classes: int, ignore_index: int | None = None) -> MetricCollection:
@@ -72,16 +83,101 @@ def per_class(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-def write_per_class_csv(path: Path, confmat: torch.Tensor, class_names: list[str]) -> None:
-    """Write the per-class report as a CSV a person can open in a spreadsheet."""
+def _rounded(value: float | str) -> float | str:
+    return round(value, 6) if isinstance(value, float) else value
+
+
+def write_per_class_csv(
+    path: Path, confmat: torch.Tensor, class_names: list[str], auroc: torch.Tensor | None = None
+) -> None:
+    """Write the per-class report as a CSV a person can open in a spreadsheet (``auroc``
+    empty where it is undefined or not given)."""
     stats = {k: v.tolist() for k, v in per_class(confmat.cpu()).items()}
+    areas = [float("nan")] * len(class_names) if auroc is None else auroc.cpu().tolist()
+    stats["auroc"] = ["" if a != a else a for a in areas]
     rows = [
         [
             name,
             int(stats["support"][i]),
             int(stats["predicted"][i]),
-            *(round(stats[k][i], 6) for k in PER_CLASS_HEADER[3:]),
+            *(
+                round(v, 6) if isinstance(v := stats[k][i], float) else v
+                for k in PER_CLASS_HEADER[3:]
+            ),
         ]
         for i, name in enumerate(class_names)
     ]
     write_csv(path, PER_CLASS_HEADER, rows)
+
+
+class OneVsRestAUROC(Metric):
+    """Macro and per-class one-vs-rest AUROC from the epoch's accumulated scores.
+
+    Stores each image's logits and ranks its log-probabilities in float64 (probabilities
+    underflow to ties, float32 rounds distinct images to ties) and computes every class's AUROC at once from ranks (the Mann-Whitney
+    statistic, tied scores counting one half), a sort per block of classes instead of a loop
+    over classes. A class with no
+    positive or no negative image gets NaN and is left out of the macro mean. Images labelled
+    ``ignore_index`` are not counted.
+
+    Args:
+        num_classes: number of classes.
+        ignore_index: label of images to leave out.
+        block: classes ranked per sort (bounds the memory of :meth:`compute`).
+    """
+
+    full_state_update = False
+    scores: list[torch.Tensor]
+    labels: list[torch.Tensor]
+
+    def __init__(self, num_classes: int, ignore_index: int | None = None, block: int = 256) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.block = block
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("labels", default=[], dist_reduce_fx="cat")
+
+    @override
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch of logits and labels."""
+        if self.ignore_index is not None:
+            keep = labels != self.ignore_index
+            logits, labels = logits[keep], labels[keep]
+        self.scores.append(logits.detach().float())
+        self.labels.append(labels)
+
+    @override
+    def compute(self) -> torch.Tensor:
+        """Per-class AUROC (``num_classes`` values, NaN where undefined)."""
+        scores = dim_zero_cat(self.scores)
+        labels = dim_zero_cat(self.labels).long()
+        count = len(labels)
+        result = torch.full((self.num_classes,), float("nan"), device=scores.device)
+        if count == 0:
+            return result
+        # Log-probabilities in float64: float32 would tie distinct images (and probabilities
+        # underflow to ties at 0), and a tie counts one half.
+        normaliser = scores.double().logsumexp(dim=1, keepdim=True)
+        positives = torch.bincount(labels, minlength=self.num_classes).double()
+        negatives = count - positives
+        for start in range(0, self.num_classes, self.block):
+            stop = min(start + self.block, self.num_classes)
+            block = (scores[:, start:stop].double() - normaliser).T.contiguous()
+            ordered = block.sort(dim=1).values
+            # Tied scores share the mean of their ranks: (number below + 1 + number at or
+            # below) / 2, found by binary search in each class's sorted scores.
+            below = torch.searchsorted(ordered, block, right=False)
+            at_or_below = torch.searchsorted(ordered, block, right=True)
+            ranks = (below + 1 + at_or_below).double() / 2
+            own = labels[None, :] == torch.arange(start, stop, device=labels.device)[:, None]
+            rank_sum = (ranks * own).sum(1)
+            pos, neg = positives[start:stop], negatives[start:stop]
+            auc = (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
+            result[start:stop] = torch.where((pos > 0) & (neg > 0), auc, torch.nan).float()
+        return result
+
+
+def macro(per_class: torch.Tensor) -> torch.Tensor:
+    """Mean over the classes where the value is defined (NaN if none is)."""
+    return per_class.nanmean()

@@ -65,3 +65,43 @@ def test_unreadable_files_count_apart_from_every_metric() -> None:
     assert float(values["top1"]) == pytest.approx(0.5)
     assert int(stage.unreadable.compute()) == 1
     assert int(stage.confmat.compute().sum()) == 2
+
+
+def test_auroc_matches_torchmetrics_for_a_thousand_classes() -> None:
+    """The metric path at ImageNet scale: every class at once from ranks, equal to
+    torchmetrics' per-class loop (make bench times both)."""
+    from torchmetrics.classification import MulticlassAUROC
+
+    from classifier.metrics import OneVsRestAUROC, macro
+
+    classes, images = 1000, 3000
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, classes, (images,), generator=generator)
+    logits = torch.randn(images, classes, generator=generator)
+    logits += 2 * torch.nn.functional.one_hot(labels, classes)
+    ours = OneVsRestAUROC(classes, block=300)
+    for start in range(0, images, 256):  # accumulated over batches, computed once per epoch
+        ours.update(logits[start : start + 256], labels[start : start + 256])
+    per_class = ours.compute()
+    reference = MulticlassAUROC(classes, average=None, thresholds=None)
+    with pytest.warns(UserWarning):  # torchmetrics: classes without positives
+        expected = reference(logits.double().softmax(1), labels).float()  # no float32 ties
+    defined = ~per_class.isnan()
+    assert int(defined.sum()) == int((torch.bincount(labels, minlength=classes) > 0).sum())
+    assert torch.allclose(per_class[defined], expected[defined], atol=1e-5)
+    assert float(macro(per_class)) == pytest.approx(float(expected[defined].mean()), abs=1e-5)
+
+
+def test_auroc_leaves_out_unreadable_files_and_reaches_the_report(tmp_path: Path) -> None:
+    from classifier.datasets import UNREADABLE
+
+    stage = StageMetrics(3)
+    # Images 1 and 2 are the same picture filed as 1 and as 0: their scores tie, half a pair.
+    logits = torch.tensor([[3.0, 0, 0], [0, 3.0, 0], [0, 3.0, 0], [0, -2.0, 4.0], [9.0, 0, 0]])
+    stage.update(logits, torch.tensor([0, 1, 0, 2, UNREADABLE]))
+    per_class = stage.auroc.compute()
+    assert per_class.tolist() == pytest.approx([3.5 / 4, 2.5 / 3, 1.0])
+    assert float(stage.compute_logged()["auroc"]) == pytest.approx((3.5 / 4 + 2.5 / 3 + 1) / 3)
+    write_per_class_csv(tmp_path / "p.csv", stage.confmat.compute(), ["a", "b", "c"], per_class)
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert [float(r["auroc"]) for r in rows] == pytest.approx([3.5 / 4, 2.5 / 3, 1.0])

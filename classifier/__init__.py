@@ -17,6 +17,7 @@ if _sys.argv[:1] == ["-m"] and _sys.path and _sys.path[0] in ("", _os.getcwd()):
 #: point such as ``classifier-predict`` (onnxruntime, Pillow and NumPy only) never loads torch.
 _PUBLIC = {
     "EMA": "classifier.ema",
+    "Calibration": "classifier.calibration",
     "ConfusionMatrix": "classifier.confusion",
     "DatasetStatistics": "classifier.dataset_stats",
     "ImageClassifier": "classifier.model",

@@ -87,11 +87,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def _upgrade(checkpoint: dict[str, Any]) -> None:
-    """Move what older versions stored elsewhere to where this one reads it: the generator
-    states were top-level, and now belong to the data module's state (exact resume)."""
+    """Bring what older versions stored up to date: the generator states were top-level and
+    now belong to the data module's state (exact resume); there was no temperature."""
     legacy = checkpoint.pop("rng_states", None)
     if legacy is not None:
         checkpoint.setdefault("ImageFolderDataModule", {}).setdefault("rng_states", legacy)
+    # Checkpoints from before calibration: temperature 1 (probabilities as the logits give).
+    checkpoint["state_dict"].setdefault("temperature", torch.ones(()))
 
 
 def config_from_checkpoint(path: str | Path) -> dict[str, Any]:

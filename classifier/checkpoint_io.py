@@ -193,3 +193,10 @@ def guard_checkpoint_loads(strategy: Strategy) -> None:
         strategy.checkpoint_io = SafeCheckpointIO(io)
     if type(strategy).load_checkpoint is not Strategy.load_checkpoint:
         strategy.load_checkpoint = _refuse_own_loader(strategy)  # type: ignore[method-assign]
+
+
+def flush_checkpoints(trainer: Any) -> None:
+    """Wait until the checkpoints queued so far are on disk (before reading one back)."""
+    io = getattr(trainer.strategy, "checkpoint_io", None)
+    if isinstance(io, SafeCheckpointIO):
+        io.wait()

@@ -16,6 +16,8 @@ from typing_extensions import override
 from classifier.datasets import UNREADABLE
 from classifier.files import run_dir
 from classifier.metrics import (
+    BINS,
+    CalibrationBins,
     OneVsRestAUROC,
     confusion_matrix,
     macro,
@@ -26,7 +28,8 @@ from classifier.metrics import (
 
 class StageMetrics(nn.Module):
     """Mean loss, summary metrics (``top1``, ``top5``, ``balanced_acc``, ``f1_macro``, and
-    ``auroc``: the macro one-vs-rest AUROC of the epoch's accumulated scores), the
+    ``auroc``: the macro one-vs-rest AUROC of the epoch's accumulated scores), ``nll`` and
+    ``ece`` (15-bin expected calibration error) of the calibrated probabilities, the
     confusion matrix and the count of unreadable files of one stage, synchronised across
     processes when computed. Files labelled :data:`~classifier.datasets.UNREADABLE` count in
     :attr:`unreadable` and nowhere else.
@@ -42,12 +45,24 @@ class StageMetrics(nn.Module):
         self.loss = MeanMetric()
         self.unreadable = SumMetric()
         self.auroc = OneVsRestAUROC(num_classes, UNREADABLE)
+        self.nll = MeanMetric()
+        self.calibration = CalibrationBins(BINS, UNREADABLE)
 
-    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Add a batch; return its per-image cross-entropy (0 for unreadable files)."""
+    def update(
+        self, logits: torch.Tensor, labels: torch.Tensor, temperature: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Add a batch; return its per-image cross-entropy (0 for unreadable files).
+
+        ``nll`` and ``ece`` are those of ``softmax(logits / temperature)`` (the model's
+        calibration); ``loss`` and the other metrics use the logits as they are.
+        """
         losses = F.cross_entropy(logits.float(), labels, reduction="none", ignore_index=UNREADABLE)
         readable = labels != UNREADABLE  # a mask, not an index: no host sync
         self.loss.update(losses, weight=readable.float())
+        scaled = logits.float() if temperature is None else logits.float() / temperature
+        nll = F.cross_entropy(scaled, labels, reduction="none", ignore_index=UNREADABLE)
+        self.nll.update(nll, weight=readable.float())
+        self.calibration.update(scaled.softmax(dim=1), labels)
         self.unreadable.update((~readable).sum())
         self.summary.update(logits, labels)
         self.confmat.update(logits.argmax(1), labels)
@@ -59,11 +74,14 @@ class StageMetrics(nn.Module):
         values: dict[str, torch.Tensor] = dict(self.summary.compute())
         values["loss"] = self.loss.compute()
         values["auroc"] = macro(self.auroc.compute())
+        values["nll"] = self.nll.compute()
+        values["ece"] = self.calibration.compute()
         return values
 
     def reset(self) -> None:
         """Start the next epoch from nothing."""
-        for metric in (self.summary, self.confmat, self.loss, self.unreadable, self.auroc):
+        metrics = (self.summary, self.confmat, self.loss, self.unreadable, self.auroc, self.nll)
+        for metric in (*metrics, self.calibration):
             metric.reset()
 
 

@@ -34,21 +34,25 @@ OPSET_MIN = 17
 
 
 class _Exportable(nn.Module):
-    """The network, optionally with normalisation (``uint8`` RGB input) inside the graph."""
+    """The network, optionally with normalisation (``uint8`` RGB input) inside the graph, with
+    two outputs: ``logits`` and calibrated ``probabilities`` (``softmax(logits / T)``)."""
 
-    def __init__(self, net: nn.Module, pre: Preprocessing, uint8_input: bool) -> None:
+    def __init__(
+        self, net: nn.Module, pre: Preprocessing, uint8_input: bool, temperature: float
+    ) -> None:
         super().__init__()
         self.net = net
         self.uint8_input = uint8_input
         mean, std = pre.mean_std(scale=255.0)
         self.mean, self.std = nn.Buffer(mean), nn.Buffer(std)
+        self.temperature = nn.Buffer(torch.tensor(float(temperature)))
 
     @override
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.uint8_input:
             images = (images.float() - self.mean) / self.std
-        out: torch.Tensor = self.net(images)
-        return out
+        logits: torch.Tensor = self.net(images)
+        return logits, (logits / self.temperature).softmax(dim=1)
 
 
 def export_onnx(
@@ -59,6 +63,7 @@ def export_onnx(
     opset: int = 18,
     uint8_input: bool = False,
     simplify: bool = True,
+    temperature: float = 1.0,
 ) -> Path:
     """Export ``net`` to one self-contained ONNX file with a dynamic batch axis.
 
@@ -69,7 +74,7 @@ def export_onnx(
 
     if opset < OPSET_MIN:
         raise ValueError(f"opset must be >= {OPSET_MIN}, got {opset}")
-    wrapper = _Exportable(net, pre, uint8_input).eval().cpu().float()
+    wrapper = _Exportable(net, pre, uint8_input, temperature).eval().cpu().float()
     dtype = torch.uint8 if uint8_input else torch.float32
     dummy = torch.zeros(2, 3, pre.image_size, pre.image_size, dtype=dtype)
     graph = io.BytesIO()  # in memory: the file is written once, complete, by the atomic writer
@@ -83,13 +88,13 @@ def export_onnx(
             dynamo=False,
             opset_version=opset,
             input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            output_names=["logits", "probabilities"],
+            dynamic_axes={name: {0: "batch"} for name in ("images", "logits", "probabilities")},
         )
     model = onnx.load_from_string(graph.getvalue())
     if simplify:
         model = _simplify(model)
-    for key, value in pre.contract(class_names, uint8_input).items():
+    for key, value in pre.contract(class_names, uint8_input, temperature).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
     onnx.checker.check_model(model)
@@ -142,6 +147,7 @@ def export_and_verify(
     pre: Preprocessing,
     options: ExportOptions,
     images: tuple[Sequence[Path], Sequence[int]] | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Export ``net`` to ``path``, describe it, verify it on ``images`` and report.
 
@@ -155,8 +161,18 @@ def export_and_verify(
             (the report is written first).
     """
     net = copy.deepcopy(net).cpu().float().eval()  # leave the caller's model where it is
-    export_onnx(net, path, class_names, pre, options.opset, options.uint8_input, options.simplify)
-    write_json(sidecar(path, "labels_mapping.json"), pre.contract(class_names, options.uint8_input))
+    export_onnx(
+        net,
+        path,
+        class_names,
+        pre,
+        options.opset,
+        options.uint8_input,
+        options.simplify,
+        temperature,
+    )
+    contract = pre.contract(class_names, options.uint8_input, temperature)
+    write_json(sidecar(path, "labels_mapping.json"), contract)
     report: dict[str, Any] = {"file": path.name, "opset": options.opset, "verified": False}
     chosen = spread(images[0], options.verify_images) if images else []
     if images and chosen:
@@ -215,8 +231,12 @@ class OnnxExport(Callback):
         """Export (rank 0 only) once training has finished."""
         if not trainer.is_global_zero or trainer.interrupted:
             return
+        from classifier.checkpoint_io import flush_checkpoints
+
+        flush_checkpoints(trainer)  # best.ckpt may still be in the background writer
         folder = run_dir(trainer)
-        targets: list[tuple[str, nn.Module]] = []
+        model = as_classifier(pl_module)
+        targets: list[tuple[str, tuple[nn.Module, float]]] = []
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if self.export in ("best", "all"):
             if best:
@@ -224,13 +244,12 @@ class OnnxExport(Callback):
             else:
                 warnings.warn("no best checkpoint; exporting the final weights", stacklevel=2)
         if self.export in ("final", "all") or not targets:
-            targets.append(("final", as_classifier(pl_module).model))
+            targets.append(("final", (model.model, float(model.temperature))))
         datamodule = trainer.datamodule  # type: ignore[attr-defined]
         val = datamodule.splits.get("val") if datamodule is not None else None
-        model = as_classifier(pl_module)
         if model.preprocessing is None:
             raise ExportError("the model has no preprocessing; was it set up by a data module?")
-        for name, net in targets:
+        for name, (net, temperature) in targets:
             path = folder / ("model.onnx" if len(targets) == 1 else f"model_{name}.onnx")
             report = export_and_verify(
                 net,
@@ -239,19 +258,20 @@ class OnnxExport(Callback):
                 model.preprocessing,
                 self.options,
                 (val.paths, val.labels) if val is not None else None,
+                temperature,
             )
             rank_zero_info(f"Exported {path}: {report}")
 
 
-def _load_weights(pl_module: pl.LightningModule, ckpt_path: str) -> nn.Module:
-    """A copy of the network with the weights of ``ckpt_path``."""
+def _load_weights(pl_module: pl.LightningModule, ckpt_path: str) -> tuple[nn.Module, float]:
+    """A copy of the network with the weights of ``ckpt_path``, and its temperature."""
     from classifier.checkpoint import load_checkpoint
 
     state = load_checkpoint(ckpt_path)["state_dict"]
     net = copy.deepcopy(as_classifier(pl_module).model)
     prefix = "model."
     net.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
-    return net
+    return net, float(state["temperature"])
 
 
 def export_checkpoint(
@@ -309,6 +329,7 @@ def export_checkpoint(
         pre,
         options,
         (split.paths, split.labels) if split is not None else None,
+        float(checkpoint["state_dict"]["temperature"]),
     )
     print(f"Exported {path}: {report}")
     return path

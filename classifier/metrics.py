@@ -22,6 +22,9 @@ from typing_extensions import override
 
 from classifier.files import write_csv
 
+#: Confidence bins of the expected calibration error and the reliability diagram.
+BINS = 15
+
 PER_CLASS_HEADER = (
     "class",
     "support",
@@ -114,11 +117,11 @@ class OneVsRestAUROC(Metric):
     """Macro and per-class one-vs-rest AUROC from the epoch's accumulated scores.
 
     Stores each image's logits and ranks its log-probabilities in float64 (probabilities
-    underflow to ties, float32 rounds distinct images to ties) and computes every class's AUROC at once from ranks (the Mann-Whitney
-    statistic, tied scores counting one half), a sort per block of classes instead of a loop
-    over classes. A class with no
-    positive or no negative image gets NaN and is left out of the macro mean. Images labelled
-    ``ignore_index`` are not counted.
+    underflow to ties, float32 rounds distinct images to ties); computes every class's AUROC
+    at once from ranks (the Mann-Whitney statistic, tied scores counting one half), a sort per
+    block of classes instead of a loop over classes. A class with no positive or no negative
+    image gets NaN and is left out of the macro mean. Images labelled ``ignore_index`` are not
+    counted.
 
     Args:
         num_classes: number of classes.
@@ -181,3 +184,57 @@ class OneVsRestAUROC(Metric):
 def macro(per_class: torch.Tensor) -> torch.Tensor:
     """Mean over the classes where the value is defined (NaN if none is)."""
     return per_class.nanmean()
+
+
+class CalibrationBins(Metric):
+    """Images, summed confidence and correct predictions per confidence bin (top label), the
+    statistics behind the ECE and the reliability diagram; summed across processes.
+
+    Args:
+        bins: equal-width confidence bins over [0, 1].
+        ignore_index: label of images to leave out.
+    """
+
+    full_state_update = False
+    count: torch.Tensor
+    confidence: torch.Tensor
+    correct: torch.Tensor
+
+    def __init__(self, bins: int = BINS, ignore_index: int | None = None) -> None:
+        super().__init__()
+        self.bins = bins
+        self.ignore_index = ignore_index
+        for name in ("count", "confidence", "correct"):
+            self.add_state(
+                name, default=torch.zeros(bins, dtype=torch.float64), dist_reduce_fx="sum"
+            )
+
+    @override
+    def update(self, probabilities: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch of probabilities (rows sum to 1) and labels."""
+        confidence, predicted = probabilities.float().max(dim=1)
+        keep = labels != self.ignore_index if self.ignore_index is not None else None
+        weight = keep.double() if keep is not None else torch.ones_like(confidence).double()
+        index = (confidence * self.bins).long().clamp(max=self.bins - 1)
+        self.count.index_add_(0, index, weight)
+        self.confidence.index_add_(0, index, confidence.double() * weight)
+        self.correct.index_add_(0, index, (predicted == labels).double() * weight)
+
+    @override
+    def compute(self) -> torch.Tensor:
+        """The expected calibration error: the count-weighted mean |accuracy - confidence|."""
+        total = self.count.sum().clamp(min=1)
+        return ((self.correct - self.confidence).abs().sum() / total).float()
+
+    def table(self) -> dict[str, list[float]]:
+        """Per bin: images, mean confidence and accuracy (NaN where a bin is empty)."""
+        count = self.count.cpu()
+        safe = count.clamp(min=1)
+        empty = count == 0
+        confidence = torch.where(empty, torch.nan, self.confidence.cpu() / safe)
+        accuracy = torch.where(empty, torch.nan, self.correct.cpu() / safe)
+        return {
+            "count": count.tolist(),
+            "confidence": confidence.tolist(),
+            "accuracy": accuracy.tolist(),
+        }

@@ -78,6 +78,7 @@ class ImageClassifier(pl.LightningModule):
     """
 
     class_weights: torch.Tensor
+    temperature: torch.Tensor
     _finite: torch.Tensor
     _loss_window: torch.Tensor
     model: torch.nn.Module
@@ -121,6 +122,8 @@ class ImageClassifier(pl.LightningModule):
         #: Set from the data at setup and stored in checkpoints.
         self.preprocessing: Preprocessing | None = None
         self.register_buffer("class_weights", torch.ones(self.num_classes), persistent=False)
+        #: Probabilities are ``softmax(logits / temperature)``; fitted by ``Calibration``.
+        self.register_buffer("temperature", torch.ones(()))
         self.use_class_weights = False
         self.register_buffer("_finite", torch.ones((), dtype=torch.bool), persistent=False)
         self.register_buffer("_loss_window", torch.zeros(()), persistent=False)
@@ -237,7 +240,7 @@ class ImageClassifier(pl.LightningModule):
     def _eval_step(self, stage: EvalStage, batch: Batch) -> dict[str, torch.Tensor]:
         images, labels, indices = batch
         logits = self(images)
-        losses = self.stage_metrics(stage).update(logits, labels)
+        losses = self.stage_metrics(stage).update(logits, labels, self.temperature)
         return {"logits": logits.detach(), "losses": losses.detach(), "indices": indices}
 
     @override
@@ -275,9 +278,10 @@ class ImageClassifier(pl.LightningModule):
 
     @override
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        """Class probabilities with the dataset indices and labels (-1 if unknown)."""
+        """Calibrated class probabilities (``softmax(logits / temperature)``) with the dataset
+        indices and labels (-1 if unknown)."""
         images, labels, indices = batch
-        probs = self(images).float().softmax(dim=1)
+        probs = (self(images).float() / self.temperature).softmax(dim=1)
         return {"probs": probs, "labels": labels, "indices": indices}
 
     @override

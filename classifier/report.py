@@ -159,6 +159,23 @@ def _per_class(run: Path, results: Path) -> str:
     return "".join(parts)
 
 
+def _calibration(run: Path, results: Path) -> str:
+    report = _read_json(results / "calibration.json") or _read_json(run / "calibration.json")
+    if not report:
+        return ""
+    rows = [
+        (f"{split}, {when}", report[split][when]["ece"], report[split][when]["nll"])
+        for split in ("val", "test")
+        if split in report
+        for when in ("before", "after")
+    ]
+    images = _image(run / "calibration_val.png", "validation reliability diagram") + _image(
+        results / "calibration_test.png", "test reliability diagram"
+    )
+    note = f"<p>temperature {report['temperature']:.4g}: probabilities = softmax(logits / T)</p>"
+    return note + _table(("", "ECE", "NLL"), rows) + f'<div class="pair">{images}</div>'
+
+
 def _data(run: Path) -> str:
     parts = []
     health = _read_json(run / "data_health.json")
@@ -259,7 +276,7 @@ def write_report(run: Path, results: Path | None = None) -> Path:
         "confusion": lambda: _confusion(run, results),
         "per-class": lambda: _per_class(run, results),
         "gallery": lambda: _image(run / "val_predictions.png", "highest-loss validation images"),
-        "calibration": lambda: _image(run / "calibration_val.png", "reliability diagram"),
+        "calibration": lambda: _calibration(run, results),
         "data": lambda: _data(run),
         "model": lambda: _model(run),
         "export": lambda: _export(run),

@@ -81,7 +81,9 @@ class Preprocessing:
         std = torch.tensor(self.std, device=device).view(1, 3, 1, 1) * scale
         return mean, std
 
-    def contract(self, class_names: list[str], uint8_input: bool = False) -> dict[str, Any]:
+    def contract(
+        self, class_names: list[str], uint8_input: bool = False, temperature: float = 1.0
+    ) -> dict[str, Any]:
         """Everything a consumer of an exported model needs: classes, preprocessing and input/
         output description (ONNX metadata and ``labels_mapping.json``)."""
         info = self.to_dict()
@@ -94,7 +96,9 @@ class Preprocessing:
             "input_dtype": "uint8" if uint8_input else "float32",
             "input_name": "images",
             "output_name": "logits",
-            "output": "logits (apply softmax for probabilities)",
+            "output": "logits; probabilities = softmax(logits / temperature), calibrated",
+            "probabilities_name": "probabilities",
+            "temperature": temperature,
             "background_for_transparency": "white",
         }
 

@@ -287,11 +287,11 @@ def test_report_shows_every_part_of_the_run_in_one_page(full_run: dict[str, Any]
 
     page = _Page()
     page.feed((full_run["run"] / "report.html").read_text())
-    expected = ["summary", "curves", "confusion", "per-class", "gallery", "data", "model"]
-    assert page.sections == [*expected, "export"]  # no calibration figure in this run
+    expected = ["summary", "curves", "confusion", "per-class", "gallery", "calibration", "data"]
+    assert page.sections == [*expected, "model", "export"]
     assert page.scripts == 0 and page.links == [] and page.viewport
-    # loss, metrics, val and test matrices, gallery, class distribution
-    assert len(page.images) == 6
+    # loss, metrics, val and test matrices, gallery, val and test reliability, class counts
+    assert len(page.images) == 8
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
@@ -327,3 +327,25 @@ def test_report_renders_in_a_browser(full_run: dict[str, Any], tmp_path: Path) -
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert pixels.std() > 20  # text, cards and figures, not a blank page
     assert (pixels < 100).mean() > 0.01  # dark ink (text, plot lines) is drawn
+
+
+def test_calibration_is_fitted_stored_and_carried_into_the_export(
+    full_run: dict[str, Any],
+) -> None:
+    import onnxruntime as ort
+
+    run = full_run["run"]
+    report = json.loads((run / "calibration.json").read_text())
+    temperature = report["temperature"]
+    assert temperature > 0 and set(report["val"]) == set(report["test"]) == {"before", "after"}
+    assert report["val"]["after"]["nll"] <= report["val"]["before"]["nll"] + 1e-9
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert float(best["state_dict"]["temperature"]) == pytest.approx(temperature, rel=1e-5)
+    session = ort.InferenceSession(str(run / "model_best.onnx"), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert float(meta["temperature"]) == pytest.approx(temperature, rel=1e-5)
+    x = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    logits, probabilities = session.run(["logits", "probabilities"], {"images": x})
+    expected = torch.from_numpy(logits).double().div(float(meta["temperature"])).softmax(1)
+    assert np.allclose(probabilities, expected.numpy(), atol=1e-5)
+    assert (run / "calibration_val.png").is_file() and (run / "calibration_test.png").is_file()

@@ -1,0 +1,244 @@
+"""Probabilities that mean what they say: calibration error, and temperature scaling.
+
+Label smoothing, MixUp and EMA leave a model under-confident (a correct prediction at 0.4);
+overfitting leaves it over-confident. One scalar temperature ``T``, fitted on the validation
+logits of the best checkpoint by minimising the negative log-likelihood, fixes most of either
+(Guo et al., 2017) without changing a single prediction: probabilities are
+``softmax(logits / T)``. The :class:`Calibration` callback fits it when training ends, stores it
+in ``best.ckpt`` (the model's ``temperature`` buffer, so ``test``, ``predict`` and exports use
+it) and reports the expected calibration error (ECE) and NLL before and after in
+``calibration.json``, with a reliability diagram per split.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F  # noqa: N812
+from typing_extensions import override
+
+from classifier.files import atomic_write, run_dir, write_json
+from classifier.metrics import BINS, CalibrationBins
+from classifier.model import as_classifier
+from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image, new_figure, save_figure
+
+
+def expected_calibration_error(
+    logits: torch.Tensor, labels: torch.Tensor, bins: int = BINS
+) -> float:
+    """ECE (top label, equal-width bins) of ``softmax(logits)``."""
+    metric = CalibrationBins(bins)
+    metric.update(logits.float().softmax(dim=1), labels)
+    return float(metric.compute())
+
+
+#: Bounds of the fitted temperature (``[0.05, 20]``): a validation set without errors would
+#: drive it to 0.
+MIN_TEMPERATURE = 0.05
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> float:
+    """The temperature minimising the NLL of ``softmax(logits / T)`` (LBFGS on ``log T``)."""
+    logits, labels = logits.detach().double().cpu(), labels.cpu()
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    optimizer.step(closure)  # type: ignore[no-untyped-call]
+    return float(log_t.detach().exp().clamp(MIN_TEMPERATURE, 1 / MIN_TEMPERATURE))
+
+
+def scores(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> dict[str, float]:
+    """ECE and NLL of ``softmax(logits / temperature)``."""
+    scaled = logits.double() / temperature
+    return {
+        "ece": round(expected_calibration_error(scaled, labels), 6),
+        "nll": round(float(F.cross_entropy(scaled, labels)), 6),
+    }
+
+
+def _diagram(logits: torch.Tensor, labels: torch.Tensor, temperature: float, title: str) -> Any:
+    """Reliability diagram: accuracy against confidence per bin, before and after scaling, with
+    the images per bin below."""
+    figure, (curve, counts) = new_figure((6.5, 6.5), rows=2, squeeze=True)
+    figure.subplots_adjust(hspace=0.35)
+    centres = [(i + 0.5) / BINS for i in range(BINS)]
+    curve.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
+    tables = {}
+    after = f"after (T = {temperature:.3g})"
+    for name, t, style in (("before", 1.0, "o--"), (after, temperature, "o-")):
+        bins = CalibrationBins()
+        bins.update((logits.double() / t).softmax(dim=1), labels)
+        tables[name] = bins.table()
+        ece = float(bins.compute())
+        curve.plot(centres, tables[name]["accuracy"], style, label=f"{name}: ECE {ece:.3f}")
+    curve.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=title)
+    curve.legend(loc="upper left", fontsize=8)
+    counts.bar(centres, tables[after]["count"], width=1 / BINS * 0.9, color="tab:blue")
+    counts.set(xlim=(0, 1), xlabel="confidence (after scaling)", ylabel="images")
+    return figure
+
+
+class Calibration(PlottingCallback):
+    """Fit a temperature on the best checkpoint's validation logits when training ends.
+
+    The temperature is stored in ``best.ckpt`` (the model's ``temperature`` buffer), so
+    ``classifier test`` reports calibrated ``test/ece`` and ``test/nll``, ``predict`` writes
+    calibrated confidences, and ONNX exports gain a ``probabilities`` output. Writes
+    ``calibration.json`` (temperature; ECE and NLL before and after, on val, and on test after a
+    test) and ``calibration_val.png`` / ``calibration_test.png`` (reliability diagrams). List it
+    before ``OnnxExport``'s ``final`` export if that should carry the temperature too (the best
+    export always does).
+
+    Args:
+        plot_time_share: see :class:`~classifier.plots.PlottingCallback`.
+    """
+
+    def __init__(self, plot_time_share: float = PLOT_TIME_SHARE) -> None:
+        super().__init__(plot_time_share)
+        self._test: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Fit, store and report the temperature (rank 0; every rank waits for the file)."""
+        from classifier.checkpoint_io import flush_checkpoints
+
+        flush_checkpoints(trainer)
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        if trainer.is_global_zero and best and not trainer.interrupted:
+            self._calibrate(trainer, pl_module, Path(best))
+        trainer.strategy.barrier("calibration")
+
+    def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, best: Path) -> None:
+        from classifier.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(best)
+        logits, labels = _val_logits(trainer, pl_module, checkpoint["state_dict"])
+        if not len(labels):
+            return
+        temperature = fit_temperature(logits, labels)
+        if temperature <= MIN_TEMPERATURE * 1.01:
+            warnings.warn(
+                f"the temperature reached its bound {MIN_TEMPERATURE}: the validation images "
+                "have (almost) no errors to calibrate on, so probabilities come out near 0 and "
+                "1; a larger or harder val/ gives a meaningful temperature",
+                stacklevel=2,
+            )
+        checkpoint["state_dict"]["temperature"] = torch.tensor(temperature)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        data = buffer.getvalue()
+        atomic_write(best, lambda handle: handle.write(data), sync=True)
+        as_classifier(pl_module).temperature.fill_(temperature)
+        folder = run_dir(trainer)
+        report = {
+            "temperature": round(temperature, 6),
+            "bins": BINS,
+            "fitted_on": f"validation logits of {best.name} ({len(labels)} images)",
+            "val": {
+                "before": scores(logits, labels, 1.0),
+                "after": scores(logits, labels, temperature),
+            },
+        }
+        write_json(folder / "calibration.json", report)
+        self._draw(trainer, logits, labels, temperature, "val")
+
+    def _draw(
+        self, trainer: pl.Trainer, logits: torch.Tensor, labels: torch.Tensor, t: float, stage: str
+    ) -> None:
+        folder, step = run_dir(trainer), trainer.global_step
+
+        def draw() -> None:
+            figure = _diagram(logits, labels, t, f"{stage}: reliability")
+            path = save_figure(figure, folder / f"calibration_{stage}.png")
+            log_image(trainer, f"{stage}/calibration", path, step)
+
+        self.draws.request(trainer, f"calibration_{stage}", draw)
+
+    @override
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start collecting the test logits."""
+        self._test = []
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Keep the raw (unscaled) logits and labels of readable images."""
+        labels = batch[1]
+        keep = labels >= 0
+        self._test.append((outputs["logits"][keep].float().cpu(), labels[keep].cpu()))
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Add test ECE and NLL before and after scaling to ``calibration.json``."""
+        from classifier.dist import gather_objects
+
+        parts = [p for rank in gather_objects(self._test) for p in rank]
+        self._test = []
+        if not trainer.is_global_zero or not parts:
+            return
+        logits = torch.cat([p[0] for p in parts])
+        labels = torch.cat([p[1] for p in parts])
+        temperature = float(as_classifier(pl_module).temperature)
+        path = run_dir(trainer) / "calibration.json"
+        report = _read(path) or {"temperature": round(temperature, 6), "bins": BINS}
+        report["test"] = {
+            "before": scores(logits, labels, 1.0),
+            "after": scores(logits, labels, temperature),
+        }
+        write_json(path, report)
+        self._draw(trainer, logits, labels, temperature, "test")
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@torch.no_grad()
+def _val_logits(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, state: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation logits of a copy of the network with the weights in ``state``."""
+    import copy
+
+    model = as_classifier(pl_module)
+    net = copy.deepcopy(model.model).eval()
+    prefix = "model."
+    net.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    datamodule: Any = getattr(trainer, "datamodule")  # noqa: B009 (set at runtime)
+    outputs, targets = [], []
+    for batch in datamodule.val_dataloader():
+        images, labels, _ = datamodule.on_after_batch_transfer(
+            trainer.strategy.batch_to_device(batch, model.device), 0
+        )
+        keep = labels >= 0
+        if model.hparams["channels_last"]:
+            images = images.contiguous(memory_format=torch.channels_last)
+        outputs.append(net(images)[keep].float().cpu())
+        targets.append(labels[keep].cpu())
+    if not outputs:
+        return torch.empty(0, model.num_classes), torch.empty(0, dtype=torch.long)
+    return torch.cat(outputs), torch.cat(targets)

@@ -20,6 +20,7 @@ _PUBLIC = {
     "Calibration": "classifier.calibration",
     "ConfusionMatrix": "classifier.confusion",
     "DatasetStatistics": "classifier.dataset_stats",
+    "GradCam": "classifier.gradcam",
     "ImageClassifier": "classifier.model",
     "ImageFolderDataModule": "classifier.data",
     "ModelInfo": "classifier.model_info",

@@ -15,7 +15,7 @@ from classifier.evaluation import StageMetrics, warn_unreadable
 from classifier.losses import cross_entropy, mixed_cross_entropy
 from classifier.metrics import summary_metrics
 from classifier.optim import Schedule, lr_multiplier, stepping_batches
-from classifier.transforms import Preprocessing
+from classifier.transforms import Preprocessing, tta_views
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -73,6 +73,11 @@ class ImageClassifier(pl.LightningModule):
             images); ``None`` mixes throughout.
         channels_last: run the network in channels-last memory format (faster on GPUs with
             tensor cores).
+        tta: test-time augmentation at ``test`` and ``predict`` (validation during fit stays
+            single-view): ``flip`` (image and its mirror), ``crops`` (the image and four views
+            shifted by 1/16 of its side), or ``flip+crops``; the views' probabilities
+            are averaged (the temperature then applies to that average). Do not flip images
+            whose side matters (digits, text). The ONNX export stays single-view.
         compile: compile the network with ``torch.compile``; falls back to eager with a warning
             if compilation fails.
     """
@@ -105,6 +110,7 @@ class ImageClassifier(pl.LightningModule):
         mixup_off_epoch: int | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        tta: Literal["none", "flip", "crops", "flip+crops"] = "none",
     ) -> None:
         super().__init__()
         if not class_names:
@@ -158,6 +164,15 @@ class ImageClassifier(pl.LightningModule):
             return
         if getattr(datamodule, "preprocessing", None) is not None:
             self.preprocessing = datamodule.preprocessing
+        flips = getattr(datamodule, "hparams", {}).get("hflip", 0.5)
+        if stage in ("test", "predict") and "flip" in self.hparams.get("tta", "none") and not flips:
+            import warnings
+
+            warnings.warn(
+                "tta flips images, but the data is never flipped in training (data.hflip 0): "
+                "mirrored views may read as other classes; --model.tta crops keeps them upright",
+                stacklevel=2,
+            )
         if stage == "fit" and hasattr(datamodule, "loss_weights"):
             weights = datamodule.loss_weights()
             self.use_class_weights = weights is not None
@@ -237,9 +252,20 @@ class ImageClassifier(pl.LightningModule):
             "Try a lower --model.lr, a longer warm-up, or bf16-mixed instead of 16-mixed."
         )
 
+    def _eval_logits(self, images: torch.Tensor, tta: bool) -> torch.Tensor:
+        """Logits, or with test-time augmentation the log of the views' mean probabilities
+        (logits in every use downstream: softmax gives the averaged probabilities back)."""
+        mode = self.hparams.get("tta", "none")
+        if not tta or mode == "none":
+            logits: torch.Tensor = self(images)
+            return logits
+        views = tta_views(images, flip="flip" in mode, crops="crops" in mode)
+        mean = torch.stack([self(v).float().softmax(dim=1) for v in views]).mean(0)
+        return mean.clamp_min(1e-12).log()
+
     def _eval_step(self, stage: EvalStage, batch: Batch) -> dict[str, torch.Tensor]:
         images, labels, indices = batch
-        logits = self(images)
+        logits = self._eval_logits(images, tta=stage == "test")
         losses = self.stage_metrics(stage).update(logits, labels, self.temperature)
         return {"logits": logits.detach(), "losses": losses.detach(), "indices": indices}
 
@@ -281,7 +307,8 @@ class ImageClassifier(pl.LightningModule):
         """Calibrated class probabilities (``softmax(logits / temperature)``) with the dataset
         indices and labels (-1 if unknown)."""
         images, labels, indices = batch
-        probs = (self(images).float() / self.temperature).softmax(dim=1)
+        logits = self._eval_logits(images, tta=True)
+        probs = (logits.float() / self.temperature).softmax(dim=1)
         return {"probs": probs, "labels": labels, "indices": indices}
 
     @override

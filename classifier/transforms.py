@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torchvision.transforms import v2
 
 #: ImageNet statistics, used when a backbone's pretrained config has none.
@@ -166,3 +167,19 @@ def denormalize(images: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     """Normalised float NCHW batch back to RGB in [0, 1], for showing images."""
     mean, std = pre.mean_std(images.device)
     return (images.float() * std + mean).clamp(0, 1)
+
+
+def tta_views(images: torch.Tensor, flip: bool, crops: bool) -> list[torch.Tensor]:
+    """The batch, its mirror image (``flip``), and four views shifted by 1/16 of the side
+    towards each corner (``crops``: the image padded by repeating its border, then cropped at
+    the corners; the scale is unchanged, so nothing is zoomed or cut off)."""
+    views = [images]
+    if flip:
+        views.append(images.flip(-1))
+    if crops:
+        height, width = images.shape[-2:]
+        pad = max(1, round(min(height, width) / 16))
+        padded = F.pad(images.float(), (pad, pad, pad, pad), mode="replicate").to(images.dtype)
+        for top, left in ((0, 0), (0, 2 * pad), (2 * pad, 0), (2 * pad, 2 * pad)):
+            views.append(padded[..., top : top + height, left : left + width])
+    return views

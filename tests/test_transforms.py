@@ -76,3 +76,32 @@ def test_preprocessing_round_trips_through_its_dict() -> None:
     assert Preprocessing.from_dict(PRE.to_dict()) == PRE
     with pytest.raises(ValueError, match="crop_pct"):
         Preprocessing.from_crop_pct(32, 1.5, "bilinear", (0, 0, 0), (1, 1, 1))
+
+
+def test_tta_views_are_the_image_its_mirror_and_four_shifts() -> None:
+    from classifier.transforms import tta_views
+
+    images = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).view(2, 3, 16, 16)
+    assert len(tta_views(images, flip=False, crops=False)) == 1
+    flip, *_ = tta_views(images, flip=True, crops=False)[1:]
+    assert torch.equal(flip, images.flip(-1))
+    views = tta_views(images, flip=True, crops=True)
+    assert len(views) == 6 and all(v.shape == images.shape for v in views)
+    # Shifted by one pixel (16 / 16): the bottom-right view starts one row and column in.
+    assert torch.equal(views[5][..., :-1, :-1], images[..., 1:, 1:])
+    assert torch.equal(views[2][..., 1:, 1:], images[..., :-1, :-1])
+
+
+def test_tta_averages_the_views_probabilities() -> None:
+    from classifier.model import ImageClassifier
+    from classifier.transforms import tta_views
+
+    model = ImageClassifier("test_resnet", ["a", "b", "c"], pretrained=False, tta="flip+crops")
+    model.eval()
+    images = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        averaged = model._eval_logits(images, tta=True).softmax(dim=1)
+        views = tta_views(images, flip=True, crops=True)
+        expected = torch.stack([model(v).softmax(dim=1) for v in views]).mean(0)
+        assert torch.allclose(averaged, expected, atol=1e-5)
+        assert torch.allclose(model._eval_logits(images, tta=False), model(images))

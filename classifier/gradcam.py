@@ -1,0 +1,239 @@
+"""Grad-CAM: where in the image the network looked for a class.
+
+A small own implementation rather than the ``grad-cam`` package: it needs one forward and one
+backward pass through a timm model at a layer chosen from timm's uniform structure, which is a
+few lines, and keeps a dependency (with its OpenCV requirement) out of the install. For CNNs the
+layer is the deepest stage in timm's ``feature_info`` that still has a few cells a side at the
+input size (the last stage for 224-pixel images; an earlier one for small images, whose last
+map is 1x1); for ViT-style models it is
+the input of the last block's attention (``blocks[-1].norm1``), where patch tokens still carry
+the gradient of a class-token head; tokens are reshaped to their grid, as pytorch-grad-cam's
+``reshape_transform`` does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+from typing_extensions import override
+
+from classifier.files import run_dir
+from classifier.model import as_classifier
+from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image, new_figure, save_figure
+
+
+def _token_layer(net: nn.Module) -> tuple[nn.Module, int] | None:
+    """``(blocks[-1].norm1, prefix tokens)`` of a ViT-style timm model, else ``None``."""
+    blocks = getattr(net, "blocks", None)
+    if isinstance(blocks, nn.Sequential) and len(blocks):
+        norm = getattr(blocks[-1], "norm1", None)
+        if isinstance(norm, nn.Module):
+            return norm, int(getattr(net, "num_prefix_tokens", 1))
+    return None
+
+
+def _to_grid(tensor: torch.Tensor, prefix: int) -> torch.Tensor:
+    """Tokens ``(N, T, C)`` without the prefix tokens, as a feature map ``(N, C, h, w)``."""
+    tokens = tensor[:, prefix:]
+    side = math.isqrt(tokens.shape[1])
+    if side * side != tokens.shape[1]:
+        raise ValueError(f"{tokens.shape[1]} patch tokens do not form a square grid")
+    return tokens.reshape(tokens.shape[0], side, side, -1).permute(0, 3, 1, 2)
+
+
+#: The smallest side, in cells, of the feature map a map is taken from (a 1x1 map, as a
+#: 32-pixel input leaves at the last stage of a ResNet, shows nothing).
+MIN_CELLS = 4
+
+
+def _map_layer(net: nn.Module, side: int) -> nn.Module | None:
+    """The deepest stage of a CNN (timm's ``feature_info``) whose output keeps at least
+    :data:`MIN_CELLS` cells a side for an input of ``side`` pixels; ``None`` if unknown."""
+    info = getattr(net, "feature_info", None)
+    if not isinstance(info, list) or not info:
+        return None
+    fitting = [e for e in info if side // int(e.get("reduction", 1)) >= MIN_CELLS] or info[:1]
+    try:
+        return net.get_submodule(str(fitting[-1]["module"]))
+    except AttributeError:
+        return None
+
+
+def grad_cam(net: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM maps ``(N, H, W)`` in [0, 1] of ``classes`` for a normalised batch.
+
+    Args:
+        net: a timm model, in eval mode.
+        images: normalised ``float`` NCHW batch.
+        classes: the class to explain for each image.
+    """
+    tokens = _token_layer(net)
+    layer = tokens[0] if tokens is not None else _map_layer(net, min(images.shape[-2:]))
+    captured: dict[str, torch.Tensor] = {}
+    # Lightning tests under inference mode, which enable_grad alone does not lift.
+    with torch.inference_mode(False), torch.enable_grad():
+        images, classes = images.clone(), classes.clone()
+        if layer is not None:
+            hook = layer.register_forward_hook(lambda m, i, o: captured.setdefault("a", o))
+            try:
+                logits = net(images)
+            finally:
+                hook.remove()
+            activation = captured["a"]
+        else:
+            activation = net.forward_features(images)  # type: ignore[operator]
+            logits = net.forward_head(activation)  # type: ignore[operator]
+        score = logits.gather(1, classes.view(-1, 1)).sum()
+        (gradient,) = torch.autograd.grad(score, activation)
+    if tokens is not None:
+        activation, gradient = _to_grid(activation, tokens[1]), _to_grid(gradient, tokens[1])
+    weights = gradient.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * activation).sum(dim=1, keepdim=True)).detach()
+    cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).amax(dim=1).clamp(min=1e-12).view(-1, 1, 1)
+    return (cam / peak).clamp(0, 1)
+
+
+class GradCam(PlottingCallback):
+    """Grad-CAM of the hardest validation (and test) images, predicted and true class side by
+    side.
+
+    Picks the misclassified images first, then the highest losses, from the last validation
+    epoch (and from ``test``), and writes ``gradcam_val.png`` at the end of fit and
+    ``gradcam_test.png`` after test: each row shows the image, the map of the predicted class
+    and the map of the true class.
+
+    Args:
+        num_images: rows in each grid.
+        plot_time_share: see :class:`~classifier.plots.PlottingCallback`.
+    """
+
+    def __init__(self, num_images: int = 8, plot_time_share: float = PLOT_TIME_SHARE) -> None:
+        super().__init__(plot_time_share)
+        self.num_images = num_images
+        self._hardest: list[torch.Tensor] = []
+
+    def _collect(self, outputs: Any, batch: Any) -> None:
+        labels = batch[1]
+        predicted = outputs["logits"].argmax(1)
+        hard = outputs["losses"].float() + (predicted != labels).float() * 1e6
+        hard = torch.where(labels >= 0, hard, -torch.inf)
+        rows = torch.stack(
+            [hard, outputs["indices"].float(), predicted.float(), labels.float()], dim=1
+        ).cpu()
+        self._hardest.append(rows[rows[:, 0].argsort(descending=True)][: self.num_images])
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start a new selection."""
+        self._hardest = []
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Keep this batch's hardest images (a few numbers each)."""
+        if not trainer.sanity_checking:
+            self._collect(outputs, batch)
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Keep this batch's hardest images."""
+        self._collect(outputs, batch)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Draw the validation grid (with the final weights)."""
+        self._explain(trainer, pl_module, "val")
+        super().on_fit_end(trainer, pl_module)
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Draw the test grid."""
+        self._explain(trainer, pl_module, "test")
+
+    def _explain(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from classifier.dist import gather_objects
+
+        parts = [p for rank in gather_objects(self._hardest) for p in rank]
+        self._hardest = []
+        if not trainer.is_global_zero or not parts or trainer.interrupted:
+            return
+        rows = torch.cat(parts)
+        rows = rows[rows[:, 0] > -torch.inf]
+        rows = rows[rows[:, 0].argsort(descending=True)][: self.num_images]
+        if not len(rows):
+            return
+        model = as_classifier(pl_module)
+        assert model.preprocessing is not None
+        dataset = getattr(trainer, "datamodule").datasets[stage]  # noqa: B009 (set at runtime)
+        pictures = torch.stack([dataset[int(i)][0] for i in rows[:, 1]])
+        mean, std = model.preprocessing.mean_std(model.device)
+        images = (pictures.to(model.device).float() / 255 - mean) / std
+        predicted, true = rows[:, 2].long(), rows[:, 3].long()
+        was_training = model.training
+        model.eval()
+        maps = [grad_cam(model.model, images, c.to(model.device)).cpu() for c in (predicted, true)]
+        model.train(was_training)
+        names = [
+            (model.class_names[int(p)], model.class_names[int(t)])
+            for p, t in zip(predicted, true, strict=True)
+        ]
+        folder, step = run_dir(trainer), trainer.global_step
+
+        def draw() -> None:
+            figure = _grid(pictures, maps[0], maps[1], names, stage)
+            path = save_figure(figure, folder / f"gradcam_{stage}.png")
+            log_image(trainer, f"{stage}/gradcam", path, step)
+
+        self.draws.request(trainer, f"gradcam_{stage}", draw)
+
+
+def _grid(
+    pictures: torch.Tensor,
+    predicted: torch.Tensor,
+    true: torch.Tensor,
+    names: list[tuple[str, str]],
+    stage: str,
+) -> Any:
+    rows = len(pictures)
+    figure, axes = new_figure((6.6, 2.2 * rows), rows=rows, cols=3, squeeze=False)
+    figure.suptitle(f"{stage}: hardest images, Grad-CAM of predicted / true class")
+    for row in range(rows):
+        picture = pictures[row].permute(1, 2, 0).numpy()
+        predicted_name, true_name = names[row]
+        panels = (
+            (None, f"predicted {predicted_name}\ntrue {true_name}"),
+            (predicted[row], f"map: {predicted_name}"),
+            (true[row], f"map: {true_name}"),
+        )
+        for column, (cam, title) in enumerate(panels):
+            ax = axes[row][column]
+            ax.imshow(picture)
+            if cam is not None:
+                ax.imshow(cam.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    figure.tight_layout()
+    return figure

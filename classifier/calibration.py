@@ -32,7 +32,7 @@ def expected_calibration_error(
     logits: torch.Tensor, labels: torch.Tensor, bins: int = BINS
 ) -> float:
     """ECE (top label, equal-width bins) of ``softmax(logits)``."""
-    metric = CalibrationBins(bins)
+    metric = CalibrationBins(bins, sync_on_compute=False)  # this process's logits only
     metric.update(logits.float().softmax(dim=1), labels)
     return float(metric.compute())
 
@@ -77,7 +77,7 @@ def _diagram(logits: torch.Tensor, labels: torch.Tensor, temperature: float, tit
     tables = {}
     after = f"after (T = {temperature:.3g})"
     for name, t, style in (("before", 1.0, "o--"), (after, temperature, "o-")):
-        bins = CalibrationBins()
+        bins = CalibrationBins(sync_on_compute=False)
         bins.update((logits.double() / t).softmax(dim=1), labels)
         tables[name] = bins.table()
         ece = float(bins.compute())
@@ -228,9 +228,13 @@ def _val_logits(
     net = copy.deepcopy(model.model).eval()
     prefix = "model."
     net.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    from torch.utils.data import DataLoader
+
     datamodule: Any = getattr(trainer, "datamodule")  # noqa: B009 (set at runtime)
     outputs, targets = [], []
-    for batch in datamodule.val_dataloader():
+    # Every validation image (the data module's own loader gives each process its shard).
+    loader = DataLoader(datamodule.datasets["val"], batch_size=datamodule.eval_batch_size)
+    for batch in loader:
         images, labels, _ = datamodule.on_after_batch_transfer(
             trainer.strategy.batch_to_device(batch, model.device), 0
         )

@@ -9,6 +9,7 @@ unweighted mean of per-class F1.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchmetrics import Metric, MetricCollection
@@ -193,6 +194,7 @@ class CalibrationBins(Metric):
     Args:
         bins: equal-width confidence bins over [0, 1].
         ignore_index: label of images to leave out.
+        kwargs: torchmetrics options (``sync_on_compute=False`` for one process's data).
     """
 
     full_state_update = False
@@ -200,8 +202,8 @@ class CalibrationBins(Metric):
     confidence: torch.Tensor
     correct: torch.Tensor
 
-    def __init__(self, bins: int = BINS, ignore_index: int | None = None) -> None:
-        super().__init__()
+    def __init__(self, bins: int = BINS, ignore_index: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.bins = bins
         self.ignore_index = ignore_index
         for name in ("count", "confidence", "correct"):

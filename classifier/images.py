@@ -10,85 +10,33 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 
-#: Extensions read as images (compared case-insensitively). Anything else is ignored.
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+from classifier.decode import (
+    ALLOWED_FORMATS,
+    BACKGROUND,
+    IMAGE_EXTENSIONS,
+    check_pixels,
+    decode_pil,
+    is_image_file,
 )
-#: Transparent pixels are composited onto this colour (white, as image viewers show them).
-BACKGROUND = (255, 255, 255)
-#: Formats PIL may open. A file whose content is another format is excluded even if its
-#: extension looks right (PIL can open formats such as EPS that run external programs).
-ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM"})
-_JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
 
-
-def is_image_file(path: str | Path) -> bool:
-    """Whether ``path`` has an image extension and is not a hidden or resource-fork file."""
-    name = Path(path).name
-    return not name.startswith((".", "._")) and Path(name).suffix.lower() in IMAGE_EXTENSIONS
-
-
-def _to_rgb_array(image: Image.Image) -> np.ndarray:
-    """Convert a PIL image of any mode to an ``HxWx3`` uint8 array."""
-    mode = image.mode
-    if mode in {"I;16", "I;16L", "I;16B", "I;16N", "I"}:
-        # 16-bit (and 32-bit integer) grey: scale to 8 bits instead of clipping to white.
-        array = np.asarray(image, dtype=np.int64)
-        peak: float = 65535 if mode.startswith("I;16") or array.max(initial=0) > 255 else 255
-        grey = np.clip(array * 255 // peak, 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    if mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        peak = 1.0 if array.max(initial=0.0) <= 1.0 else 255.0
-        grey = np.clip(np.rint(array / peak * 255), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    has_alpha = mode in {"RGBA", "LA", "PA", "La", "RGBa"} or (
-        mode == "P" and "transparency" in image.info
-    )
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
-        canvas.alpha_composite(rgba)
-        return np.asarray(canvas.convert("RGB"))
-    return np.asarray(image.convert("RGB"))
-
-
-def check_pixels(width: int, height: int, path: str | Path) -> None:
-    """Refuse an image larger than PIL's decompression-bomb limit, before it is decoded.
-
-    Raises:
-        Image.DecompressionBombError: ``width * height`` exceeds ``Image.MAX_IMAGE_PIXELS``.
-    """
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and width * height > limit:
-        raise Image.DecompressionBombError(
-            f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of {limit} "
-            "(PIL.Image.MAX_IMAGE_PIXELS); a decompression bomb?"
-        )
+__all__ = [
+    "ALLOWED_FORMATS",
+    "BACKGROUND",
+    "IMAGE_EXTENSIONS",
+    "check_pixels",
+    "is_image_file",
+    "jpeg_frame",
+    "load_pil",
+    "load_rgb",
+]
 
 
 def load_pil(path: Path) -> torch.Tensor:
-    """Decode ``path`` fully with PIL into an RGB ``uint8`` ``3xHxW`` tensor (strict: a
-    truncated file raises)."""
-    with warnings.catch_warnings(), Image.open(path) as image:
-        # Corrupt EXIF only loses orientation; PIL's warning about it is noise per file.
-        warnings.filterwarnings("ignore", message="Corrupt EXIF", category=UserWarning)
-        check_pixels(*image.size, path)  # Image.open read the header only
-        if image.format not in ALLOWED_FORMATS:
-            raise ValueError(f"format {image.format} is not an allowed image format")
-        if getattr(image, "n_frames", 1) > 1:
-            image.seek(0)  # animated GIF/WebP/multi-page TIFF: the first frame
-        image.load()
-        try:
-            oriented = ImageOps.exif_transpose(image)
-        except Exception:  # corrupt EXIF must not lose a readable image
-            oriented = image
-        array = _to_rgb_array(oriented if oriented is not None else image)
-    return torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).contiguous()
+    """Decode ``path`` fully with PIL (:func:`~classifier.decode.decode_pil`) into an RGB
+    ``uint8`` ``3xHxW`` tensor (strict: a truncated file raises)."""
+    return torch.from_numpy(decode_pil(path)).permute(2, 0, 1).contiguous()
 
 
 def load_rgb(path: str | Path) -> torch.Tensor:
@@ -123,6 +71,8 @@ def load_rgb(path: str | Path) -> torch.Tensor:
                 pass
     return load_pil(path)
 
+
+_JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
 
 #: Start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic).
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}

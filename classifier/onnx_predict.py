@@ -12,16 +12,15 @@ import argparse
 import csv
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-#: Extensions read as images, as in training (``classifier.images``).
-EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-)
+from classifier.decode import decode_pil
+from classifier.folder import DataError, read_unlabelled
+
 _RESAMPLING = {"bilinear": 2, "bicubic": 3, "nearest": 0}  # PIL.Image.Resampling values
 
 
@@ -40,27 +39,13 @@ def _contract(session: Any) -> dict[str, Any]:
     return contract
 
 
-def _images(folder: Path) -> Iterator[Path]:
-    for path in sorted(folder.rglob("*")):
-        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
-        if path.is_file() and path.suffix.lower() in EXTENSIONS and not hidden:
-            yield path
-
-
 def load(path: Path, contract: dict[str, Any]) -> np.ndarray:
-    """``path`` as the network's ``uint8`` CHW input: EXIF orientation, transparency on white,
-    shorter side resized to ``resize_size`` with the contract's interpolation, centre crop."""
-    from PIL import Image, ImageOps
+    """``path`` as the network's ``uint8`` CHW input, as training reads and evaluates it:
+    decoded by :func:`~classifier.decode.decode_pil`, the shorter side resized to
+    ``resize_size`` with the contract's interpolation, then the centre crop."""
+    from PIL import Image
 
-    with Image.open(path) as opened:
-        opened.load()
-        image = ImageOps.exif_transpose(opened) or opened
-        if image.mode in {"RGBA", "LA", "PA"} or "transparency" in image.info:
-            rgba = image.convert("RGBA")
-            canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            canvas.alpha_composite(rgba)
-            image = canvas
-        image = image.convert("RGB")
+    image = Image.fromarray(decode_pil(path))
     resize, size = int(contract["resize_size"]), int(contract["image_size"])
     width, height = image.size
     # As torchvision's Resize(int): the shorter side becomes resize_size, the longer follows.
@@ -69,7 +54,8 @@ def load(path: Path, contract: dict[str, Any]) -> np.ndarray:
     else:
         new = (int(resize * width / height), resize)
     image = image.resize(new, _RESAMPLING.get(str(contract["interpolation"]), 2))
-    left, top = (image.width - size) // 2, (image.height - size) // 2
+    # As torchvision's CenterCrop: offsets rounded half to even.
+    left, top = round((image.width - size) / 2), round((image.height - size) / 2)
     image = image.crop((left, top, left + size, top + size))
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
 
@@ -99,18 +85,20 @@ def predict(model: Path, folder: Path, output: Path, top_k: int = 5) -> int:
 
     if not model.is_file():
         raise PredictError(f"{model} is not a file")
-    if not folder.is_dir():
-        raise PredictError(f"{folder} is not a folder")
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     contract = _contract(session)
     names: list[str] = list(contract.get("class_names", []))
     if not names or "resize_size" not in contract:
         raise PredictError(f"{model} has no class names or preprocessing in its metadata")
-    paths = list(_images(folder))
-    if not paths:
-        raise PredictError(f"no images in {folder}")
-    k = max(1, min(top_k, len(names)))
-    truth = [p.parent.name if p.parent.name in names else "" for p in paths]
+    if top_k < 1:
+        raise PredictError(f"--top_k must be at least 1, got {top_k}")
+    try:  # the same walk and class-folder rule as `classifier predict`
+        split = read_unlabelled(folder, names)
+    except DataError as error:
+        raise PredictError(str(error)) from None
+    paths = split.paths
+    k = min(top_k, len(names))
+    truth = [names[label] if label >= 0 else "" for label in split.labels]
     rows = [
         _row(session, contract, path, names, k, true)
         for path, true in zip(paths, truth, strict=True)

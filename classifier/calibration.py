@@ -13,6 +13,7 @@ it) and reports the expected calibration error (ECE) and NLL before and after in
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ def expected_calibration_error(
     return float(metric.compute())
 
 
+#: Fewest validation images a temperature is fitted on.
+MIN_IMAGES = 20
 #: Bounds of the fitted temperature (``[0.05, 20]``): a validation set without errors would
 #: drive it to 0.
 MIN_TEMPERATURE = 0.05
@@ -96,9 +99,10 @@ class Calibration(PlottingCallback):
     ``classifier test`` reports calibrated ``test/ece`` and ``test/nll``, ``predict`` writes
     calibrated confidences, and ONNX exports gain a ``probabilities`` output. Writes
     ``calibration.json`` (temperature; ECE and NLL before and after, on val, and on test after a
-    test) and ``calibration_val.png`` / ``calibration_test.png`` (reliability diagrams). List it
-    before ``OnnxExport``'s ``final`` export if that should carry the temperature too (the best
-    export always does).
+    test) and ``calibration_val.png`` / ``calibration_test.png`` (reliability diagrams). The
+    ``best`` export always carries the temperature; list this callback before ``OnnxExport``
+    for a ``final`` export to carry it too (fitted on the best weights). Fewer than 20
+    validation images, or none misclassified, leave the temperature at 1 with a warning.
 
     Args:
         plot_time_share: see :class:`~classifier.plots.PlottingCallback`.
@@ -107,31 +111,53 @@ class Calibration(PlottingCallback):
     def __init__(self, plot_time_share: float = PLOT_TIME_SHARE) -> None:
         super().__init__(plot_time_share)
         self._test: list[tuple[torch.Tensor, torch.Tensor]] = []
+        #: The temperature fitted at the end of the last fit (``None`` before).
+        self.temperature: float | None = None
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Fit, store and report the temperature (rank 0; every rank waits for the file)."""
+        """Fit, store and report the temperature on rank 0; every rank gets it. A failure is
+        a warning (the temperature stays 1), never a lost run."""
         from classifier.checkpoint_io import flush_checkpoints
 
         flush_checkpoints(trainer)
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        temperature = 1.0
         if trainer.is_global_zero and best and not trainer.interrupted:
-            self._calibrate(trainer, pl_module, Path(best))
-        trainer.strategy.barrier("calibration")
+            try:
+                temperature = self._calibrate(trainer, pl_module, Path(best))
+            except Exception as error:  # a finished training must not fail here
+                warnings.warn(f"calibration failed ({error!r}); temperature 1", stacklevel=2)
+        self.temperature = float(trainer.strategy.broadcast(temperature, src=0))
 
-    def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, best: Path) -> None:
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Set the live model's temperature (after the EMA has copied its weights in at the end
+        of training), so a ``final`` export listed after this callback carries it too."""
+        if self.temperature is not None:
+            as_classifier(pl_module).temperature.fill_(self.temperature)
+        super().on_fit_end(trainer, pl_module)
+
+    def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, best: Path) -> float:
         from classifier.checkpoint import load_checkpoint
 
         checkpoint = load_checkpoint(best)
         logits, labels = _val_logits(trainer, pl_module, checkpoint["state_dict"])
-        if not len(labels):
-            return
-        temperature = fit_temperature(logits, labels)
-        if temperature <= MIN_TEMPERATURE * 1.01:
+        errors = int((logits.argmax(1) != labels).sum()) if len(labels) else 0
+        note = None
+        if len(labels) < MIN_IMAGES or errors == 0:
+            note = (
+                f"not calibrated: {len(labels)} validation image(s) with {errors} error(s); a "
+                f"temperature needs {MIN_IMAGES}+ images and some errors to be meaningful"
+            )
+            warnings.warn(note, stacklevel=2)
+        temperature = 1.0 if note else fit_temperature(logits, labels)
+        if not math.isfinite(temperature):
+            raise ValueError("the fitted temperature is not finite (NaN or infinite logits?)")
+        if not MIN_TEMPERATURE * 1.01 < temperature < 0.99 / MIN_TEMPERATURE:
             warnings.warn(
-                f"the temperature reached its bound {MIN_TEMPERATURE}: the validation images "
-                "have (almost) no errors to calibrate on, so probabilities come out near 0 and "
-                "1; a larger or harder val/ gives a meaningful temperature",
+                f"the temperature {temperature:.3g} reached its bound: the validation logits "
+                "barely constrain it; a larger or harder val/ gives a meaningful temperature",
                 stacklevel=2,
             )
         checkpoint["state_dict"]["temperature"] = torch.tensor(temperature)
@@ -139,9 +165,8 @@ class Calibration(PlottingCallback):
         torch.save(checkpoint, buffer)
         data = buffer.getvalue()
         atomic_write(best, lambda handle: handle.write(data), sync=True)
-        as_classifier(pl_module).temperature.fill_(temperature)
         folder = run_dir(trainer)
-        report = {
+        report: dict[str, Any] = {
             "temperature": round(temperature, 6),
             "bins": BINS,
             "fitted_on": f"validation logits of {best.name} ({len(labels)} images)",
@@ -150,8 +175,11 @@ class Calibration(PlottingCallback):
                 "after": scores(logits, labels, temperature),
             },
         }
+        if note:
+            report["note"] = note
         write_json(folder / "calibration.json", report)
         self._draw(trainer, logits, labels, temperature, "val")
+        return temperature
 
     def _draw(
         self, trainer: pl.Trainer, logits: torch.Tensor, labels: torch.Tensor, t: float, stage: str
@@ -233,7 +261,11 @@ def _val_logits(
     datamodule: Any = getattr(trainer, "datamodule")  # noqa: B009 (set at runtime)
     outputs, targets = [], []
     # Every validation image (the data module's own loader gives each process its shard).
-    loader = DataLoader(datamodule.datasets["val"], batch_size=datamodule.eval_batch_size)
+    loader = DataLoader(
+        datamodule.datasets["val"],
+        batch_size=datamodule.eval_batch_size,
+        num_workers=datamodule.num_workers,
+    )
     for batch in loader:
         images, labels, _ = datamodule.on_after_batch_transfer(
             trainer.strategy.batch_to_device(batch, model.device), 0

@@ -82,18 +82,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{file} is not a Lightning checkpoint.")
-    _upgrade(checkpoint)
+    upgrade(checkpoint)
     return checkpoint
 
 
-def _upgrade(checkpoint: dict[str, Any]) -> None:
+def upgrade(checkpoint: dict[str, Any]) -> None:
     """Bring what older versions stored up to date: the generator states were top-level and
     now belong to the data module's state (exact resume); there was no temperature."""
     legacy = checkpoint.pop("rng_states", None)
     if legacy is not None:
         checkpoint.setdefault("ImageFolderDataModule", {}).setdefault("rng_states", legacy)
     # Checkpoints from before calibration: temperature 1 (probabilities as the logits give).
-    checkpoint["state_dict"].setdefault("temperature", torch.ones(()))
+    for states in ("state_dict", "current_model_state"):  # EMA keeps the raw weights apart
+        if isinstance(checkpoint.get(states), dict):
+            checkpoint[states].setdefault("temperature", torch.ones(()))
 
 
 def config_from_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing_extensions import override
 
 from classifier.arguments import CKPT_KEYWORDS, checkpoint_layer, resolve_last, subcommand
 from classifier.backbone import BackboneError
+from classifier.calibration import Calibration
 from classifier.checkpoint import CheckpointError, checkpoint_file
 from classifier.checkpoint_io import guard_checkpoint_loads
 from classifier.console import quiet, version_line
@@ -138,9 +139,11 @@ class ClassifierCLI(LightningCLI):
         self._ensure(PerClassReport)
 
     def before_test(self) -> None:
-        """Check ``ckpt_path`` before any data is read; write the per-class report."""
+        """Check ``ckpt_path`` before any data is read; write the per-class report and the
+        test's calibration (ECE and NLL before and after the checkpoint's temperature)."""
         self._check_ckpt_path()
         self._ensure(PerClassReport)
+        self._ensure(Calibration)
 
     @override
     def before_instantiate_classes(self) -> None:

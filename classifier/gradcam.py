@@ -14,6 +14,7 @@ the gradient of a class-token head; tokens are reshaped to their grid, as pytorc
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import lightning.pytorch as pl
@@ -27,23 +28,33 @@ from classifier.model import as_classifier
 from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image, new_figure, save_figure
 
 
-def _token_layer(net: nn.Module) -> tuple[nn.Module, int] | None:
-    """``(blocks[-1].norm1, prefix tokens)`` of a ViT-style timm model, else ``None``."""
+def _token_layer(net: nn.Module) -> nn.Module | None:
+    """``blocks[-1].norm1`` of a ViT-style timm model (ViT, DeiT, BEiT, EVA...), else ``None``."""
     blocks = getattr(net, "blocks", None)
-    if isinstance(blocks, nn.Sequential) and len(blocks):
+    if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks):
         norm = getattr(blocks[-1], "norm1", None)
         if isinstance(norm, nn.Module):
-            return norm, int(getattr(net, "num_prefix_tokens", 1))
+            return norm
     return None
 
 
-def _to_grid(tensor: torch.Tensor, prefix: int) -> torch.Tensor:
-    """Tokens ``(N, T, C)`` without the prefix tokens, as a feature map ``(N, C, h, w)``."""
-    tokens = tensor[:, prefix:]
-    side = math.isqrt(tokens.shape[1])
-    if side * side != tokens.shape[1]:
-        raise ValueError(f"{tokens.shape[1]} patch tokens do not form a square grid")
+def _to_grid(tensor: torch.Tensor) -> torch.Tensor:
+    """Tokens ``(N, T, C)`` as a feature map ``(N, C, h, w)``: the last ``h * w`` tokens are
+    the patches (the largest square count; class and register tokens come first)."""
+    side = math.isqrt(tensor.shape[1])
+    while side > 0 and tensor.shape[1] - side * side > 16:  # at most 16 prefix tokens
+        side -= 1
+    if side == 0:
+        raise ValueError(f"{tensor.shape[1]} tokens do not hold a square grid of patches")
+    tokens = tensor[:, tensor.shape[1] - side * side :]
     return tokens.reshape(tokens.shape[0], side, side, -1).permute(0, 3, 1, 2)
+
+
+def _as_nchw(tensor: torch.Tensor, net: nn.Module) -> torch.Tensor:
+    """A 4-D activation as NCHW (Swin and other timm models may give NHWC, ``output_fmt``)."""
+    if tensor.ndim == 4 and str(getattr(net, "output_fmt", "NCHW")) == "NHWC":
+        return tensor.permute(0, 3, 1, 2)
+    return tensor
 
 
 #: The smallest side, in cells, of the feature map a map is taken from (a 1x1 map, as a
@@ -73,7 +84,7 @@ def grad_cam(net: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> tor
         classes: the class to explain for each image.
     """
     tokens = _token_layer(net)
-    layer = tokens[0] if tokens is not None else _map_layer(net, min(images.shape[-2:]))
+    layer = tokens if tokens is not None else _map_layer(net, min(images.shape[-2:]))
     captured: dict[str, torch.Tensor] = {}
     # Lightning tests under inference mode, which enable_grad alone does not lift.
     with torch.inference_mode(False), torch.enable_grad():
@@ -81,7 +92,7 @@ def grad_cam(net: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> tor
         if layer is not None:
             hook = layer.register_forward_hook(lambda m, i, o: captured.setdefault("a", o))
             try:
-                logits = net(images)
+                logits = net.forward(images)  # uncompiled: autograd must see the activation
             finally:
                 hook.remove()
             activation = captured["a"]
@@ -90,8 +101,10 @@ def grad_cam(net: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> tor
             logits = net.forward_head(activation)  # type: ignore[operator]
         score = logits.gather(1, classes.view(-1, 1)).sum()
         (gradient,) = torch.autograd.grad(score, activation)
-    if tokens is not None:
-        activation, gradient = _to_grid(activation, tokens[1]), _to_grid(gradient, tokens[1])
+    if activation.ndim == 3:
+        activation, gradient = _to_grid(activation), _to_grid(gradient)
+    else:
+        activation, gradient = _as_nchw(activation, net), _as_nchw(gradient, net)
     weights = gradient.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * activation).sum(dim=1, keepdim=True)).detach()
     cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
@@ -124,7 +137,7 @@ class GradCam(PlottingCallback):
         hard = outputs["losses"].float() + (predicted != labels).float() * 1e6
         hard = torch.where(labels >= 0, hard, -torch.inf)
         rows = torch.stack(
-            [hard, outputs["indices"].float(), predicted.float(), labels.float()], dim=1
+            [hard.double(), outputs["indices"].double(), predicted.double(), labels.double()], dim=1
         ).cpu()
         self._hardest.append(rows[rows[:, 0].argsort(descending=True)][: self.num_images])
 
@@ -165,13 +178,22 @@ class GradCam(PlottingCallback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Draw the validation grid (with the final weights)."""
-        self._explain(trainer, pl_module, "val")
+        self._explain_or_warn(trainer, pl_module, "val")
         super().on_fit_end(trainer, pl_module)
 
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Draw the test grid."""
-        self._explain(trainer, pl_module, "test")
+        self._explain_or_warn(trainer, pl_module, "test")
+
+    def _explain_or_warn(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
+    ) -> None:
+        """A model Grad-CAM cannot read is a warning, never a lost export or test."""
+        try:
+            self._explain(trainer, pl_module, stage)
+        except Exception as error:  # architectures vary more than any rule for them
+            warnings.warn(f"no Grad-CAM for {stage} ({error!r})", stacklevel=2)
 
     def _explain(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         from classifier.dist import gather_objects

@@ -145,10 +145,8 @@ class OneVsRestAUROC(Metric):
     @override
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch of logits and labels."""
-        if self.ignore_index is not None:
-            keep = labels != self.ignore_index
-            logits, labels = logits[keep], labels[keep]
-        self.scores.append(logits.detach().float())
+        self.scores.append(logits.detach().float())  # ignore_index is dropped at compute:
+        # masking here would read the mask back to the host every batch
         self.labels.append(labels)
 
     @override
@@ -156,6 +154,9 @@ class OneVsRestAUROC(Metric):
         """Per-class AUROC (``num_classes`` values, NaN where undefined)."""
         scores = dim_zero_cat(self.scores)
         labels = dim_zero_cat(self.labels).long()
+        if self.ignore_index is not None:
+            keep = labels != self.ignore_index
+            scores, labels = scores[keep], labels[keep]
         count = len(labels)
         result = torch.full((self.num_classes,), float("nan"), device=scores.device)
         if count == 0:
@@ -214,10 +215,10 @@ class CalibrationBins(Metric):
     @override
     def update(self, probabilities: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch of probabilities (rows sum to 1) and labels."""
-        confidence, predicted = probabilities.float().max(dim=1)
+        confidence, predicted = probabilities.float().nan_to_num(0.0).max(dim=1)
         keep = labels != self.ignore_index if self.ignore_index is not None else None
         weight = keep.double() if keep is not None else torch.ones_like(confidence).double()
-        index = (confidence * self.bins).long().clamp(max=self.bins - 1)
+        index = (confidence * self.bins).long().clamp(0, self.bins - 1)
         self.count.index_add_(0, index, weight)
         self.confidence.index_add_(0, index, confidence.double() * weight)
         self.correct.index_add_(0, index, (predicted == labels).double() * weight)

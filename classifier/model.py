@@ -387,7 +387,11 @@ class ImageClassifier(pl.LightningModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the preprocessing saved by :meth:`on_save_checkpoint`."""
+        """Restore the preprocessing saved by :meth:`on_save_checkpoint`; give checkpoints
+        from before calibration a temperature of 1 (also on Lightning's own loading route)."""
+        from classifier.checkpoint import upgrade
+
+        upgrade(checkpoint)
         if "preprocessing" in checkpoint:
             self.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])
 

@@ -160,8 +160,12 @@ def _per_class(run: Path, results: Path) -> str:
 
 
 def _calibration(run: Path, results: Path) -> str:
-    report = _read_json(results / "calibration.json") or _read_json(run / "calibration.json")
-    if not report:
+    report = dict(_read_json(run / "calibration.json") or {})
+    tested = _read_json(results / "calibration.json") or {}
+    if "test" in tested:  # a later `classifier test` of this run
+        report["test"] = tested["test"]
+        report.setdefault("temperature", tested.get("temperature", 1.0))
+    if "temperature" not in report:
         return ""
     rows = [
         (f"{split}, {when}", report[split][when]["ece"], report[split][when]["nll"])

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import pytest
 import torch
 
@@ -40,3 +44,51 @@ def test_ece_counts_each_bin_gap_by_its_images() -> None:
     assert expected_calibration_error(logits, torch.tensor([0, 0, 0, 1, 0, 0]), 10) == (
         pytest.approx(float(bins.compute()), abs=1e-6)
     )
+
+
+def test_fit_stores_the_temperature_where_test_predict_and_export_use_it(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    import onnxruntime as ort
+
+    from tests.conftest import make_folder, run_cli, tiny
+
+    data = make_folder(tmp_path / "data", counts={"train": 12, "val": 8, "test": 8})
+    for i in range(3):  # mislabelled validation images: errors to calibrate on
+        shutil.copy(data / "val" / "cat" / f"cat_00{i}.png", data / "val" / "dog" / f"x{i}.png")
+    cli: Any = run_cli(
+        *tiny("fit", data, "--trainer.max_epochs", "3"),
+        "--trainer.callbacks+=classifier.Calibration",
+        "--trainer.callbacks+=classifier.OnnxExport",
+        "--test_after_fit",
+        "true",
+    )
+    run = Path(cli.trainer.log_dir)
+    report = json.loads((run / "calibration.json").read_text())
+    temperature = report["temperature"]
+    assert temperature != pytest.approx(1.0) and "note" not in report
+    assert report["val"]["after"]["nll"] < report["val"]["before"]["nll"]
+    assert set(report["test"]) == {"before", "after"}
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert float(best["state_dict"]["temperature"]) == pytest.approx(temperature, rel=1e-5)
+    assert (run / "calibration_val.png").is_file() and (run / "calibration_test.png").is_file()
+    # The export's probabilities are the calibrated ones.
+    session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert float(meta["temperature"]) == pytest.approx(temperature, rel=1e-5)
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    logits, probabilities = session.run(["logits", "probabilities"], {"images": x})
+    scaled = torch.from_numpy(logits).double().div(temperature).softmax(1).numpy()
+    assert np.allclose(probabilities, scaled, atol=1e-4)
+    # predict writes calibrated confidences; test logs calibrated ECE and NLL.
+    predicted: Any = run_cli(
+        "predict",
+        "--ckpt_path",
+        str(run / "checkpoints" / "best.ckpt"),
+        "--data.predict_dir",
+        str(data / "test"),
+    )
+    model = predicted.model
+    assert float(model.temperature) == pytest.approx(temperature, rel=1e-5)
+    assert {"test/ece", "test/nll", "test/auroc"} <= set(cli.trainer.callback_metrics)

@@ -338,7 +338,8 @@ def test_calibration_is_fitted_stored_and_carried_into_the_export(
     report = json.loads((run / "calibration.json").read_text())
     temperature = report["temperature"]
     assert temperature > 0 and set(report["val"]) == set(report["test"]) == {"before", "after"}
-    assert report["val"]["after"]["nll"] <= report["val"]["before"]["nll"] + 1e-9
+    # 18 validation images, none wrong: too few to fit on, so T stays 1 and the report says so.
+    assert temperature == 1.0 and report["note"].startswith("not calibrated")
     best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     assert float(best["state_dict"]["temperature"]) == pytest.approx(temperature, rel=1e-5)
     session = ort.InferenceSession(str(run / "model_best.onnx"), providers=["CPUExecutionProvider"])

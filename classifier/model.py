@@ -74,8 +74,8 @@ class ImageClassifier(pl.LightningModule):
         channels_last: run the network in channels-last memory format (faster on GPUs with
             tensor cores).
         tta: test-time augmentation at ``test`` and ``predict`` (validation during fit stays
-            single-view): ``flip`` (image and its mirror), ``crops`` (the image and four views
-            shifted by 1/16 of its side), or ``flip+crops``; the views' probabilities
+            single-view): ``flip`` (image and its mirror), ``crops`` (the image and centred
+            crops of 95 % and 90 % of its side), or ``flip+crops``; the views' probabilities
             are averaged (the temperature then applies to that average). Do not flip images
             whose side matters (digits, text). The ONNX export stays single-view.
         compile: compile the network with ``torch.compile``; falls back to eager with a warning

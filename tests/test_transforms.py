@@ -78,18 +78,18 @@ def test_preprocessing_round_trips_through_its_dict() -> None:
         Preprocessing.from_crop_pct(32, 1.5, "bilinear", (0, 0, 0), (1, 1, 1))
 
 
-def test_tta_views_are_the_image_its_mirror_and_four_shifts() -> None:
+def test_tta_views_are_the_image_its_mirror_and_centred_zooms() -> None:
     from classifier.transforms import tta_views
 
-    images = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).view(2, 3, 16, 16)
+    images = torch.zeros(2, 3, 40, 40)
+    images[..., 14:26, 14:26] = 1.0  # a centred square grows in a zoomed-in view
     assert len(tta_views(images, flip=False, crops=False)) == 1
-    flip, *_ = tta_views(images, flip=True, crops=False)[1:]
-    assert torch.equal(flip, images.flip(-1))
+    assert torch.equal(tta_views(images, flip=True, crops=False)[1], images.flip(-1))
     views = tta_views(images, flip=True, crops=True)
-    assert len(views) == 6 and all(v.shape == images.shape for v in views)
-    # Shifted by one pixel (16 / 16): the bottom-right view starts one row and column in.
-    assert torch.equal(views[5][..., :-1, :-1], images[..., 1:, 1:])
-    assert torch.equal(views[2][..., 1:, 1:], images[..., :-1, :-1])
+    assert len(views) == 4 and all(v.shape == images.shape for v in views)
+    area = [float(v.sum()) for v in views]  # the square's area grows as 1 / side^2
+    assert area[2] == pytest.approx(area[0] / 0.95**2, rel=0.05)
+    assert area[3] == pytest.approx(area[0] / 0.9**2, rel=0.05)
 
 
 def test_tta_averages_the_views_probabilities() -> None:

@@ -113,6 +113,69 @@ class Calibration(PlottingCallback):
         self._test: list[tuple[torch.Tensor, torch.Tensor]] = []
         #: The temperature fitted at the end of the last fit (``None`` before).
         self.temperature: float | None = None
+        # Validation logits of this epoch, of the last epoch (until its checkpoint is decided)
+        # and of the epoch best.ckpt holds: no extra pass over val at the end of training.
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending: tuple[tuple[torch.Tensor, torch.Tensor], float | None] | None = None
+        self._best: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @staticmethod
+    def _best_score(trainer: pl.Trainer) -> float | None:
+        score = getattr(trainer.checkpoint_callback, "best_model_score", None)
+        return None if score is None else float(score)
+
+    def _promote(self, trainer: pl.Trainer) -> None:
+        """Keep the last epoch's logits if its checkpoint became best.ckpt (ModelCheckpoint
+        decides after this callback's epoch-end hook)."""
+        if self._pending is not None:
+            logits, score = self._pending
+            if self._best_score(trainer) != score:
+                self._best = logits
+            self._pending = None
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Forget an earlier fit's logits."""
+        super().on_fit_start(trainer, pl_module)
+        self._val, self._pending, self._best = [], None, None
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Decide about the previous epoch's logits; start collecting this epoch's."""
+        self._promote(trainer)
+        self._val = []
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Keep the batch's logits on the device (read back once, at the epoch's end)."""
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._val.append((outputs["logits"].float(), batch[1]))
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Gather the epoch's logits on rank 0 until ModelCheckpoint decides about them."""
+        if trainer.sanity_checking or trainer.state.fn != "fit" or not self._val:
+            return
+        from classifier.dist import gather_objects
+
+        local = (
+            torch.cat([v[0] for v in self._val]).cpu(),
+            torch.cat([v[1] for v in self._val]).cpu(),
+        )
+        self._val = []
+        parts = gather_objects(local)
+        logits = torch.cat([p[0] for p in parts])
+        labels = torch.cat([p[1] for p in parts])
+        keep = labels >= 0  # unreadable files
+        self._pending = ((logits[keep], labels[keep]), self._best_score(trainer))
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -121,6 +184,7 @@ class Calibration(PlottingCallback):
         from classifier.checkpoint_io import flush_checkpoints
 
         flush_checkpoints(trainer)
+        self._promote(trainer)
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         temperature = 1.0
         if trainer.is_global_zero and best and not trainer.interrupted:
@@ -142,7 +206,10 @@ class Calibration(PlottingCallback):
         from classifier.checkpoint import load_checkpoint
 
         checkpoint = load_checkpoint(best)
-        logits, labels = _val_logits(trainer, pl_module, checkpoint["state_dict"])
+        if self._best is not None:  # logged by the validation that made best.ckpt
+            logits, labels = self._best
+        else:  # best.ckpt from elsewhere (a resumed run's first epochs): one pass over val
+            logits, labels = _val_logits(trainer, pl_module, checkpoint["state_dict"])
         errors = int((logits.argmax(1) != labels).sum()) if len(labels) else 0
         note = None
         if len(labels) < MIN_IMAGES or errors == 0:

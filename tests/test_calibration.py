@@ -72,6 +72,12 @@ def test_fit_stores_the_temperature_where_test_predict_and_export_use_it(tmp_pat
     assert set(report["test"]) == {"before", "after"}
     best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     assert float(best["state_dict"]["temperature"]) == pytest.approx(temperature, rel=1e-5)
+    # Fitted on the logits the validation of best.ckpt's epoch logged: the same as a fresh
+    # pass of best.ckpt's weights over val would give.
+    from classifier.calibration import _val_logits
+
+    logits, labels = _val_logits(cli.trainer, cli.model, best["state_dict"])
+    assert scores(logits, labels, 1.0) == pytest.approx(report["val"]["before"], abs=1e-4)
     assert (run / "calibration_val.png").is_file() and (run / "calibration_test.png").is_file()
     # The export's probabilities are the calibrated ones.
     session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])

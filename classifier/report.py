@@ -31,7 +31,7 @@ SECTIONS = (
     ("model", "Model"),
     ("export", "Export"),
 )
-METRICS = ("top1", "top5", "balanced_acc", "f1_macro", "loss")
+METRICS = ("top1", "top5", "balanced_acc", "f1_macro", "auroc", "ece", "nll", "loss")
 
 _STYLE = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;
@@ -153,7 +153,8 @@ def _per_class(run: Path, results: Path) -> str:
         rows = _read_csv(folder / f"{stage}_per_class.csv")
         if rows:
             rows.sort(key=lambda r: _number(r.get("f1")))
-            header = ("class", "support", "predicted", "precision", "recall", "f1")
+            wanted = ("class", "support", "predicted", "precision", "recall", "f1", "auroc")
+            header = tuple(h for h in wanted if h in rows[0])
             table = _table(header, ([r[h] for h in header] for r in rows))
             parts.append(f"<h3>{stage} (worst F1 first)</h3>{table}")
     return "".join(parts)

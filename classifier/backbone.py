@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -124,3 +125,42 @@ def create_backbone(
             "pass a local file: --model.pretrained /path/to/weights.safetensors, or "
             "--model.pretrained false."
         ) from error
+
+
+class Runner:
+    """Calls the network, compiled with ``torch.compile`` after :meth:`compile`.
+
+    Compilation is lazy: it happens at the first call, and that is where an unsupported
+    platform or model fails. The first call is therefore guarded: on failure the network runs
+    eagerly from then on, with a warning. The compiled wrapper is held here, outside the module
+    tree, so state-dict keys do not change.
+    """
+
+    def __init__(self) -> None:
+        self._compiled: list[Any] = []  # a list: not registered as a submodule
+        self._verified = False
+
+    def compile(self, net: nn.Module) -> None:
+        """Compile ``net`` for the next calls (once)."""
+        if self._compiled:
+            return
+        try:
+            self._compiled.append(torch.compile(net))
+        except Exception as error:  # compilation support varies by platform and model
+            warnings.warn(f"torch.compile failed ({error!r}); running eagerly", stacklevel=2)
+        self._verified = False
+
+    def __call__(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """``net(images)``, compiled when asked and working."""
+        if not self._compiled:
+            return cast(torch.Tensor, net(images))
+        try:
+            logits = cast(torch.Tensor, self._compiled[0](images))
+        except Exception as error:  # the first call compiles: its failure is a warning
+            if self._verified:
+                raise
+            self._compiled.clear()
+            warnings.warn(f"torch.compile failed ({error!r}); running eagerly", stacklevel=2)
+            return cast(torch.Tensor, net(images))
+        self._verified = True
+        return logits

@@ -10,7 +10,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from typing_extensions import override
 
-from classifier.backbone import create_backbone
+from classifier.backbone import Runner, create_backbone
 from classifier.evaluation import StageMetrics, warn_unreadable
 from classifier.losses import cross_entropy, mixed_cross_entropy
 from classifier.metrics import summary_metrics
@@ -131,6 +131,8 @@ class ImageClassifier(pl.LightningModule):
         #: Probabilities are ``softmax(logits / temperature)``; fitted by ``Calibration``.
         self.register_buffer("temperature", torch.ones(()))
         self.use_class_weights = False
+        #: Runs the network, compiled once ``compile`` asks for it.
+        self._runner = Runner()
         self.register_buffer("_finite", torch.ones((), dtype=torch.bool), persistent=False)
         self.register_buffer("_loss_window", torch.zeros(()), persistent=False)
         self._window_steps = 0
@@ -149,16 +151,16 @@ class ImageClassifier(pl.LightningModule):
 
     @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for a normalised ``float`` NCHW batch."""
+        """Logits for a normalised ``float`` NCHW batch (compiled with ``compile``)."""
         if self.hparams["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
-        return cast(torch.Tensor, self.model(images))
+        return self._runner(self.model, images)
 
     @override
     def setup(self, stage: str) -> None:
         """Take the preprocessing and the loss weights from the data module."""
         if stage == "fit" and self.hparams["compile"]:
-            self._compile()
+            self._runner.compile(self.model)
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
             return
@@ -178,15 +180,6 @@ class ImageClassifier(pl.LightningModule):
             self.use_class_weights = weights is not None
             if weights is not None:
                 self.class_weights.copy_(weights)
-
-    def _compile(self) -> None:
-        """Compile the network in place (state-dict keys unchanged); eager if it fails."""
-        try:
-            self.model.compile()
-        except Exception as error:  # compilation support varies by platform and model
-            import warnings
-
-            warnings.warn(f"torch.compile failed ({error}); training in eager mode", stacklevel=2)
 
     def _mixing(self, batch_size: int) -> bool:
         off = self.hparams["mixup_off_epoch"]

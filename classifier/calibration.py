@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from typing_extensions import override
 
-from classifier.files import atomic_write, run_dir, write_json
+from classifier.files import atomic_write, read_json, run_dir, write_json
 from classifier.metrics import BINS, CalibrationBins
 from classifier.model import as_classifier
 from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image, new_figure, save_figure
@@ -162,20 +162,10 @@ class Calibration(PlottingCallback):
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Gather the epoch's logits on rank 0 until ModelCheckpoint decides about them."""
-        if trainer.sanity_checking or trainer.state.fn != "fit" or not self._val:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        from classifier.dist import gather_objects
-
-        local = (
-            torch.cat([v[0] for v in self._val]).cpu(),
-            torch.cat([v[1] for v in self._val]).cpu(),
-        )
-        self._val = []
-        parts = gather_objects(local)
-        logits = torch.cat([p[0] for p in parts])
-        labels = torch.cat([p[1] for p in parts])
-        keep = labels >= 0  # unreadable files
-        self._pending = ((logits[keep], labels[keep]), self._best_score(trainer))
+        collected, self._val = self._val, []
+        self._pending = (_gathered(collected), self._best_score(trainer))
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -275,25 +265,21 @@ class Calibration(PlottingCallback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Keep the raw (unscaled) logits and labels of readable images."""
-        labels = batch[1]
-        keep = labels >= 0
-        self._test.append((outputs["logits"][keep].float().cpu(), labels[keep].cpu()))
+        """Keep the raw (unscaled) logits on the device (read back once, at the epoch's end)."""
+        self._test.append((outputs["logits"].float(), batch[1]))
 
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Add test ECE and NLL before and after scaling to ``calibration.json``."""
-        from classifier.dist import gather_objects
-
-        parts = [p for rank in gather_objects(self._test) for p in rank]
-        self._test = []
-        if not trainer.is_global_zero or not parts:
+        collected, self._test = self._test, []
+        logits, labels = _gathered(collected)  # every rank takes part
+        if not trainer.is_global_zero or not len(labels):
             return
-        logits = torch.cat([p[0] for p in parts])
-        labels = torch.cat([p[1] for p in parts])
         temperature = float(as_classifier(pl_module).temperature)
         path = run_dir(trainer) / "calibration.json"
-        report = _read(path) or {"temperature": round(temperature, 6), "bins": BINS}
+        found = read_json(path)
+        report = found if isinstance(found, dict) else {"temperature": round(temperature, 6)}
+        report.setdefault("bins", BINS)
         report["test"] = {
             "before": scores(logits, labels, 1.0),
             "after": scores(logits, labels, temperature),
@@ -302,14 +288,24 @@ class Calibration(PlottingCallback):
         self._draw(trainer, logits, labels, temperature, "test")
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    import json
+def _gathered(
+    collected: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every process's collected (logits, labels) batches, on the CPU, without unreadable
+    files (label < 0). Every process must call it."""
+    from classifier.dist import gather_objects
 
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    local = (
+        torch.cat([c[0] for c in collected]).cpu() if collected else torch.empty(0, 0),
+        torch.cat([c[1] for c in collected]).cpu() if collected else torch.empty(0).long(),
+    )
+    parts = [p for p in gather_objects(local) if len(p[1])]
+    if not parts:
+        return local
+    logits = torch.cat([p[0] for p in parts])
+    labels = torch.cat([p[1] for p in parts])
+    keep = labels >= 0
+    return logits[keep], labels[keep]
 
 
 @torch.no_grad()
@@ -317,12 +313,8 @@ def _val_logits(
     trainer: pl.Trainer, pl_module: pl.LightningModule, state: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The validation logits of a copy of the network with the weights in ``state``."""
-    import copy
-
     model = as_classifier(pl_module)
-    net = copy.deepcopy(model.model).eval()
-    prefix = "model."
-    net.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    net = model.network_copy(state).eval()
     from torch.utils.data import DataLoader
 
     datamodule: Any = getattr(trainer, "datamodule")  # noqa: B009 (set at runtime)

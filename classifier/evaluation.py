@@ -129,3 +129,10 @@ class PerClassReport(Callback):
         if trainer.is_global_zero:
             path = run_dir(trainer) / f"{stage}_per_class.csv"
             write_per_class_csv(path, confmat, list(module.class_names), auroc)
+
+
+def hardness(losses: torch.Tensor, predicted: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How hard each image was: misclassified ones first (loss + 1e6), then by loss; unreadable
+    files (label < 0) ``-inf``, never shown. The galleries of the hardest images rank by it."""
+    wrong = (predicted != labels).float()
+    return torch.where(labels >= 0, losses.float() + wrong * 1e6, -torch.inf)

@@ -268,10 +268,7 @@ def _load_weights(pl_module: pl.LightningModule, ckpt_path: str) -> tuple[nn.Mod
     from classifier.checkpoint import load_checkpoint
 
     state = load_checkpoint(ckpt_path)["state_dict"]
-    net = copy.deepcopy(as_classifier(pl_module).model)
-    prefix = "model."
-    net.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
-    return net, float(state["temperature"])
+    return as_classifier(pl_module).network_copy(state), float(state["temperature"])
 
 
 def export_checkpoint(

@@ -85,6 +85,14 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, readable.encode("utf-8", errors="backslashreplace"))
 
 
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``, or ``None`` if it is missing or malformed."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def write_json(path: Path, data: Any) -> None:
     """Atomically write ``data`` as indented JSON."""
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -23,6 +23,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from typing_extensions import override
 
+from classifier.evaluation import hardness
 from classifier.files import run_dir
 from classifier.model import as_classifier
 from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image, new_figure, save_figure
@@ -132,14 +133,13 @@ class GradCam(PlottingCallback):
         self._hardest: list[torch.Tensor] = []
 
     def _collect(self, outputs: Any, batch: Any) -> None:
+        """Keep the batch's hardest images, on the device (no host read per batch)."""
         labels = batch[1]
         predicted = outputs["logits"].argmax(1)
-        hard = outputs["losses"].float() + (predicted != labels).float() * 1e6
-        hard = torch.where(labels >= 0, hard, -torch.inf)
-        rows = torch.stack(
-            [hard.double(), outputs["indices"].double(), predicted.double(), labels.double()], dim=1
-        ).cpu()
-        self._hardest.append(rows[rows[:, 0].argsort(descending=True)][: self.num_images])
+        score = hardness(outputs["losses"], predicted, labels)
+        top = score.topk(min(self.num_images, len(score))).indices
+        columns = (score, outputs["indices"], predicted, labels)
+        self._hardest.append(torch.stack([c[top].double() for c in columns], dim=1))
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -198,7 +198,8 @@ class GradCam(PlottingCallback):
     def _explain(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         from classifier.dist import gather_objects
 
-        parts = [p for rank in gather_objects(self._hardest) for p in rank]
+        local = [rows.cpu() for rows in self._hardest]
+        parts = [p for rank in gather_objects(local) for p in rank]
         self._hardest = []
         if not trainer.is_global_zero or not parts or trainer.interrupted:
             return

@@ -145,6 +145,15 @@ class ImageClassifier(pl.LightningModule):
             {s: StageMetrics(self.num_classes) for s in ("val", "test")}
         )
 
+    def network_copy(self, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """A copy of the network with the weights of a checkpoint's ``state_dict``."""
+        import copy
+
+        net = copy.deepcopy(self.model)
+        prefix = "model."
+        net.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        return net
+
     def stage_metrics(self, stage: EvalStage) -> StageMetrics:
         """Loss, summary metrics, confusion matrix and unreadable count of ``stage``."""
         return cast(StageMetrics, self.evaluation[stage])

@@ -12,12 +12,11 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from classifier.files import atomic_write_text
+from classifier.files import atomic_write_text, read_json
 
 #: ``(id, title)`` of every section, in page order.
 SECTIONS = (
@@ -56,13 +55,6 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return []
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _image(path: Path, alt: str) -> str:
@@ -128,7 +120,7 @@ def _summary(run: Path, results: Path) -> str:
     if test:
         where = "" if results == run else f" ({html.escape(results.name)}/)"
         parts.append(f"<h3>Test{where}</h3>{_cards(test)}")
-    info = _read_json(run / "model_info.json") or {}
+    info = read_json(run / "model_info.json") or {}
     epochs = len(history)
     facts = f"{html.escape(str(info.get('model_name', '')))}, {epochs} epoch(s)"
     return "".join(parts) + f'<p class="muted">{facts}; run folder {html.escape(str(run))}</p>'
@@ -161,8 +153,8 @@ def _per_class(run: Path, results: Path) -> str:
 
 
 def _calibration(run: Path, results: Path) -> str:
-    report = dict(_read_json(run / "calibration.json") or {})
-    tested = _read_json(results / "calibration.json") or {}
+    report = dict(read_json(run / "calibration.json") or {})
+    tested = read_json(results / "calibration.json") or {}
     if "test" in tested:  # a later `classifier test` of this run
         report["test"] = tested["test"]
         report.setdefault("temperature", tested.get("temperature", 1.0))
@@ -183,7 +175,7 @@ def _calibration(run: Path, results: Path) -> str:
 
 def _data(run: Path) -> str:
     parts = []
-    health = _read_json(run / "data_health.json")
+    health = read_json(run / "data_health.json")
     if health:
         rows = [(k, v["groups"], v["images"]) for k, v in health["summary"].items()]
         parts.append(_table(("duplicates", "groups", "images"), rows))
@@ -200,7 +192,7 @@ def _data(run: Path) -> str:
         ]
         if shown:
             parts.append(_table(("kind", "copy", "split", "class", "path"), shown))
-    stats = _read_json(run / "dataset_stats.json") or {}
+    stats = read_json(run / "dataset_stats.json") or {}
     per_class = {split: s.get("per_class", {}) for split, s in stats.items() if isinstance(s, dict)}
     if per_class:
         classes = sorted({c for counts in per_class.values() for c in counts})
@@ -213,7 +205,7 @@ def _data(run: Path) -> str:
 
 
 def _model(run: Path) -> str:
-    info = _read_json(run / "model_info.json")
+    info = read_json(run / "model_info.json")
     if not info:
         return ""
     rows = [
@@ -231,7 +223,7 @@ def _model(run: Path) -> str:
 def _export(run: Path) -> str:
     parts = []
     for report_file in sorted(run.glob("*export_report.json")):
-        report = _read_json(report_file) or {}
+        report = read_json(report_file) or {}
         verdict = (
             "passed"
             if report.get("passed")
@@ -250,7 +242,7 @@ def _export(run: Path) -> str:
             + _table(("", ""), rows)
         )
     for mapping_file in sorted(run.glob("*labels_mapping.json"))[:1]:
-        contract = _read_json(mapping_file) or {}
+        contract = read_json(mapping_file) or {}
         fields = (
             "image_size",
             "resize_size",

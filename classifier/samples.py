@@ -12,6 +12,7 @@ import torch
 from typing_extensions import override
 
 from classifier.dist import gather_objects
+from classifier.evaluation import hardness
 from classifier.files import run_dir
 from classifier.model import as_classifier
 from classifier.plots import (
@@ -127,9 +128,7 @@ class SampleGrids(PlottingCallback):
         labels = batch[1]
         probs = logits.float().softmax(1)
         confidence, predicted = probs.max(1)
-        wrong = (predicted != labels).float()
-        # Misclassified first (score + 1e6), then by loss; unreadable files (label < 0) never.
-        score = torch.where(labels >= 0, losses.float() + wrong * 1e6, -torch.inf)
+        score = hardness(losses, predicted, labels)
         top = score.topk(min(self.num_images, len(score))).indices
         self._candidates.append(
             torch.stack(

@@ -124,3 +124,55 @@ class FirstStep(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         record_startup()
+
+
+class Timeline(Callback):
+    """Print the seconds since process start at each phase of ``fit`` (stderr), to see where a
+    whole command's time goes: start-up, sanity check, each epoch's training and validation,
+    the end-of-fit work, and (through ``atexit``) the process exit."""
+
+    def _mark(self, what: str) -> None:
+        import sys
+
+        from benchmarks.startup import since_process_start
+
+        print(f"[timeline] {since_process_start():7.2f} s  {what}", file=sys.stderr, flush=True)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        import atexit
+
+        self._mark(f"setup {stage}")
+        atexit.register(self._mark, "exit")
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._mark("sanity start")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._mark("train start")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._mark(f"epoch {trainer.current_epoch} start")
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx == 0:
+            self._mark("  first batch")
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._mark("  validation start")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._mark("  validation end")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._mark(f"epoch {trainer.current_epoch} end")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._mark("train end")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._mark("fit end")
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._mark(f"teardown {stage}")

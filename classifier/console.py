@@ -7,7 +7,8 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from typing import NoReturn
 
 from typing_extensions import override
 
@@ -67,3 +68,30 @@ def quiet(command: str | None) -> Iterator[None]:
             yield
     finally:
         logger.removeFilter(tips)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` as soon as its work is done.
+
+    Everything a normal exit does for the user runs first: threads that are not daemons are
+    joined, the ``atexit`` handlers run (loggers such as WandB finish there, DataLoader worker
+    processes are joined) and the standard streams are flushed. What is skipped is the
+    interpreter's own teardown, which frees every object of torch, timm, Lightning and their
+    C++ extensions one by one: 1.5-2 s on 2 CPU cores, after every file is written.
+    ``CLASSIFIER_DEBUG=1`` keeps the normal exit.
+    """
+    import atexit
+    import sys
+    import threading
+
+    if os.environ.get("CLASSIFIER_DEBUG"):
+        sys.exit(code)
+    current = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not current and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # the handlers a normal exit runs
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError):  # closed or broken pipe: nothing left to say
+            stream.flush()
+    os._exit(code)

@@ -25,8 +25,9 @@ from typing_extensions import override
 
 from classifier.evaluation import hardness
 from classifier.files import run_dir
+from classifier.grids import save_png
 from classifier.model import as_classifier
-from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image, new_figure, save_figure
+from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image
 
 
 def _token_layer(net: nn.Module) -> nn.Module | None:
@@ -226,8 +227,8 @@ class GradCam(PlottingCallback):
         folder, step = run_dir(trainer), trainer.global_step
 
         def draw() -> None:
-            figure = _grid(pictures, maps[0], maps[1], names, stage)
-            path = save_figure(figure, folder / f"gradcam_{stage}.png")
+            grid = _grid(pictures, maps[0], maps[1], names, stage)
+            path = save_png(grid, folder / f"gradcam_{stage}.png")
             log_image(trainer, f"{stage}/gradcam", path, step)
 
         self.draws.request(trainer, f"gradcam_{stage}", draw)
@@ -240,23 +241,22 @@ def _grid(
     names: list[tuple[str, str]],
     stage: str,
 ) -> Any:
-    rows = len(pictures)
-    figure, axes = new_figure((6.6, 2.2 * rows), rows=rows, cols=3, squeeze=False)
-    figure.suptitle(f"{stage}: hardest images, Grad-CAM of predicted / true class")
-    for row in range(rows):
-        picture = pictures[row].permute(1, 2, 0).numpy()
+    """Rows of three panels: the picture, and the maps of the predicted and the true class."""
+    from classifier.grids import as_uint8, heat_overlay, picture_grid
+
+    panels, captions = [], []
+    for row in range(len(pictures)):
+        picture = as_uint8(pictures[row])
         predicted_name, true_name = names[row]
-        panels = (
-            (None, f"predicted {predicted_name}\ntrue {true_name}"),
-            (predicted[row], f"map: {predicted_name}"),
-            (true[row], f"map: {true_name}"),
-        )
-        for column, (cam, title) in enumerate(panels):
-            ax = axes[row][column]
-            ax.imshow(picture)
-            if cam is not None:
-                ax.imshow(cam.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-    figure.tight_layout()
-    return figure
+        panels += [
+            picture,
+            heat_overlay(picture, predicted[row].numpy()),
+            heat_overlay(picture, true[row].numpy()),
+        ]
+        captions += [
+            f"predicted {predicted_name}\ntrue {true_name}",
+            f"map: {predicted_name}",
+            f"map: {true_name}",
+        ]
+    title = f"{stage}: hardest images, Grad-CAM of predicted / true class"
+    return picture_grid(panels, captions, ["black"] * len(panels), title, cols=3)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,34 +13,10 @@ from typing_extensions import override
 from classifier.dist import gather_objects
 from classifier.evaluation import hardness
 from classifier.files import run_dir
+from classifier.grids import as_uint8, picture_grid, save_png
 from classifier.model import as_classifier
-from classifier.plots import (
-    PLOT_TIME_SHARE,
-    PlottingCallback,
-    epoch_due,
-    log_image,
-    new_figure,
-    save_figure,
-    submit_figure,
-)
+from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, epoch_due, log_image, submit_figure
 from classifier.transforms import denormalize
-
-
-def image_grid(
-    images: list[torch.Tensor], titles: list[str], colours: list[str], title: str
-) -> Any:
-    """A figure of ``3xHxW`` float images in [0, 1] with a caption under each."""
-    cols = min(8, len(images))
-    rows = math.ceil(len(images) / cols)
-    figure, axes = new_figure((2.1 * cols, 2.4 * rows), rows, cols, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, caption, colour in zip(axes.flat, images, titles, colours, strict=False):
-        ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
-        ax.set_title(caption, fontsize=8, color=colour)
-    figure.suptitle(title)
-    figure.tight_layout()
-    return figure
 
 
 def _save_grid(
@@ -53,8 +28,10 @@ def _save_grid(
     path: Path,
     step: int,
 ) -> None:
-    """Draw and write one grid, and send it to the loggers (on the figure thread)."""
-    save_figure(image_grid(images, captions, colours, title), path)
+    """Draw and write one grid (``3xHxW`` images, uint8 or float in [0, 1]) and send it to the
+    loggers (on the figure thread)."""
+    pictures = [as_uint8(image) for image in images]
+    save_png(picture_grid(pictures, captions, colours, title), path)
     log_image(trainer, f"samples/{path.stem}", path, step)
 
 
@@ -174,8 +151,10 @@ class SampleGrids(PlottingCallback):
         images, captions, colours = [], [], []
         for _, index, label, pred, conf in rows.tolist():
             image, _, _ = dataset[int(index)]
-            images.append(image.float() / 255)
-            captions.append(f"true: {names[int(label)]}\npred: {names[int(pred)]} ({conf:.2f})")
+            images.append(image)
+            captions.append(
+                f"true: {names[int(label)]}\npred: {names[int(pred)]}\nconfidence {conf:.2f}"
+            )
             colours.append("black" if int(label) == int(pred) else "red")
         title = f"Validation, epoch {epoch}: misclassified, then highest loss"
         path = run_dir(trainer) / "val_predictions.png"

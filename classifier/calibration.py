@@ -12,7 +12,6 @@ it) and reports the expected calibration error (ECE) and NLL before and after in
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from typing_extensions import override
 
-from classifier.files import atomic_write, read_json, run_dir, write_json
+from classifier.files import read_json, run_dir, write_json
 from classifier.metrics import BINS, CalibrationBins
 from classifier.model import as_classifier
 from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image, new_figure, save_figure
@@ -171,9 +170,6 @@ class Calibration(PlottingCallback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Fit, store and report the temperature on rank 0; every rank gets it. A failure is
         a warning (the temperature stays 1), never a lost run."""
-        from classifier.checkpoint_io import flush_checkpoints
-
-        flush_checkpoints(trainer)
         self._promote(trainer)
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         temperature = 1.0
@@ -193,9 +189,9 @@ class Calibration(PlottingCallback):
         super().on_fit_end(trainer, pl_module)
 
     def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, best: Path) -> float:
-        from classifier.checkpoint import load_checkpoint
+        from classifier.checkpoint_io import amend_checkpoint, read_back
 
-        checkpoint = load_checkpoint(best)
+        checkpoint = read_back(trainer, str(best))
         if self._best is not None:  # logged by the validation that made best.ckpt
             logits, labels = self._best
         else:  # best.ckpt from elsewhere (a resumed run's first epochs): one pass over val
@@ -217,11 +213,8 @@ class Calibration(PlottingCallback):
                 "barely constrain it; a larger or harder val/ gives a meaningful temperature",
                 stacklevel=2,
             )
-        checkpoint["state_dict"]["temperature"] = torch.tensor(temperature)
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        data = buffer.getvalue()
-        atomic_write(best, lambda handle: handle.write(data), sync=True)
+        state = {**checkpoint["state_dict"], "temperature": torch.tensor(temperature)}
+        amend_checkpoint(trainer, str(best), {**checkpoint, "state_dict": state})
         folder = run_dir(trainer)
         report: dict[str, Any] = {
             "temperature": round(temperature, 6),

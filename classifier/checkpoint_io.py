@@ -40,6 +40,10 @@ class SafeCheckpointIO(CheckpointIO):
     plugin, on the same thread. Lightning's teardown (end of a run, SIGTERM, Ctrl-C, an error)
     waits for every write.
 
+    Reading back: the snapshot of the newest save stays in memory (CPU) until the next save,
+    with the paths that hold it, so :func:`read_back` serves the end-of-fit readers
+    (calibration, export) without waiting for the disk or deserialising the file again.
+
     Args:
         inner: the plugin for remote paths and custom storage (default: Lightning's).
         asynchronous: write on a background thread.
@@ -55,6 +59,8 @@ class SafeCheckpointIO(CheckpointIO):
         self._error: BaseException | None = None
         #: (training-state key, path) of the last checkpoint saved.
         self._last: tuple[str, str] | None = None
+        #: The newest snapshot (and rewrites of it), by the paths that hold it.
+        self._held: dict[str, dict[str, Any]] = {}
 
     @override
     def save_checkpoint(
@@ -67,12 +73,18 @@ class SafeCheckpointIO(CheckpointIO):
         key = _state_key(checkpoint) if local else ""
         previous, self._last = self._last, ((key, target) if key else None)
         if key and previous and previous[0] == key and previous[1] != target:
+            shared = self._held.get(os.path.abspath(previous[1]))
+            if shared is not None:
+                self._held[os.path.abspath(target)] = shared
             self._submit(_link_or_copy, previous[1], target)
             return
+        self._held = {}
         if self.asynchronous:
             if self._writing is not None:  # bound the snapshots held in memory to two
                 self._writing.result()
             checkpoint = apply_to_collection(checkpoint, torch.Tensor, _snapshot)
+            if local:
+                self._held[os.path.abspath(target)] = checkpoint
         if local:
             self._writing = self._submit(_save_file, checkpoint, target)
         else:
@@ -91,7 +103,27 @@ class SafeCheckpointIO(CheckpointIO):
     @override
     def remove_checkpoint(self, path: Any) -> None:
         """Remove, after the writes queued before."""
+        self._held.pop(os.path.abspath(str(path)), None)
         self._submit(self.inner.remove_checkpoint, path)
+
+    def rewrite(self, checkpoint: dict[str, Any], path: str) -> None:
+        """Replace the file at ``path`` with ``checkpoint`` (in the background), even where a
+        save of the same training state would be linked: a callback amending a finished
+        checkpoint (the calibration's temperature). :func:`read_back` then returns it."""
+        self._raise_error()
+        target = os.path.abspath(path)
+        if self._last is not None and os.path.abspath(self._last[1]) == target:
+            self._last = None  # no later save may be linked to the amended file
+        if not self.own_writes or "://" in path:
+            self.wait()
+            self.inner.save_checkpoint(checkpoint, path)
+            return
+        self._held[target] = checkpoint
+        self._writing = self._submit(_save_file, checkpoint, target)
+
+    def held(self, path: str) -> dict[str, Any] | None:
+        """The checkpoint last saved to ``path`` if it is still in memory."""
+        return self._held.get(os.path.abspath(path))
 
     def wait(self) -> None:
         """Block until every queued write is done; raise the first write error."""
@@ -105,7 +137,7 @@ class SafeCheckpointIO(CheckpointIO):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
-        self._writing, self._last = None, None
+        self._writing, self._last, self._held = None, None, {}
         self.inner.teardown()
         self._raise_error()
 
@@ -200,3 +232,25 @@ def flush_checkpoints(trainer: Any) -> None:
     io = getattr(trainer.strategy, "checkpoint_io", None)
     if isinstance(io, SafeCheckpointIO):
         io.wait()
+
+
+def read_back(trainer: Any, path: str) -> dict[str, Any]:
+    """A checkpoint this run saved at ``path``: from memory while it is the newest (do not
+    modify it: copy what you change), else from disk once the queued writes are done."""
+    io = getattr(trainer.strategy, "checkpoint_io", None)
+    if isinstance(io, SafeCheckpointIO):
+        held = io.held(path)
+        if held is not None:
+            return held
+    flush_checkpoints(trainer)
+    return load_checkpoint(path)
+
+
+def amend_checkpoint(trainer: Any, path: str, checkpoint: dict[str, Any]) -> None:
+    """Replace the checkpoint at ``path`` with ``checkpoint``, through the run's writer when it
+    is ours (in the background), else at once; :func:`read_back` returns the new one."""
+    io = getattr(trainer.strategy, "checkpoint_io", None)
+    if isinstance(io, SafeCheckpointIO):
+        io.rewrite(checkpoint, path)
+    else:
+        _save_file(checkpoint, path)

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from classifier.files import run_dir, write_json
-from classifier.plots import bar_chart, log_image, save_figure, submit_figure
+from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, bar_chart, log_image, save_figure
 
 SPLITS = ("train", "val", "test")
 
@@ -28,23 +27,27 @@ def split_statistics(counts: list[int], class_names: list[str], excluded: int) -
     }
 
 
-class DatasetStatistics(Callback):
+class DatasetStatistics(PlottingCallback):
     """Images per class and split, imbalance and unreadable files, when fit starts.
 
-    Prints a table, writes ``dataset_stats.json`` and one ``class_distribution_<split>.png``
-    per split into the run folder.
+    Prints a table and writes ``dataset_stats.json`` at once, and one
+    ``class_distribution_<split>.png`` per split into the run folder when the drawing budget
+    allows (a short run draws them at the end of fit).
 
     Args:
         plots: also write the bar charts.
+        plot_time_share: see :class:`~classifier.plots.PlottingCallback`.
     """
 
-    def __init__(self, plots: bool = True) -> None:
+    def __init__(self, plots: bool = True, plot_time_share: float = PLOT_TIME_SHARE) -> None:
+        super().__init__(plot_time_share)
         self.plots = plots
         self.stats: dict[str, Any] = {}
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Collect statistics on rank 0."""
+        super().on_fit_start(trainer, pl_module)
         if not trainer.is_global_zero:
             return
         dm = trainer.datamodule  # type: ignore[attr-defined]
@@ -52,28 +55,29 @@ class DatasetStatistics(Callback):
             raise TypeError("DatasetStatistics needs classifier's ImageFolderDataModule.")
         names: list[str] = dm.class_names
         folder = run_dir(trainer)
+        counts: dict[str, list[int]] = {}
         for name in SPLITS:
             split = dm.split(name)
             if split is None:
                 continue
-            counts = dm.class_counts(name)
-            self.stats[name] = split_statistics(counts, names, len(dm.excluded.get(name, {})))
-            if self.plots:
-                submit_figure(
-                    f"class_distribution_{name}",
-                    partial(self._plot, trainer, names, counts, name, folder),
-                )
+            counts[name] = dm.class_counts(name)
+            self.stats[name] = split_statistics(counts[name], names, len(dm.excluded.get(name, {})))
         write_json(folder / "dataset_stats.json", self.stats)
         self._print(names)
+        if self.plots:
+            draw = partial(self._plot, trainer, names, counts, folder)
+            self.draws.request(trainer, "class_distribution", draw)
 
     @staticmethod
     def _plot(
-        trainer: pl.Trainer, names: list[str], counts: list[int], split: str, folder: Path
+        trainer: pl.Trainer, names: list[str], counts: dict[str, list[int]], folder: Path
     ) -> None:
-        """Draw one split's class counts (on the background figure thread)."""
-        figure = bar_chart(names, {split: counts}, f"{split}: images per class", "images")
-        path = save_figure(figure, folder / f"class_distribution_{split}.png")
-        log_image(trainer, f"data/class_distribution_{split}", path, 0)
+        """Draw each split's class counts (on the background figure thread)."""
+        for split, split_counts in counts.items():
+            title = f"{split}: images per class"
+            figure = bar_chart(names, {split: split_counts}, title, "images")
+            path = save_figure(figure, folder / f"class_distribution_{split}.png")
+            log_image(trainer, f"data/class_distribution_{split}", path, 0)
 
     def _print(self, names: list[str]) -> None:
         from rich.console import Console

@@ -231,16 +231,13 @@ class OnnxExport(Callback):
         """Export (rank 0 only) once training has finished."""
         if not trainer.is_global_zero or trainer.interrupted:
             return
-        from classifier.checkpoint_io import flush_checkpoints
-
-        flush_checkpoints(trainer)  # best.ckpt may still be in the background writer
         folder = run_dir(trainer)
         model = as_classifier(pl_module)
         targets: list[tuple[str, tuple[nn.Module, float]]] = []
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if self.export in ("best", "all"):
             if best:
-                targets.append(("best", _load_weights(pl_module, best)))
+                targets.append(("best", _load_weights(trainer, pl_module, best)))
             else:
                 warnings.warn("no best checkpoint; exporting the final weights", stacklevel=2)
         if self.export in ("final", "all") or not targets:
@@ -263,11 +260,14 @@ class OnnxExport(Callback):
             rank_zero_info(f"Exported {path}: {report}")
 
 
-def _load_weights(pl_module: pl.LightningModule, ckpt_path: str) -> tuple[nn.Module, float]:
-    """A copy of the network with the weights of ``ckpt_path``, and its temperature."""
-    from classifier.checkpoint import load_checkpoint
+def _load_weights(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, ckpt_path: str
+) -> tuple[nn.Module, float]:
+    """A copy of the network with the weights of ``ckpt_path`` (as this run saved it: from
+    memory while it is the newest), and its temperature."""
+    from classifier.checkpoint_io import read_back
 
-    state = load_checkpoint(ckpt_path)["state_dict"]
+    state = read_back(trainer, ckpt_path)["state_dict"]
     return as_classifier(pl_module).network_copy(state), float(state["temperature"])
 
 

@@ -52,6 +52,7 @@ class TrainingHistory(PlottingCallback):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start the epoch's loss average."""
+        super().on_train_epoch_start(trainer, pl_module)
         self._loss_sum, self._steps = None, 0
 
     @override

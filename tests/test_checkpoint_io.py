@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
-from classifier.checkpoint_io import SafeCheckpointIO
+from classifier.checkpoint_io import SafeCheckpointIO, amend_checkpoint, read_back
 
 
 def _checkpoint(step: int, weight: torch.Tensor) -> dict[str, object]:
@@ -73,3 +74,53 @@ def test_a_failed_write_does_not_hide_the_exception_being_handled(tmp_path: Path
         except KeyboardInterrupt:
             io.teardown()  # as Lightning does while handling SIGTERM/Ctrl-C: warns, no masking
             raise
+
+
+def _trainer(io: SafeCheckpointIO) -> object:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(strategy=SimpleNamespace(checkpoint_io=io))
+
+
+def test_the_newest_checkpoint_is_read_back_from_memory_and_amended_on_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calibration and export read best.ckpt right after it was saved: from memory, never a
+    half-written file; amending best.ckpt (the temperature) leaves its linked twin alone."""
+    from classifier import checkpoint_io
+
+    io = SafeCheckpointIO()
+    trainer = _trainer(io)
+    best, last = str(tmp_path / "best.ckpt"), str(tmp_path / "last.ckpt")
+    io.save_checkpoint(_checkpoint(4, torch.zeros(3)), best)
+    io.save_checkpoint(_checkpoint(4, torch.zeros(3)), last)  # linked to best
+    monkeypatch.setattr(checkpoint_io, "load_checkpoint", _no_disk_reads)
+    held = read_back(trainer, best)
+    assert read_back(trainer, last) is held
+    amended = {**held, "state_dict": {**held["state_dict"], "temperature": torch.tensor(0.5)}}
+    amend_checkpoint(trainer, best, amended)
+    assert float(read_back(trainer, best)["state_dict"]["temperature"]) == 0.5
+    assert "temperature" not in read_back(trainer, last)["state_dict"]
+    io.save_checkpoint(_checkpoint(4, torch.zeros(3)), last)  # never linked to the amended file
+    io.teardown()
+    on_disk = {n: torch.load(tmp_path / n, weights_only=True) for n in ("best.ckpt", "last.ckpt")}
+    assert float(on_disk["best.ckpt"]["state_dict"]["temperature"]) == 0.5
+    assert "temperature" not in on_disk["last.ckpt"]["state_dict"]
+    assert (tmp_path / "best.ckpt").stat().st_ino != (tmp_path / "last.ckpt").stat().st_ino
+
+
+def test_an_older_checkpoint_is_read_from_disk_after_the_queued_writes(tmp_path: Path) -> None:
+    io = SafeCheckpointIO()
+    trainer = _trainer(io)
+    best, last = str(tmp_path / "best.ckpt"), str(tmp_path / "last.ckpt")
+    io.save_checkpoint(_checkpoint(4, torch.zeros(3)), best)
+    io.save_checkpoint(_checkpoint(8, torch.ones(3)), last)  # the newest: best is not held
+    assert io.held(best) is None and io.held(last) is not None
+    assert torch.equal(read_back(trainer, best)["state_dict"]["w"], torch.zeros(3))
+    io.remove_checkpoint(last)
+    assert io.held(last) is None
+    io.teardown()
+
+
+def _no_disk_reads(path: object) -> dict[str, object]:
+    raise AssertionError(f"{path} was read from disk")

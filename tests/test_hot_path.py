@@ -80,7 +80,7 @@ def test_draw_budget_keeps_drawing_within_its_share(clock: FakeClock) -> None:
         return run
 
     trainer: Any = FitTrainer()
-    clock.now += 10  # first epoch: always drawn
+    clock.now += 10  # 10 % of 10 s covers the assumed first cost (0.5 s)
     budget.request(trainer, "fig", draw("epoch 1", 2.0))
     clock.now += 10  # 22 s in, 2 s spent: another 2 s would be 18 % > 10 %
     budget.request(trainer, "fig", draw("epoch 2", 2.0))
@@ -96,6 +96,24 @@ def test_draw_budget_keeps_drawing_within_its_share(clock: FakeClock) -> None:
     budget.flush()
     assert drawn == ["epoch 1", "epoch 4", "epoch 5"]
     assert budget.spent == pytest.approx(6.0)
+
+
+def test_a_short_run_draws_its_first_figure_at_the_end_a_long_one_early(
+    clock: FakeClock,
+) -> None:
+    drawn: list[str] = []
+    budget = DrawBudget(0.005, submit=lambda kind, draw: draw())
+    budget.restart()
+    trainer: Any = FitTrainer()
+    clock.now += 10  # a short epoch: 0.5 % of 10 s does not cover a first figure
+    budget.request(trainer, "fig", lambda: drawn.append("epoch 1"))
+    budget.retry()
+    assert drawn == []
+    clock.now += 100  # later (the next epoch's start): 0.5 % of 110 s covers 0.5 s
+    budget.retry()
+    assert drawn == ["epoch 1"]
+    budget.flush()
+    assert drawn == ["epoch 1"]  # nothing waits any more
 
 
 def test_draw_budget_zero_draws_only_at_the_end_and_eval_draws_at_once(clock: FakeClock) -> None:

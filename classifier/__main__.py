@@ -1,6 +1,31 @@
-"""``python -m classifier`` is the ``classifier`` command."""
+"""``python -m classifier`` and the ``classifier`` command.
 
-from classifier.cli import entry
+:func:`entry` starts the figure renderer before torch and Lightning are imported, so it
+loads matplotlib on a core the start-up leaves idle (see :mod:`classifier.renderer`), and
+ends the process as soon as the command's work is done (see ``console.exit_now``).
+"""
+
+import sys
+
+
+def entry() -> None:
+    """Console-script entry point: start the figure renderer, run the command, exit."""
+    from classifier import renderer
+
+    renderer.start(sys.argv[1:])
+    from classifier.cli import entry as run
+    from classifier.console import exit_now
+
+    code: int | str | None = 0
+    try:
+        run()
+    except SystemExit as stop:
+        code = stop.code
+    if isinstance(code, str):  # sys.exit("message"): printed, status 1, as Python does
+        print(code, file=sys.stderr)
+        code = 1
+    exit_now(code or 0)
+
 
 if __name__ == "__main__":
     entry()

@@ -25,7 +25,8 @@ from typing_extensions import override
 from classifier.files import read_json, run_dir, write_json
 from classifier.metrics import BINS, CalibrationBins
 from classifier.model import as_classifier
-from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image, new_figure, save_figure
+from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image
+from classifier.renderer import draw as render
 
 
 def expected_calibration_error(
@@ -69,26 +70,18 @@ def scores(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> di
     }
 
 
-def _diagram(logits: torch.Tensor, labels: torch.Tensor, temperature: float, title: str) -> Any:
-    """Reliability diagram: accuracy against confidence per bin, before and after scaling, with
-    the images per bin below."""
-    figure, (curve, counts) = new_figure((6.5, 6.5), rows=2, squeeze=True)
-    figure.subplots_adjust(hspace=0.35)
-    centres = [(i + 0.5) / BINS for i in range(BINS)]
-    curve.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
-    tables = {}
-    after = f"after (T = {temperature:.3g})"
-    for name, t, style in (("before", 1.0, "o--"), (after, temperature, "o-")):
+def _diagram_data(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float
+) -> tuple[dict[str, tuple[list[float], float]], list[float]]:
+    """Accuracy per confidence bin and ECE before and after scaling, and the images per bin
+    after: the plain data of a reliability diagram."""
+    curves, counts = {}, []
+    for name, t in (("before", 1.0), (f"after (T = {temperature:.3g})", temperature)):
         bins = CalibrationBins(sync_on_compute=False)
         bins.update((logits.double() / t).softmax(dim=1), labels)
-        tables[name] = bins.table()
-        ece = float(bins.compute())
-        curve.plot(centres, tables[name]["accuracy"], style, label=f"{name}: ECE {ece:.3f}")
-    curve.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=title)
-    curve.legend(loc="upper left", fontsize=8)
-    counts.bar(centres, tables[after]["count"], width=1 / BINS * 0.9, color="tab:blue")
-    counts.set(xlim=(0, 1), xlabel="confidence (after scaling)", ylabel="images")
-    return figure
+        table = bins.table()
+        curves[name], counts = (table["accuracy"], float(bins.compute())), table["count"]
+    return curves, counts
 
 
 class Calibration(PlottingCallback):
@@ -237,8 +230,9 @@ class Calibration(PlottingCallback):
         folder, step = run_dir(trainer), trainer.global_step
 
         def draw() -> None:
-            figure = _diagram(logits, labels, t, f"{stage}: reliability")
-            path = save_figure(figure, folder / f"calibration_{stage}.png")
+            curves, counts = _diagram_data(logits, labels, t)
+            path = folder / f"calibration_{stage}.png"
+            render("reliability_diagram", path, curves, counts, f"{stage}: reliability")
             log_image(trainer, f"{stage}/calibration", path, step)
 
         self.draws.request(trainer, f"calibration_{stage}", draw)

@@ -24,7 +24,7 @@ from classifier.backbone import BackboneError
 from classifier.calibration import Calibration
 from classifier.checkpoint import CheckpointError, checkpoint_file
 from classifier.checkpoint_io import guard_checkpoint_loads
-from classifier.console import exit_now, quiet, version_line
+from classifier.console import quiet, version_line
 from classifier.data import ImageFolderDataModule
 from classifier.evaluation import PerClassReport
 from classifier.files import run_dir, run_of_checkpoint
@@ -307,20 +307,13 @@ def one_line_errors(*extra: type[BaseException]) -> Iterator[None]:
 
 
 def entry() -> None:
-    """Console-script entry point (``classifier``): user errors as one line, SIGTERM as 143;
-    the process ends as soon as the command's work is done (see ``console.exit_now``)."""
-    code: int | str | None = 0
+    """Run the command with user errors as one ``error:`` line (status 1) and SIGTERM as
+    status 143 (``SystemExit``); ``classifier.__main__.entry`` ends the process."""
     try:
         with one_line_errors():
             main()
     except SIGTERMException:
-        code = SIGTERM_EXIT_CODE
-    except SystemExit as stop:
-        code = stop.code
-    if isinstance(code, str):  # sys.exit("message"): printed, status 1, as Python does
-        print(code, file=sys.stderr)
-        code = 1
-    exit_now(code or 0)
+        sys.exit(SIGTERM_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,8 @@ from typing_extensions import override
 
 from classifier.files import run_dir, write_csv
 from classifier.model import as_classifier
-from classifier.plots import (
-    PLOT_TIME_SHARE,
-    PlottingCallback,
-    epoch_due,
-    log_image,
-    new_figure,
-    save_figure,
-)
+from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, epoch_due, log_image
+from classifier.renderer import draw
 
 
 def most_confused(confmat: torch.Tensor, class_names: list[str], top: int) -> list[list[Any]]:
@@ -49,30 +43,6 @@ def focus_classes(confmat: torch.Tensor, limit: int) -> list[int]:
     errors.fill_diagonal_(0)
     involvement = errors.sum(0) + errors.sum(1)
     return sorted(involvement.topk(limit).indices.tolist())
-
-
-def heatmap(matrix: torch.Tensor, names: list[str], title: str, normalized: bool) -> Any:
-    """A seaborn heatmap with class names; annotated while it stays readable."""
-    import seaborn as sns
-
-    side = max(5.0, min(28.0, 0.45 * len(names) + 3))
-    figure, axes = new_figure((side + 1.5, side))
-    sns.heatmap(
-        matrix.numpy(),
-        annot=len(names) <= 25,
-        fmt=".2f" if normalized else "d",
-        cmap="Blues",
-        xticklabels=names,
-        yticklabels=names,
-        vmin=0,
-        vmax=1 if normalized else None,
-        square=True,
-        cbar=True,
-        ax=axes,
-        annot_kws={"fontsize": 8},
-    )
-    axes.set(title=title, xlabel="predicted", ylabel="true")
-    return figure
 
 
 class ConfusionMatrix(PlottingCallback):
@@ -164,6 +134,7 @@ class ConfusionMatrix(PlottingCallback):
         normalized = shown.double() / support
         for suffix, matrix, is_norm in (("", shown, False), ("_normalized", normalized, True)):
             kind = " (row-normalised)" if is_norm else ""
-            figure = heatmap(matrix, names, f"{stage} confusion matrix{kind}{epoch}{note}", is_norm)
-            path = save_figure(figure, folder / f"confusion_matrix_{stage}{suffix}.png")
+            title = f"{stage} confusion matrix{kind}{epoch}{note}"
+            path = folder / f"confusion_matrix_{stage}{suffix}.png"
+            draw("heatmap", path, matrix.numpy(), names, title, is_norm)
             log_image(trainer, f"{stage}/confusion_matrix{suffix}", path, step)

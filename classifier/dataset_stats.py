@@ -10,7 +10,8 @@ import lightning.pytorch as pl
 from typing_extensions import override
 
 from classifier.files import run_dir, write_json
-from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, bar_chart, log_image, save_figure
+from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image
+from classifier.renderer import draw
 
 SPLITS = ("train", "val", "test")
 
@@ -75,8 +76,8 @@ class DatasetStatistics(PlottingCallback):
         """Draw each split's class counts (on the background figure thread)."""
         for split, split_counts in counts.items():
             title = f"{split}: images per class"
-            figure = bar_chart(names, {split: split_counts}, title, "images")
-            path = save_figure(figure, folder / f"class_distribution_{split}.png")
+            path = folder / f"class_distribution_{split}.png"
+            draw("bar_chart", path, names, {split: split_counts}, title, "images")
             log_image(trainer, f"data/class_distribution_{split}", path, 0)
 
     def _print(self, names: list[str]) -> None:

@@ -9,14 +9,8 @@ import torch
 from typing_extensions import override
 
 from classifier.files import run_dir, safe_name, write_json
-from classifier.plots import (
-    PLOT_TIME_SHARE,
-    PlottingCallback,
-    bar_chart,
-    last_epoch,
-    log_image,
-    save_figure,
-)
+from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, last_epoch, log_image
+from classifier.renderer import draw as render
 
 
 def gather_drawn(drawn: torch.Tensor) -> torch.Tensor:
@@ -95,8 +89,8 @@ class SamplerDistribution(PlottingCallback):
         step = trainer.global_step
 
         def draw() -> None:
-            figure = bar_chart(names, series, title, "share of images")
-            path = save_figure(figure, folder / "sampler_distribution.png")
+            path = folder / "sampler_distribution.png"
+            render("bar_chart", path, names, series, title, "share of images")
             log_image(trainer, "data/sampler_distribution", path, step)
 
         self.draws.request(trainer, "sampler", draw)

@@ -11,9 +11,10 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import lightning.pytorch as pl
+if TYPE_CHECKING:  # torch-free at run time: the figure renderer and classifier-predict use it
+    import lightning.pytorch as pl
 
 
 @functools.cache

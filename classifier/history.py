@@ -11,7 +11,8 @@ from typing_extensions import override
 
 from classifier.files import run_dir, write_csv
 from classifier.model import as_classifier
-from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image, new_figure, save_figure
+from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image
+from classifier.renderer import draw
 
 COLUMNS = (
     "epoch",
@@ -111,28 +112,11 @@ class TrainingHistory(PlottingCallback):
             rows, step = [dict(r) for r in self.rows], trainer.global_step
             self.draws.request(trainer, "history", lambda: self._plot(trainer, rows, folder, step))
 
-    def _plot(
-        self, trainer: pl.Trainer, rows: list[dict[str, float]], folder: Path, step: int
-    ) -> None:
-        epochs = [r["epoch"] + 1 for r in rows]
-        figure, axes = new_figure((7, 4.5))
-        for key, label in (("train_loss", "train"), ("val_loss", "val")):
-            axes.plot(epochs, [r[key] for r in rows], marker="o", label=label)
-        axes.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
-        axes.legend()
-        axes.grid(alpha=0.3)
-        log_image(trainer, "history/loss", save_figure(figure, folder / "loss_history.png"), step)
-        figure, (left, right) = new_figure((12, 4.5), 1, 2)
-        for key in ("train_top1", "val_top1", "val_balanced_acc", "val_f1_macro"):
-            left.plot(epochs, [r[key] for r in rows], marker="o", label=key)
-        left.set(title="Metrics", xlabel="epoch", ylim=(0, 1.02))
-        left.legend()
-        left.grid(alpha=0.3)
-        right.plot(epochs, [r["lr"] for r in rows], marker="o", color="tab:gray")
-        right.set(title="Learning rate (end of epoch)", xlabel="epoch")
-        right.grid(alpha=0.3)
-        path = save_figure(figure, folder / "metrics_history.png")
-        log_image(trainer, "history/metrics", path, step)
+    @staticmethod
+    def _plot(trainer: pl.Trainer, rows: list[dict[str, float]], folder: Path, step: int) -> None:
+        for name, key in (("loss_history", "loss"), ("metrics_history", "metrics")):
+            path = draw(name, folder / f"{name}.png", rows)
+            log_image(trainer, f"history/{key}", path, step)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Figures for the callbacks, drawn off the training thread.
 
-Figures are built with matplotlib's object-oriented API on the Agg canvas (never ``pyplot``'s
-global state), so they can be rendered by :class:`FigureWorker`, one background thread: the
-training thread hands over a drawing of plain data and goes on. Matplotlib is imported lazily.
+The training thread hands a drawing of plain data to :class:`FigureWorker`, one background
+thread, and goes on. The thread sends matplotlib figures (:mod:`classifier.figures`) to the
+renderer process (:mod:`classifier.renderer`) when the command started one, so they take no
+time under this process's interpreter lock, and sends the written files to the loggers.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,6 @@ import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
-
-from classifier.files import atomic_write_bytes
 
 Submit = Callable[[str, Callable[[], None]], None]
 
@@ -236,31 +235,6 @@ class PlottingCallback(Callback):
         wait_for_figures()
 
 
-def new_figure(
-    figsize: tuple[float, float], rows: int = 1, cols: int = 1, squeeze: bool = True
-) -> tuple[Any, Any]:
-    """A figure and its axes on its own Agg canvas (no ``pyplot`` state: thread-safe)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=figsize)
-    FigureCanvasAgg(figure)
-    return figure, figure.subplots(rows, cols, squeeze=squeeze)
-
-
-def save_figure(figure: Any, path: Path) -> Path:
-    """Write ``figure`` as PNG atomically."""
-    import io
-
-    buffer = io.BytesIO()
-    # Fast compression: 40 % less time for 20 % more bytes (figures are rewritten often).
-    figure.savefig(
-        buffer, format="png", dpi=110, bbox_inches="tight", pil_kwargs={"compress_level": 1}
-    )
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
-
-
 def log_image(trainer: pl.Trainer, key: str, path: Path, step: int) -> None:
     """Send a PNG to every logger that takes images (TensorBoard, WandB), at ``step``: the step
     the figure shows, taken when it was requested (it is drawn later, in the background)."""
@@ -277,28 +251,3 @@ def log_image(trainer: pl.Trainer, key: str, path: Path, step: int) -> None:
                 target.log_image(key=key, images=[str(path)], step=step)
         except Exception as error:  # a logger hiccup must not stop training
             warnings.warn(f"could not log {key} to {name}: {error}", stacklevel=2)
-
-
-def bar_chart(
-    labels: Sequence[str],
-    series: Mapping[str, Sequence[float]],
-    title: str,
-    ylabel: str,
-) -> Any:
-    """Grouped vertical bars, one group per label; rotates names when there are many."""
-    width = max(6.0, min(24.0, 0.35 * len(labels) * max(1, len(series))))
-    figure, axes = new_figure((width, 4.5))
-    x = np.arange(len(labels))
-    bar = 0.8 / max(1, len(series))
-    for i, (name, values) in enumerate(series.items()):
-        axes.bar(x + (i - (len(series) - 1) / 2) * bar, values, bar, label=name)
-    axes.set_xticks(x)
-    axes.set_xticklabels(
-        labels, rotation=45 if len(labels) > 8 else 0, ha="right" if len(labels) > 8 else "center"
-    )
-    axes.set_title(title)
-    axes.set_ylabel(ylabel)
-    if len(series) > 1:
-        axes.legend()
-    axes.grid(axis="y", alpha=0.3)
-    return figure

@@ -16,7 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.tuner.tuning import Tuner
 
-from classifier.plots import new_figure, save_figure
+from classifier.renderer import draw
 
 
 class TuneError(ValueError):
@@ -84,12 +84,5 @@ def find(
 
 
 def _plot(results: dict[str, list[float]], suggestion: float | None, path: Path) -> None:
-    figure, axes = new_figure((7.0, 4.5))
-    axes.plot(results["lr"], results["loss"])
-    axes.set(xscale="log", xlabel="learning rate", ylabel="training loss (smoothed)")
-    title = "Learning-rate finder"
-    if suggestion is not None:
-        axes.axvline(suggestion, color="tab:red", linestyle="--")
-        title += f": suggestion {suggestion:.3g}"
-    axes.set_title(title)
-    save_figure(figure, path)
+    lrs, losses = [float(v) for v in results["lr"]], [float(v) for v in results["loss"]]
+    draw("lr_finder", path, lrs, losses, None if suggestion is None else float(suggestion))

@@ -153,7 +153,9 @@ def test_only_documented_environment_variables_are_read() -> None:
         for number, line in enumerate(path.read_text().splitlines(), 1):
             code = line.split("#")[0]
             if "environ" in code or "getenv" in code:
-                documented = "CLASSIFIER_" in code or "ENV_ALLOWED" in code
+                documented = any(
+                    name in code for name in ("CLASSIFIER_", "ENV_ALLOWED", "RANK_VARIABLES")
+                )
                 assert documented or "``" in code, f"{path.name}:{number}: {line.strip()}"
 
 
@@ -178,3 +180,34 @@ def test_evaluating_a_run_is_quiet_and_writes_beside_it(image_folder: Path) -> N
     assert _run_folder(run_cli("validate", "--ckpt_path", best)).resolve() == run / "validate_2"
     version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
     assert version.stdout.startswith("classifier ") and "lightning" in version.stdout
+
+
+def test_the_command_exits_at_once_yet_runs_what_a_normal_exit_runs(tmp_path: Path) -> None:
+    """``exit_now`` skips the interpreter's teardown, not the work: threads that are not
+    daemons finish, atexit handlers (WandB's among them) run, buffered output is flushed."""
+    code = (
+        "import atexit, threading, time\n"
+        "from classifier.console import exit_now\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+        "print('buffered', end='')\n"
+        "exit_now(3)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert result.returncode == 3
+    assert result.stdout == "bufferedthread done\natexit ran\n"
+
+
+def test_the_installed_command_reports_a_user_error_with_status_1(tmp_path: Path) -> None:
+    exe = str(Path(sys.executable).parent / "classifier")
+    result = subprocess.run(
+        [exe, "fit", "--data.data_dir", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")

@@ -1,0 +1,155 @@
+"""A separate process that draws the matplotlib figures, so they cost training no CPU time on
+its own core and no time under its interpreter lock.
+
+The ``classifier`` command starts it first thing (:func:`start`, before torch and Lightning
+are imported), so it imports matplotlib and seaborn on a core the start-up leaves idle. The
+figure thread (:mod:`classifier.plots`) sends it requests (a drawing of
+:data:`classifier.figures.DRAWINGS`, a path and plain data) and waits for each file to be
+written; the training thread never waits for it. Without the process (in-process use such as
+``main(args=[...])``, or after it failed) figures are drawn in this process instead.
+
+The renderer ignores Ctrl-C and SIGTERM (the command decides when to stop, and draws what
+waits first) and ends when its input closes: when the command's process ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from contextlib import suppress
+from pathlib import Path
+from typing import IO, Any
+
+#: Commands whose figures are worth a renderer process.
+DRAWING_COMMANDS = ("fit", "validate", "test")
+#: Set by launchers (Lightning's DDP, torchrun, SLURM) to the process's rank: the renderer is
+#: started where all of them are 0 or unset (ranks other than 0 draw nothing).
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+#: Options that end a command before anything is drawn.
+_NO_RUN = ("-h", "--help", "--print_config", "--version")
+
+
+class RenderError(RuntimeError):
+    """A figure the renderer could not draw (the drawing's own error, as text)."""
+
+
+class Renderer:
+    """The parent's handle on a renderer process: one request at a time."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "classifier.renderer"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self.lock = threading.Lock()
+
+    def draw(self, name: str, path: Path, args: tuple[Any, ...]) -> Path:
+        """Have the renderer write figure ``name`` to ``path``.
+
+        Raises:
+            RenderError: the drawing failed in the renderer.
+            OSError, EOFError: the renderer is gone.
+        """
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None
+        with self.lock:
+            pickle.dump((name, str(path), args), stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            stdin.flush()
+            ok, message = pickle.load(stdout)  # noqa: S301 (our own child's answer)
+        if not ok:
+            raise RenderError(message)
+        return path
+
+    def close(self) -> None:
+        """Close its input: it ends after the request it is drawing."""
+        if self.process.stdin is not None:
+            with suppress(OSError):  # already closed, or the renderer is gone
+                self.process.stdin.close()
+
+
+_RENDERER: Renderer | None = None
+
+
+def start(argv: list[str]) -> None:
+    """Start the renderer for a command that draws, on the first process of a run only (DDP
+    ranks other than 0 draw nothing); a failure leaves drawing in this process."""
+    global _RENDERER
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in DRAWING_COMMANDS or any(a.split("=")[0] in _NO_RUN for a in argv):
+        return
+    if any(os.environ.get(v, "0") != "0" for v in RANK_VARIABLES):
+        return
+    if os.environ.get("CLASSIFIER_RENDERER", "1") == "0" or _RENDERER is not None:
+        return
+    try:
+        _RENDERER = Renderer()
+    except OSError as error:
+        warnings.warn(f"figures are drawn in this process ({error})", stacklevel=2)
+
+
+def stop() -> None:
+    """Let the renderer end (it exits once its input is closed)."""
+    global _RENDERER
+    if _RENDERER is not None:
+        _RENDERER.close()
+        _RENDERER = None
+
+
+def draw(name: str, path: Path, *args: Any) -> Path:
+    """Write figure ``name`` of :data:`classifier.figures.DRAWINGS` to ``path``: in the
+    renderer when it runs, else here (also from now on, if the renderer has gone)."""
+    global _RENDERER
+    renderer = _RENDERER
+    if renderer is not None:
+        try:
+            return renderer.draw(name, path, args)
+        except (OSError, EOFError, pickle.PickleError) as error:
+            _RENDERER = None
+            warnings.warn(f"figure renderer stopped ({error!r}); drawing here", stacklevel=2)
+    from classifier import figures
+
+    return figures.draw(name, path, *args)
+
+
+def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
+    """Answer drawing requests until the input closes."""
+    from classifier import figures
+
+    while True:
+        try:
+            name, path, args = pickle.load(requests)  # noqa: S301 (our parent's request)
+        except EOFError:
+            return
+        try:
+            figures.draw(name, Path(path), *args)
+            answer: tuple[bool, str] = (True, "")
+        except Exception as error:  # reported to the parent, which warns
+            answer = (False, f"{type(error).__name__}: {error}")
+        pickle.dump(answer, answers, protocol=pickle.HIGHEST_PROTOCOL)
+        answers.flush()
+
+
+def main() -> None:
+    """The renderer process: import the plotting libraries at once, then serve requests."""
+    for name in ("SIGINT", "SIGTERM"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # stray prints go to stderr, never into the answers
+    start_time = time.monotonic()
+    import matplotlib.figure  # noqa: F401 (imported now, while the command starts up)
+    import seaborn  # noqa: F401
+
+    if os.environ.get("CLASSIFIER_DEBUG"):
+        print(f"renderer ready in {time.monotonic() - start_time:.2f} s", file=sys.stderr)
+    _serve(sys.stdin.buffer, answers)
+
+
+if __name__ == "__main__":
+    main()

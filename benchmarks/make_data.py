@@ -26,9 +26,10 @@ def make(root: Path, train: int, size: int, val: int | None = None) -> Path:
     """``train`` training and ``val`` validation JPEGs of ``size`` px over 10 classes."""
     val = val if val is not None else max(CLASSES, train // 8)
     jobs = []
-    for split, count in (("train", train), ("val", val)):
-        for i in range(count):
-            jobs.append((root / split / f"class{i % CLASSES}" / f"{i:06d}.jpg", i, size))
+    for offset, (split, count) in enumerate((("train", train), ("val", val))):
+        for i in range(count):  # distinct seeds: val must not repeat training images
+            path = root / split / f"class{i % CLASSES}" / f"{i:06d}.jpg"
+            jobs.append((path, offset * 10**6 + i, size))
     todo = [j for j in jobs if not j[0].exists()]
     with ProcessPoolExecutor() as pool:
         list(pool.map(_write, todo, chunksize=64))

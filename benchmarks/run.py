@@ -310,6 +310,13 @@ def main() -> None:
         value = results[name][key]
         ok = value >= goal if op == ">=" else value <= goal
         print(f"{name + '.' + key:38s} {value:8.3f}   {op} {goal}  {'ok' if ok else 'MISSED'}")
+    for e in whole_epochs:
+        whole = results[f"whole_command_{e}_epochs"]
+        print(
+            f"whole_command_{e}_epochs: classifier {whole['classifier_s']:.1f} s (first step at"
+            f" {whole['classifier_first_step_s']:.1f} s), hand loop {whole['hand_loop_s']:.1f} s"
+            f" (first step at {whole['hand_loop_first_step_s']:.1f} s)"
+        )
     fit = results["fit_vs_hand_loop"]
     print(
         f"\nfit_vs_hand_loop.ratio_with_end_of_fit {fit['ratio_with_end_of_fit']:.3f}: the"

@@ -137,7 +137,9 @@ class SafeCheckpointIO(CheckpointIO):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
-        self._writing, self._last, self._held = None, None, {}
+        # The newest snapshot stays readable: Lightning tears down before ``on_fit_end``,
+        # where the export reads best.ckpt.
+        self._writing, self._last = None, None
         self.inner.teardown()
         self._raise_error()
 

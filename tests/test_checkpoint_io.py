@@ -122,5 +122,20 @@ def test_an_older_checkpoint_is_read_from_disk_after_the_queued_writes(tmp_path:
     io.teardown()
 
 
+def test_the_newest_checkpoint_stays_readable_after_lightnings_teardown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning tears the strategy down before ``on_fit_end``, where the export reads."""
+    from classifier import checkpoint_io
+
+    io = SafeCheckpointIO()
+    best = str(tmp_path / "best.ckpt")
+    io.save_checkpoint(_checkpoint(4, torch.ones(3)), best)
+    io.teardown()  # every write is on disk
+    assert (tmp_path / "best.ckpt").is_file()
+    monkeypatch.setattr(checkpoint_io, "load_checkpoint", _no_disk_reads)
+    assert torch.equal(read_back(_trainer(io), best)["state_dict"]["w"], torch.ones(3))
+
+
 def _no_disk_reads(path: object) -> dict[str, object]:
     raise AssertionError(f"{path} was read from disk")

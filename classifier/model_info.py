@@ -35,20 +35,35 @@ def count_macs(net: torch.nn.Module, image_size: int, device: torch.device) -> f
 
 @torch.no_grad()
 def measure_latency(
-    net: torch.nn.Module, batch: int, image_size: int, device: torch.device, repeats: int
+    net: torch.nn.Module,
+    batch: int,
+    image_size: int,
+    device: torch.device,
+    repeats: int,
+    budget_s: float = 1.0,
 ) -> float:
-    """Median seconds per forward pass of a ``batch`` of images."""
+    """Median seconds per forward pass of a ``batch`` of images: after two warm-up passes
+    (kernels, caches), ``repeats`` timed ones, or fewer once ``budget_s`` is spent (a large
+    model on a CPU: one warm-up and one timed pass), so start-up stays short."""
     sample = torch.randn(batch, 3, image_size, image_size, device=device)
-    times = []
-    for i in range(repeats + 2):
+    times: list[float] = []
+    warmups, spent, index = 2, 0.0, 0
+    while len(times) < repeats:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         net(sample)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        if i >= 2:  # the first two passes warm up kernels and caches
-            times.append(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        spent += seconds
+        if index >= warmups:
+            times.append(seconds)
+        elif spent >= budget_s:
+            warmups = index + 1  # slow enough to be warm: time the next pass
+        index += 1
+        if times and spent >= budget_s:
+            break
     return sorted(times)[len(times) // 2]
 
 
@@ -60,11 +75,15 @@ class ModelInfo(Callback):
     Args:
         batch_sizes: batch sizes whose latency and images/s are measured on the training device.
         repeats: timed forward passes per batch size (the median is reported).
+        budget_s: seconds each batch size may take; a slow model is timed with fewer passes.
     """
 
-    def __init__(self, batch_sizes: tuple[int, ...] = (1, 32), repeats: int = 5) -> None:
+    def __init__(
+        self, batch_sizes: tuple[int, ...] = (1, 32), repeats: int = 5, budget_s: float = 1.0
+    ) -> None:
         self.batch_sizes = batch_sizes
         self.repeats = repeats
+        self.budget_s = budget_s
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -92,7 +111,9 @@ class ModelInfo(Callback):
         info["gmacs"] = None if macs is None else round(macs / 1e9, 4)
         info["latency"] = {}
         for batch in self.batch_sizes:
-            seconds = measure_latency(pl_module, batch, size, pl_module.device, self.repeats)
+            seconds = measure_latency(
+                pl_module, batch, size, pl_module.device, self.repeats, self.budget_s
+            )
             info["latency"][str(batch)] = {
                 "ms": round(seconds * 1e3, 3),
                 "images_per_s": round(batch / seconds, 1),

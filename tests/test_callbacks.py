@@ -350,3 +350,29 @@ def test_calibration_is_fitted_stored_and_carried_into_the_export(
     expected = torch.from_numpy(logits).double().div(float(meta["temperature"])).softmax(1)
     assert np.allclose(probabilities, expected.numpy(), atol=1e-5)
     assert (run / "calibration_val.png").is_file() and (run / "calibration_test.png").is_file()
+
+
+class _Slow(torch.nn.Module):
+    """A forward pass that takes ``seconds`` (a large model on a CPU)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds, self.calls = seconds, 0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        import time
+
+        self.calls += 1
+        time.sleep(self.seconds)
+        return images
+
+
+def test_latency_is_timed_within_its_budget() -> None:
+    from classifier.model_info import measure_latency
+
+    slow, fast = _Slow(0.6), _Slow(0.0)
+    cpu = torch.device("cpu")
+    assert measure_latency(slow, 1, 8, cpu, repeats=5, budget_s=0.5) >= 0.6
+    assert slow.calls == 2  # one warm-up, one timed pass: not 7 passes of a slow model
+    measure_latency(fast, 1, 8, cpu, repeats=5, budget_s=0.5)
+    assert fast.calls == 7  # two warm-ups and every repeat when there is time

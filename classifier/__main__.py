@@ -21,9 +21,10 @@ def entry() -> None:
         run()
     except SystemExit as stop:
         code = stop.code
-    if isinstance(code, str):  # sys.exit("message"): printed, status 1, as Python does
+    if code is not None and not isinstance(code, int):  # sys.exit("message"), as Python does
         print(code, file=sys.stderr)
         code = 1
+    renderer.stop()  # it ends once its input is closed
     exit_now(code or 0)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from lightning.pytorch.utilities import rank_zero_info
 
+from classifier.argv import subcommand
 from classifier.checkpoint import CheckpointError, config_from_checkpoint
 from classifier.files import run_of_checkpoint
 
@@ -20,18 +21,6 @@ from classifier.files import run_of_checkpoint
 EVAL_COMMANDS = {"validate", "test", "predict"}
 #: ``--ckpt_path`` values Lightning resolves itself.
 CKPT_KEYWORDS = {"best", "last", "hpc", "registry"}
-
-
-def subcommand(args: list[str]) -> str | None:
-    """The subcommand: the first argument that is neither an option nor an option's value
-    (``classifier -c run.yaml test ...`` is ``test``)."""
-    skip = False
-    for arg in args:
-        if skip or arg.startswith("-"):
-            skip = arg in {"-c", "--config"}
-            continue
-        return arg
-    return None
 
 
 def _option(args: list[str], name: str) -> str | None:

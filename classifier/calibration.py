@@ -161,16 +161,23 @@ class Calibration(PlottingCallback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Fit, store and report the temperature on rank 0; every rank gets it. A failure is
-        a warning (the temperature stays 1), never a lost run."""
+        """Fit, store and report the temperature on rank 0; every rank gets it. A failed fit is
+        a warning (the temperature stays 1), never a lost run; a failed checkpoint write is the
+        run's error, raised here."""
+        from classifier.checkpoint_io import amend_checkpoint, read_back
+
         self._promote(trainer)
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         temperature = 1.0
         if trainer.is_global_zero and best and not trainer.interrupted:
+            checkpoint = read_back(trainer, best)
             try:
-                temperature = self._calibrate(trainer, pl_module, Path(best))
+                temperature = self._calibrate(trainer, pl_module, Path(best), checkpoint)
             except Exception as error:  # a finished training must not fail here
                 warnings.warn(f"calibration failed ({error!r}); temperature 1", stacklevel=2)
+            else:
+                state = {**checkpoint["state_dict"], "temperature": torch.tensor(temperature)}
+                amend_checkpoint(trainer, best, {**checkpoint, "state_dict": state})
         self.temperature = float(trainer.strategy.broadcast(temperature, src=0))
 
     @override
@@ -181,10 +188,14 @@ class Calibration(PlottingCallback):
             as_classifier(pl_module).temperature.fill_(self.temperature)
         super().on_fit_end(trainer, pl_module)
 
-    def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, best: Path) -> float:
-        from classifier.checkpoint_io import amend_checkpoint, read_back
-
-        checkpoint = read_back(trainer, str(best))
+    def _calibrate(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        best: Path,
+        checkpoint: dict[str, Any],
+    ) -> float:
+        """The temperature for ``checkpoint`` (read from ``best``); writes calibration.json."""
         if self._best is not None:  # logged by the validation that made best.ckpt
             logits, labels = self._best
         else:  # best.ckpt from elsewhere (a resumed run's first epochs): one pass over val
@@ -206,8 +217,6 @@ class Calibration(PlottingCallback):
                 "barely constrain it; a larger or harder val/ gives a meaningful temperature",
                 stacklevel=2,
             )
-        state = {**checkpoint["state_dict"], "temperature": torch.tensor(temperature)}
-        amend_checkpoint(trainer, str(best), {**checkpoint, "state_dict": state})
         folder = run_dir(trainer)
         report: dict[str, Any] = {
             "temperature": round(temperature, 6),

@@ -122,8 +122,14 @@ class SafeCheckpointIO(CheckpointIO):
         self._writing = self._submit(_save_file, checkpoint, target)
 
     def held(self, path: str) -> dict[str, Any] | None:
-        """The checkpoint last saved to ``path`` if it is still in memory."""
+        """The checkpoint last saved to ``path`` if it is still in memory (raises the error of
+        a write that failed meanwhile: a held snapshot must not hide a file never written)."""
+        self._raise_error()
         return self._held.get(os.path.abspath(path))
+
+    def release(self) -> None:
+        """Let the newest snapshot go (after the end-of-fit readers)."""
+        self._held = {}
 
     def wait(self) -> None:
         """Block until every queued write is done; raise the first write error."""
@@ -246,6 +252,13 @@ def read_back(trainer: Any, path: str) -> dict[str, Any]:
             return held
     flush_checkpoints(trainer)
     return load_checkpoint(path)
+
+
+def release_checkpoints(trainer: Any) -> None:
+    """Free the snapshot kept for :func:`read_back` (end of fit: test and report follow)."""
+    io = getattr(trainer.strategy, "checkpoint_io", None)
+    if isinstance(io, SafeCheckpointIO):
+        io.release()
 
 
 def amend_checkpoint(trainer: Any, path: str, checkpoint: dict[str, Any]) -> None:

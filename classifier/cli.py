@@ -19,11 +19,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from classifier.arguments import CKPT_KEYWORDS, checkpoint_layer, resolve_last, subcommand
+from classifier.arguments import CKPT_KEYWORDS, checkpoint_layer, resolve_last
+from classifier.argv import subcommand
 from classifier.backbone import BackboneError
 from classifier.calibration import Calibration
 from classifier.checkpoint import CheckpointError, checkpoint_file
-from classifier.checkpoint_io import guard_checkpoint_loads
+from classifier.checkpoint_io import guard_checkpoint_loads, release_checkpoints
 from classifier.console import quiet, version_line
 from classifier.data import ImageFolderDataModule
 from classifier.evaluation import PerClassReport
@@ -237,6 +238,7 @@ class ClassifierCLI(LightningCLI):
     def after_fit(self) -> None:
         """Print where the run's files are; optionally test the best checkpoint."""
         trainer = self.trainer
+        release_checkpoints(trainer)  # calibration and export have read best.ckpt
         checkpoint = trainer.checkpoint_callback
         best = getattr(checkpoint, "best_model_path", "") if checkpoint else ""
         config = self.config.get(str(self.subcommand), {})

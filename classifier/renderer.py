@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
@@ -26,13 +27,26 @@ from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any
 
+from classifier.argv import runs, subcommand
+
 #: Commands whose figures are worth a renderer process.
 DRAWING_COMMANDS = ("fit", "validate", "test")
-#: Set by launchers (Lightning's DDP, torchrun, SLURM) to the process's rank: the renderer is
-#: started where all of them are 0 or unset (ranks other than 0 draw nothing).
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
-#: Options that end a command before anything is drawn.
-_NO_RUN = ("-h", "--help", "--print_config", "--version")
+#: Set by launchers (Lightning's DDP, torchrun, SLURM, MPI, LSF) to the process's rank: the
+#: renderer is started where all of them are 0 or unset (ranks other than 0 draw nothing).
+RANK_VARIABLES = (
+    "RANK",
+    "LOCAL_RANK",
+    "NODE_RANK",
+    "SLURM_PROCID",
+    "OMPI_COMM_WORLD_RANK",
+    "PMI_RANK",
+    "JSM_NAMESPACE_RANK",
+)
+#: The longest a figure may take in the renderer (seconds) before it is drawn here instead.
+TIMEOUT_S = 120.0
+#: Runs the renderer without the current folder on ``sys.path`` (a ``classifier/`` folder
+#: there must not be imported; ``-P`` needs Python 3.11).
+_LAUNCH = "import sys; sys.path.pop(0); from classifier.renderer import main; main()"
 
 
 class RenderError(RuntimeError):
@@ -43,10 +57,10 @@ class Renderer:
     """The parent's handle on a renderer process: one request at a time."""
 
     def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "classifier.renderer"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+        if not sys.executable:
+            raise OSError("no Python executable to start the renderer with")
+        self.process = subprocess.Popen(  # noqa: S603 (this Python, a fixed program)
+            [sys.executable, "-c", _LAUNCH], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         self.lock = threading.Lock()
 
@@ -55,13 +69,20 @@ class Renderer:
 
         Raises:
             RenderError: the drawing failed in the renderer.
-            OSError, EOFError: the renderer is gone.
+            OSError, EOFError: the renderer is gone, or took longer than :data:`TIMEOUT_S`
+                (it is then stopped).
         """
         stdin, stdout = self.process.stdin, self.process.stdout
         assert stdin is not None and stdout is not None
+        # Pickled first: a payload that cannot be pickled never leaves half a request.
+        request = pickle.dumps((name, str(Path(path).absolute()), args), pickle.HIGHEST_PROTOCOL)
         with self.lock:
-            pickle.dump((name, str(path), args), stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            stdin.write(request)
             stdin.flush()
+            ready, _, _ = select.select([stdout], [], [], TIMEOUT_S)
+            if not ready:
+                self.process.kill()
+                raise TimeoutError(f"{name} took over {TIMEOUT_S:.0f} s in the renderer")
             ok, message = pickle.load(stdout)  # noqa: S301 (our own child's answer)
         if not ok:
             raise RenderError(message)
@@ -81,16 +102,15 @@ def start(argv: list[str]) -> None:
     """Start the renderer for a command that draws, on the first process of a run only (DDP
     ranks other than 0 draw nothing); a failure leaves drawing in this process."""
     global _RENDERER
-    command = next((a for a in argv if not a.startswith("-")), None)
-    if command not in DRAWING_COMMANDS or any(a.split("=")[0] in _NO_RUN for a in argv):
+    if subcommand(argv) not in DRAWING_COMMANDS or not runs(argv):
         return
-    if any(os.environ.get(v, "0") != "0" for v in RANK_VARIABLES):
+    if any(os.environ.get(v) not in (None, "", "0") for v in RANK_VARIABLES):
         return
     if os.environ.get("CLASSIFIER_RENDERER", "1") == "0" or _RENDERER is not None:
         return
     try:
         _RENDERER = Renderer()
-    except OSError as error:
+    except (OSError, ValueError) as error:
         warnings.warn(f"figures are drawn in this process ({error})", stacklevel=2)
 
 
@@ -100,6 +120,11 @@ def stop() -> None:
     if _RENDERER is not None:
         _RENDERER.close()
         _RENDERER = None
+
+
+def started() -> bool:
+    """Whether figures go to a renderer process."""
+    return _RENDERER is not None
 
 
 def draw(name: str, path: Path, *args: Any) -> Path:

@@ -139,3 +139,24 @@ def test_the_newest_checkpoint_stays_readable_after_lightnings_teardown(
 
 def _no_disk_reads(path: object) -> dict[str, object]:
     raise AssertionError(f"{path} was read from disk")
+
+
+def test_a_failed_write_is_raised_by_the_read_back_not_hidden_by_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calibration and export read the newest checkpoint from memory; if writing it failed
+    (a full disk), reading it back raises, so the run fails instead of calibrating and
+    exporting a checkpoint that is not on disk."""
+    from classifier import checkpoint_io
+
+    def failing(checkpoint: dict[str, object], target: str) -> None:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(checkpoint_io, "_save_file", failing)
+    io = SafeCheckpointIO()
+    best = str(tmp_path / "best.ckpt")
+    io.save_checkpoint(_checkpoint(4, torch.ones(3)), best)
+    assert io._writing is not None
+    io._writing.result()  # the write has failed by now (its error waits for the next call)
+    with pytest.raises(OSError, match="No space left"):
+        read_back(_trainer(io), best)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -70,6 +71,28 @@ def test_it_ends_when_the_command_closes_its_input(live: Renderer) -> None:
     assert live.process.wait(timeout=30) == 0
 
 
+def test_a_stuck_renderer_is_stopped_and_the_figure_drawn_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    process = Renderer()
+    monkeypatch.setattr(renderer, "_RENDERER", process)
+    monkeypatch.setattr(renderer, "TIMEOUT_S", 1.0)
+    process.draw("heatmap", tmp_path / "warm.png", HEATMAP)
+    os.kill(process.process.pid, signal.SIGSTOP)  # hangs: never answers
+    with pytest.warns(UserWarning, match="renderer stopped"):
+        path = renderer.draw("heatmap", tmp_path / "here.png", *HEATMAP)
+    assert Image.open(path).size[0] > 300
+    assert process.process.wait(timeout=30) != 0  # killed, not left behind
+
+
+def test_a_payload_that_cannot_be_pickled_leaves_the_renderer_usable(
+    live: Renderer, tmp_path: Path
+) -> None:
+    with pytest.raises((TypeError, AttributeError, pickle.PicklingError)):
+        live.draw("heatmap", tmp_path / "x.png", (lambda: None,))
+    assert live.draw("heatmap", tmp_path / "after.png", HEATMAP).is_file()
+
+
 def test_a_dead_renderer_falls_back_to_drawing_here(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -96,6 +119,10 @@ def test_a_dead_renderer_falls_back_to_drawing_here(
         (["fit"], {"SLURM_PROCID": "2"}, False),
         (["fit"], {"LOCAL_RANK": "0", "RANK": "0"}, True),  # torchrun's first process
         (["fit"], {"CLASSIFIER_RENDERER": "0"}, False),
+        (["fit"], {"RANK": ""}, True),  # set but empty: not another rank
+        (["-c", "run.yaml", "test"], {}, True),  # the subcommand after a config
+        (["fit", "--print_c"], {}, False),  # jsonargparse takes abbreviations
+        (["fit", "--trainer.help", "Trainer"], {}, False),
     ],
 )
 def test_started_only_where_figures_are_drawn(

@@ -161,24 +161,30 @@ class Calibration(PlottingCallback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Fit, store and report the temperature on rank 0; every rank gets it. A failed fit is
-        a warning (the temperature stays 1), never a lost run; a failed checkpoint write is the
-        run's error, raised here."""
+        """Fit, store and report the temperature on rank 0; every rank gets it (rank 0 always
+        reaches the broadcast). A failed fit is a warning (the temperature stays 1), never a
+        lost run; a failed checkpoint write stays the run's error (raised by the writer)."""
         from classifier.checkpoint_io import amend_checkpoint, read_back
 
         self._promote(trainer)
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-        temperature = 1.0
+        temperature, failed = 1.0, None
         if trainer.is_global_zero and best and not trainer.interrupted:
-            checkpoint = read_back(trainer, best)
             try:
+                checkpoint = read_back(trainer, best)
                 temperature = self._calibrate(trainer, pl_module, Path(best), checkpoint)
             except Exception as error:  # a finished training must not fail here
+                temperature = 1.0
                 warnings.warn(f"calibration failed ({error!r}); temperature 1", stacklevel=2)
             else:
                 state = {**checkpoint["state_dict"], "temperature": torch.tensor(temperature)}
-                amend_checkpoint(trainer, best, {**checkpoint, "state_dict": state})
+                try:
+                    amend_checkpoint(trainer, best, {**checkpoint, "state_dict": state})
+                except Exception as error:  # raised once every rank has the temperature
+                    failed = error
         self.temperature = float(trainer.strategy.broadcast(temperature, src=0))
+        if failed is not None:
+            raise failed
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

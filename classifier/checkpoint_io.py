@@ -122,9 +122,12 @@ class SafeCheckpointIO(CheckpointIO):
         self._writing = self._submit(_save_file, checkpoint, target)
 
     def held(self, path: str) -> dict[str, Any] | None:
-        """The checkpoint last saved to ``path`` if it is still in memory (raises the error of
-        a write that failed meanwhile: a held snapshot must not hide a file never written)."""
-        self._raise_error()
+        """The checkpoint last saved to ``path`` if it is still in memory. Raises the error of
+        a write that failed meanwhile (a held snapshot must not hide a file never written) and
+        keeps it for the next call and the teardown, so a caller that turns it into a warning
+        cannot make it disappear."""
+        if self._error is not None:
+            raise self._error
         return self._held.get(os.path.abspath(path))
 
     def release(self) -> None:

@@ -85,10 +85,17 @@ def exit_now(code: int) -> NoReturn:
     import ctypes
     import sys
     import threading
+    import traceback
 
-    if os.environ.get("CLASSIFIER_DEBUG"):
+    if (
+        os.environ.get("CLASSIFIER_DEBUG")
+        or threading.current_thread() is not threading.main_thread()
+    ):
         sys.exit(code)
-    threading._shutdown()  # type: ignore[attr-defined]  # what a normal exit calls first
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]  # what a normal exit calls first
+    except Exception:  # as Python's own exit does: report it and go on
+        traceback.print_exc()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         with suppress(OSError, ValueError, AttributeError):  # closed, or a broken pipe

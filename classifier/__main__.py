@@ -1,32 +1,11 @@
-"""``python -m classifier`` and the ``classifier`` command.
+"""``python -m classifier``: the ``classifier`` command.
 
-:func:`entry` starts the figure renderer before torch and Lightning are imported, so it
-loads matplotlib on a core the start-up leaves idle (see :mod:`classifier.renderer`), and
-ends the process as soon as the command's work is done (see ``console.exit_now``).
+Python looks ``classifier`` up in the current folder before the installed package when it runs
+``python -m classifier``, so a ``classifier.py`` or ``classifier/`` there runs instead of this;
+the ``classifier`` console script never searches the current folder (see the README).
 """
 
-import sys
-
-
-def entry() -> None:
-    """Console-script entry point: start the figure renderer, run the command, exit."""
-    from classifier import renderer
-
-    renderer.start(sys.argv[1:])
-    from classifier.cli import entry as run
-    from classifier.console import exit_now
-
-    code: int | str | None = 0
-    try:
-        run()
-    except SystemExit as stop:
-        code = stop.code
-    if code is not None and not isinstance(code, int):  # sys.exit("message"), as Python does
-        print(code, file=sys.stderr)
-        code = 1
-    renderer.stop()  # it ends once its input is closed
-    exit_now(code or 0)
-
+from classifier.cli import entry
 
 if __name__ == "__main__":
     entry()

@@ -1,6 +1,6 @@
 """Reading the raw command line before LightningCLI parses it: which subcommand, which
-checkpoint, where earlier runs are; and inserting a checkpoint's own arguments as the first
-config layer of an evaluation command."""
+checkpoint, where earlier runs are; and turning a checkpoint's own arguments into the first
+config layer of an evaluation command (:func:`checkpoint_config`)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,20 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import yaml
 from lightning.pytorch.utilities import rank_zero_info
 
 from classifier.argv import subcommand
-from classifier.checkpoint import CheckpointError, config_from_checkpoint
+from classifier.checkpoint import CheckpointError, load_checkpoint
 from classifier.files import run_of_checkpoint
+from classifier.safety import refuse_foreign_class_paths
 
 #: Subcommands that evaluate a checkpoint.
 EVAL_COMMANDS = {"validate", "test", "predict"}
+#: Data arguments a checkpoint stores that the command line sets itself (a link from the model).
+LINKED = ("backbone",)
 #: ``--ckpt_path`` values Lightning resolves itself.
 CKPT_KEYWORDS = {"best", "last", "hpc", "registry"}
 
@@ -117,3 +121,77 @@ def _free_name(run: Path, command: str) -> str:
         except FileExistsError:
             number += 1
             name = f"{command}_{number}"
+
+
+def config_from_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The ``model`` and ``data`` config sections of the checkpoint at ``path``."""
+    return checkpoint_config(load_checkpoint(path), path)
+
+
+def checkpoint_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The ``model`` and ``data`` config sections a loaded checkpoint was trained with.
+
+    The weights come from the checkpoint, so ``pretrained`` is turned off; the class order is
+    pinned to the checkpoint's.
+
+    Raises:
+        CheckpointError: what the checkpoint stores is not what classifier writes
+            (hyper-parameters that are not a mapping, class names that are not a list of
+            distinct strings).
+    """
+    model, data = (_section(checkpoint, key, path) for key in SECTIONS)
+    refuse_foreign_class_paths(model, f"checkpoint {path} (model hyper-parameters)")
+    refuse_foreign_class_paths(data, f"checkpoint {path} (data hyper-parameters)")
+    class_names = checkpoint.get("class_names") or model.get("class_names")
+    if not class_names:
+        raise CheckpointError(f"{path} stores no class names; was it trained by classifier?")
+    if not (
+        isinstance(class_names, list)
+        and all(isinstance(c, str) for c in class_names)
+        and len(set(class_names)) == len(class_names)
+    ):
+        raise CheckpointError(
+            f"{path}: its class names are not a list of distinct strings; not a classifier "
+            "checkpoint, or a damaged one."
+        )
+    for section in (model, data):
+        for key in ("class_names", "_instantiator", "_class_path", *LINKED):
+            section.pop(key, None)
+    _drop_retired(model, data, path)
+    model["pretrained"] = False
+    data["class_names"] = list(class_names)
+    return {"model": model, "data": data}
+
+
+#: Where a checkpoint keeps the model's and the data module's arguments.
+SECTIONS = ("hyper_parameters", "datamodule_hyper_parameters")
+
+
+def _section(checkpoint: dict[str, Any], key: str, path: str | Path) -> dict[str, Any]:
+    """``checkpoint[key]`` as a dict with string keys (empty when absent)."""
+    found = checkpoint.get(key, {})
+    if not isinstance(found, dict) or not all(isinstance(k, str) for k in found):
+        raise CheckpointError(
+            f"{path}: its {key} are not a mapping of argument names; not a classifier "
+            "checkpoint, or a damaged one."
+        )
+    return dict(found)
+
+
+def _drop_retired(model: dict[str, Any], data: dict[str, Any], path: str | Path) -> None:
+    """Leave out (with a warning) options an older checkpoint has that this version retired,
+    so its model and data are still built (``model.top_k`` moved to ``PredictionWriter``)."""
+    import inspect
+    import warnings
+
+    from classifier.data import ImageFolderDataModule
+    from classifier.model import ImageClassifier
+
+    for name, section, cls in (
+        ("model", model, ImageClassifier),
+        ("data", data, ImageFolderDataModule),
+    ):
+        accepted = inspect.signature(cls.__init__).parameters
+        for key in [k for k in section if k not in accepted]:
+            del section[key]
+            warnings.warn(f"{path}: {name}.{key} is no longer an option; ignored", stacklevel=3)

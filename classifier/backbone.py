@@ -10,8 +10,10 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from classifier.errors import UserError
 
-class BackboneError(ValueError):
+
+class BackboneError(UserError, ValueError):
     """The backbone cannot be created; the message says what to change."""
 
 

@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from typing_extensions import override
 
+from classifier.contract import classifier_module, image_data
+from classifier.figures import draw as render
 from classifier.files import read_json, run_dir, write_json
 from classifier.metrics import BINS, CalibrationBins
-from classifier.model import as_classifier
 from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image
-from classifier.renderer import draw as render
 
 
 def expected_calibration_error(
@@ -91,10 +91,11 @@ class Calibration(PlottingCallback):
     ``classifier test`` reports calibrated ``test/ece`` and ``test/nll``, ``predict`` writes
     calibrated confidences, and ONNX exports gain a ``probabilities`` output. Writes
     ``calibration.json`` (temperature; ECE and NLL before and after, on val, and on test after a
-    test) and ``calibration_val.png`` / ``calibration_test.png`` (reliability diagrams). The
-    ``best`` export always carries the temperature; list this callback before ``OnnxExport``
-    for a ``final`` export to carry it too (fitted on the best weights). Fewer than 20
-    validation images, or none misclassified, leave the temperature at 1 with a warning.
+    test) and ``calibration_val.png`` / ``calibration_test.png`` (reliability diagrams). It
+    runs when training ends, before any callback's ``on_fit_end``, so every export (``best``,
+    and ``final`` with the temperature fitted on the best weights) carries it, wherever the
+    callbacks are listed. Fewer than 20 validation images, or none misclassified, leave the
+    temperature at 1 with a warning.
 
     Args:
         plot_time_share: see :class:`~classifier.plots.PlottingCallback`.
@@ -161,38 +162,32 @@ class Calibration(PlottingCallback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Fit, store and report the temperature on rank 0; every rank gets it (rank 0 always
-        reaches the broadcast). A failed fit is a warning (the temperature stays 1), never a
-        lost run; a failed checkpoint write stays the run's error (raised by the writer)."""
-        from classifier.checkpoint_io import amend_checkpoint, read_back
+        """Fit the temperature on rank 0, write it into ``best.ckpt`` and give it to the model
+        on every rank (rank 0 always reaches the broadcast). A failed fit is a warning (the
+        temperature stays 1), never a lost run; a failed checkpoint write stays the run's
+        error. The model's temperature is a number beside its weights, so the EMA's copy of
+        its weights at the end of training leaves it alone."""
+        from classifier.checkpoint_io import amend_checkpoint, read_checkpoint
 
         self._promote(trainer)
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         temperature, failed = 1.0, None
         if trainer.is_global_zero and best and not trainer.interrupted:
             try:
-                checkpoint = read_back(trainer, best)
+                checkpoint = read_checkpoint(trainer, best)
                 temperature = self._calibrate(trainer, pl_module, Path(best), checkpoint)
             except Exception as error:  # a finished training must not fail here
                 temperature = 1.0
                 warnings.warn(f"calibration failed ({error!r}); temperature 1", stacklevel=2)
             else:
-                state = {**checkpoint["state_dict"], "temperature": torch.tensor(temperature)}
                 try:
-                    amend_checkpoint(trainer, best, {**checkpoint, "state_dict": state})
+                    amend_checkpoint(trainer, best, lambda c: {**c, "temperature": temperature})
                 except Exception as error:  # raised once every rank has the temperature
                     failed = error
         self.temperature = float(trainer.strategy.broadcast(temperature, src=0))
+        classifier_module(pl_module).temperature = self.temperature
         if failed is not None:
             raise failed
-
-    @override
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Set the live model's temperature (after the EMA has copied its weights in at the end
-        of training), so a ``final`` export listed after this callback carries it too."""
-        if self.temperature is not None:
-            as_classifier(pl_module).temperature.fill_(self.temperature)
-        super().on_fit_end(trainer, pl_module)
 
     def _calibrate(
         self,
@@ -277,7 +272,7 @@ class Calibration(PlottingCallback):
         logits, labels = _gathered(collected)  # every rank takes part
         if not trainer.is_global_zero or not len(labels):
             return
-        temperature = float(as_classifier(pl_module).temperature)
+        temperature = classifier_module(pl_module).temperature
         path = run_dir(trainer) / "calibration.json"
         found = read_json(path)
         report = found if isinstance(found, dict) else {"temperature": round(temperature, 6)}
@@ -314,28 +309,20 @@ def _gathered(
 def _val_logits(
     trainer: pl.Trainer, pl_module: pl.LightningModule, state: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The validation logits of a copy of the network with the weights in ``state``."""
-    model = as_classifier(pl_module)
-    net = model.network_copy(state).eval()
-    from torch.utils.data import DataLoader
+    """The logits of every validation image (readable ones) under a copy of the network with
+    the weights in ``state``."""
+    from classifier.transforms import normalize
 
-    datamodule: Any = getattr(trainer, "datamodule")  # noqa: B009 (set at runtime)
+    model = classifier_module(pl_module)
+    assert model.preprocessing is not None
+    net = model.network_copy(state).eval()
+    mean, std = model.preprocessing.mean_std(model.device)
     outputs, targets = [], []
-    # Every validation image (the data module's own loader gives each process its shard).
-    loader = DataLoader(
-        datamodule.datasets["val"],
-        batch_size=datamodule.eval_batch_size,
-        num_workers=datamodule.num_workers,
-    )
-    for batch in loader:
-        images, labels, _ = datamodule.on_after_batch_transfer(
-            trainer.strategy.batch_to_device(batch, model.device), 0
-        )
+    for images, labels, _ in image_data(trainer).eval_loader("val"):
         keep = labels >= 0
-        if model.hparams["channels_last"]:
-            images = images.contiguous(memory_format=torch.channels_last)
-        outputs.append(net(images)[keep].float().cpu())
-        targets.append(labels[keep].cpu())
+        floats = normalize(images.to(model.device), mean, std)
+        outputs.append(net(floats)[keep.to(model.device)].float().cpu())
+        targets.append(labels[keep])
     if not outputs:
         return torch.empty(0, model.num_classes), torch.empty(0, dtype=torch.long)
     return torch.cat(outputs), torch.cat(targets)

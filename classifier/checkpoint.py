@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from classifier.safety import refuse_foreign_class_paths
+from classifier.errors import UserError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """The checkpoint cannot be used; the message says why."""
 
 
@@ -88,57 +88,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def upgrade(checkpoint: dict[str, Any]) -> None:
     """Bring what older versions stored up to date: the generator states were top-level and
-    now belong to the data module's state (exact resume); there was no temperature."""
+    now belong to the data module's state (exact resume); the temperature was a buffer in the
+    weights (and absent before calibration) and is now ``checkpoint["temperature"]``."""
     legacy = checkpoint.pop("rng_states", None)
     if legacy is not None:
         checkpoint.setdefault("ImageFolderDataModule", {}).setdefault("rng_states", legacy)
-    # Checkpoints from before calibration: temperature 1 (probabilities as the logits give).
     for states in ("state_dict", "current_model_state"):  # EMA keeps the raw weights apart
         if isinstance(checkpoint.get(states), dict):
-            checkpoint[states].setdefault("temperature", torch.ones(()))
-
-
-def config_from_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The ``model`` and ``data`` config sections of the checkpoint at ``path``."""
-    return checkpoint_config(load_checkpoint(path), path)
-
-
-def checkpoint_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
-    """The ``model`` and ``data`` config sections a loaded checkpoint was trained with.
-
-    The weights come from the checkpoint, so ``pretrained`` is turned off; the class order is
-    pinned to the checkpoint's.
-    """
-    model = dict(checkpoint.get("hyper_parameters", {}))
-    data = dict(checkpoint.get("datamodule_hyper_parameters", {}))
-    refuse_foreign_class_paths(model, f"checkpoint {path} (model hyper-parameters)")
-    refuse_foreign_class_paths(data, f"checkpoint {path} (data hyper-parameters)")
-    class_names = checkpoint.get("class_names") or model.get("class_names")
-    if not class_names:
-        raise CheckpointError(f"{path} stores no class names; was it trained by classifier?")
-    for section in (model, data):
-        for key in ("class_names", "_instantiator", "_class_path"):
-            section.pop(key, None)
-    _drop_retired(model, data, path)
-    model["pretrained"] = False
-    data["class_names"] = list(class_names)
-    return {"model": model, "data": data}
-
-
-def _drop_retired(model: dict[str, Any], data: dict[str, Any], path: str | Path) -> None:
-    """Leave out (with a warning) options an older checkpoint has that this version retired,
-    so its model and data are still built (``model.top_k`` moved to ``PredictionWriter``)."""
-    import inspect
-    import warnings
-
-    from classifier.data import ImageFolderDataModule
-    from classifier.model import ImageClassifier
-
-    for name, section, cls in (
-        ("model", model, ImageClassifier),
-        ("data", data, ImageFolderDataModule),
-    ):
-        accepted = inspect.signature(cls.__init__).parameters
-        for key in [k for k in section if k not in accepted]:
-            del section[key]
-            warnings.warn(f"{path}: {name}.{key} is no longer an option; ignored", stacklevel=3)
+            buffer = checkpoint[states].pop("temperature", None)
+            if states == "state_dict" and isinstance(buffer, torch.Tensor):
+                checkpoint.setdefault("temperature", float(buffer))
+    checkpoint.setdefault("temperature", 1.0)

@@ -21,34 +21,21 @@ from typing_extensions import override
 
 from classifier.arguments import CKPT_KEYWORDS, checkpoint_layer, resolve_last
 from classifier.argv import subcommand
-from classifier.backbone import BackboneError
 from classifier.calibration import Calibration
 from classifier.checkpoint import CheckpointError, checkpoint_file
-from classifier.checkpoint_io import guard_checkpoint_loads, release_checkpoints
+from classifier.checkpoint_io import guard_checkpoint_loads
 from classifier.console import quiet, version_line
 from classifier.data import ImageFolderDataModule
+from classifier.errors import one_line_errors
 from classifier.evaluation import PerClassReport
 from classifier.files import run_dir, run_of_checkpoint
-from classifier.folder import DataError
-from classifier.model import ImageClassifier, NonFiniteLossError
+from classifier.model import ImageClassifier
 from classifier.plots import wait_for_figures
 from classifier.predict import PredictionWriter
 from classifier.preemption import SIGTERM_EXIT_CODE, PreemptionCheckpoint
 from classifier.report import write_report
-from classifier.safety import UnsafeConfigError, enforce_import_policy, unsafe_error
+from classifier.safety import enforce_import_policy, unsafe_error
 from classifier.tune import TuneError, find
-from classifier.verify import ExportError
-
-#: Errors whose message tells the user what to fix; printed without a traceback.
-USER_ERRORS = (
-    DataError,
-    BackboneError,
-    CheckpointError,
-    UnsafeConfigError,
-    NonFiniteLossError,
-    ExportError,
-    TuneError,
-)
 
 
 class RunConfig(SaveConfigCallback):
@@ -134,6 +121,17 @@ class ClassifierCLI(LightningCLI):
         if not any(isinstance(c, callback) for c in callbacks):
             callbacks.append(callback())
 
+    def _warn_flipping_tta(self) -> None:
+        """Mirrored test-time views of images that training never mirrors may read as other
+        classes (digits, text)."""
+        config = self.config[str(self.subcommand)]
+        if "flip" in config.model.tta and not config.data.hflip:
+            warnings.warn(
+                "tta flips images, but the data is never flipped in training (data.hflip 0): "
+                "mirrored views may read as other classes; --model.tta crops keeps them upright",
+                stacklevel=2,
+            )
+
     def before_validate(self) -> None:
         """Check ``ckpt_path`` before any data is read; write the per-class report."""
         self._check_ckpt_path()
@@ -143,6 +141,7 @@ class ClassifierCLI(LightningCLI):
         """Check ``ckpt_path`` before any data is read; write the per-class report and the
         test's calibration (ECE and NLL before and after the checkpoint's temperature)."""
         self._check_ckpt_path()
+        self._warn_flipping_tta()
         self._ensure(PerClassReport)
         self._ensure(Calibration)
 
@@ -157,9 +156,11 @@ class ClassifierCLI(LightningCLI):
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Link ``data.class_names`` to ``model.class_names``; add ``tune`` and
-        ``test_after_fit``."""
+        """Link ``data.class_names`` to ``model.class_names`` and ``model.model_name`` to
+        ``data.backbone``; add ``tune`` and ``test_after_fit``."""
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        # The data module takes the backbone's pretrained preprocessing by name.
+        parser.link_arguments("model.model_name", "data.backbone")
         parser.add_argument(
             "--tune.batch_size",
             type=bool,
@@ -188,6 +189,7 @@ class ClassifierCLI(LightningCLI):
     def before_predict(self) -> None:
         """Check ``ckpt_path``; make sure predictions are written to a CSV."""
         self._check_ckpt_path()
+        self._warn_flipping_tta()
         self._ensure(PredictionWriter)
 
     def before_fit(self) -> None:
@@ -238,7 +240,6 @@ class ClassifierCLI(LightningCLI):
     def after_fit(self) -> None:
         """Print where the run's files are; optionally test the best checkpoint."""
         trainer = self.trainer
-        release_checkpoints(trainer)  # calibration and export have read best.ckpt
         checkpoint = trainer.checkpoint_callback
         best = getattr(checkpoint, "best_model_path", "") if checkpoint else ""
         config = self.config.get(str(self.subcommand), {})
@@ -296,21 +297,9 @@ def main(args: list[str] | None = None) -> Any:
         )
 
 
-@contextmanager
-def one_line_errors(*extra: type[BaseException]) -> Iterator[None]:
-    """Print a user error (:data:`USER_ERRORS` and ``extra``) as one ``error:`` line and exit
-    with status 1, without a traceback; the console scripts run inside this."""
-    caught: tuple[type[BaseException], ...] = (*USER_ERRORS, *extra)
-    try:
-        yield
-    except caught as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-
-
 def entry() -> None:
-    """Run the command with user errors as one ``error:`` line (status 1) and SIGTERM as
-    status 143 (``SystemExit``); ``classifier.__main__.entry`` ends the process."""
+    """The ``classifier`` command: user errors as one ``error:`` line (status 1), SIGTERM as
+    status 143 (``SystemExit``)."""
     try:
         with one_line_errors():
             main()

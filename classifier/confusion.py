@@ -9,10 +9,10 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+from classifier.contract import classifier_module
+from classifier.figures import draw
 from classifier.files import run_dir, write_csv
-from classifier.model import as_classifier
 from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, epoch_due, log_image
-from classifier.renderer import draw
 
 
 def most_confused(confmat: torch.Tensor, class_names: list[str], top: int) -> list[list[Any]]:
@@ -90,7 +90,7 @@ class ConfusionMatrix(PlottingCallback):
 
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # compute() gathers every rank's counts, so every rank must call it.
-        model = as_classifier(pl_module)
+        model = classifier_module(pl_module)
         metrics = model.stage_metrics("val" if stage == "val" else "test")
         confmat = metrics.confmat.compute().cpu().long()
         if not trainer.is_global_zero:

@@ -7,8 +7,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from typing import NoReturn
+from contextlib import contextmanager
 
 from typing_extensions import override
 
@@ -68,38 +67,3 @@ def quiet(command: str | None) -> Iterator[None]:
             yield
     finally:
         logger.removeFilter(tips)
-
-
-def exit_now(code: int) -> NoReturn:
-    """End the process with ``code`` as soon as its work is done.
-
-    What a normal exit does for the user runs first: ``threading``'s shutdown (thread pools
-    finish their queued work, threads that are not daemons are joined), the ``atexit`` handlers
-    (loggers such as WandB finish there; DataLoader worker processes are stopped) and the
-    flushing of Python's and C's output buffers. What is skipped is the interpreter's own
-    teardown, which frees every object of torch, timm, Lightning and their C++ extensions one by
-    one: 1.5-2 s on 2 CPU cores, after every file is written. ``CLASSIFIER_DEBUG=1`` keeps the
-    normal exit.
-    """
-    import atexit
-    import ctypes
-    import sys
-    import threading
-    import traceback
-
-    if (
-        os.environ.get("CLASSIFIER_DEBUG")
-        or threading.current_thread() is not threading.main_thread()
-    ):
-        sys.exit(code)
-    try:
-        threading._shutdown()  # type: ignore[attr-defined]  # what a normal exit calls first
-    except Exception:  # as Python's own exit does: report it and go on
-        traceback.print_exc()
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-        with suppress(OSError, ValueError, AttributeError):  # closed, or a broken pipe
-            stream.flush()  # type: ignore[union-attr]
-    with suppress(OSError, AttributeError, TypeError):
-        ctypes.CDLL(None).fflush(None)  # output C code wrote through stdio
-    os._exit(code)

@@ -26,8 +26,6 @@ from classifier.loaders import LoaderDataModule
 from classifier.sampler import EpochSampler
 from classifier.scan import scan_files
 from classifier.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     AutoAugment,
     Interpolation,
     Preprocessing,
@@ -84,6 +82,9 @@ class ImageFolderDataModule(LoaderDataModule):
         seed: seed of the training order and of each image's augmentation (epoch ``e`` draws
             with ``seed`` and ``e``); ``None`` takes the run's ``seed_everything`` (``0`` when
             used from Python without one).
+        backbone: the timm model name whose pretrained preprocessing fills ``crop_pct``,
+            ``interpolation``, ``mean`` and ``std`` when they are ``None`` (the command line
+            links it from ``model.model_name``; from Python, pass the model's name).
     """
 
     def __init__(
@@ -113,6 +114,7 @@ class ImageFolderDataModule(LoaderDataModule):
         on_leakage: Literal["warn", "error"] = "warn",
         val_fraction: float = 0.0,
         seed: int | None = None,
+        backbone: str | None = None,
     ) -> None:
         super().__init__()
         if not -1 <= duplicate_bits < 64:
@@ -141,6 +143,8 @@ class ImageFolderDataModule(LoaderDataModule):
         self._rng_states: dict[str, Any] | None = None
         #: Failures of each split's dataset already reported by :meth:`new_failures`.
         self._reported_failures: dict[str, int] = {}
+        #: ``train`` with the evaluation transform (:meth:`eval_dataset`).
+        self._train_as_evaluated: ImageDataset | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -171,23 +175,22 @@ class ImageFolderDataModule(LoaderDataModule):
             )
         return root
 
-    def resolve_preprocessing(self, backbone: dict[str, Any] | None = None) -> Preprocessing:
+    def resolve_preprocessing(self) -> Preprocessing:
         """Evaluation preprocessing from the arguments, else the backbone's pretrained config."""
-        backbone = backbone or {}
         hp = self.hparams
-        return Preprocessing.from_crop_pct(
-            image_size=hp["image_size"],
-            crop_pct=hp["crop_pct"] or backbone.get("crop_pct", 0.875),
-            interpolation=hp["interpolation"] or backbone.get("interpolation", "bilinear"),
-            mean=hp["mean"] or backbone.get("mean", IMAGENET_MEAN),
-            std=hp["std"] or backbone.get("std", IMAGENET_STD),
+        return Preprocessing.for_backbone(
+            hp["backbone"],
+            hp["image_size"],
+            hp["crop_pct"],
+            hp["interpolation"],
+            hp["mean"],
+            hp["std"],
         )
 
     @override
     def setup(self, stage: str) -> None:
         """Read the splits the stage needs, pre-scan them and build the datasets."""
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        self.preprocessing = self.resolve_preprocessing(getattr(module, "backbone_config", None))
+        self.preprocessing = self.resolve_preprocessing()
         self._check_class_names()
         wanted: dict[str, list[Stage]] = {
             "fit": ["train", "val"],
@@ -324,16 +327,14 @@ class ImageFolderDataModule(LoaderDataModule):
             self.datasets[name] = ImageDataset(
                 split.paths, split.labels, transform, substitute=name == "train"
             )
+            if name == "train":
+                self._train_as_evaluated = None
 
-    def new_failures(self, name: str) -> int:
-        """Files of split ``name`` that failed to load since the last call (this process)."""
-        dataset = self.datasets.get(name)
-        if dataset is None:
-            return 0
-        total = dataset.failures
-        new = total - self._reported_failures.get(name, 0)
-        self._reported_failures[name] = total
-        return new
+    def files(self, split: str) -> tuple[list[Path], list[int]] | None:
+        """The files of ``split`` and their labels (-1: unknown), after exclusions; read and
+        scanned on first use; ``None`` when the split has no folder."""
+        found = self.split(split)  # type: ignore[arg-type]
+        return None if found is None else (found.paths, found.labels)
 
     def class_counts(self, split: str = "train") -> list[int]:
         """Images per class in ``split`` (after exclusions)."""
@@ -341,6 +342,25 @@ class ImageFolderDataModule(LoaderDataModule):
             torch.tensor(self.splits[split].labels, dtype=torch.long), minlength=self.num_classes
         )
         return [int(c) for c in counts]
+
+    def eval_image(self, split: str, index: int) -> torch.Tensor:
+        """Image ``index`` of ``split`` resized and cropped as evaluation sees it (``uint8``
+        ``3xHxW``; a file that cannot be read any more is a blank image)."""
+        return self.eval_dataset(split)[index][0]
+
+    @override
+    def eval_dataset(self, split: str) -> ImageDataset:
+        """``split`` with the evaluation transform (the training split's own augments)."""
+        dataset = self.datasets[split]
+        if not dataset.substitute:
+            return dataset
+        if self._train_as_evaluated is None:
+            assert self.preprocessing is not None
+            train = self.splits["train"]
+            self._train_as_evaluated = ImageDataset(
+                train.paths, train.labels, eval_transform(self.preprocessing)
+            )
+        return self._train_as_evaluated
 
     def loss_weights(self) -> torch.Tensor | None:
         """Per-class loss weights from ``class_weights``, or ``None`` for uniform."""

@@ -10,9 +10,10 @@ from typing import Any
 import lightning.pytorch as pl
 from typing_extensions import override
 
+from classifier.contract import image_data
+from classifier.figures import draw
 from classifier.files import run_dir, write_json
 from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image
-from classifier.renderer import draw
 
 SPLITS = ("train", "val", "test")
 
@@ -52,18 +53,16 @@ class DatasetStatistics(PlottingCallback):
         super().on_fit_start(trainer, pl_module)
         if not trainer.is_global_zero:
             return
-        dm = trainer.datamodule  # type: ignore[attr-defined]
-        if dm is None or not hasattr(dm, "split"):
-            raise TypeError("DatasetStatistics needs classifier's ImageFolderDataModule.")
-        names: list[str] = dm.class_names
+        data = image_data(trainer)
+        names = data.class_names
         folder = run_dir(trainer)
         counts: dict[str, list[int]] = {}
         for name in SPLITS:
-            split = dm.split(name)
-            if split is None:
+            if data.files(name) is None:
                 continue
-            counts[name] = dm.class_counts(name)
-            self.stats[name] = split_statistics(counts[name], names, len(dm.excluded.get(name, {})))
+            counts[name] = data.class_counts(name)
+            excluded = len(data.excluded.get(name, {}))
+            self.stats[name] = split_statistics(counts[name], names, excluded)
         write_json(folder / "dataset_stats.json", self.stats)
         self._print(names)
         if self.plots:

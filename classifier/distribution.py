@@ -8,9 +8,10 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+from classifier.contract import image_data
+from classifier.figures import draw as render
 from classifier.files import run_dir, safe_name, write_json
 from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, last_epoch, log_image
-from classifier.renderer import draw as render
 
 
 def gather_drawn(drawn: torch.Tensor) -> torch.Tensor:
@@ -44,23 +45,19 @@ class SamplerDistribution(PlottingCallback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Gather the epoch's draw (every rank) and report it (rank 0)."""
-        dm = trainer.datamodule  # type: ignore[attr-defined]
-        sampler = getattr(dm, "train_sampler", None)
-        if sampler is None or not hasattr(sampler, "drawn"):
-            raise TypeError(
-                "SamplerDistribution needs classifier's ImageFolderDataModule sampler; "
-                "is use_distributed_sampler: false set for the trainer?"
-            )
+        data = image_data(trainer)
         device = (
             pl_module.device
             if trainer.world_size > 1 and pl_module.device.type == "cuda"
             else "cpu"
         )
-        drawn = gather_drawn(sampler.trained.to(device)).cpu()
+        drawn = gather_drawn(data.drawn().to(device)).cpu()
         if not trainer.is_global_zero:
             return
-        names: list[str] = dm.class_names
-        labels = torch.tensor(dm.splits["train"].labels)
+        names = data.class_names
+        train = data.files("train")
+        assert train is not None, "fit has a train/ split"
+        labels = torch.tensor(train[1])
         baseline = torch.bincount(labels, minlength=len(names)).double()
         effective = torch.bincount(labels[drawn], minlength=len(names)).double()
         record = {

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -13,6 +11,7 @@ from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 from typing_extensions import override
 
+from classifier.contract import classifier_module
 from classifier.datasets import UNREADABLE
 from classifier.files import run_dir
 from classifier.metrics import (
@@ -49,7 +48,7 @@ class StageMetrics(nn.Module):
         self.calibration = CalibrationBins(BINS, UNREADABLE)
 
     def update(
-        self, logits: torch.Tensor, labels: torch.Tensor, temperature: torch.Tensor | None = None
+        self, logits: torch.Tensor, labels: torch.Tensor, temperature: float | None = None
     ) -> torch.Tensor:
         """Add a batch; return its per-image cross-entropy (0 for unreadable files).
 
@@ -122,7 +121,7 @@ class PerClassReport(Callback):
 
     @staticmethod
     def _write(trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        module: Any = pl_module
+        module = classifier_module(pl_module)
         metrics = module.stage_metrics(stage)
         confmat = metrics.confmat.compute()  # every rank takes part
         auroc = metrics.auroc.compute()

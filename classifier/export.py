@@ -25,8 +25,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
+from classifier.contract import classifier_module, optional_image_data
 from classifier.files import atomic_write_bytes, run_dir, run_of_checkpoint, write_json
-from classifier.model import as_classifier
 from classifier.transforms import Preprocessing
 from classifier.verify import ExportError, spread, verify_onnx
 
@@ -236,7 +236,7 @@ class OnnxExport(Callback):
         if not trainer.is_global_zero or trainer.interrupted:
             return
         folder = run_dir(trainer)
-        model = as_classifier(pl_module)
+        model = classifier_module(pl_module)
         # (name, network, temperature, whether the network was made for the export)
         targets: list[tuple[str, nn.Module, float, bool]] = []
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
@@ -246,9 +246,9 @@ class OnnxExport(Callback):
             else:
                 warnings.warn("no best checkpoint; exporting the final weights", stacklevel=2)
         if self.export in ("final", "all") or not targets:
-            targets.append(("final", model.model, float(model.temperature), False))
-        datamodule = trainer.datamodule  # type: ignore[attr-defined]
-        val = datamodule.splits.get("val") if datamodule is not None else None
+            targets.append(("final", model.model, model.temperature, False))
+        data = optional_image_data(trainer)
+        val = data.files("val") if data is not None else None
         if model.preprocessing is None:
             raise ExportError("the model has no preprocessing; was it set up by a data module?")
         for name, net, temperature, owned in targets:
@@ -259,7 +259,7 @@ class OnnxExport(Callback):
                 model.class_names,
                 model.preprocessing,
                 self.options,
-                (val.paths, val.labels) if val is not None else None,
+                val,
                 temperature,
                 owned,
             )
@@ -269,12 +269,13 @@ class OnnxExport(Callback):
 def _load_weights(
     trainer: pl.Trainer, pl_module: pl.LightningModule, ckpt_path: str
 ) -> tuple[nn.Module, float]:
-    """A copy of the network with the weights of ``ckpt_path`` (as this run saved it: from
-    memory while it is the newest), and its temperature."""
-    from classifier.checkpoint_io import read_back
+    """A copy of the network with the weights of ``ckpt_path`` (once this run's writes are on
+    disk), and its temperature."""
+    from classifier.checkpoint_io import read_checkpoint
 
-    state = read_back(trainer, ckpt_path)["state_dict"]
-    return as_classifier(pl_module).network_copy(state), float(state["temperature"])
+    checkpoint = read_checkpoint(trainer, ckpt_path)
+    network = classifier_module(pl_module).network_copy(checkpoint["state_dict"])
+    return network, float(checkpoint["temperature"])
 
 
 def export_checkpoint(
@@ -305,7 +306,8 @@ def export_checkpoint(
         min_agreement: smallest allowed fraction of images with the same top-1 class.
         overwrite: replace an existing ONNX file at the output path.
     """
-    from classifier.checkpoint import checkpoint_config, load_checkpoint
+    from classifier.arguments import checkpoint_config
+    from classifier.checkpoint import load_checkpoint
     from classifier.folder import read_unlabelled
     from classifier.model import ImageClassifier
 
@@ -332,7 +334,7 @@ def export_checkpoint(
         pre,
         options,
         (split.paths, split.labels) if split is not None else None,
-        float(checkpoint["state_dict"]["temperature"]),
+        float(checkpoint["temperature"]),
         owned=True,  # a model built for this export
     )
     print(f"Exported {path}: {report}")
@@ -360,7 +362,7 @@ def main(args: list[str] | None = None) -> None:
     from jsonargparse import auto_cli
     from PIL import Image
 
-    from classifier.cli import one_line_errors
+    from classifier.errors import one_line_errors
     from classifier.safety import enforce_import_policy
 
     enforce_import_policy()

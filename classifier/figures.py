@@ -1,9 +1,8 @@
 """The matplotlib figures: plain data (NumPy arrays, lists, strings) in, a PNG file out.
 
-This module imports neither torch nor Lightning, so the figure renderer process
-(:mod:`classifier.renderer`) draws with it on another core while training goes on. Figures use
-matplotlib's object-oriented API on the Agg canvas, never ``pyplot``'s global state. Each
-drawing in :data:`DRAWINGS` returns a figure; :func:`draw` writes it.
+They are drawn on the figure thread (:mod:`classifier.plots`), so they use matplotlib's
+object-oriented API on the Agg canvas, never ``pyplot``'s global state. Each drawing in
+:data:`DRAWINGS` returns a figure; :func:`draw` writes it.
 """
 
 from __future__ import annotations
@@ -150,7 +149,7 @@ def lr_finder(lrs: Sequence[float], losses: Sequence[float], suggestion: float |
     return figure
 
 
-#: Every figure by name: what a renderer request may ask for.
+#: Every figure by name.
 DRAWINGS: dict[str, Callable[..., Any]] = {
     "bar_chart": bar_chart,
     "heatmap": heatmap,

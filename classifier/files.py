@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-if TYPE_CHECKING:  # torch-free at run time: the figure renderer and classifier-predict use it
+if TYPE_CHECKING:  # torch-free at run time: classifier-predict uses it
     import lightning.pytorch as pl
 
 

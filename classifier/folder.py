@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from classifier.decode import is_image_file
+from classifier.errors import UserError
 
 #: Folder names that are never classes (tool and OS droppings).
 IGNORED_DIRS = frozenset({"__MACOSX", "__pycache__", "@eaDir", "$RECYCLE.BIN"})
@@ -23,7 +24,7 @@ MAX_FOLDERS = 200_000
 FileId = tuple[int, int]
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A problem with the image folder that the user must fix; the message says how."""
 
 

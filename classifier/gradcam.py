@@ -23,10 +23,10 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from typing_extensions import override
 
+from classifier.contract import classifier_module, image_data
 from classifier.evaluation import hardness
 from classifier.files import run_dir
 from classifier.grids import save_png
-from classifier.model import as_classifier
 from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image
 
 
@@ -209,17 +209,18 @@ class GradCam(PlottingCallback):
         rows = rows[rows[:, 0].argsort(descending=True)][: self.num_images]
         if not len(rows):
             return
-        model = as_classifier(pl_module)
+        model = classifier_module(pl_module)
         assert model.preprocessing is not None
-        dataset = getattr(trainer, "datamodule").datasets[stage]  # noqa: B009 (set at runtime)
-        pictures = torch.stack([dataset[int(i)][0] for i in rows[:, 1]])
+        data = image_data(trainer)
+        pictures = torch.stack([data.eval_image(stage, int(i)) for i in rows[:, 1]])
         mean, std = model.preprocessing.mean_std(model.device)
         images = (pictures.to(model.device).float() / 255 - mean) / std
         predicted, true = rows[:, 2].long(), rows[:, 3].long()
-        was_training = model.training
-        model.eval()
-        maps = [grad_cam(model.model, images, c.to(model.device)).cpu() for c in (predicted, true)]
-        model.train(was_training)
+        net = model.model
+        was_training = net.training
+        net.eval()
+        maps = [grad_cam(net, images, c.to(model.device)).cpu() for c in (predicted, true)]
+        net.train(was_training)
         names = [
             (model.class_names[int(p)], model.class_names[int(t)])
             for p, t in zip(predicted, true, strict=True)

@@ -9,10 +9,10 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+from classifier.contract import classifier_module
+from classifier.figures import draw
 from classifier.files import run_dir, write_csv
-from classifier.model import as_classifier
 from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image
-from classifier.renderer import draw
 
 COLUMNS = (
     "epoch",
@@ -86,7 +86,7 @@ class TrainingHistory(PlottingCallback):
         train_loss = (
             float(self._loss_sum) / self._steps if self._loss_sum is not None else float("nan")
         )
-        top1 = as_classifier(pl_module).train_top1
+        top1 = classifier_module(pl_module).train_top1
         train_top1 = float(top1.compute()) if top1.update_count else float("nan")
         row = {
             "epoch": trainer.current_epoch,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from classifier.files import write_csv
-from classifier.folder import Split
+from classifier.folder import Split, Visited
 from classifier.health import ImageRecord, duplicate_groups
 
 
@@ -95,12 +95,18 @@ def saved(train: Split, names: Sequence[str]) -> set[int]:
 def carve(train: Split, held: set[int]) -> tuple[Split, Split]:
     """``train`` without the ``held`` indices, and a ``val`` split of them (same root)."""
     keep = [i for i in range(len(train.paths)) if i not in held]
-    rest = Split("train", train.root, visited=train.visited)
-    rest.paths, rest.labels = [train.paths[i] for i in keep], [train.labels[i] for i in keep]
-    val = Split("val", train.root, visited=train.visited)
-    order = sorted(held)
-    val.paths, val.labels = [train.paths[i] for i in order], [train.labels[i] for i in order]
-    return rest, val
+    return _part(train, "train", keep), _part(train, "val", sorted(held))
+
+
+def _part(train: Split, name: str, indices: list[int]) -> Split:
+    """The ``indices`` of ``train`` as split ``name``, with only their own files in its walk
+    record (two parts never look like one file reached from two splits)."""
+    paths = {train.paths[i] for i in indices}
+    files = {key: path for key, path in train.visited.files.items() if path in paths}
+    visited = Visited(folders=train.visited.folders, files=files, repeats=train.visited.repeats)
+    part = Split(name, train.root, visited=visited)
+    part.paths, part.labels = [train.paths[i] for i in indices], [train.labels[i] for i in indices]
+    return part
 
 
 def relative(path: Path, root: Path) -> str:

@@ -30,6 +30,7 @@ class LoaderDataModule(pl.LightningDataModule):
     train_sampler: EpochSampler | None
     _rng_states: dict[str, Any] | None
     _mean_std: tuple[torch.Tensor, torch.Tensor] | None
+    _reported_failures: dict[str, int]
 
     @property
     def num_classes(self) -> int:
@@ -118,6 +119,32 @@ class LoaderDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader[Any]:
         """In file order, each image on exactly one process."""
         return self._eval_loader("predict")
+
+    def eval_loader(self, split: str) -> DataLoader[Any]:
+        """Every image of ``split`` on this process (unsharded), as evaluation sees it."""
+        kwargs = self._loader_kwargs(split, self.eval_batch_size)
+        kwargs.update(dataset=self.eval_dataset(split), persistent_workers=False)
+        return DataLoader(**kwargs)
+
+    def eval_dataset(self, split: str) -> ImageDataset:
+        """``split`` with the evaluation transform (the subclass builds them)."""
+        raise NotImplementedError
+
+    def drawn(self) -> torch.Tensor:
+        """The training images this process trained on this epoch (indices into ``train``)."""
+        if self.train_sampler is None:
+            return torch.empty(0, dtype=torch.long)
+        return self.train_sampler.trained
+
+    def new_failures(self, name: str) -> int:
+        """Files of split ``name`` that failed to load since the last call (this process)."""
+        dataset = self.datasets.get(name)
+        if dataset is None:
+            return 0
+        total = dataset.failures
+        new = total - self._reported_failures.get(name, 0)
+        self._reported_failures[name] = total
+        return new
 
     @override
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -11,6 +11,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from typing_extensions import override
 
 from classifier.backbone import Runner, create_backbone
+from classifier.contract import optional_image_data
+from classifier.errors import UserError
 from classifier.evaluation import StageMetrics, warn_unreadable
 from classifier.losses import cross_entropy, mixed_cross_entropy
 from classifier.metrics import summary_metrics
@@ -35,7 +37,7 @@ def _mixup(mixup: float, cutmix: float, num_classes: int) -> Any:
     )
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or infinite; the run stops before saving bad weights."""
 
 
@@ -83,7 +85,6 @@ class ImageClassifier(pl.LightningModule):
     """
 
     class_weights: torch.Tensor
-    temperature: torch.Tensor
     _finite: torch.Tensor
     _loss_window: torch.Tensor
     model: torch.nn.Module
@@ -121,15 +122,12 @@ class ImageClassifier(pl.LightningModule):
         self.model = create_backbone(
             model_name, self.num_classes, pretrained, drop_rate, drop_path_rate
         )
-        import timm.data
-
-        #: The backbone's pretrained preprocessing (mean, std, crop_pct, interpolation).
-        self.backbone_config: dict[str, Any] = timm.data.resolve_model_data_config(self.model)
         #: Set from the data at setup and stored in checkpoints.
         self.preprocessing: Preprocessing | None = None
         self.register_buffer("class_weights", torch.ones(self.num_classes), persistent=False)
-        #: Probabilities are ``softmax(logits / temperature)``; fitted by ``Calibration``.
-        self.register_buffer("temperature", torch.ones(()))
+        #: Probabilities are ``softmax(logits / temperature)``; fitted by ``Calibration`` and
+        #: saved in checkpoints (a number, not a buffer: averaging the weights never touches it).
+        self.temperature = 1.0
         self.use_class_weights = False
         #: Runs the network, compiled once ``compile`` asks for it.
         self._runner = Runner()
@@ -167,25 +165,16 @@ class ImageClassifier(pl.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
-        """Take the preprocessing and the loss weights from the data module."""
+        """Take the preprocessing and the loss weights from the data (:class:`ImageData`)."""
         if stage == "fit" and self.hparams["compile"]:
             self._runner.compile(self.model)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None:
+        data = optional_image_data(self.trainer)
+        if data is None:
             return
-        if getattr(datamodule, "preprocessing", None) is not None:
-            self.preprocessing = datamodule.preprocessing
-        flips = getattr(datamodule, "hparams", {}).get("hflip", 0.5)
-        if stage in ("test", "predict") and "flip" in self.hparams.get("tta", "none") and not flips:
-            import warnings
-
-            warnings.warn(
-                "tta flips images, but the data is never flipped in training (data.hflip 0): "
-                "mirrored views may read as other classes; --model.tta crops keeps them upright",
-                stacklevel=2,
-            )
-        if stage == "fit" and hasattr(datamodule, "loss_weights"):
-            weights = datamodule.loss_weights()
+        if data.preprocessing is not None:
+            self.preprocessing = data.preprocessing
+        if stage == "fit":
+            weights = data.loss_weights()
             self.use_class_weights = weights is not None
             if weights is not None:
                 self.class_weights.copy_(weights)
@@ -344,12 +333,11 @@ class ImageClassifier(pl.LightningModule):
         }
 
     def _stepping_batches(self) -> tuple[int, int]:
-        datasets = getattr(self.trainer.datamodule, "datasets", {})  # type: ignore[attr-defined]
-        if "train" not in datasets:  # another data module: let Lightning count
+        data = optional_image_data(self.trainer)
+        if data is None:  # another data module: let Lightning count
             total = max(1, int(self.trainer.estimated_stepping_batches))
             return max(1, total // max(1, self.trainer.max_epochs or 1)), total
-        dm = self.trainer.datamodule  # type: ignore[attr-defined]
-        return stepping_batches(self.trainer, dm.train_batches_per_epoch())
+        return stepping_batches(self.trainer, data.train_batches_per_epoch())
 
     @override
     @classmethod
@@ -384,6 +372,7 @@ class ImageClassifier(pl.LightningModule):
         if self.trainer.training:
             self.check_finite()  # never write NaN weights over a good checkpoint
         checkpoint["class_names"] = self.class_names
+        checkpoint["temperature"] = self.temperature
         if self.preprocessing is not None:
             checkpoint["preprocessing"] = self.preprocessing.to_dict()
 
@@ -394,21 +383,15 @@ class ImageClassifier(pl.LightningModule):
         from classifier.checkpoint import upgrade
 
         upgrade(checkpoint)
+        self.temperature = float(checkpoint.get("temperature", 1.0))
         if "preprocessing" in checkpoint:
             self.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])
 
     @override
     def on_train_epoch_end(self) -> None:
         """Report training images that failed to load this epoch (``train/unreadable``)."""
-        datamodule: Any = getattr(self.trainer, "datamodule", None)
-        local = datamodule.new_failures("train") if hasattr(datamodule, "new_failures") else 0
+        data = optional_image_data(self.trainer)
+        local = data.new_failures("train") if data is not None else 0
         # On the module's device: NCCL (GPU DDP) has no CPU tensors.
         total = torch.tensor(local, device=self.device)
         self._log_unreadable("train", int(self.trainer.strategy.reduce(total, reduce_op="sum")))
-
-
-def as_classifier(module: pl.LightningModule) -> ImageClassifier:
-    """``module`` typed as :class:`ImageClassifier`; callbacks need its attributes."""
-    if not isinstance(module, ImageClassifier):
-        raise TypeError(f"this callback needs classifier.ImageClassifier, got {type(module)}")
-    return module

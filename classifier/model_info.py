@@ -11,8 +11,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from classifier.contract import classifier_module
 from classifier.files import run_dir, write_json
-from classifier.model import as_classifier
 
 
 def count_macs(net: torch.nn.Module, image_size: int, device: torch.device) -> float | None:
@@ -90,7 +90,7 @@ class ModelInfo(Callback):
         """Measure on rank 0 and write the files."""
         if not trainer.is_global_zero:
             return
-        model = as_classifier(pl_module)
+        model = classifier_module(pl_module)
         net, pre = model.model, model.preprocessing
         assert pre is not None, "preprocessing is set by the data module's setup"
         size = pre.image_size

@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from classifier.decode import decode_pil
+from classifier.errors import UserError
 from classifier.folder import DataError, read_unlabelled
 
 _RESAMPLING = {"bilinear": 2, "bicubic": 3, "nearest": 0}  # PIL.Image.Resampling values
 
 
-class PredictError(Exception):
+class PredictError(UserError):
     """A problem the user can fix (missing folder, not a classifier export)."""
 
 

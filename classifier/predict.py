@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from classifier.contract import classifier_module, image_data
 from classifier.datasets import UNREADABLE
 from classifier.dist import gather_objects
 from classifier.files import run_dir, write_csv
@@ -64,9 +65,10 @@ class PredictionWriter(Callback):
         rows = sorted(r for part in gather_objects(self._rows) for r in part)
         if not trainer.is_global_zero:
             return
-        names: list[str] = list(pl_module.class_names)  # type: ignore[arg-type]
-        split = trainer.datamodule.splits["predict"]  # type: ignore[attr-defined]
-        paths, truth = split.paths, split.labels
+        names = classifier_module(pl_module).class_names
+        found = image_data(trainer).files("predict")
+        assert found is not None, "predict reads --data.predict_dir"
+        paths, truth = found
         k = min(self.top_k, len(names))
         has_truth = any(label >= 0 for label in truth)
         header = ["path", "predicted", "confidence"] + (["true"] if has_truth else [])

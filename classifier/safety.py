@@ -22,6 +22,8 @@ import os
 import re
 from typing import Any
 
+from classifier.errors import UserError
+
 #: What a config may name: the trainer's pluggable parts and classifier's public classes.
 #: Not whole packages: ``lightning`` and ``pytorch_lightning`` also hold functions that load
 #: pickles or run files, and a value may name a function wherever a ``Callable`` is accepted.
@@ -40,7 +42,7 @@ _DENIED = re.compile(r"(?:Importing|command line names) '([^']+)'(?: is not allo
 _granted: set[str] = set()
 
 
-class UnsafeConfigError(ValueError):
+class UnsafeConfigError(UserError, ValueError):
     """A config, argument or checkpoint names an import path outside the allow-list."""
 
 

@@ -10,11 +10,11 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+from classifier.contract import ImageData, classifier_module, image_data
 from classifier.dist import gather_objects
 from classifier.evaluation import hardness
 from classifier.files import run_dir
 from classifier.grids import as_uint8, picture_grid, save_png
-from classifier.model import as_classifier
 from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, epoch_due, log_image, submit_figure
 from classifier.transforms import denormalize
 
@@ -73,7 +73,7 @@ class SampleGrids(PlottingCallback):
             return
         self._train_done = True
         images, labels, _ = batch
-        model = as_classifier(pl_module)
+        model = classifier_module(pl_module)
         assert model.preprocessing is not None
         shown = denormalize(images[: self.num_images].detach(), model.preprocessing).cpu()
         names = model.class_names
@@ -133,15 +133,15 @@ class SampleGrids(PlottingCallback):
         rows = rows[rows[:, 0].argsort(descending=True)][: self.num_images]
         epoch = trainer.current_epoch + 1
         if len(rows):
-            dataset = trainer.datamodule.datasets["val"]  # type: ignore[attr-defined]
-            names, step = as_classifier(pl_module).class_names, trainer.global_step
-            draw = partial(self._draw, trainer, dataset, names, rows, epoch, step)
+            data = image_data(trainer)
+            names, step = classifier_module(pl_module).class_names, trainer.global_step
+            draw = partial(self._draw, trainer, data, names, rows, epoch, step)
             self.draws.request(trainer, "val_predictions", draw)
 
     @staticmethod
     def _draw(
         trainer: pl.Trainer,
-        dataset: Any,
+        data: ImageData,
         names: list[str],
         rows: torch.Tensor,
         epoch: int,
@@ -150,8 +150,7 @@ class SampleGrids(PlottingCallback):
         """Re-read the chosen validation images and draw the gallery (figure thread)."""
         images, captions, colours = [], [], []
         for _, index, label, pred, conf in rows.tolist():
-            image, _, _ = dataset[int(index)]
-            images.append(image)
+            images.append(data.eval_image("val", int(index)))
             captions.append(
                 f"true: {names[int(label)]}\npred: {names[int(pred)]}\nconfidence {conf:.2f}"
             )

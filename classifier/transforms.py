@@ -62,6 +62,35 @@ class Preprocessing:
             std=(float(std[0]), float(std[1]), float(std[2])),
         )
 
+    @classmethod
+    def for_backbone(
+        cls,
+        backbone: str | None,
+        image_size: int,
+        crop_pct: float | None = None,
+        interpolation: str | None = None,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+    ) -> Preprocessing:
+        """The given settings; those left ``None`` from timm's pretrained config of the
+        ``backbone`` model name (what ``timm.data.resolve_model_data_config`` gives its model,
+        read without building it), else 0.875, bilinear and ImageNet's statistics."""
+        defaults: dict[str, Any] = {}
+        if backbone:
+            import timm.data
+            from timm.models import get_pretrained_cfg
+
+            found = get_pretrained_cfg(backbone)
+            if found is not None:
+                defaults = timm.data.resolve_data_config(pretrained_cfg=found.to_dict())
+        return cls.from_crop_pct(
+            image_size=image_size,
+            crop_pct=crop_pct or defaults.get("crop_pct", 0.875),
+            interpolation=interpolation or defaults.get("interpolation", "bilinear"),
+            mean=mean or defaults.get("mean", IMAGENET_MEAN),
+            std=std or defaults.get("std", IMAGENET_STD),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, also describing the network input."""
         return {

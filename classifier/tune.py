@@ -16,10 +16,11 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.tuner.tuning import Tuner
 
-from classifier.renderer import draw
+from classifier.errors import UserError
+from classifier.figures import draw
 
 
-class TuneError(ValueError):
+class TuneError(UserError, ValueError):
     """The finders cannot run with these settings; the message says what to change."""
 
 

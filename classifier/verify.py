@@ -9,11 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from classifier.errors import UserError
 from classifier.images import load_rgb
 from classifier.transforms import Preprocessing, eval_transform, normalize
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """An export failed or does not reproduce the PyTorch model."""
 
 

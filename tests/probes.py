@@ -151,3 +151,15 @@ class RunFiles(Callback):
         folder = run_dir(trainer)
         files = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
         self.at_epoch_start[trainer.current_epoch] = files
+
+
+class LeaveOpen(Callback):
+    """Write to a file at the end of fit and never close it (a careless user callback)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.handle: Any = None
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.handle = open(self.path, "w")  # noqa: SIM115 (left open on purpose)
+        self.handle.write("written at fit end")

@@ -329,26 +329,22 @@ def test_report_renders_in_a_browser(full_run: dict[str, Any], tmp_path: Path) -
     assert (pixels < 100).mean() > 0.01  # dark ink (text, plot lines) is drawn
 
 
-def test_calibration_is_fitted_stored_and_carried_into_the_export(
+def test_too_few_validation_errors_leave_the_temperature_at_one_and_say_so(
     full_run: dict[str, Any],
 ) -> None:
+    """18 validation images, none wrong: nothing to fit a temperature on. T stays 1 in
+    best.ckpt and the export, the report says why (a fitted T reaching every consumer is
+    tested in test_calibration.py)."""
     import onnxruntime as ort
 
     run = full_run["run"]
     report = json.loads((run / "calibration.json").read_text())
-    temperature = report["temperature"]
-    assert temperature > 0 and set(report["val"]) == set(report["test"]) == {"before", "after"}
-    # 18 validation images, none wrong: too few to fit on, so T stays 1 and the report says so.
-    assert temperature == 1.0 and report["note"].startswith("not calibrated")
+    assert set(report["val"]) == set(report["test"]) == {"before", "after"}
+    assert report["temperature"] == 1.0 and report["note"].startswith("not calibrated")
     best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
-    assert float(best["state_dict"]["temperature"]) == pytest.approx(temperature, rel=1e-5)
+    assert best["temperature"] == 1.0
     session = ort.InferenceSession(str(run / "model_best.onnx"), providers=["CPUExecutionProvider"])
-    meta = session.get_modelmeta().custom_metadata_map
-    assert float(meta["temperature"]) == pytest.approx(temperature, rel=1e-5)
-    x = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
-    logits, probabilities = session.run(["logits", "probabilities"], {"images": x})
-    expected = torch.from_numpy(logits).double().div(float(meta["temperature"])).softmax(1)
-    assert np.allclose(probabilities, expected.numpy(), atol=1e-5)
+    assert float(session.get_modelmeta().custom_metadata_map["temperature"]) == 1.0
     assert (run / "calibration_val.png").is_file() and (run / "calibration_test.png").is_file()
 
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from classifier.checkpoint import CheckpointError, config_from_checkpoint
+from classifier.arguments import config_from_checkpoint
+from classifier.checkpoint import CheckpointError
 from classifier.model import NonFiniteLossError
 from classifier.safety import UnsafeConfigError
 from tests.conftest import CONF, classifier_process, run_cli, tiny

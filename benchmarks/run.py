@@ -50,8 +50,8 @@ def bench_pipeline(data: Path) -> dict[str, float]:
     from torchvision import datasets
     from torchvision.transforms import v2
 
-    from classifier.datasets import ImageDataset
-    from classifier.folder import read_split
+    from classifier.image_dataset import ImageDataset
+    from classifier.splits import read_split
     from classifier.transforms import Preprocessing, normalize, train_transform
 
     pre = Preprocessing.from_crop_pct(
@@ -188,7 +188,7 @@ def bench_auroc() -> dict[str, float]:
     with and without the AUROC, and torchmetrics' per-class loop for the same AUROC."""
     from torchmetrics.classification import MulticlassAUROC
 
-    from classifier.evaluation import StageMetrics
+    from classifier.stage_metrics import StageMetrics
 
     classes, images, batch = 1000, 5000, 250
     generator = torch.Generator().manual_seed(0)

@@ -184,7 +184,7 @@ def _drop_retired(model: dict[str, Any], data: dict[str, Any], path: str | Path)
     import inspect
     import warnings
 
-    from classifier.data import ImageFolderDataModule
+    from classifier.datamodule import ImageFolderDataModule
     from classifier.model import ImageClassifier
 
     for name, section, cls in (

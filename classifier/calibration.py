@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from typing_extensions import override
 
+from classifier.charts import draw as render
 from classifier.contract import classifier_module, image_data
-from classifier.figures import draw as render
+from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, log_image
 from classifier.files import read_json, run_dir, write_json
 from classifier.metrics import BINS, CalibrationBins
-from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image
 
 
 def expected_calibration_error(
@@ -98,7 +98,7 @@ class Calibration(PlottingCallback):
     temperature at 1 with a warning.
 
     Args:
-        plot_time_share: see :class:`~classifier.plots.PlottingCallback`.
+        plot_time_share: see :class:`~classifier.figure_thread.PlottingCallback`.
     """
 
     def __init__(self, plot_time_share: float = PLOT_TIME_SHARE) -> None:

@@ -25,15 +25,15 @@ from classifier.calibration import Calibration
 from classifier.checkpoint import CheckpointError, checkpoint_file
 from classifier.checkpoint_io import guard_checkpoint_loads
 from classifier.console import quiet, version_line
-from classifier.data import ImageFolderDataModule
+from classifier.datamodule import ImageFolderDataModule
 from classifier.errors import one_line_errors
-from classifier.evaluation import PerClassReport
+from classifier.figure_thread import wait_for_figures
 from classifier.files import run_dir, run_of_checkpoint
+from classifier.html_report import write_report
 from classifier.model import ImageClassifier
-from classifier.plots import wait_for_figures
-from classifier.predict import PredictionWriter
-from classifier.preemption import SIGTERM_EXIT_CODE, PreemptionCheckpoint
-from classifier.report import write_report
+from classifier.per_class_report import PerClassReport
+from classifier.prediction_writer import PredictionWriter
+from classifier.preemption_checkpoint import SIGTERM_EXIT_CODE, PreemptionCheckpoint
 from classifier.safety import enforce_import_policy, unsafe_error
 from classifier.tune import TuneError, find
 

@@ -1,7 +1,7 @@
 """What callbacks (and the model) may use of the model and the data module: two small public
 protocols.
 
-:class:`~classifier.model.ImageClassifier` and :class:`~classifier.data.ImageFolderDataModule`
+:class:`~classifier.model.ImageClassifier` and :class:`~classifier.datamodule.ImageFolderDataModule`
 implement them; a LightningModule or data module of your own works with classifier's callbacks
 when it does too. Nothing else of either class is read by another module's code, so either
 side can change its insides without breaking a callback.
@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 if TYPE_CHECKING:
-    from classifier.evaluation import StageMetrics
+    from classifier.stage_metrics import StageMetrics
     from classifier.transforms import Preprocessing
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from classifier.files import write_csv, write_json
-from classifier.folder import DataError, Split, shared_files
+from classifier.splits import DataError, Split, shared_files
 
 #: Bits of the perceptual hash.
 HASH_BITS = 64

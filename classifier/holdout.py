@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from classifier.files import write_csv
-from classifier.folder import Split, Visited
 from classifier.health import ImageRecord, duplicate_groups
+from classifier.splits import Split, Visited
 
 
 def hold_out(

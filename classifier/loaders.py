@@ -1,5 +1,5 @@
 """Loaders for an image-folder data module: sharded samplers, exact resume, normalisation on
-the device. :class:`~classifier.data.ImageFolderDataModule` reads the folders and builds the
+the device. :class:`~classifier.datamodule.ImageFolderDataModule` reads the folders and builds the
 datasets; this base turns them into loaders (as TorchGeo's base data modules do)."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ import torch
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from classifier.datasets import ImageDataset
-from classifier.folder import Split
+from classifier.image_dataset import ImageDataset
 from classifier.resume import ResumableLoader, consumed_batches, next_epoch
 from classifier.sampler import EpochSampler, ShardSampler
+from classifier.splits import Split
 from classifier.transforms import Preprocessing, normalize
 
 
 class LoaderDataModule(pl.LightningDataModule):
-    """The loaders of :class:`~classifier.data.ImageFolderDataModule` (see its arguments)."""
+    """The loaders of :class:`~classifier.datamodule.ImageFolderDataModule` (see its arguments)."""
 
     splits: dict[str, Split]
     datasets: dict[str, ImageDataset]

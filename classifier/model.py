@@ -13,10 +13,10 @@ from typing_extensions import override
 from classifier.backbone import Runner, create_backbone
 from classifier.contract import optional_image_data
 from classifier.errors import UserError
-from classifier.evaluation import StageMetrics, warn_unreadable
 from classifier.losses import cross_entropy, mixed_cross_entropy
 from classifier.metrics import summary_metrics
 from classifier.optim import Schedule, lr_multiplier, stepping_batches
+from classifier.stage_metrics import StageMetrics, warn_unreadable
 from classifier.transforms import Preprocessing, tta_views
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from classifier.decode import decode_pil
 from classifier.errors import UserError
-from classifier.folder import DataError, read_unlabelled
+from classifier.pil_decode import decode_pil
+from classifier.splits import DataError, read_unlabelled
 
 _RESAMPLING = {"bilinear": 2, "bicubic": 3, "nearest": 0}  # PIL.Image.Resampling values
 
@@ -42,7 +42,7 @@ def _contract(session: Any) -> dict[str, Any]:
 
 def load(path: Path, contract: dict[str, Any]) -> np.ndarray:
     """``path`` as the network's ``uint8`` CHW input, as training reads and evaluates it:
-    decoded by :func:`~classifier.decode.decode_pil`, the shorter side resized to
+    decoded by :func:`~classifier.pil_decode.decode_pil`, the shorter side resized to
     ``resize_size`` with the contract's interpolation, then the centre crop."""
     from PIL import Image
 

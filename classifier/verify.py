@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from classifier.errors import UserError
-from classifier.images import load_rgb
+from classifier.tensor_decode import load_rgb
 from classifier.transforms import Preprocessing, eval_transform, normalize
 
 

@@ -85,6 +85,20 @@ def _isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
 
 
+@pytest.fixture(autouse=True)
+def _training_is_slow(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that trains must be marked ``slow`` (``make test-fast`` leaves those out)."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    from lightning.pytorch.loops import _FitLoop
+
+    def refuse(*args: object, **kwargs: object) -> None:  # reached once fit starts training
+        raise AssertionError(f"{request.node.nodeid} trains a model: mark it @pytest.mark.slow")
+
+    monkeypatch.setattr(_FitLoop, "run", refuse)
+    monkeypatch.setenv("CLASSIFIER_TEST_NOT_SLOW", request.node.nodeid)
+
+
 def run_cli(*args: str) -> object:
     """Run ``classifier`` in-process with the tiny test config."""
     from classifier.cli import main
@@ -96,6 +110,8 @@ def classifier_process(
     *args: str, cwd: Path, timeout: int = 600
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m classifier`` as its own process (DDP launches, kill signals)."""
+    unmarked = os.environ.get("CLASSIFIER_TEST_NOT_SLOW")
+    assert unmarked is None or args[:1] != ("fit",), f"{unmarked} trains: mark it slow"
     env = {**os.environ, "CLASSIFIER_ALLOWED_CLASS_PATHS": "tests.", "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-m", "classifier", *args],

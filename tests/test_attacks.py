@@ -192,6 +192,7 @@ def test_export_and_python_api_refuse_pickles(
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_resume_from_a_real_checkpoint_still_works(image_folder: Path) -> None:
     cli: Any = run_cli(*tiny("fit", image_folder, "--trainer.max_epochs", "1"))
     last = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
@@ -415,6 +416,7 @@ def test_python_m_does_not_import_from_the_current_folder(
     assert not marker.exists(), result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_foreign_class_path_in_checkpoint_hparams_is_refused(
     image_folder: Path, tmp_path: Path
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 
@@ -22,6 +23,7 @@ def test_local_safetensors_weights_load_without_internet(tmp_path: Path) -> None
     assert model.state_dict()["fc.weight"].shape == (3, 512)  # a new head for 3 classes
 
 
+@pytest.mark.slow
 def test_a_compile_failure_at_the_first_forward_falls_back_to_eager(
     image_folder: Path, monkeypatch: Any
 ) -> None:

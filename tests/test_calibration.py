@@ -46,6 +46,7 @@ def test_ece_counts_each_bin_gap_by_its_images() -> None:
     )
 
 
+@pytest.mark.slow
 def test_fit_stores_the_temperature_where_test_predict_and_export_use_it(tmp_path: Path) -> None:
     import json
     import shutil

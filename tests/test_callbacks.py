@@ -191,7 +191,7 @@ def test_ema_checkpoint_holds_averaged_weights(full_run: dict[str, Any]) -> None
 def test_confusion_matrix_over_max_classes_shows_the_most_confused(tmp_path: Path) -> None:
     """60 classes, plots capped at 50: the ten classes without errors are left out of the
     heatmaps, the CSV keeps all, and rows are normalised by each class's full support."""
-    from classifier.confusion import ConfusionMatrix, focus_classes
+    from classifier.confusion_matrix import ConfusionMatrix, focus_classes
 
     n = 60
     confmat = torch.eye(n, dtype=torch.long) * 10

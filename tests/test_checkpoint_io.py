@@ -139,3 +139,29 @@ def test_a_failed_background_write_is_raised_by_the_next_read(
     io.save_checkpoint(_checkpoint(4, torch.ones(3)), best)
     with pytest.raises(OSError, match="No space left"):
         read_checkpoint(_trainer(io), best)
+
+
+@pytest.mark.slow
+def test_background_writes_are_chosen_in_the_config(image_folder: Path, tmp_path: Path) -> None:
+    """Synchronous by default; ``trainer.plugins`` with ``classifier.SafeCheckpointIO`` and
+    ``asynchronous: true`` writes in the background, and every checkpoint still loads."""
+    from typing import Any
+
+    from classifier.checkpoint import load_checkpoint
+    from tests.conftest import run_cli, tiny
+
+    plain: Any = run_cli(*tiny("fit", image_folder, "--trainer.max_epochs", "1"))
+    assert plain.trainer.strategy.checkpoint_io.asynchronous is False
+    layer = tmp_path / "background.yaml"
+    layer.write_text(
+        "trainer:\n  plugins:\n    - class_path: classifier.SafeCheckpointIO\n"
+        "      init_args: {asynchronous: true}\n"
+    )
+    cli: Any = run_cli(
+        *tiny("fit", image_folder, "--trainer.max_epochs", "2"), "--config", str(layer)
+    )
+    io = cli.trainer.strategy.checkpoint_io
+    assert isinstance(io, SafeCheckpointIO) and io.asynchronous
+    best = cli.trainer.checkpoint_callback.best_model_path
+    assert load_checkpoint(best)["epoch"] in (0, 1)
+    assert not list(Path(best).parent.glob(".*.tmp"))

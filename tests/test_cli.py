@@ -20,6 +20,7 @@ def _run_folder(cli: object) -> Path:
     return Path(cli.trainer.log_dir)  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_fit_then_test_and_predict_from_checkpoint_alone(image_folder: Path) -> None:
     cli = run_cli(*tiny("fit", image_folder))
     run = _run_folder(cli)
@@ -63,6 +64,7 @@ def test_fit_then_test_and_predict_from_checkpoint_alone(image_folder: Path) -> 
     assert "top2_class" in header and "top3_class" not in header
 
 
+@pytest.mark.slow
 def test_runs_never_overwrite_each_other(image_folder: Path) -> None:
     args = tiny("fit", image_folder, "--trainer.max_epochs", "1")
     first, second = _run_folder(run_cli(*args)), _run_folder(run_cli(*args))
@@ -70,6 +72,7 @@ def test_runs_never_overwrite_each_other(image_folder: Path) -> None:
     assert (first / "config.yaml").is_file() and (second / "config.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_trained_model_beats_chance(folder_factory) -> None:  # type: ignore[no-untyped-def]
     data = folder_factory(counts={"train": 40, "val": 12, "test": 12})
     cli = run_cli(*tiny("fit", data, "--trainer.max_epochs", "4", "--test_after_fit", "true"))
@@ -115,6 +118,7 @@ def test_installed_command_runs_as_a_subprocess() -> None:
     assert export.returncode == 0 and "--ckpt_path" in export.stdout
 
 
+@pytest.mark.slow
 def test_a_command_leaves_the_process_warning_filters_alone(image_folder: Path) -> None:
     import warnings
 
@@ -134,6 +138,7 @@ def test_invalid_value_names_the_argument(
     assert "sampler" in err and "balanced" in err
 
 
+@pytest.mark.slow
 def test_sampler_seed_is_the_runs_seed_and_recorded(
     image_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -160,6 +165,7 @@ def test_only_documented_environment_variables_are_read() -> None:
                 assert documented or "``" in code, f"{path.name}:{number}: {line.strip()}"
 
 
+@pytest.mark.slow
 def test_evaluating_a_run_is_quiet_and_writes_beside_it(image_folder: Path) -> None:
     """What a newcomer sees from ``classifier test --ckpt_path``: no advertising, no warnings
     about Lightning's internals, results in ``<run>/test/`` (numbered when repeated)."""

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from classifier.data import ImageFolderDataModule
-from classifier.folder import DataError
+from classifier.datamodule import ImageFolderDataModule
+from classifier.splits import DataError
 
 
 def _setup(root: Path, stage: str = "fit", **kwargs: object) -> ImageFolderDataModule:
@@ -73,8 +73,8 @@ def test_checkpoint_classes_must_match_train(image_folder: Path) -> None:
 
 
 def test_empty_class_folder_in_val_is_a_warning_in_train_an_error(folder_factory: Any) -> None:
-    from classifier.data import ImageFolderDataModule
-    from classifier.folder import DataError
+    from classifier.datamodule import ImageFolderDataModule
+    from classifier.splits import DataError
 
     root = folder_factory()
     (root / "val" / "owl").mkdir()

@@ -65,6 +65,7 @@ def test_cpu_average_of_a_gpu_model() -> None:
     assert torch.allclose(averaged[0], torch.full((3,), 0.1))
 
 
+@pytest.mark.slow
 def test_best_checkpoint_scores_and_tests_ema_weights(image_folder: Path) -> None:
     config = _monitor_loss(image_folder.parent)
     cli: Any = run_cli("fit", *config, "--data.data_dir", str(image_folder))
@@ -80,6 +81,7 @@ def test_best_checkpoint_scores_and_tests_ema_weights(image_folder: Path) -> Non
     assert score == pytest.approx(float(checkpoint.best_model_score), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_restores_raw_and_ema_weights(image_folder: Path) -> None:
     first: Any = run_cli("fit", *FULL, "--data.data_dir", str(image_folder))
     last = Path(first.trainer.log_dir) / "checkpoints" / "last.ckpt"

@@ -22,6 +22,7 @@ def trained(image_folder: Path) -> Path:
     return Path(cli.trainer.checkpoint_callback.best_model_path)
 
 
+@pytest.mark.slow
 def test_export_finished_checkpoint_with_uint8_input(trained: Path, tmp_path: Path) -> None:
     import onnxruntime as ort
 
@@ -34,6 +35,7 @@ def test_export_finished_checkpoint_with_uint8_input(trained: Path, tmp_path: Pa
     assert logits.shape == (2, 3)
 
 
+@pytest.mark.slow
 def test_disagreement_is_an_error_not_a_log_line(trained: Path, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="disagrees with PyTorch"):
         export_checkpoint(str(trained), output=str(tmp_path / "m.onnx"), atol=-1.0)
@@ -66,6 +68,7 @@ def test_both_routes_share_one_pass_rule_and_one_writer(tmp_path: Path) -> None:
     assert report["verified"] is False and "passed" not in report
 
 
+@pytest.mark.slow
 def test_offline_export_applies_min_agreement(trained: Path, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="top-1 agreement"):
         export_checkpoint(str(trained), output=str(tmp_path / "m.onnx"), min_agreement=1.01)

@@ -10,7 +10,7 @@ import timm
 import torch
 from PIL import Image
 
-from classifier.gradcam import grad_cam
+from classifier.grad_cam import grad_cam
 from tests.conftest import run_cli, tiny
 
 
@@ -35,6 +35,7 @@ def test_maps_have_the_image_size_and_show_structure(name: str) -> None:
     assert not any(p.grad is not None for p in net.parameters())  # no weights touched
 
 
+@pytest.mark.slow
 def test_callback_writes_the_grids_after_fit_and_test(image_folder: Path) -> None:
     cli: Any = run_cli(
         *tiny("fit", image_folder, "--trainer.callbacks+=classifier.GradCam"),

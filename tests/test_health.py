@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from classifier.folder import DataError
 from classifier.health import groups_of, near_pairs
+from classifier.splits import DataError
 from tests.conftest import make_folder, run_cli, tiny
 
 
@@ -75,6 +75,7 @@ def _group_with(report: dict[str, Any], name: str) -> dict[str, Any]:
     return next(g for g in report["groups"] if any(name in i["path"] for i in g["images"]))
 
 
+@pytest.mark.slow
 def test_every_kind_of_duplicate_is_in_the_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

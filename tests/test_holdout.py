@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from classifier.folder import DataError
 from classifier.holdout import hold_out
+from classifier.splits import DataError
 from tests.conftest import draw, make_folder, run_cli, tiny
 
 
@@ -42,6 +42,7 @@ def _manifest(run: Path) -> dict[str, str]:
     return {r["path"]: r["split"] for r in csv.DictReader((run / "split.csv").open())}
 
 
+@pytest.mark.slow
 def test_fit_holds_out_and_resume_validate_test_reuse_it(
     tmp_path: Path, recwarn: pytest.WarningsRecorder
 ) -> None:

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from classifier.data import ImageFolderDataModule
-from classifier.datasets import ImageDataset
-from classifier.folder import DataError
-from classifier.images import load_rgb
+from classifier.datamodule import ImageFolderDataModule
+from classifier.image_dataset import ImageDataset
+from classifier.splits import DataError
+from classifier.tensor_decode import load_rgb
 from tests.conftest import CONF, run_cli
 from tests.hostile import BAD, ODD, add_symlink_cycle, make_hostile
 
@@ -59,7 +59,7 @@ def test_second_scan_uses_the_cache(hostile: Path, monkeypatch: pytest.MonkeyPat
     with pytest.warns(UserWarning):
         ImageFolderDataModule(str(hostile), num_workers=0).setup("fit")
     calls: list[Path] = []
-    import classifier.scan as scan
+    import classifier.prescan as scan
 
     original = scan.check_file
     monkeypatch.setattr(scan, "check_file", lambda p: calls.append(p) or original(p))
@@ -105,6 +105,7 @@ def test_file_failing_at_load_time_is_replaced(tmp_path: Path) -> None:
     assert (label, index) == (1, 1) and dataset.failures == 1
 
 
+@pytest.mark.slow
 def test_fit_on_hostile_folder_reports_and_trains(hostile: Path) -> None:
     with pytest.warns(UserWarning, match="excluded 5"):
         cli: Any = run_cli(

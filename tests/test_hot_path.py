@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
-from classifier.plots import DrawBudget
+from classifier.figure_thread import DrawBudget
 from tests.conftest import full, run_cli, tiny
 from tests.probes import HostReads, RunFiles
 
 EVERY = 4
 
 
+@pytest.mark.slow
 def test_no_host_reads_between_log_intervals(folder_factory: Callable[..., Path]) -> None:
     """With every shipped callback (a Rich bar among them), a training step that is not at a log
     interval reads nothing back from the device (on a GPU each read would stall it)."""
@@ -59,7 +60,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr("classifier.plots.time.monotonic", fake)
+    monkeypatch.setattr("classifier.figure_thread.time.monotonic", fake)
     return fake
 
 
@@ -129,13 +130,14 @@ def test_draw_budget_zero_draws_only_at_the_end_and_eval_draws_at_once(clock: Fa
     assert drawn == ["fit", "test"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("share", "drawn_after_epoch_1"), [("0", False), ("1", True)])
 def test_figures_wait_for_the_end_of_fit_when_over_budget(
     image_folder: Path, share: str, drawn_after_epoch_1: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """CSV files follow every epoch; PNGs follow within the budget (drawn in the background,
     so only the share-0 case can be checked mid-run), and at the end of fit."""
-    from classifier import plots
+    from classifier import figure_thread as plots
 
     kinds: list[str] = []
     submit = plots._WORKER.submit

@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from classifier.data import ImageFolderDataModule
-from classifier.folder import Visited, walk_images
-from classifier.images import load_rgb
-from classifier.scan import cache_dir, scan_files
+from classifier.datamodule import ImageFolderDataModule
+from classifier.prescan import cache_dir, scan_files
+from classifier.splits import Visited, walk_images
+from classifier.tensor_decode import load_rgb
 from tests.conftest import draw, make_folder, run_cli, tiny
 
 GARBAGE = b"this is not an image any more"
@@ -35,6 +35,7 @@ def _fit(data: Path, *extra: str) -> Any:
     return run_cli(*tiny("fit", data, "--trainer.max_epochs", "1", *extra))
 
 
+@pytest.mark.slow
 def test_files_unreadable_after_the_scan_are_counted_once_and_named(image_folder: Path) -> None:
     (image_folder / "train" / "cat" / "cat_000.png").write_bytes(GARBAGE)
     with pytest.warns(UserWarning, match="1 train image.*replaced by the next readable"):
@@ -127,6 +128,7 @@ def test_a_file_in_two_splits_is_reported(image_folder: Path) -> None:
         ImageFolderDataModule(str(image_folder), num_workers=0, scan=False).setup("fit")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="bytes file names")
 def test_names_that_are_not_utf8_are_written_escaped(tmp_path: Path) -> None:
     data = make_folder(tmp_path / "data", counts={"train": 6, "val": 3})
@@ -150,6 +152,7 @@ def test_names_that_are_not_utf8_are_written_escaped(tmp_path: Path) -> None:
     assert "n\\xe9w.png" in text and "f\\xffx" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["none", "weighted"])
 def test_a_last_batch_of_one_image_trains(folder_factory: Any, sampler: str) -> None:
     data = folder_factory(counts={"train": 3, "val": 2})  # 9 images = 1 x 8 + 1
@@ -157,6 +160,7 @@ def test_a_last_batch_of_one_image_trains(folder_factory: Any, sampler: str) -> 
     assert cli.trainer.global_step == 1  # the partial batch of one is dropped, not crashed on
 
 
+@pytest.mark.slow
 def test_export_stays_beside_its_run_and_never_overwrites(
     image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -190,6 +194,7 @@ def test_export_stays_beside_its_run_and_never_overwrites(
     assert torch.load(best, weights_only=True)["class_names"] == ["cat", "dog", "fox"]
 
 
+@pytest.mark.slow
 def test_checkpoint_given_twice_is_refused_not_mixed(
     image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -229,7 +234,7 @@ def test_a_jpeg_whose_header_hides_its_size_goes_to_the_checked_decoder(
 
 
 def test_a_folder_linked_under_two_classes_is_an_error(folder_factory: Any) -> None:
-    from classifier.folder import DataError
+    from classifier.splits import DataError
 
     root = folder_factory()
     (root / "train" / "dog" / "sub").mkdir()
@@ -240,6 +245,7 @@ def test_a_folder_linked_under_two_classes_is_an_error(folder_factory: Any) -> N
         ImageFolderDataModule(str(root), num_workers=0).setup("fit")
 
 
+@pytest.mark.slow
 def test_two_exports_in_one_folder_keep_their_own_descriptions(
     image_folder: Path, tmp_path: Path
 ) -> None:

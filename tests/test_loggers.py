@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from classifier.files import run_dir
 from tests.conftest import CONF, run_cli
 
 
+@pytest.mark.slow
 def test_wandb_logger_works_offline_without_account(image_folder: Path, monkeypatch: Any) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from classifier.data import ImageFolderDataModule
+from classifier.datamodule import ImageFolderDataModule
 from classifier.losses import cross_entropy, mixed_cross_entropy
 from classifier.model import ImageClassifier
 

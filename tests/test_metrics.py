@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from classifier.evaluation import StageMetrics
 from classifier.metrics import per_class, summary_metrics, write_per_class_csv
+from classifier.stage_metrics import StageMetrics
 
 #: Rows are true classes, columns predictions.
 CONFMAT = torch.tensor([[5, 1, 0], [2, 6, 2], [0, 0, 0]])
@@ -56,7 +56,7 @@ def test_top1_is_micro_and_balanced_accuracy_is_macro() -> None:
 
 
 def test_unreadable_files_count_apart_from_every_metric() -> None:
-    from classifier.datasets import UNREADABLE
+    from classifier.image_dataset import UNREADABLE
 
     stage = StageMetrics(3)
     logits = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [9.0, 0, 0]])
@@ -93,7 +93,7 @@ def test_auroc_matches_torchmetrics_for_a_thousand_classes() -> None:
 
 
 def test_auroc_leaves_out_unreadable_files_and_reaches_the_report(tmp_path: Path) -> None:
-    from classifier.datasets import UNREADABLE
+    from classifier.image_dataset import UNREADABLE
 
     stage = StageMetrics(3)
     # Images 1 and 2 are the same picture filed as 1 and as 0: their scores tie, half a pair.

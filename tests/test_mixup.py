@@ -7,9 +7,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import FULL, run_cli
 
 
+@pytest.mark.slow
 def test_mixing_keeps_evaluation_valid_and_stops_on_schedule(image_folder: Path) -> None:
     cli: Any = run_cli(
         "fit",

@@ -45,6 +45,7 @@ def exported(image_folder: Path) -> dict[str, Any]:
     return {"onnx": run / "model.onnx", "images": image_folder / "val", "torch": torch_rows}
 
 
+@pytest.mark.slow
 def test_onnx_only_predictions_match_classifier_predict(
     exported: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -66,6 +67,7 @@ def test_onnx_only_predictions_match_classifier_predict(
         assert abs(float(row["confidence"]) - float(by_path[row["path"]]["confidence"])) < 0.02
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_marked_rows_or_one_error_line(
     exported: dict[str, Any], tmp_path: Path
 ) -> None:

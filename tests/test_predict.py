@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from classifier.datasets import UNREADABLE
-from classifier.predict import PredictionWriter
+from classifier.image_dataset import UNREADABLE
+from classifier.prediction_writer import PredictionWriter
 
 NAMES = ["cat", "dog", "fox", "owl"]
 
@@ -27,3 +27,20 @@ def test_an_unreadable_file_keeps_its_row_and_true_class() -> None:
 def test_no_true_column_without_class_folders() -> None:
     row = PredictionWriter._row(Path("c.png"), -1, -1, [0.7, 0.1, 0.1, 0.1], NAMES, 1, False)
     assert row == ["c.png", "cat", pytest.approx(0.7), "cat", pytest.approx(0.7), ""]
+
+
+@pytest.mark.slow
+def test_flipping_tta_on_a_model_never_trained_on_mirror_images_warns(
+    image_folder: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    from typing import Any
+
+    from tests.conftest import run_cli, tiny
+
+    fit: Any = run_cli(*tiny("fit", image_folder, "--trainer.max_epochs", "1", "--data.hflip", "0"))
+    best = fit.trainer.checkpoint_callback.best_model_path
+    predict = ["predict", "--ckpt_path", best, "--data.predict_dir", str(image_folder / "test")]
+    run_cli(*predict, "--model.tta", "crops")
+    assert not [w for w in recwarn if "tta flips images" in str(w.message)]
+    run_cli(*predict, "--model.tta", "flip")
+    assert [w for w in recwarn if "tta flips images" in str(w.message)]

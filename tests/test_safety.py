@@ -45,6 +45,7 @@ def _checkpoint(folder: Path) -> Path:
     return Path(cli.trainer.checkpoint_callback.best_model_path)
 
 
+@pytest.mark.slow
 def test_foreign_class_path_in_checkpoint_is_refused(image_folder: Path, tmp_path: Path) -> None:
     checkpoint = torch.load(_checkpoint(image_folder), weights_only=True)
     checkpoint["hyper_parameters"]["optimizer"] = {"class_path": "os.system", "init_args": {}}
@@ -70,6 +71,7 @@ def test_pickled_payload_checkpoint_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "pickled_payload_ran.txt").exists()
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_a_clear_error(image_folder: Path, tmp_path: Path) -> None:
     data = _checkpoint(image_folder).read_bytes()
     path = tmp_path / "cut.ckpt"
@@ -78,6 +80,7 @@ def test_truncated_checkpoint_is_a_clear_error(image_folder: Path, tmp_path: Pat
         run_cli("predict", "--ckpt_path", str(path), "--data.predict_dir", str(image_folder))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_without_overwriting_checkpoints(image_folder: Path) -> None:
     with pytest.raises(NonFiniteLossError, match="NaN or infinite"):
         run_cli(*tiny("fit", image_folder, "--model.lr", "1e30", "--trainer.max_epochs", "3"))
@@ -106,6 +109,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(image_folder: Path, tmp_path: 
     )  # mid-epoch, exact step (4 full batches an epoch)
 
 
+@pytest.mark.slow
 def test_secrets_in_the_environment_never_reach_run_files(
     image_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -58,6 +58,7 @@ def test_shard_sampler_covers_each_index_once() -> None:
     assert sorted(i for s in shards for i in s) == list(range(11))
 
 
+@pytest.mark.slow
 def test_weighted_sampler_flattens_an_imbalanced_folder(folder_factory: Any) -> None:
     data = folder_factory(classes=("common", "rare", "scarce"), counts={"train": 4, "val": 3})
     source = data / "train" / "common" / "common_000.png"

@@ -12,6 +12,7 @@ from PIL import Image
 from tests.conftest import run_cli, tiny
 
 
+@pytest.mark.slow
 def test_finders_choose_record_and_plot(image_folder: Path) -> None:
     cli: Any = run_cli(
         *tiny("fit", image_folder, "--trainer.max_epochs", "1"),
@@ -36,6 +37,7 @@ def test_finders_choose_record_and_plot(image_folder: Path) -> None:
     assert not (Path(again.trainer.log_dir) / "lr_finder.png").exists()
 
 
+@pytest.mark.slow
 def test_finders_refuse_a_resumed_run(image_folder: Path) -> None:
     from classifier.tune import TuneError
 

@@ -12,10 +12,16 @@ from typing_extensions import override
 
 from classifier.contract import ImageData, classifier_module, image_data
 from classifier.dist import gather_objects
-from classifier.evaluation import hardness
+from classifier.figure_thread import (
+    PLOT_TIME_SHARE,
+    PlottingCallback,
+    epoch_due,
+    log_image,
+    submit_figure,
+)
 from classifier.files import run_dir
-from classifier.grids import as_uint8, picture_grid, save_png
-from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, epoch_due, log_image, submit_figure
+from classifier.picture_grids import as_uint8, picture_grid, save_png
+from classifier.stage_metrics import hardness
 from classifier.transforms import denormalize
 
 

@@ -8,10 +8,10 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+from classifier.charts import draw as render
 from classifier.contract import image_data
-from classifier.figures import draw as render
+from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, last_epoch, log_image
 from classifier.files import run_dir, safe_name, write_json
-from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, last_epoch, log_image
 
 
 def gather_drawn(drawn: torch.Tensor) -> torch.Tensor:

@@ -24,10 +24,10 @@ from torch import nn
 from typing_extensions import override
 
 from classifier.contract import classifier_module, image_data
-from classifier.evaluation import hardness
+from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, log_image
 from classifier.files import run_dir
-from classifier.grids import save_png
-from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image
+from classifier.picture_grids import save_png
+from classifier.stage_metrics import hardness
 
 
 def _token_layer(net: nn.Module) -> nn.Module | None:
@@ -125,7 +125,7 @@ class GradCam(PlottingCallback):
 
     Args:
         num_images: rows in each grid.
-        plot_time_share: see :class:`~classifier.plots.PlottingCallback`.
+        plot_time_share: see :class:`~classifier.figure_thread.PlottingCallback`.
     """
 
     def __init__(self, num_images: int = 8, plot_time_share: float = PLOT_TIME_SHARE) -> None:
@@ -243,7 +243,7 @@ def _grid(
     stage: str,
 ) -> Any:
     """Rows of three panels: the picture, and the maps of the predicted and the true class."""
-    from classifier.grids import as_uint8, heat_overlay, picture_grid
+    from classifier.picture_grids import as_uint8, heat_overlay, picture_grid
 
     panels, captions = [], []
     for row in range(len(pictures)):

@@ -11,20 +11,20 @@ import torch
 from typing_extensions import override
 
 from classifier import rng
-from classifier.datasets import ImageDataset
 from classifier.files import run_dir
-from classifier.folder import (
+from classifier.health import check_duplicates, duplicates, report_excluded, report_shared
+from classifier.holdout import carve, draw, relative, saved, write_manifest
+from classifier.image_dataset import ImageDataset
+from classifier.loaders import LoaderDataModule
+from classifier.prescan import scan_files
+from classifier.sampler import EpochSampler
+from classifier.splits import (
     DataError,
     Split,
     class_dirs,
     read_split,
     read_unlabelled,
 )
-from classifier.health import check_duplicates, duplicates, report_excluded, report_shared
-from classifier.holdout import carve, draw, relative, saved, write_manifest
-from classifier.loaders import LoaderDataModule
-from classifier.sampler import EpochSampler
-from classifier.scan import scan_files
 from classifier.transforms import (
     AutoAugment,
     Interpolation,

@@ -21,7 +21,7 @@ from PIL import Image
 
 from classifier.files import atomic_write_bytes
 from classifier.health import content_hash, dhash
-from classifier.images import load_pil
+from classifier.tensor_decode import load_pil
 
 #: Cache format version; bump when the checks, the hashes or the key change.
 _VERSION = 4

@@ -13,8 +13,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from classifier.decode import is_image_file
 from classifier.errors import UserError
+from classifier.pil_decode import is_image_file
 
 #: Folder names that are never classes (tool and OS droppings).
 IGNORED_DIRS = frozenset({"__MACOSX", "__pycache__", "@eaDir", "$RECYCLE.BIN"})

@@ -10,10 +10,10 @@ from typing import Any
 import lightning.pytorch as pl
 from typing_extensions import override
 
+from classifier.charts import draw
 from classifier.contract import image_data
-from classifier.figures import draw
+from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, log_image
 from classifier.files import run_dir, write_json
-from classifier.plots import PLOT_TIME_SHARE, PlottingCallback, log_image
 
 SPLITS = ("train", "val", "test")
 
@@ -39,7 +39,7 @@ class DatasetStatistics(PlottingCallback):
 
     Args:
         plots: also write the bar charts.
-        plot_time_share: see :class:`~classifier.plots.PlottingCallback`.
+        plot_time_share: see :class:`~classifier.figure_thread.PlottingCallback`.
     """
 
     def __init__(self, plots: bool = True, plot_time_share: float = PLOT_TIME_SHARE) -> None:

@@ -1,8 +1,8 @@
 """Figures for the callbacks, drawn off the training thread.
 
 The training thread hands a drawing of plain data to :class:`FigureWorker`, one background
-thread, and goes on. The thread draws the matplotlib figures (:mod:`classifier.figures`) and
-picture grids (:mod:`classifier.grids`) and sends the written files to the loggers.
+thread, and goes on. The thread draws the matplotlib figures (:mod:`classifier.charts`) and
+picture grids (:mod:`classifier.picture_grids`) and sends the written files to the loggers.
 """
 
 from __future__ import annotations

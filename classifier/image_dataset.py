@@ -1,4 +1,4 @@
-"""The torch ``Dataset`` over a :class:`~classifier.folder.Split`."""
+"""The torch ``Dataset`` over a :class:`~classifier.splits.Split`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 from typing_extensions import override
 
-from classifier.images import load_rgb
+from classifier.tensor_decode import load_rgb
 
 log = logging.getLogger(__name__)
 

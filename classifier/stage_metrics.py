@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F  # noqa: N812
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
-from typing_extensions import override
 
-from classifier.contract import classifier_module
-from classifier.datasets import UNREADABLE
-from classifier.files import run_dir
+from classifier.image_dataset import UNREADABLE
 from classifier.metrics import (
     BINS,
     CalibrationBins,
@@ -21,7 +16,6 @@ from classifier.metrics import (
     confusion_matrix,
     macro,
     summary_metrics,
-    write_per_class_csv,
 )
 
 
@@ -30,7 +24,7 @@ class StageMetrics(nn.Module):
     ``auroc``: the macro one-vs-rest AUROC of the epoch's accumulated scores), ``nll`` and
     ``ece`` (15-bin expected calibration error) of the calibrated probabilities, the
     confusion matrix and the count of unreadable files of one stage, synchronised across
-    processes when computed. Files labelled :data:`~classifier.datasets.UNREADABLE` count in
+    processes when computed. Files labelled :data:`~classifier.image_dataset.UNREADABLE` count in
     :attr:`unreadable` and nowhere else.
 
     Args:
@@ -96,38 +90,6 @@ def warn_unreadable(stage: str, count: int) -> None:
             f"{count} {stage} image(s) could not be read this epoch and {what}; their paths "
             "are in the warnings above (the files changed after the pre-scan?)."
         )
-
-
-class PerClassReport(Callback):
-    """Write ``val_per_class.csv`` after every validation and ``test_per_class.csv`` after
-    test: support, predicted count, accuracy (= recall), precision, recall, F1 and one-vs-rest
-    AUROC per class,
-    from the counts the model accumulated (synchronised across processes).
-
-    ``classifier`` adds this callback to ``fit``, ``validate`` and ``test`` when the config
-    has none.
-    """
-
-    @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Write ``val_per_class.csv`` (not for sanity-check batches)."""
-        if not trainer.sanity_checking:
-            self._write(trainer, pl_module, "val")
-
-    @override
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Write ``test_per_class.csv``."""
-        self._write(trainer, pl_module, "test")
-
-    @staticmethod
-    def _write(trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        module = classifier_module(pl_module)
-        metrics = module.stage_metrics(stage)
-        confmat = metrics.confmat.compute()  # every rank takes part
-        auroc = metrics.auroc.compute()
-        if trainer.is_global_zero:
-            path = run_dir(trainer) / f"{stage}_per_class.csv"
-            write_per_class_csv(path, confmat, list(module.class_names), auroc)
 
 
 def hardness(losses: torch.Tensor, predicted: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

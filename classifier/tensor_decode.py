@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from classifier.decode import (
+from classifier.pil_decode import (
     ALLOWED_FORMATS,
     BACKGROUND,
     IMAGE_EXTENSIONS,
@@ -34,7 +34,7 @@ __all__ = [
 
 
 def load_pil(path: Path) -> torch.Tensor:
-    """Decode ``path`` fully with PIL (:func:`~classifier.decode.decode_pil`) into an RGB
+    """Decode ``path`` fully with PIL (:func:`~classifier.pil_decode.decode_pil`) into an RGB
     ``uint8`` ``3xHxW`` tensor (strict: a truncated file raises)."""
     return torch.from_numpy(decode_pil(path)).permute(2, 0, 1).contiguous()
 

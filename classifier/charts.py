@@ -1,6 +1,6 @@
 """The matplotlib figures: plain data (NumPy arrays, lists, strings) in, a PNG file out.
 
-They are drawn on the figure thread (:mod:`classifier.plots`), so they use matplotlib's
+They are drawn on the figure thread (:mod:`classifier.figure_thread`), so they use matplotlib's
 object-oriented API on the Agg canvas, never ``pyplot``'s global state. Each drawing in
 :data:`DRAWINGS` returns a figure; :func:`draw` writes it.
 """

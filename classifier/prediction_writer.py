@@ -12,9 +12,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from classifier.contract import classifier_module, image_data
-from classifier.datasets import UNREADABLE
 from classifier.dist import gather_objects
 from classifier.files import run_dir, write_csv
+from classifier.image_dataset import UNREADABLE
 
 
 class PredictionWriter(Callback):

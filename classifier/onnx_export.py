@@ -1,0 +1,102 @@
+"""``OnnxExport``: the trained model as a verified ONNX file when fit ends."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from typing_extensions import override
+
+from classifier.contract import classifier_module, optional_image_data
+from classifier.export import ExportOptions, describe, export_and_verify
+from classifier.files import run_dir
+from classifier.verify import ExportError
+
+
+class OnnxExport(Callback):
+    """Export the trained model to ONNX at the end of ``fit`` and verify it.
+
+    Writes ``model.onnx``, ``labels_mapping.json`` and ``export_report.json`` into the run
+    folder (with ``all``: ``model_best.onnx``, ``model_best.labels_mapping.json``, ...,
+    ``model_final.onnx``, ...). Verification runs
+    the file with onnxruntime on real validation images against the PyTorch model; a top-1
+    disagreement rate or logit difference beyond tolerance raises an error.
+
+    Args:
+        export: ``best`` (the best checkpoint's weights), ``final`` (the weights at the end of
+            training; EMA weights when EMA is on) or ``all`` (both).
+        opset: ONNX opset (>= 17).
+        simplify: simplify the graph with onnxsim (falls back to the plain graph with a
+            warning).
+        uint8_input: put normalisation inside the graph, so the input is ``uint8`` RGB and a
+            consumer cannot get mean/std wrong.
+        verify_images: validation images used to verify the export (0 skips verification).
+        atol: largest allowed absolute logit difference between onnxruntime and PyTorch.
+        min_agreement: smallest allowed fraction of images with the same top-1 class.
+    """
+
+    def __init__(
+        self,
+        export: Literal["best", "final", "all"] = "best",
+        opset: int = 18,
+        simplify: bool = True,
+        uint8_input: bool = False,
+        verify_images: int = 64,
+        atol: float = 1e-3,
+        min_agreement: float = 0.99,
+    ) -> None:
+        self.export = export
+        self.options = ExportOptions(
+            opset, simplify, uint8_input, verify_images, atol, min_agreement
+        )
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Export (rank 0 only) once training has finished."""
+        if not trainer.is_global_zero or trainer.interrupted:
+            return
+        folder = run_dir(trainer)
+        model = classifier_module(pl_module)
+        # (name, network, temperature, whether the network was made for the export)
+        targets: list[tuple[str, nn.Module, float, bool]] = []
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        if self.export in ("best", "all"):
+            if best:
+                targets.append(("best", *_load_weights(trainer, pl_module, best), True))
+            else:
+                warnings.warn("no best checkpoint; exporting the final weights", stacklevel=2)
+        if self.export in ("final", "all") or not targets:
+            targets.append(("final", model.model, model.temperature, False))
+        data = optional_image_data(trainer)
+        val = data.files("val") if data is not None else None
+        if model.preprocessing is None:
+            raise ExportError("the model has no preprocessing; was it set up by a data module?")
+        for name, net, temperature, owned in targets:
+            path = folder / ("model.onnx" if len(targets) == 1 else f"model_{name}.onnx")
+            report = export_and_verify(
+                net,
+                path,
+                model.class_names,
+                model.preprocessing,
+                self.options,
+                val,
+                temperature,
+                owned,
+            )
+            rank_zero_info(describe(path, report))
+
+
+def _load_weights(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, ckpt_path: str
+) -> tuple[nn.Module, float]:
+    """A copy of the network with the weights of ``ckpt_path`` (once this run's writes are on
+    disk), and its temperature."""
+    from classifier.checkpoint_io import read_checkpoint
+
+    checkpoint = read_checkpoint(trainer, ckpt_path)
+    network = classifier_module(pl_module).network_copy(checkpoint["state_dict"])
+    return network, float(checkpoint["temperature"])

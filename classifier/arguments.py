@@ -54,14 +54,24 @@ def _run_roots(args: list[str]) -> list[Path]:
     return roots or [Path(_option(args, "--trainer.default_root_dir") or "runs")]
 
 
-def resolve_last(args: list[str]) -> list[str]:
-    """Replace ``fit --ckpt_path last`` by the newest ``last.ckpt`` of earlier runs.
+def resolve_last(args: list[str]) -> tuple[list[str], str | None]:
+    """Replace ``fit --ckpt_path last`` by the newest ``last.ckpt`` of earlier runs of the
+    config; also return that file (``None`` when ``last`` was not asked for).
 
     Each run has its own versioned folder, where Lightning's own ``last`` lookup would search
     only the new, empty one.
+
+    Raises:
+        CheckpointError: no ``--config`` names the experiment (the newest ``last.ckpt`` under
+            ``runs/`` may be anyone's), or there is no ``last.ckpt`` under its logger folder.
     """
     if _option(args, "--ckpt_path") != "last":
-        return args
+        return args, None
+    if not any(a in {"-c", "--config"} or a.startswith("--config=") for a in args):
+        raise CheckpointError(
+            "--ckpt_path last needs the run's --config: it resumes the newest last.ckpt under "
+            "that config's logger folder. Pass the config, or the checkpoint file itself."
+        )
     found = [p for root in _run_roots(args) for p in root.glob("**/checkpoints/last.ckpt")]
     if not found:
         roots = ", ".join(str(r) for r in _run_roots(args))
@@ -72,7 +82,7 @@ def resolve_last(args: list[str]) -> list[str]:
     at = out.index("--ckpt_path") if "--ckpt_path" in out else None
     if at is not None:
         del out[at : at + 2]
-    return [*out, "--ckpt_path", str(newest)]
+    return [*out, "--ckpt_path", str(newest)], str(newest)
 
 
 @contextmanager
@@ -135,25 +145,16 @@ def checkpoint_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str,
     pinned to the checkpoint's.
 
     Raises:
-        CheckpointError: what the checkpoint stores is not what classifier writes
-            (hyper-parameters that are not a mapping, class names that are not a list of
-            distinct strings).
+        CheckpointError: the checkpoint names no classes, or a class path outside the
+            allow-list.
     """
-    model, data = (_section(checkpoint, key, path) for key in SECTIONS)
+    model = dict(checkpoint.get("hyper_parameters", {}))  # mappings: load_checkpoint checked
+    data = dict(checkpoint.get("datamodule_hyper_parameters", {}))
     refuse_foreign_class_paths(model, f"checkpoint {path} (model hyper-parameters)")
     refuse_foreign_class_paths(data, f"checkpoint {path} (data hyper-parameters)")
     class_names = checkpoint.get("class_names") or model.get("class_names")
-    if not class_names:
+    if not class_names:  # load_checkpoint checked their type
         raise CheckpointError(f"{path} stores no class names; was it trained by classifier?")
-    if not (
-        isinstance(class_names, list)
-        and all(isinstance(c, str) for c in class_names)
-        and len(set(class_names)) == len(class_names)
-    ):
-        raise CheckpointError(
-            f"{path}: its class names are not a list of distinct strings; not a classifier "
-            "checkpoint, or a damaged one."
-        )
     for section in (model, data):
         for key in ("class_names", "_instantiator", "_class_path", *LINKED):
             section.pop(key, None)
@@ -161,21 +162,6 @@ def checkpoint_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str,
     model["pretrained"] = False
     data["class_names"] = list(class_names)
     return {"model": model, "data": data}
-
-
-#: Where a checkpoint keeps the model's and the data module's arguments.
-SECTIONS = ("hyper_parameters", "datamodule_hyper_parameters")
-
-
-def _section(checkpoint: dict[str, Any], key: str, path: str | Path) -> dict[str, Any]:
-    """``checkpoint[key]`` as a dict with string keys (empty when absent)."""
-    found = checkpoint.get(key, {})
-    if not isinstance(found, dict) or not all(isinstance(k, str) for k in found):
-        raise CheckpointError(
-            f"{path}: its {key} are not a mapping of argument names; not a classifier "
-            "checkpoint, or a damaged one."
-        )
-    return dict(found)
 
 
 def _drop_retired(model: dict[str, Any], data: dict[str, Any], path: str | Path) -> None:

@@ -42,12 +42,16 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state: object = load_file(str(path))
+        try:
+            state: object = load_file(str(path))
+        except Exception as error:  # safetensors' own error type for a malformed file
+            raise BackboneError(f"cannot read weights from {path}: {error}") from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
-            raise BackboneError(f"cannot read weights from {path}: {error}") from error
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise BackboneError(f"cannot read weights from {path}: {first}") from None
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from classifier.argv import subcommand
 from classifier.calibration import Calibration
 from classifier.checkpoint import CheckpointError, checkpoint_file
 from classifier.checkpoint_io import guard_checkpoint_loads
-from classifier.console import quiet, version_line
+from classifier.console import console, version_line
 from classifier.datamodule import ImageFolderDataModule
 from classifier.errors import one_line_errors
 from classifier.figure_thread import wait_for_figures
@@ -34,7 +35,8 @@ from classifier.model import ImageClassifier
 from classifier.per_class_report import PerClassReport
 from classifier.prediction_writer import PredictionWriter
 from classifier.preemption_checkpoint import SIGTERM_EXIT_CODE, PreemptionCheckpoint
-from classifier.safety import enforce_import_policy, unsafe_error
+from classifier.preflight import check_new_run_folder, check_resume
+from classifier.safety import enforce_import_policy, refuse_unsafe_objects, unsafe_error
 from classifier.tune import TuneError, find
 
 
@@ -85,11 +87,26 @@ class ClassifierCLI(LightningCLI):
     (weights only); there is no ``--weights_only`` option to turn that off.
     """
 
-    def __init__(self, *args: Any, layer_ckpt: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        layer_ckpt: str | None = None,
+        found_last: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         #: The checkpoint whose model/data arguments were inserted as the first config layer.
         self.layer_ckpt = layer_ckpt
+        #: The checkpoint ``--ckpt_path last`` found.
+        self.found_last = found_last
         enforce_import_policy()
         super().__init__(*args, **kwargs)
+
+    @override
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then refuse any function or object a value named that the import policy
+        cannot see (a builtin or bound method reached through an allowed module)."""
+        super().parse_arguments(parser, args)
+        refuse_unsafe_objects(self.config)
 
     @override
     @staticmethod
@@ -193,9 +210,22 @@ class ClassifierCLI(LightningCLI):
         self._ensure(PredictionWriter)
 
     def before_fit(self) -> None:
-        """Check ``ckpt_path``; make sure a pre-empted run leaves a checkpoint to resume from
-        and that the per-class reports are written."""
+        """Check ``ckpt_path``, that the run folder is new and that a resumed checkpoint is
+        this experiment's (before anything is written); make sure a pre-empted run leaves a
+        checkpoint to resume from and that the per-class reports are written."""
         self._check_ckpt_path()
+        loggers = self.trainer.loggers
+        # A logger that names its run when it starts (WandB's random id) makes a new folder.
+        named = not loggers or getattr(loggers[0], "version", None) is not None
+        if self.trainer.is_global_zero and named:  # other DDP ranks start once rank 0 wrote
+            check_new_run_folder(run_dir(self.trainer), Path(self.trainer.default_root_dir))
+        ckpt = self.config[str(self.subcommand)].get("ckpt_path")
+        if ckpt and str(ckpt) not in CKPT_KEYWORDS:
+            data = self.datamodule
+            names = list(getattr(data, "class_names", []))
+            if names:
+                folder = str(getattr(data, "data_dir", ""))
+                check_resume(str(ckpt), names, folder, str(ckpt) == self.found_last)
         self._ensure(PreemptionCheckpoint)
         self._ensure(PerClassReport)
         self._tune()
@@ -264,6 +294,23 @@ def _report(run: Path, results: Path | None = None) -> None:
 
 
 @contextmanager
+def no_working_folder_imports() -> Iterator[None]:
+    """Every Python process this command starts (spawned DDP workers, spawn-method loader
+    workers, anything started with ``python -c``) runs without the working folder on
+    ``sys.path`` (``PYTHONSAFEPATH``, Python 3.11+), so a ``multiprocessing.py`` or
+    ``torch/`` planted there is never imported. Restored when the command ends."""
+    before = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONSAFEPATH", None)
+        else:
+            os.environ["PYTHONSAFEPATH"] = before
+
+
+@contextmanager
 def _figures_written() -> Iterator[None]:
     """Wait for the figures still rendering in the background before the command returns
     (also after Ctrl-C, SIGTERM or an error), so none is lost or half-written."""
@@ -277,12 +324,17 @@ def main(args: list[str] | None = None) -> Any:
     """Run the ``classifier`` command line (``args`` default to ``sys.argv[1:]``)."""
     # sys.argv stays as typed: Lightning's DDP launcher re-runs it in every child process.
     argv = list(sys.argv[1:] if args is None else args)
+    found_last = None
     if subcommand(argv) == "fit":
-        argv = resolve_last(argv)
+        argv, found_last = resolve_last(argv)
     if subcommand(argv) is None and "--version" in argv:
         print(version_line())
         return None
-    with quiet(subcommand(argv)), checkpoint_layer(argv) as (argv, layer_ckpt), _figures_written():
+    with (
+        console(subcommand(argv)),
+        checkpoint_layer(argv) as (argv, layer_ckpt),
+        _figures_written(),
+    ):
         return ClassifierCLI(
             ImageClassifier,
             ImageFolderDataModule,
@@ -294,6 +346,7 @@ def main(args: list[str] | None = None) -> Any:
             save_config_kwargs={"save_to_log_dir": False},
             parser_class=ClassifierArgumentParser,
             layer_ckpt=layer_ckpt,
+            found_last=found_last,
         )
 
 

@@ -1,17 +1,20 @@
-"""What a command prints: its version line, and no messages that do not concern the user's run
-(Lightning's advertising, warnings about its own internals)."""
+"""What a command prints: its version line, no messages that do not concern the user's run
+(Lightning's advertising, warnings about its own internals), and no control characters from
+file names."""
 
 from __future__ import annotations
 
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from typing_extensions import override
 
 from classifier.arguments import EVAL_COMMANDS
+from classifier.text import printable
 
 
 def version_line() -> str:
@@ -42,28 +45,43 @@ _EVAL_NOISE = (
 )
 
 
-class _DropTips(logging.Filter):
-    """Drop Lightning's advertising (``💡 Tip: ... litlogger / litmodels``)."""
+class _Console(logging.Filter):
+    """Drop Lightning's advertising (``💡 Tip: ... litlogger / litmodels``); show control
+    characters in the rest (a file or folder name with ANSI escapes) escaped."""
 
     @override
     def filter(self, record: logging.LogRecord) -> bool:
-        return "💡 Tip:" not in str(record.msg)
+        if "💡 Tip:" in str(record.msg):
+            return False
+        message = record.getMessage()
+        if printable(message) != message:
+            record.msg, record.args = printable(message), ()
+        return True
+
+
+def _escaping(show: Callable[..., None]) -> Callable[..., None]:
+    """``warnings.showwarning`` that shows the message with control characters escaped."""
+
+    def escaped(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+        show(printable(str(message)), *args, **kwargs)
+
+    return escaped
 
 
 @contextmanager
-def quiet(command: str | None) -> Iterator[None]:
-    """Silence, for this command only, messages that do not concern the user's run."""
-    if os.environ.get("CLASSIFIER_DEBUG"):
-        yield
-        return
-    noise = _NOISE + (_EVAL_NOISE if command in EVAL_COMMANDS else ())
-    tips = _DropTips()
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    logger.addFilter(tips)
+def console(command: str | None) -> Iterator[None]:
+    """For this command only: silence messages that do not concern the user's run, and show
+    control characters in warnings and log messages escaped (names come from files)."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # rank_zero_info
+    guard = _Console()
+    logger.addFilter(guard)
     try:
         with warnings.catch_warnings():
-            for message in noise:
-                warnings.filterwarnings("ignore", message=f".*{message}")
+            warnings.showwarning = _escaping(warnings.showwarning)
+            if not os.environ.get("CLASSIFIER_DEBUG"):
+                noise = _NOISE + (_EVAL_NOISE if command in EVAL_COMMANDS else ())
+                for message in noise:
+                    warnings.filterwarnings("ignore", message=f".*{message}")
             yield
     finally:
-        logger.removeFilter(tips)
+        logger.removeFilter(guard)

@@ -242,10 +242,14 @@ class ImageFolderDataModule(LoaderDataModule):
             self.hashes[name], bad = scanned.hashes, scanned.bad
             if bad:
                 self.excluded[name] = bad
-                keep = [i for i, p in enumerate(split.paths) if str(p) not in bad]
-                split.paths = [split.paths[i] for i in keep]
-                split.labels = [split.labels[i] for i in keep]
-            if not split.paths:
+                drop = [i for i, p in enumerate(split.paths) if str(p) in bad]
+                if name == "predict":  # each file keeps its row in predictions.csv
+                    split.unusable = set(drop)
+                else:
+                    keep = sorted(set(range(len(split.paths))) - set(drop))
+                    split.paths = [split.paths[i] for i in keep]
+                    split.labels = [split.labels[i] for i in keep]
+            if len(split.paths) == len(split.unusable):
                 raise DataError(f"no readable images in {split.root}.")
         return split
 
@@ -325,7 +329,7 @@ class ImageFolderDataModule(LoaderDataModule):
                 else eval_transform(self.preprocessing)
             )
             self.datasets[name] = ImageDataset(
-                split.paths, split.labels, transform, substitute=name == "train"
+                split.paths, split.labels, transform, name == "train", split.unusable
             )
             if name == "train":
                 self._train_as_evaluated = None

@@ -18,6 +18,10 @@ class UserError(Exception):
     """A problem the user can fix; the message says how."""
 
 
+class ConfigError(UserError, ValueError):
+    """An option has a value that cannot work (the message names the option)."""
+
+
 @contextmanager
 def one_line_errors(*extra: type[BaseException]) -> Iterator[None]:
     """Print a :class:`UserError` (or one of ``extra``) as ``error: ...`` and exit with status

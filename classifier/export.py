@@ -1,11 +1,6 @@
-"""ONNX export with the preprocessing contract in its metadata, verified on real images.
-
-Exporting a finished checkpoint later is one command::
-
-    classifier-export --ckpt_path runs/.../checkpoints/best.ckpt
-
-(see ``classifier-export --help``).
-"""
+"""ONNX export with the preprocessing contract in its metadata, verified on real images: the
+one routine (:func:`export_and_verify`) behind the ``OnnxExport`` callback and the
+``classifier-export`` command (:mod:`classifier.export_command`)."""
 
 from __future__ import annotations
 
@@ -22,7 +17,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from classifier.files import atomic_write_bytes, run_of_checkpoint, write_json
+from classifier.files import atomic_write_bytes, write_json
 from classifier.transforms import Preprocessing
 from classifier.verify import ExportError, spread, verify_onnx
 
@@ -178,7 +173,8 @@ def export_and_verify(
     if images and chosen:
         paths, labels = [images[0][i] for i in chosen], [images[1][i] for i in chosen]
         report |= verify_onnx(path, net, paths, labels, pre, options.uint8_input)
-        report |= {"verified": True, "passed": options.passed(report)}
+        if report["images"]:  # none readable: nothing was compared
+            report |= {"verified": True, "passed": options.passed(report)}
     write_json(sidecar(path, "export_report.json"), report)
     if report.get("passed") is False:
         raise ExportError(
@@ -187,69 +183,6 @@ def export_and_verify(
             f"difference| {report['max_abs_logit_diff']:.2e} (atol {options.atol})."
         )
     return report
-
-
-def export_checkpoint(
-    ckpt_path: str,
-    output: str | None = None,
-    opset: int = 18,
-    uint8_input: bool = False,
-    simplify: bool = True,
-    images: str | None = None,
-    verify_images: int = 64,
-    atol: float = 1e-3,
-    min_agreement: float = 0.99,
-    overwrite: bool = False,
-) -> Path:
-    """Export a finished checkpoint to ONNX and verify it on real images.
-
-    Args:
-        ckpt_path: a checkpoint written by ``classifier fit``.
-        output: the ONNX file; default ``model.onnx`` in the run folder the checkpoint belongs
-            to (``<run>/checkpoints/x.ckpt``), else ``<checkpoint name>.onnx`` beside it.
-        opset: ONNX opset (>= 17).
-        uint8_input: put normalisation inside the graph (``uint8`` RGB input).
-        simplify: simplify the graph with onnxsim.
-        images: folder of images to verify with (class sub-folders give accuracy); default
-            the ``val/`` split the model was trained with, when it exists.
-        verify_images: how many images to verify with (0 skips verification).
-        atol: largest allowed absolute logit difference.
-        min_agreement: smallest allowed fraction of images with the same top-1 class.
-        overwrite: replace an existing ONNX file at the output path.
-    """
-    from classifier.arguments import checkpoint_config
-    from classifier.checkpoint import load_checkpoint
-    from classifier.model import ImageClassifier
-    from classifier.splits import read_unlabelled
-
-    checkpoint = load_checkpoint(ckpt_path)
-    config = checkpoint_config(checkpoint, ckpt_path)
-    names = config["data"]["class_names"]
-    model = ImageClassifier(class_names=names, **config["model"])
-    model.load_state_dict(checkpoint["state_dict"])
-    pre = Preprocessing.from_dict(checkpoint["preprocessing"])
-    path = Path(output) if output else default_output(Path(ckpt_path))
-    described = (path, sidecar(path, "labels_mapping.json"), sidecar(path, "export_report.json"))
-    existing = [str(f) for f in described if f.exists()]
-    if existing and not overwrite:
-        raise ExportError(
-            f"{', '.join(existing)} exist(s); pass --overwrite true to replace, or --output FILE."
-        )
-    folder = Path(images) if images else Path(config["data"].get("data_dir", "data")) / "val"
-    split = read_unlabelled(folder, names) if verify_images and folder.is_dir() else None
-    options = ExportOptions(opset, simplify, uint8_input, verify_images, atol, min_agreement)
-    report = export_and_verify(
-        model.model,
-        path,
-        names,
-        pre,
-        options,
-        (split.paths, split.labels) if split is not None else None,
-        float(checkpoint["temperature"]),
-        owned=True,  # a model built for this export
-    )
-    print(describe(path, report))
-    return path
 
 
 def describe(path: Path, report: dict[str, Any]) -> str:
@@ -268,30 +201,3 @@ def sidecar(onnx_path: Path, name: str) -> Path:
     ``fp32.labels_mapping.json`` beside ``fp32.onnx`` (two exports in one folder never share)."""
     prefix = "" if onnx_path.name == "model.onnx" else f"{onnx_path.stem}."
     return onnx_path.with_name(prefix + name)
-
-
-def default_output(ckpt_path: Path) -> Path:
-    """``<run>/model.onnx`` for a checkpoint in a run's ``checkpoints/`` folder (one holding
-    ``config.yaml``, ``hparams.yaml`` or ``metrics.csv``), else ``<name>.onnx`` beside it."""
-    run = run_of_checkpoint(ckpt_path)
-    if run is not None:
-        return run / "model.onnx"
-    return ckpt_path.resolve().parent / f"{ckpt_path.stem}.onnx"
-
-
-def main(args: list[str] | None = None) -> None:
-    """``classifier-export --ckpt_path best.ckpt``; user errors print as one line."""
-    from jsonargparse import auto_cli
-    from PIL import Image
-
-    from classifier.errors import one_line_errors
-    from classifier.safety import enforce_import_policy
-
-    enforce_import_policy()
-    # Beyond the CLI's user errors: unreadable verification images and bad paths.
-    with one_line_errors(OSError, ValueError, Image.DecompressionBombError):
-        auto_cli(export_checkpoint, args=args, as_positional=False)
-
-
-if __name__ == "__main__":
-    main()

@@ -8,10 +8,13 @@ import io
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
+
+from classifier.text import csv_cell, printable
 
 if TYPE_CHECKING:  # torch-free at run time: classifier-predict uses it
     import lightning.pytorch as pl
@@ -86,12 +89,49 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, readable.encode("utf-8", errors="backslashreplace"))
 
 
-def read_json(path: Path) -> Any:
-    """The JSON in ``path``, or ``None`` if it is missing or malformed."""
+#: The largest run file read back (a report embeds PNGs, CSVs and JSON of the run).
+READ_LIMIT = 64 * 2**20
+
+
+def read_regular(path: Path, limit: int = READ_LIMIT) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else ``None``.
+
+    Run folders may come from someone else: a symlink planted there (``loss_history.png ->
+    ~/.ssh/id_rsa``) is not followed (``O_NOFOLLOW``), and a FIFO or device is never read
+    (opened without blocking, checked with ``fstat`` once open).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        fd = os.open(path, flags)
+    except OSError:  # missing, a link, or not readable
         return None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        data = handle.read(limit + 1)
+    return data if len(data) <= limit else None
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in ``path`` (a regular file, :func:`read_regular`), or ``None`` if it is
+    missing, refused or malformed."""
+    data = read_regular(path)
+    try:
+        return None if data is None else json.loads(data)
+    except ValueError:
+        return None
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of the CSV file ``path`` (a regular file, :func:`read_regular`); ``[]`` if it
+    is missing, refused or not text."""
+    data = read_regular(path)
+    try:
+        text = "" if data is None else data.decode("utf-8")
+    except UnicodeDecodeError:
+        return []
+    return list(csv.DictReader(io.StringIO(text, newline="")))
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -100,11 +140,12 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Atomically write a CSV file with a header row."""
+    """Atomically write a CSV file with a header row. Text cells that a spreadsheet would run
+    as a formula (``=``, ``+``, ``-``, ``@`` first) are written as text (:func:`csv_cell`)."""
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerow([csv_cell(h) for h in header])
+    writer.writerows([csv_cell(v) for v in row] for row in rows)
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -129,6 +170,30 @@ def run_dir(trainer: pl.Trainer) -> Path:
     return Path(save_dir or trainer.default_root_dir)
 
 
+def plain_name(name: str, option: str) -> str:
+    """``name`` if it is a plain file name (no folder, not ``.`` or ``..``, no control
+    characters), for options naming a file inside the results folder.
+
+    Raises:
+        ConfigError: ``name`` would put the file elsewhere (``/home/me/.bashrc``,
+            ``../x.csv``).
+    """
+    from classifier.errors import ConfigError
+
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or os.sep in name
+        or printable(name) != name
+    ):
+        raise ConfigError(
+            f"{option} must be a plain file name inside the results folder, got {name!r}"
+        )
+    return name
+
+
 def safe_name(name: str, max_len: int = 64) -> str:
     """A class or metric name made safe for a file name (no ``/``, ``..``, newlines)."""
     cleaned = re.sub(r"[^\w.-]+", "_", name, flags=re.UNICODE).strip("._") or "unnamed"
@@ -137,10 +202,25 @@ def safe_name(name: str, max_len: int = 64) -> str:
 
 def run_of_checkpoint(ckpt_path: Path) -> Path | None:
     """The run folder a checkpoint belongs to (``<run>/checkpoints/x.ckpt``, where ``<run>``
-    holds ``config.yaml``, ``hparams.yaml`` or ``metrics.csv``), else ``None``."""
-    folder = ckpt_path.resolve().parent
+    holds ``config.yaml``, ``hparams.yaml`` or ``metrics.csv``), else ``None``.
+
+    Found as the path says, never through a link: a ``checkpoints`` folder or a run folder
+    that is a symlink (or a marker that is one) makes it no run, so nothing is written into
+    the folder a link points at.
+    """
+    folder = Path(os.path.abspath(ckpt_path)).parent
     run = folder.parent
     markers = ("config.yaml", "hparams.yaml", "metrics.csv")
-    if folder.name == "checkpoints" and any((run / m).is_file() for m in markers):
+    if folder.name != "checkpoints" or folder.is_symlink() or run.is_symlink():
+        return None
+    if any(_is_regular(run / m) for m in markers):
         return run
     return None
+
+
+def _is_regular(path: Path) -> bool:
+    """Whether ``path`` is a regular file itself (not a link to one)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False

@@ -10,13 +10,12 @@ on a phone.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from classifier.files import atomic_write_text, read_json
+from classifier.files import atomic_write_text, read_csv, read_json, read_regular
 
 #: ``(id, title)`` of every section, in page order.
 SECTIONS = (
@@ -50,18 +49,14 @@ td:first-child,th:first-child{text-align:left}.muted{color:#667}.bad{color:#b326
 """
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def _image(path: Path, alt: str) -> str:
-    if not path.is_file():
+    """The PNG at ``path`` embedded; nothing when it is missing, not a regular file (a link
+    planted in the run folder is never followed) or not a PNG."""
+    data = read_regular(path)
+    if data is None or not data.startswith(b"\x89PNG\r\n\x1a\n"):
         return ""
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    encoded = base64.b64encode(data).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -101,7 +96,7 @@ def _cards(values: dict[str, float]) -> str:
 def stage_metrics(metrics_csv: Path, stage: str) -> dict[str, float]:
     """The last logged ``{stage}/*`` summary metrics of a ``metrics.csv``."""
     found: dict[str, float] = {}
-    for row in _read_csv(metrics_csv):
+    for row in read_csv(metrics_csv):
         for name in METRICS:
             value = row.get(f"{stage}/{name}")
             if value:
@@ -110,7 +105,7 @@ def stage_metrics(metrics_csv: Path, stage: str) -> dict[str, float]:
 
 
 def _summary(run: Path, results: Path) -> str:
-    history = _read_csv(run / "history.csv")
+    history = read_csv(run / "history.csv")
     parts = []
     if history:
         best = max(history, key=lambda r: _number(r.get("val_top1")))
@@ -131,7 +126,7 @@ def _confusion(run: Path, results: Path) -> str:
         results / "confusion_matrix_test.png", "test confusion matrix"
     )
     parts = [f'<div class="pair">{images}</div>']
-    pairs = _read_csv(run / "most_confused_val.csv")[:10]
+    pairs = read_csv(run / "most_confused_val.csv")[:10]
     if pairs:
         rows = [(p["true"], p["predicted"], p["count"], p["share_of_true"]) for p in pairs]
         header = ("true", "predicted as", "images", "share of true class")
@@ -142,7 +137,7 @@ def _confusion(run: Path, results: Path) -> str:
 def _per_class(run: Path, results: Path) -> str:
     parts = []
     for stage, folder in (("val", run), ("test", results)):
-        rows = _read_csv(folder / f"{stage}_per_class.csv")
+        rows = read_csv(folder / f"{stage}_per_class.csv")
         if rows:
             rows.sort(key=lambda r: _number(r.get("f1")))
             wanted = ("class", "support", "predicted", "precision", "recall", "f1", "auroc")

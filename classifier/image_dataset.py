@@ -11,6 +11,7 @@ from torch.utils.data import Dataset, get_worker_info
 from typing_extensions import override
 
 from classifier.tensor_decode import load_rgb
+from classifier.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class ImageDataset(Dataset[Sample]):
         labels: class index per file (-1 when unknown).
         transform: applied to the ``uint8`` tensor.
         substitute: replace an unreadable file by the next readable one (training).
+        unusable: indices the pre-scan found unusable: never decoded, always unreadable.
     """
 
     def __init__(
@@ -59,11 +61,13 @@ class ImageDataset(Dataset[Sample]):
         labels: list[int],
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         substitute: bool = False,
+        unusable: set[int] | frozenset[int] = frozenset(),
     ) -> None:
         self.paths = paths
         self.labels = labels
         self.transform = transform
         self.substitute = substitute
+        self.unusable = frozenset(unusable)
         # Shared memory: loader workers (forked or spawned) count into the same tensor.
         self._failures = torch.zeros(_COUNTER_SLOTS, dtype=torch.long)
         self._failures.share_memory_()  # type: ignore[no-untyped-call]
@@ -90,16 +94,20 @@ class ImageDataset(Dataset[Sample]):
             return self._load(index)
 
     def _load(self, index: int) -> Sample:
+        if index in self.unusable:  # named by the pre-scan already
+            return self._unreadable(index)
         for attempt in range(_MAX_REPLACEMENTS + 1):
             current = (index + attempt) % len(self.paths)
             try:
                 image = load_rgb(self.paths[current])
             except Exception as error:  # decoder errors vary by format
                 self._count_failure()
+                # Escaped here: this runs in loader workers, outside the command's console.
+                named = printable(f"{self.paths[current]}: {error}")
                 if not self.substitute:
-                    log.warning("unreadable image %s: %s", self.paths[current], error)
+                    log.warning("unreadable image %s", named)
                     return self._unreadable(index)
-                log.warning("replacing unreadable image %s: %s", self.paths[current], error)
+                log.warning("replacing unreadable image %s", named)
                 continue
             if self.transform is not None:
                 image = self.transform(image)

@@ -382,7 +382,7 @@ class ImageClassifier(pl.LightningModule):
         from before calibration a temperature of 1 (also on Lightning's own loading route)."""
         from classifier.checkpoint import upgrade
 
-        upgrade(checkpoint)
+        upgrade(checkpoint, "the checkpoint")
         self.temperature = float(checkpoint.get("temperature", 1.0))
         if "preprocessing" in checkpoint:
             self.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])

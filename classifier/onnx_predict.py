@@ -9,7 +9,6 @@ without torch with ``pip install --no-deps classifier onnxruntime pillow numpy``
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from collections.abc import Sequence
@@ -19,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from classifier.errors import UserError
+from classifier.files import write_csv
 from classifier.pil_decode import decode_pil
 from classifier.splits import DataError, read_unlabelled
+from classifier.text import printable
 
 _RESAMPLING = {"bilinear": 2, "bicubic": 3, "nearest": 0}  # PIL.Image.Resampling values
 
@@ -29,15 +30,56 @@ class PredictError(UserError):
     """A problem the user can fix (missing folder, not a classifier export)."""
 
 
-def _contract(session: Any) -> dict[str, Any]:
-    """The JSON-valued metadata entries (others, added by tools such as onnxsim, are skipped)."""
+#: The largest image side a contract may ask for (a larger one is a damaged or hostile file).
+MAX_SIDE = 8192
+
+
+def _contract(session: Any, model: Path) -> dict[str, Any]:
+    """The JSON-valued metadata entries (others, added by tools such as onnxsim, are
+    skipped), checked to be what classifier writes.
+
+    Raises:
+        PredictError: the preprocessing contract is missing or not usable.
+    """
     contract: dict[str, Any] = {}
     for key, value in session.get_modelmeta().custom_metadata_map.items():
         try:
             contract[key] = json.loads(value)
         except ValueError:
             continue
+    problem = _contract_problem(contract, session)
+    if problem:
+        raise PredictError(f"{model}: {problem}; not a classifier export, or a damaged one")
     return contract
+
+
+def _contract_problem(contract: dict[str, Any], session: Any) -> str | None:
+    """What is wrong with ``contract`` (``None``: nothing)."""
+    names = contract.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return "its metadata has no class names"
+    sizes = [contract.get("image_size"), contract.get("resize_size")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE for v in sizes):
+        return f"image_size and resize_size must be whole numbers of 1 to {MAX_SIDE} pixels"
+    if int(contract["resize_size"]) < int(contract["image_size"]):
+        return "resize_size is smaller than image_size"
+    if contract.get("interpolation") not in _RESAMPLING:
+        return f"interpolation must be one of {', '.join(_RESAMPLING)}"
+    for key in ("mean", "std"):
+        value = contract.get(key)
+        if contract.get("input_dtype") == "uint8":
+            continue  # normalisation is inside the graph
+        if not (isinstance(value, list) and len(value) == 3):
+            return f"{key} must be three numbers"
+        if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in value):
+            return f"{key} must be three finite numbers"
+        if key == "std" and min(value) <= 0:
+            return "std must be positive"
+    outputs = session.get_outputs()
+    width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+    if isinstance(width, int) and width != len(names):
+        return f"the model has {width} outputs for {len(names)} class names"
+    return None
 
 
 def load(path: Path, contract: dict[str, Any]) -> np.ndarray:
@@ -87,10 +129,8 @@ def predict(model: Path, folder: Path, output: Path, top_k: int = 5) -> int:
     if not model.is_file():
         raise PredictError(f"{model} is not a file")
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    contract = _contract(session)
-    names: list[str] = list(contract.get("class_names", []))
-    if not names or "resize_size" not in contract:
-        raise PredictError(f"{model} has no class names or preprocessing in its metadata")
+    contract = _contract(session, model)
+    names: list[str] = list(contract["class_names"])
     if top_k < 1:
         raise PredictError(f"--top_k must be at least 1, got {top_k}")
     try:  # the same walk and class-folder rule as `classifier predict`
@@ -114,6 +154,8 @@ def _row(
     row: dict[str, Any] = {"path": str(path), "true": true, "error": ""}
     try:
         pixels = load(path, contract)
+    except MemoryError:  # not the file's fault: never reported as an unreadable file
+        raise
     except Exception:  # any decoder failure: the row stays, marked
         row["error"] = "unreadable"
         return row
@@ -129,15 +171,13 @@ def _row(
 
 
 def _write(output: Path, rows: list[dict[str, Any]], k: int, has_truth: bool) -> None:
+    """The CSV, written as every file is: atomically, replacing a link at ``output`` instead of
+    writing through it, text cells never read as spreadsheet formulas."""
     header = ["path", "predicted", "confidence"] + (["true"] if has_truth else [])
     for rank in range(1, k + 1):
         header += [f"top{rank}_class", f"top{rank}_prob"]
     header.append("error")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, header, extrasaction="ignore", restval="")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(output, header, ([row.get(h, "") for h in header] for row in rows))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -155,12 +195,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         count = predict(args.model, args.images, args.output, args.top_k)
     except (PredictError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {printable(str(error))}", file=sys.stderr)
         sys.exit(1)
     except Exception as error:  # onnxruntime refusing the file, and the like
-        print(f"error: {args.model}: {type(error).__name__}: {error}", file=sys.stderr)
+        message = f"{args.model}: {type(error).__name__}: {error}"
+        print(f"error: {printable(message)}", file=sys.stderr)
         sys.exit(1)
-    print(f"Wrote {count} predictions to {args.output}")
+    print(printable(f"Wrote {count} predictions to {args.output}"))
 
 
 if __name__ == "__main__":

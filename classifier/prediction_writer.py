@@ -13,7 +13,8 @@ from typing_extensions import override
 
 from classifier.contract import classifier_module, image_data
 from classifier.dist import gather_objects
-from classifier.files import run_dir, write_csv
+from classifier.errors import ConfigError
+from classifier.files import plain_name, run_dir, write_csv
 from classifier.image_dataset import UNREADABLE
 
 
@@ -25,13 +26,14 @@ class PredictionWriter(Callback):
     read keeps its row, with empty predictions and ``unreadable`` in the ``error`` column.
 
     Args:
-        filename: CSV file name inside the run folder.
+        filename: CSV file name inside the results folder (a plain name: no folders).
         top_k: classes listed per image (all classes when there are fewer).
     """
 
     def __init__(self, filename: str = "predictions.csv", top_k: int = 5) -> None:
         if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
+            raise ConfigError(f"PredictionWriter top_k must be at least 1, got {top_k}")
+        plain_name(filename, "PredictionWriter filename")
         self.filename = filename
         self.top_k = top_k
         self._rows: list[tuple[int, int, list[float]]] = []

@@ -96,6 +96,131 @@ def enforce_import_policy() -> None:
     )
     _granted.clear()
     _granted.update(extra)
+    bound_yaml()
+
+
+def refuse_unsafe_objects(config: Any, where: str = "") -> None:
+    """Refuse any object in a parsed ``config`` that is neither data nor a class or plain
+    function defined in an allowed module.
+
+    jsonargparse resolves a dotted name to whatever it reaches and checks the path it was
+    asked for and the object's defining module; an object that knows no module (a builtin
+    function or method, ``some.allowed.module.a_dict.setdefault``), a bound method or a module
+    reached through an allowed module's globals slips past that check. Here every
+    non-data value of the parsed config must be a class or a Python function whose defining
+    module and name lie inside the allow-list.
+
+    Raises:
+        UnsafeConfigError: such a value, named by where it is in the config.
+    """
+    from jsonargparse import Namespace
+
+    if isinstance(config, Namespace):
+        config = vars(config)
+    if isinstance(config, dict):
+        for key, value in config.items():
+            refuse_unsafe_objects(value, f"{where}.{key}" if where else str(key))
+        return
+    if isinstance(config, (list, tuple)):
+        for i, value in enumerate(config):
+            refuse_unsafe_objects(value, f"{where}[{i}]")
+        return
+    if config is None or isinstance(config, (str, bytes, int, float, bool, os.PathLike)):
+        return
+    if _defined_in_allowed_module(config):
+        return
+    raise UnsafeConfigError(
+        f"{where or 'the config'} names {config!r}, which is not a class or function defined "
+        f"in the allowed packages ({', '.join((*ALLOWED_PREFIXES, 'classifier'))} classes); "
+        f"refusing to use it. Add trusted packages of your own to ${ENV_ALLOWED}."
+    )
+
+
+def _defined_in_allowed_module(value: Any) -> bool:
+    """A class or plain Python function (not a builtin, bound method or module) whose
+    defining module and qualified name are allowed."""
+    import inspect
+
+    if not (inspect.isclass(value) or inspect.isfunction(value)):
+        return False
+    module, name = getattr(value, "__module__", None), getattr(value, "__qualname__", "")
+    if not isinstance(module, str) or not name or "<" in name:
+        return False
+    return is_allowed(f"{module}.{name}")
+
+
+#: The largest config text (a file, an environment variable or a command-line value).
+MAX_CONFIG_CHARS = 1_000_000
+#: The most YAML nodes a config may expand to, aliases counted each time they are used: a
+#: few hundred bytes of nested aliases ("billion laughs") would otherwise expand to billions.
+MAX_CONFIG_NODES = 200_000
+
+
+def bound_yaml() -> None:
+    """Make jsonargparse's YAML loader refuse oversized configs and alias bombs (within a
+    second, with one error line) before it loads them."""
+    import yaml
+    from jsonargparse import get_loader, set_loader
+
+    load = get_loader("yaml")
+    if getattr(load, "bounded", False):
+        return
+
+    def bounded(text: str) -> Any:
+        if len(text) > MAX_CONFIG_CHARS:
+            raise UnsafeConfigError(
+                f"a config of {len(text):,} characters is over the limit of "
+                f"{MAX_CONFIG_CHARS:,}; refusing to parse it."
+            )
+        if "*" in text:  # an alias may expand: count what it expands to
+            _check_expansion(
+                yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            )
+        return load(text)
+
+    bounded.bounded = True  # type: ignore[attr-defined]
+    set_loader("yaml", bounded, (yaml.YAMLError,))
+
+
+def _check_expansion(root: Any) -> None:
+    """Raise :class:`UnsafeConfigError` if the YAML node graph ``root`` expands (aliases
+    followed) to more than :data:`MAX_CONFIG_NODES` nodes, or refers to itself."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(root, False)] if root is not None else []
+    open_nodes: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            open_nodes.discard(key)
+            children = _children(node)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > MAX_CONFIG_NODES:
+                break
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise UnsafeConfigError("the config refers to itself through a YAML alias.")
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+    total = sizes.get(id(root), 0) if root is not None else 0
+    if total > MAX_CONFIG_NODES or any(v > MAX_CONFIG_NODES for v in sizes.values()):
+        raise UnsafeConfigError(
+            f"the config's YAML aliases expand to more than {MAX_CONFIG_NODES:,} values "
+            "(an alias bomb?); refusing to parse it."
+        )
+
+
+def _children(node: Any) -> list[Any]:
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def unsafe_error(message: str) -> UnsafeConfigError | None:

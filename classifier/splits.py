@@ -15,6 +15,7 @@ from pathlib import Path
 
 from classifier.errors import UserError
 from classifier.pil_decode import is_image_file
+from classifier.text import printable
 
 #: Folder names that are never classes (tool and OS droppings).
 IGNORED_DIRS = frozenset({"__MACOSX", "__pycache__", "@eaDir", "$RECYCLE.BIN"})
@@ -29,10 +30,13 @@ class DataError(UserError, ValueError):
 
 
 def class_name(folder_name: str) -> str:
-    """The class name of a folder: NFC-normalised, with bytes that are not UTF-8 escaped
-    (``f\\xffx``), so checkpoints, figures, CSVs and ONNX metadata can all hold it."""
+    """The class name of a folder: NFC-normalised, with bytes that are not UTF-8 and control
+    characters escaped (``f\\xffx``, ``\\x1b[31m``), so checkpoints, figures, CSVs, ONNX
+    metadata and terminals can all hold it."""
     readable = os.fsencode(folder_name).decode("utf-8", errors="backslashreplace")
-    return unicodedata.normalize("NFC", readable)
+    return printable(
+        unicodedata.normalize("NFC", readable).replace("\n", "\\n").replace("\t", "\\t")
+    )
 
 
 def _is_class_dir(entry: os.DirEntry[str]) -> bool:
@@ -147,6 +151,8 @@ class Split:
         missing_classes: train classes with no images in this split.
         empty_classes: class folders present but holding no image.
         visited: the files and folders walked, by (device, inode), with repeats.
+        unusable: indices of files the pre-scan found unusable that stay in the split (only
+            ``predict`` keeps them: each file gets its row, marked unreadable).
     """
 
     name: str
@@ -156,6 +162,7 @@ class Split:
     missing_classes: list[str] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
     visited: Visited = field(default_factory=Visited)
+    unusable: set[int] = field(default_factory=set)
 
     def __len__(self) -> int:
         return len(self.paths)

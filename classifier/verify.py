@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,20 @@ from torch import nn
 from classifier.errors import UserError
 from classifier.tensor_decode import load_rgb
 from classifier.transforms import Preprocessing, eval_transform, normalize
+
+
+def _readable(
+    paths: Sequence[Path], labels: Sequence[int], transform: Any
+) -> Iterator[tuple[torch.Tensor, int]]:
+    """The evaluation-ready image and label of each file that can be read."""
+    for path, label in zip(paths, labels, strict=True):
+        try:
+            image = load_rgb(path)
+        except MemoryError:
+            raise
+        except Exception:  # noqa: S112 (decoders raise many kinds; counted, not fatal)
+            continue
+        yield transform(image), label
 
 
 class ExportError(UserError, RuntimeError):
@@ -38,9 +52,13 @@ def verify_onnx(
 ) -> dict[str, Any]:
     """Run ``path`` with onnxruntime and ``net`` (CPU, float32) on the same images.
 
+    Images that cannot be read (changed since the pre-scan, or never scanned) are left out
+    and counted (``unreadable``), as evaluation does.
+
     Returns:
-        ``images``, ``top1_agreement`` (fraction with the same top-1 class),
-        ``max_abs_logit_diff``, and the top-1 accuracy of each runtime against ``labels``.
+        ``images`` (compared), ``unreadable``, ``top1_agreement`` (fraction with the same
+        top-1 class), ``max_abs_logit_diff``, and the top-1 accuracy of each runtime against
+        ``labels`` (-1: unknown, not counted).
     """
     import onnxruntime as ort
 
@@ -48,22 +66,24 @@ def verify_onnx(
     transform = eval_transform(pre)
     mean, std = pre.mean_std()
     net = net.eval()
+    readable = [(image, label) for image, label in _readable(paths, labels, transform)]
     agree, correct_torch, correct_onnx, max_diff = 0, 0, 0, 0.0
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        images = torch.stack([transform(load_rgb(p)) for p in chunk])
+    for start in range(0, len(readable), batch_size):
+        chunk = readable[start : start + batch_size]
+        images = torch.stack([image for image, _ in chunk])
         floats = normalize(images, mean, std)
         feed = images.numpy() if uint8_input else floats.numpy()
         onnx_logits = torch.from_numpy(session.run(None, {"images": feed})[0])
         torch_logits = net(floats).float()
-        truth = torch.tensor(labels[start : start + batch_size])
+        truth = torch.tensor([label for _, label in chunk])
         max_diff = max(max_diff, float((onnx_logits - torch_logits).abs().max()))
         agree += int((onnx_logits.argmax(1) == torch_logits.argmax(1)).sum())
         correct_torch += int((torch_logits.argmax(1) == truth).sum())
         correct_onnx += int((onnx_logits.argmax(1) == truth).sum())
-    count = max(1, len(paths))
+    count = max(1, len(readable))
     return {
-        "images": len(paths),
+        "images": len(readable),
+        "unreadable": len(paths) - len(readable),
         "top1_agreement": agree / count,
         "max_abs_logit_diff": max_diff,
         "top1_pytorch": correct_torch / count,

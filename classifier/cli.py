@@ -27,7 +27,7 @@ from classifier.checkpoint import CheckpointError, checkpoint_file
 from classifier.checkpoint_io import guard_checkpoint_loads
 from classifier.console import console, version_line
 from classifier.datamodule import ImageFolderDataModule
-from classifier.errors import one_line_errors
+from classifier.errors import ConfigError, one_line_errors
 from classifier.figure_thread import wait_for_figures
 from classifier.files import run_dir, run_of_checkpoint
 from classifier.html_report import write_report
@@ -117,6 +117,7 @@ class ClassifierCLI(LightningCLI):
     @override
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         """Lightning's trainer, loading checkpoints only through the safe loader."""
+        _refuse_spawn(self.config[str(self.subcommand)].trainer.strategy)
         trainer = super().instantiate_trainer(**kwargs)
         guard_checkpoint_loads(trainer.strategy)
         return trainer
@@ -293,6 +294,19 @@ def _report(run: Path, results: Path | None = None) -> None:
         warnings.warn(f"report.html not written: {error}", stacklevel=2)
 
 
+def _refuse_spawn(strategy: Any) -> None:
+    """Refuse the spawn-method strategies (``ddp_spawn``): Lightning hands the trained weights
+    back to the parent through a temporary pickle file and its progress bar deadlocks there;
+    ``ddp`` (a process per device, started like the command) does the same work."""
+    name = strategy if isinstance(strategy, str) else str(getattr(strategy, "class_path", ""))
+    start = getattr(getattr(strategy, "init_args", None), "start_method", None)
+    if "spawn" in name or start == "spawn":
+        raise ConfigError(
+            f"trainer.strategy {name} (ddp_spawn) is not supported: use --trainer.strategy ddp "
+            "(the default for several devices), which runs the same training."
+        )
+
+
 @contextmanager
 def no_working_folder_imports() -> Iterator[None]:
     """Every Python process this command starts (spawned DDP workers, spawn-method loader
@@ -332,6 +346,7 @@ def main(args: list[str] | None = None) -> Any:
         return None
     with (
         console(subcommand(argv)),
+        no_working_folder_imports(),
         checkpoint_layer(argv) as (argv, layer_ckpt),
         _figures_written(),
     ):

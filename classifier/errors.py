@@ -18,7 +18,7 @@ class UserError(Exception):
     """A problem the user can fix; the message says how."""
 
 
-class ConfigError(UserError, ValueError):
+class ConfigError(UserError):
     """An option has a value that cannot work (the message names the option)."""
 
 

@@ -31,13 +31,18 @@ class PredictionWriter(Callback):
     """
 
     def __init__(self, filename: str = "predictions.csv", top_k: int = 5) -> None:
-        if top_k < 1:
-            raise ConfigError(f"PredictionWriter top_k must be at least 1, got {top_k}")
-        plain_name(filename, "PredictionWriter filename")
         self.filename = filename
         self.top_k = top_k
         self._rows: list[tuple[int, int, list[float]]] = []
         self.path: Path | None = None
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Check the options before anything is predicted (here rather than in ``__init__``:
+        the command line reports errors raised here in one line)."""
+        if self.top_k < 1:
+            raise ConfigError(f"PredictionWriter top_k must be at least 1, got {self.top_k}")
+        plain_name(self.filename, "PredictionWriter filename")
 
     @override
     def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

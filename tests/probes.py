@@ -163,3 +163,19 @@ class LeaveOpen(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.handle = open(self.path, "w")  # noqa: SIM115 (left open on purpose)
         self.handle.write("written at fit end")
+
+
+class SpawnChild(Callback):
+    """Start one ``spawn``-method child process at fit start, as a spawn-method loader worker
+    or a user's helper would, and wait for it."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import multiprocessing
+
+        child = multiprocessing.get_context("spawn").Process(target=_nothing)
+        child.start()
+        child.join(timeout=120)
+
+
+def _nothing() -> None:
+    """What the spawned child runs (after importing this module: tests.probes)."""

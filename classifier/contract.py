@@ -14,10 +14,12 @@ module never reads the model: the backbone whose preprocessing it uses reaches i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -73,7 +75,7 @@ class ImageData(Protocol):
     preprocessing: Preprocessing | None
     excluded: dict[str, dict[str, str]]
 
-    def files(self, split: str) -> tuple[list[Path], list[int]] | None:
+    def files(self, split: str) -> tuple[Sequence[Path], np.ndarray] | None:
         """The files of ``split`` and their labels (-1: unknown), after exclusions, read on
         first use; ``None`` when the split has no folder."""
         ...

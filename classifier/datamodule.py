@@ -7,24 +7,22 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from typing_extensions import override
 
 from classifier import rng
+from classifier.dist import max_over_processes
+from classifier.file_table import Paths
 from classifier.files import run_dir
-from classifier.health import check_duplicates, duplicates, report_excluded, report_shared
-from classifier.holdout import carve, draw, relative, saved, write_manifest
+from classifier.folder_splits import FolderSplits, Processes
+from classifier.health import report_excluded, report_shared
+from classifier.holdout import relative, write_manifest
 from classifier.image_dataset import ImageDataset
 from classifier.loaders import LoaderDataModule
-from classifier.prescan import scan_files
 from classifier.sampler import EpochSampler
-from classifier.splits import (
-    DataError,
-    Split,
-    class_dirs,
-    read_split,
-    read_unlabelled,
-)
+from classifier.splits import DataError, Split, class_dirs
+from classifier.tensor_decode import load_rgb
 from classifier.transforms import (
     AutoAugment,
     Interpolation,
@@ -126,19 +124,13 @@ class ImageFolderDataModule(LoaderDataModule):
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         self._class_names = class_names
-        self.splits: dict[str, Split] = {}
         self.datasets: dict[str, ImageDataset] = {}
-        #: ``{split: {path: reason}}`` of files the pre-scan excluded.
-        self.excluded: dict[str, dict[str, str]] = {}
-        #: ``{split: {path: (content hash, perceptual hash)}}`` from the pre-scan.
-        self.hashes: dict[str, dict[str, tuple[str, int | None]]] = {}
         self.preprocessing: Preprocessing | None = None
         self.train_sampler: EpochSampler | None = None
         self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
-        #: The duplicate report of the first fit setup.
-        self._health: dict[str, Any] | None = None
-        #: All of ``train/`` before a validation share was held out (``val_fraction``).
-        self._unsplit: Split | None = None
+        self._folder: FolderSplits | None = None
+        #: Whether the first fit setup announced the data health check.
+        self._announced = False
         #: Generator states of the checkpoint a resumed fit starts from.
         self._rng_states: dict[str, Any] | None = None
         #: Failures of each split's dataset already reported by :meth:`new_failures`.
@@ -147,10 +139,29 @@ class ImageFolderDataModule(LoaderDataModule):
         self._train_as_evaluated: ImageDataset | None = None
 
     @property
+    def folder(self) -> FolderSplits:
+        """The splits of ``data_dir`` (read, scanned and held out on first use)."""
+        if self._folder is None:
+            self._folder = FolderSplits(self.data_dir, self.hparams, self.class_names)
+        return self._folder
+
+    @property
+    @override
+    def splits(self) -> dict[str, Split]:
+        """The splits read so far, by name."""
+        return self.folder.splits
+
+    @property
+    def excluded(self) -> dict[str, dict[str, str]]:
+        """``{split: {path: reason}}`` of files the pre-scan excluded."""
+        return self.folder.excluded
+
+    @property
     def class_names(self) -> list[str]:
         """Class names in label order: given, or the sorted folders of ``train/``."""
         if self._class_names is None:
-            self._class_names = list(class_dirs(self._split_root("train")))
+            root = FolderSplits(self.data_dir, self.hparams, []).root("train")
+            self._class_names = list(class_dirs(root))
             if not self._class_names:
                 raise DataError(f"{self.data_dir / 'train'} has no class folders.")
         return self._class_names
@@ -160,20 +171,6 @@ class ImageFolderDataModule(LoaderDataModule):
     def num_classes(self) -> int:
         """Number of classes."""
         return len(self.class_names)
-
-    def _split_root(self, name: str) -> Path:
-        if not self.data_dir.is_dir():
-            raise DataError(f"data_dir {self.data_dir} does not exist (set --data.data_dir).")
-        root = self.data_dir / name
-        if not root.is_dir():
-            hint = (
-                " or hold out part of train/ with --data.val_fraction 0.1" if name == "val" else ""
-            )
-            raise DataError(
-                f"{root} is missing: data_dir must hold train/ and val/ (and optionally test/), "
-                f"each with one folder per class{hint}."
-            )
-        return root
 
     def resolve_preprocessing(self) -> Preprocessing:
         """Evaluation preprocessing from the arguments, else the backbone's pretrained config."""
@@ -192,17 +189,15 @@ class ImageFolderDataModule(LoaderDataModule):
         """Read the splits the stage needs, pre-scan them and build the datasets."""
         self.preprocessing = self.resolve_preprocessing()
         self._check_class_names()
-        wanted: dict[str, list[Stage]] = {
-            "fit": ["train", "val"],
-            "validate": ["val"],
-            "test": ["test"],
-            "predict": ["predict"],
-        }
-        for name in wanted[stage]:
-            if name not in self.splits:
-                self.splits[name] = self._read(name)
-        if "val" in self.splits and self._unsplit is not None:  # again in a second fit's folder
-            self._write_manifest(self.splits["val"])
+        if self.trainer is not None:
+            strategy = self.trainer.strategy
+            self.folder.processes = Processes(self.trainer.local_rank == 0, strategy.barrier)
+        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}
+        for name in wanted.get(stage, ["predict"]):
+            if self.folder.get(name) is None:
+                self.folder.root(name)  # the missing folder, as an error saying how
+        if "val" in self.splits and self.folder.unsplit is not None:
+            self._write_manifest()  # again in a second fit's folder (after the finders)
         checked = stage == "fit" and self._check_health()
         self._build_datasets()
         if self.excluded:
@@ -212,11 +207,7 @@ class ImageFolderDataModule(LoaderDataModule):
 
     def split(self, name: Stage) -> Split | None:
         """Split ``name``, read and scanned on first use; ``None`` when its folder is absent."""
-        if name not in self.splits:
-            if name != "predict" and not (self.data_dir / name).is_dir():
-                return None
-            self.splits[name] = self._read(name)
-        return self.splits[name]
+        return self.folder.get(name)
 
     def _check_class_names(self) -> None:
         train = self.data_dir / "train"
@@ -228,67 +219,13 @@ class ImageFolderDataModule(LoaderDataModule):
                     f"{train}: {found}. Use the data the model was trained on."
                 )
 
-    def _read(self, name: Stage) -> Split:
-        if name == "val" and self.hparams["val_fraction"] > 0:
-            return self._hold_out()
-        if name == "predict":
-            if self.hparams["predict_dir"] is None:
-                raise DataError("predict needs --data.predict_dir DIR (a folder of images).")
-            split = read_unlabelled(Path(self.hparams["predict_dir"]), self.class_names)
-        else:
-            split = read_split(name, self._split_root(name), self.class_names)
-        if self.hparams["scan"]:
-            scanned = scan_files(split.paths, split.root)
-            self.hashes[name], bad = scanned.hashes, scanned.bad
-            if bad:
-                self.excluded[name] = bad
-                drop = [i for i, p in enumerate(split.paths) if str(p) in bad]
-                if name == "predict":  # each file keeps its row in predictions.csv
-                    split.unusable = set(drop)
-                else:
-                    keep = sorted(set(range(len(split.paths))) - set(drop))
-                    split.paths = [split.paths[i] for i in keep]
-                    split.labels = [split.labels[i] for i in keep]
-            if len(split.paths) == len(split.unusable):
-                raise DataError(f"no readable images in {split.root}.")
-        return split
-
-    def _hold_out(self) -> Split:
-        """A validation split carved from ``train/`` (see :mod:`classifier.holdout`)."""
-        if not 0 < self.hparams["val_fraction"] < 1:
-            raise DataError(
-                f"val_fraction must be between 0 and 1, got {self.hparams['val_fraction']}"
-            )
-        if (self.data_dir / "val").is_dir():
-            raise DataError(
-                f"{self.data_dir / 'val'} exists, and val_fraction holds out part of train/ only "
-                "when there is no val/ folder: drop --data.val_fraction or the folder."
-            )
-        train = self.split("train")
-        assert train is not None
-        self._unsplit = train
-        hp = self.hparams
-        hashes = self.hashes.get("train", {})
-        held = draw(train, hashes, hp["val_fraction"], hp["seed"] or 0, hp["duplicate_bits"])
-        if not held:
-            raise DataError(
-                f"val_fraction {hp['val_fraction']} holds out no image of {train.root}: every "
-                "class needs two or more images (one to train on, one to validate)."
-            )
-        return self._apply_holdout(held)
-
-    def _apply_holdout(self, held: set[int]) -> Split:
-        assert self._unsplit is not None
-        self.splits["train"], val = carve(self._unsplit, held)
-        self.hashes["val"] = self.hashes.get("train", {})
-        self._write_manifest(val)
-        return val
-
-    def _write_manifest(self, val: Split) -> None:
+    def _write_manifest(self) -> None:
         """``split.csv`` in the run folder (rank 0), when a validation share was held out."""
         folder = self._rank_zero_folder()
-        if folder is not None and self._unsplit is not None:
-            write_manifest(folder / "split.csv", self.splits["train"], val, self.class_names)
+        if folder is not None:
+            write_manifest(
+                folder / "split.csv", self.splits["train"], self.splits["val"], self.class_names
+            )
 
     def _rank_zero_folder(self) -> Path | None:
         """The run folder on rank 0 (where reports are written), else ``None``."""
@@ -297,18 +234,39 @@ class ImageFolderDataModule(LoaderDataModule):
         return None
 
     def _check_health(self) -> bool:
-        """Duplicates in and across train, val and test; whether the check ran."""
+        """Duplicates in and across train, val and test, as far as the hashes known now tell
+        (near copies of images not hashed yet: after the first epoch); whether it ran."""
         hp = self.hparams
         if hp["duplicate_bits"] < 0 or not hp["scan"]:
             return False
-        announce = self._health is None  # a second setup (after the finders) only writes it
-        if self._health is None:
-            self.split("test")  # a copy in test/ inflates the final score as much as in val/
-            self._health = duplicates(
-                self.splits, self.hashes, self.class_names, hp["duplicate_bits"]
-            )
-        check_duplicates(self._health, hp["on_leakage"], self._rank_zero_folder(), announce)
+        self.split("test")  # a copy in test/ inflates the final score as much as in val/
+        if self.folder.unsplit is not None:
+            self._write_manifest()
+        self.folder.health.check(self._rank_zero_folder(), announce=not self._announced)
+        self._announced = True
         return True
+
+    @override
+    def finish_health_check(self) -> None:
+        """Complete the health check with the hashes the first epoch's loaders took (every
+        process calls this once the first epoch and its validation are over)."""
+        health = self.folder.health
+        if self.hparams["duplicate_bits"] < 0 or not self.hparams["scan"] or health.complete:
+            return
+        first = self.trainer is None or self.trainer.local_rank == 0
+        health.finish(
+            max_over_processes,
+            self._decoded,
+            self.folder.cache if first else None,
+            self._rank_zero_folder(),
+        )
+
+    def _decoded(self, split: str, index: int) -> Any:
+        """Image ``index`` of ``split`` decoded (``uint8`` CHW), or ``None`` if it cannot be."""
+        try:
+            return load_rgb(self.splits[split].paths[index])
+        except Exception:  # unreadable since the scan: compared by its bytes only
+            return None
 
     def _build_datasets(self) -> None:
         assert self.preprocessing is not None
@@ -328,13 +286,15 @@ class ImageFolderDataModule(LoaderDataModule):
                 if name == "train"
                 else eval_transform(self.preprocessing)
             )
+            # The first epoch's loader workers hash what they decode (train and val only).
+            slot = self.folder.health.slot(name) if name in ("train", "val") else None
             self.datasets[name] = ImageDataset(
-                split.paths, split.labels, transform, name == "train", split.unusable
+                split.paths, split.labels, transform, name == "train", split.unusable, slot
             )
             if name == "train":
                 self._train_as_evaluated = None
 
-    def files(self, split: str) -> tuple[list[Path], list[int]] | None:
+    def files(self, split: str) -> tuple[Paths, np.ndarray] | None:
         """The files of ``split`` and their labels (-1: unknown), after exclusions; read and
         scanned on first use; ``None`` when the split has no folder."""
         found = self.split(split)  # type: ignore[arg-type]
@@ -342,10 +302,8 @@ class ImageFolderDataModule(LoaderDataModule):
 
     def class_counts(self, split: str = "train") -> list[int]:
         """Images per class in ``split`` (after exclusions)."""
-        counts = torch.bincount(
-            torch.tensor(self.splits[split].labels, dtype=torch.long), minlength=self.num_classes
-        )
-        return [int(c) for c in counts]
+        labels = torch.as_tensor(self.splits[split].labels, dtype=torch.long)
+        return [int(c) for c in torch.bincount(labels, minlength=self.num_classes)]
 
     def eval_image(self, split: str, index: int) -> torch.Tensor:
         """Image ``index`` of ``split`` resized and cropped as evaluation sees it (``uint8``
@@ -386,8 +344,9 @@ class ImageFolderDataModule(LoaderDataModule):
         """The random generators' states (for exact resume) and the held-out validation
         images (``val_fraction``), saved in every checkpoint."""
         state: dict[str, Any] = {"rng_states": rng.capture(), "seed": self.hparams["seed"] or 0}
-        if self._unsplit is not None and "val" in self.splits:
-            state["held_out"] = [relative(p, self._unsplit.root) for p in self.splits["val"].paths]
+        unsplit = self.folder.unsplit
+        if unsplit is not None and "val" in self.splits:
+            state["held_out"] = [relative(p, unsplit.root) for p in self.splits["val"].paths]
         return state
 
     @override
@@ -404,9 +363,17 @@ class ImageFolderDataModule(LoaderDataModule):
                 )
             self.hparams["seed"] = state_dict["seed"]
         names = state_dict.get("held_out")
-        if names is None or self._unsplit is None:
+        if names is None or self.folder.unsplit is None:
             return
-        self.splits["val"] = self._apply_holdout(saved(self._unsplit, names))
+        self.folder.held_out_again(names)
+        self._write_manifest()
         for name in ("train", "val"):
             self.datasets.pop(name, None)
         self._build_datasets()
+
+    @override
+    def teardown(self, stage: str) -> None:
+        """At the end of fit, complete a health check that is still waiting for hashes (a run
+        of one epoch ends before its second starts)."""
+        if stage == "fit" and self.trainer is not None and not self.trainer.interrupted:
+            self.finish_health_check()

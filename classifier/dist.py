@@ -17,3 +17,14 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(out, obj)
     return out
+
+
+def max_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise maximum of ``tensor`` over every process (itself without a process
+    group). Every process must call it; the result is on the CPU."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return tensor
+    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    reduced = tensor.to(device)
+    torch.distributed.all_reduce(reduced, op=torch.distributed.ReduceOp.MAX)
+    return reduced.cpu()

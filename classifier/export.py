@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from typing_extensions import override
@@ -137,7 +138,7 @@ def export_and_verify(
     class_names: list[str],
     pre: Preprocessing,
     options: ExportOptions,
-    images: tuple[Sequence[Path], Sequence[int]] | None = None,
+    images: tuple[Sequence[Path], Sequence[int] | np.ndarray] | None = None,
     temperature: float = 1.0,
     owned: bool = False,
 ) -> dict[str, Any]:

@@ -4,8 +4,11 @@ verified like the export at the end of fit (``classifier-export --help``)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from classifier.export import ExportOptions, describe, export_and_verify, sidecar
 from classifier.files import run_of_checkpoint
@@ -82,7 +85,7 @@ def _network(checkpoint: dict[str, Any], ckpt_path: str) -> tuple[Any, list[str]
     return model.model, names, config["data"]
 
 
-def _images(folder: Path, names: list[str]) -> tuple[list[Path], list[int]] | None:
+def _images(folder: Path, names: list[str]) -> tuple[Sequence[Path], np.ndarray] | None:
     """The images (and labels, from class folders) to verify with; ``None`` without a folder."""
     from classifier.splits import read_unlabelled
 

@@ -1,15 +1,15 @@
 """Data health: exact and near-duplicate images within and across splits.
 
-The pre-scan reads every file once and records two hashes per image (:func:`content_hash` of
-the bytes, :func:`dhash` of the pixels). Near duplicates are found without comparing all pairs:
-the 64 hash bits are cut into ``max_distance + 1`` bands, and two hashes that differ in at most
-``max_distance`` bits agree on at least one band (pigeonhole), so only hashes sharing a band's
-value are compared (:func:`near_pairs`).
+Every image has two hashes: a digest of its bytes (the pre-scan's, for exact copies) and a
+perceptual hash of its pixels (:func:`dhash`, taken where the image is decoded). Near
+duplicates are found without comparing all pairs: the 64 hash bits are cut into
+``max_distance + 1`` bands, and two hashes that differ in at most ``max_distance`` bits agree on
+at least one band (pigeonhole), so only hashes sharing a band's value are compared
+(:func:`near_pairs`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import warnings
 from collections.abc import Sequence
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from classifier.files import write_csv, write_json
+from classifier.scan_cache import NO_HASH, UNHASHED, to_signed
 from classifier.splits import DataError, Split, shared_files
 
 #: Bits of the perceptual hash.
@@ -32,15 +33,6 @@ MIN_SIDE = 64
 #: (blank frames, plain backgrounds): such pictures all hash alike, so they too are compared
 #: byte for byte only.
 MIN_EDGE_BITS = 8
-
-
-def content_hash(path: Path) -> str:
-    """A digest of the file's bytes (equal bytes, equal digest)."""
-    digest = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def dhash(image: torch.Tensor) -> int | None:
@@ -58,6 +50,24 @@ def dhash(image: torch.Tensor) -> int | None:
     if not MIN_EDGE_BITS <= int(edges.sum()) <= HASH_BITS - MIN_EDGE_BITS:
         return None
     return int.from_bytes(np.packbits(edges).tobytes(), "big")
+
+
+def phash_of(image: torch.Tensor | np.ndarray) -> int:
+    """:func:`dhash` as the pre-scan stores it: a signed 64-bit integer, or
+    :data:`~classifier.scan_cache.NO_HASH` for an image too small or flat to have one."""
+    tensor = torch.as_tensor(image)
+    value = dhash(tensor)
+    return NO_HASH if value is None else to_signed(value)
+
+
+def informative_mask(phash: np.ndarray) -> np.ndarray:
+    """Which stored perceptual hashes can tell a near copy from a look-alike (computed, and
+    with :data:`MIN_EDGE_BITS` to ``64 - MIN_EDGE_BITS`` bits set)."""
+    values = np.asarray(phash, dtype=np.int64)
+    bits = np.bitwise_count(values.view(np.uint64))
+    computed = (values != UNHASHED) & (values != NO_HASH)
+    mask: np.ndarray = computed & (bits >= MIN_EDGE_BITS) & (bits <= HASH_BITS - MIN_EDGE_BITS)
+    return mask
 
 
 def _band_pairs(values: np.ndarray, lo: int, hi: int, max_distance: int) -> list[np.ndarray]:
@@ -101,23 +111,44 @@ def near_pairs(hashes: Sequence[int] | np.ndarray, max_distance: int) -> np.ndar
 
 
 def groups_of(count: int, pairs: np.ndarray) -> list[list[int]]:
-    """Connected groups (two or more members) of ``count`` items linked by ``pairs``."""
-    parent = list(range(count))
+    """Connected groups (two or more members) of ``count`` items linked by ``pairs``; the work
+    grows with the pairs, not with ``count``."""
+    parent: dict[int, int] = {}
 
     def root(i: int) -> int:
+        parent.setdefault(i, i)
         while parent[i] != i:
             parent[i] = parent[parent[i]]
             i = parent[i]
         return i
 
-    for a, b in pairs.tolist():
+    for a, b in np.asarray(pairs, dtype=np.int64).reshape(-1, 2).tolist():
+        if not (0 <= a < count and 0 <= b < count):
+            raise IndexError(f"pair ({a}, {b}) outside {count} items")
         ra, rb = root(a), root(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
     members: dict[int, list[int]] = {}
-    for i in range(count):
+    for i in sorted(parent):
         members.setdefault(root(i), []).append(i)
     return sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])
+
+
+def copy_groups(content: np.ndarray, phash: np.ndarray, max_distance: int) -> list[list[int]]:
+    """Groups of files that are copies: the same content digest (``b""``: none), or
+    informative perceptual hashes at most ``max_distance`` bits apart (``-1``: exact only)."""
+    content = np.asarray(content)
+    pairs = [np.empty((0, 2), dtype=np.int64)]
+    known = np.flatnonzero(content != content.dtype.type())
+    if len(known):
+        _, first, inverse = np.unique(content[known], return_index=True, return_inverse=True)
+        exact = np.stack([known[first[inverse.ravel()]], known], axis=1)
+        pairs.append(exact[exact[:, 0] != exact[:, 1]])
+    if max_distance >= 0:
+        hashed = np.flatnonzero(informative_mask(phash))
+        near = near_pairs(np.asarray(phash, np.int64)[hashed].view(np.uint64), max_distance)
+        pairs.append(hashed[near].reshape(-1, 2))
+    return groups_of(len(content), np.concatenate(pairs))
 
 
 #: Kinds of duplicate groups, worst first.
@@ -150,72 +181,101 @@ def _kinds(members: list[ImageRecord]) -> list[str]:
 
 
 def informative(value: int | None) -> bool:
-    """Whether a perceptual hash can tell a near copy from a look-alike (see
+    """Whether an unsigned perceptual hash can tell a near copy from a look-alike (see
     :data:`MIN_EDGE_BITS`)."""
     if value is None:
         return False
     return MIN_EDGE_BITS <= value.bit_count() <= HASH_BITS - MIN_EDGE_BITS
 
 
+def _stored(value: int | None) -> int:
+    return NO_HASH if value is None else to_signed(value)
+
+
 def duplicate_groups(records: Sequence[ImageRecord], max_distance: int) -> list[list[int]]:
-    """Indices of ``records`` that are copies of each other: byte-identical files, or perceptual
-    hashes at most ``max_distance`` bits apart (images with a hash only)."""
+    """Indices of ``records`` that are copies of each other (:func:`copy_groups`)."""
     if not records:
         return []
-    hashed = [i for i, r in enumerate(records) if informative(r.dhash)]
-    near = near_pairs([records[i].dhash or 0 for i in hashed], max_distance)
-    contents = [r.content for r in records]
-    _, first, inverse = np.unique(contents, return_index=True, return_inverse=True)
-    exact = np.stack([first[inverse], np.arange(len(records))], axis=1)
-    linked = np.asarray(hashed, dtype=np.int64)[near].reshape(-1, 2)
-    return groups_of(len(records), np.concatenate([linked, exact]))
+    content = np.asarray([r.content for r in records], dtype=object).astype(str)
+    phash = np.asarray([_stored(r.dhash) for r in records], dtype=np.int64)
+    return copy_groups(content, phash, max_distance)
 
 
 def health_report(records: Sequence[ImageRecord], max_distance: int) -> dict[str, Any]:
     """Every duplicate group with its kinds (``leakage``, ``conflicting_labels``,
     ``redundant``), whether its files are byte-identical, and a count per kind."""
+    groups = [[records[i] for i in g] for g in duplicate_groups(records, max_distance)]
     hashed = sum(informative(r.dhash) for r in records)
-    groups: list[dict[str, Any]] = []
-    for indices in duplicate_groups(records, max_distance):
-        members = [records[i] for i in indices]
-        groups.append(
-            {
-                "kinds": _kinds(members),
-                "exact": len({m.content for m in members}) == 1,
-                "images": [{"split": m.split, "class": m.label, "path": m.path} for m in members],
-            }
-        )
+    return _report(groups, len(records), hashed, 0, max_distance)
+
+
+def _report(
+    groups: list[list[ImageRecord]], images: int, hashed: int, pending: int, max_distance: int
+) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [
+        {
+            "kinds": _kinds(members),
+            "exact": len({m.content for m in members}) == 1,
+            "images": [{"split": m.split, "class": m.label, "path": m.path} for m in members],
+        }
+        for members in groups
+    ]
     summary = {
         kind: {
-            "groups": sum(kind in g["kinds"] for g in groups),
-            "images": sum(len(g["images"]) for g in groups if kind in g["kinds"]),
+            "groups": sum(kind in g["kinds"] for g in found),
+            "images": sum(len(g["images"]) for g in found if kind in g["kinds"]),
         }
         for kind in KINDS
     }
     return {
-        "images": len(records),
+        "images": images,
         "max_distance_bits": max_distance,
-        # Small and nearly flat images are compared byte for byte only.
-        "near_duplicate_check": {"images": hashed, "min_side": MIN_SIDE},
+        # Small and nearly flat images are compared byte for byte only; images whose pixels
+        # were not decoded yet (``pending``) only by their bytes, until the first epoch ends.
+        "near_duplicate_check": {"images": hashed, "min_side": MIN_SIDE, "pending": pending},
         "summary": summary,
-        "groups": groups,
+        "groups": found,
     }
 
 
+@dataclass
+class Hashes:
+    """The content digests and perceptual hashes of a split's files, in its order."""
+
+    content: np.ndarray
+    phash: np.ndarray
+
+    def select(self, indices: np.ndarray | list[int]) -> Hashes:
+        """The hashes of the files at ``indices``."""
+        chosen = np.asarray(indices, dtype=np.int64)
+        return Hashes(self.content[chosen], self.phash[chosen])
+
+
 def duplicates(
-    splits: dict[str, Split],
-    hashes: dict[str, dict[str, tuple[str, int | None]]],
-    class_names: list[str],
-    max_distance: int,
+    splits: dict[str, Split], hashes: dict[str, Hashes], class_names: list[str], max_distance: int
 ) -> dict[str, Any]:
-    """:func:`health_report` over the labelled ``splits`` with their pre-scan ``hashes``."""
-    records = [
-        ImageRecord(name, class_names[label], str(path), *hashes[name][str(path)])
-        for name, split in splits.items()
-        if name != "predict"
-        for path, label in zip(split.paths, split.labels, strict=True)
-    ]
-    return health_report(records, max_distance)
+    """The duplicate report over the labelled ``splits`` with their pre-scan ``hashes``;
+    records are made only for the files in a group (10^6 files cost arrays, not objects)."""
+    names = [n for n in splits if n != "predict" and n in hashes]
+    content = np.concatenate([np.empty(0, "S16")] + [hashes[n].content for n in names])
+    phash = np.concatenate([np.empty(0, np.int64)] + [hashes[n].phash for n in names])
+    owner = np.concatenate(
+        [np.empty(0, np.int64)] + [np.full(len(splits[n]), i) for i, n in enumerate(names)]
+    )
+    local = np.concatenate([np.empty(0, np.int64)] + [np.arange(len(splits[n])) for n in names])
+
+    def record(g: int) -> ImageRecord:
+        split = splits[names[int(owner[g])]]
+        i = int(local[g])
+        label = class_names[int(split.labels[i])]
+        value = int(phash[g])
+        perceptual = None if value in (UNHASHED, NO_HASH) else value % 2**64
+        return ImageRecord(split.name, label, str(split.paths[i]), content[g].hex(), perceptual)
+
+    groups = [[record(g) for g in group] for group in copy_groups(content, phash, max_distance)]
+    hashed = int(informative_mask(phash).sum())
+    pending = int((phash == UNHASHED).sum()) if max_distance >= 0 else 0
+    return _report(groups, len(content), hashed, pending, max_distance)
 
 
 def check_duplicates(
@@ -273,8 +333,14 @@ def describe(report: dict[str, Any], limit: int = 5) -> str:
         f"Data health: {report['images']} images, near copies within "
         f"{report['max_distance_bits']} of {HASH_BITS} perceptual-hash bits"
     ]
-    if check["images"] < report["images"]:
-        small = report["images"] - check["images"]
+    pending = check.get("pending", 0)
+    if pending:
+        lines.append(
+            f"  ({pending} image(s) not decoded yet are compared byte for byte until the first "
+            "epoch has decoded them; near copies are reported then)"
+        )
+    small = report["images"] - check["images"] - pending
+    if small > 0:
         lines.append(
             f"  ({small} image(s) under {check['min_side']} px or nearly flat are compared "
             "byte for byte only)"

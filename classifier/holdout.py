@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from classifier.files import write_csv
-from classifier.health import ImageRecord, duplicate_groups
-from classifier.splits import Split, Visited
+from classifier.health import Hashes, copy_groups
+from classifier.splits import Split
 
 
 def hold_out(
@@ -60,22 +60,14 @@ def hold_out(
 
 
 def draw(
-    train: Split,
-    hashes: dict[str, tuple[str, int | None]],
-    fraction: float,
-    seed: int,
-    max_distance: int,
+    train: Split, hashes: Hashes | None, fraction: float, seed: int, max_distance: int
 ) -> set[int]:
-    """The indices of ``train`` to hold out, keeping groups of images whose perceptual hashes
-    are within ``max_distance`` bits together (no groups when the pre-scan was off)."""
+    """The indices of ``train`` to hold out, keeping exact copies and images whose perceptual
+    hashes are within ``max_distance`` bits together (no groups when the pre-scan was off)."""
     groups: list[list[int]] = []
-    if all(str(p) in hashes for p in train.paths):
-        records = [
-            ImageRecord("train", str(label), str(p), *hashes[str(p)])
-            for p, label in zip(train.paths, train.labels, strict=True)
-        ]
-        groups = duplicate_groups(records, max(0, max_distance))
-    return set(hold_out(train.labels, groups, fraction, seed))
+    if hashes is not None:
+        groups = copy_groups(hashes.content, hashes.phash, max(0, max_distance))
+    return set(hold_out(train.labels.tolist(), groups, fraction, seed))
 
 
 def saved(train: Split, names: Sequence[str]) -> set[int]:
@@ -94,19 +86,8 @@ def saved(train: Split, names: Sequence[str]) -> set[int]:
 
 def carve(train: Split, held: set[int]) -> tuple[Split, Split]:
     """``train`` without the ``held`` indices, and a ``val`` split of them (same root)."""
-    keep = [i for i in range(len(train.paths)) if i not in held]
-    return _part(train, "train", keep), _part(train, "val", sorted(held))
-
-
-def _part(train: Split, name: str, indices: list[int]) -> Split:
-    """The ``indices`` of ``train`` as split ``name``, with only their own files in its walk
-    record (two parts never look like one file reached from two splits)."""
-    paths = {train.paths[i] for i in indices}
-    files = {key: path for key, path in train.visited.files.items() if path in paths}
-    visited = Visited(folders=train.visited.folders, files=files, repeats=train.visited.repeats)
-    part = Split(name, train.root, visited=visited)
-    part.paths, part.labels = [train.paths[i] for i in indices], [train.labels[i] for i in indices]
-    return part
+    keep = [i for i in range(len(train)) if i not in held]
+    return train.select(keep, "train"), train.select(sorted(held), "val")
 
 
 def relative(path: Path, root: Path) -> str:
@@ -117,7 +98,7 @@ def relative(path: Path, root: Path) -> str:
 def write_manifest(path: Path, train: Split, val: Split, class_names: list[str]) -> None:
     """``split.csv``: every image of ``train/`` with its class and the split it went to."""
     rows = [
-        (relative(p, split.root), class_names[label], split.name)
+        (relative(p, split.root), class_names[int(label)], split.name)
         for split in (train, val)
         for p, label in zip(split.paths, split.labels, strict=True)
     ]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 from typing_extensions import override
 
+from classifier.health import phash_of
+from classifier.scan_cache import UNHASHED
 from classifier.tensor_decode import load_rgb
 from classifier.text import printable
 
@@ -53,21 +56,26 @@ class ImageDataset(Dataset[Sample]):
         transform: applied to the ``uint8`` tensor.
         substitute: replace an unreadable file by the next readable one (training).
         unusable: indices the pre-scan found unusable: never decoded, always unreadable.
+        phash: shared-memory perceptual hashes (one per file), where a loader worker writes the
+            hash of each image it decodes whose entry is still
+            :data:`~classifier.scan_cache.UNHASHED` (the health check's first epoch).
     """
 
     def __init__(
         self,
-        paths: list[Path],
-        labels: list[int],
+        paths: Sequence[Path],
+        labels: Sequence[int] | np.ndarray,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         substitute: bool = False,
         unusable: set[int] | frozenset[int] = frozenset(),
+        phash: torch.Tensor | None = None,
     ) -> None:
         self.paths = paths
         self.labels = labels
         self.transform = transform
         self.substitute = substitute
         self.unusable = frozenset(unusable)
+        self.phash = phash
         # Shared memory: loader workers (forked or spawned) count into the same tensor.
         self._failures = torch.zeros(_COUNTER_SLOTS, dtype=torch.long)
         self._failures.share_memory_()  # type: ignore[no-untyped-call]
@@ -109,9 +117,11 @@ class ImageDataset(Dataset[Sample]):
                     return self._unreadable(index)
                 log.warning("replacing unreadable image %s", named)
                 continue
+            if self.phash is not None and int(self.phash[current]) == UNHASHED:
+                self.phash[current] = phash_of(image)
             if self.transform is not None:
                 image = self.transform(image)
-            return image, self.labels[current], current
+            return image, int(self.labels[current]), current
         raise RuntimeError(
             f"{_MAX_REPLACEMENTS + 1} consecutive images failed to load from "
             f"{self.paths[index]}; is the data folder still mounted?"

@@ -21,7 +21,6 @@ from classifier.transforms import Preprocessing, normalize
 class LoaderDataModule(pl.LightningDataModule):
     """The loaders of :class:`~classifier.datamodule.ImageFolderDataModule` (see its arguments)."""
 
-    splits: dict[str, Split]
     datasets: dict[str, ImageDataset]
     batch_size: int
     eval_batch_size: int
@@ -31,6 +30,11 @@ class LoaderDataModule(pl.LightningDataModule):
     _rng_states: dict[str, Any] | None
     _mean_std: tuple[torch.Tensor, torch.Tensor] | None
     _reported_failures: dict[str, int]
+
+    @property
+    def splits(self) -> dict[str, Split]:
+        """The splits read so far, by name (the subclass reads them)."""
+        raise NotImplementedError
 
     @property
     def num_classes(self) -> int:
@@ -96,6 +100,7 @@ class LoaderDataModule(pl.LightningDataModule):
             progress=lambda: consumed_batches(self.trainer),
             epoch=lambda: next_epoch(self.trainer),
             rng_states=states,
+            before_epoch=lambda epoch: self.finish_health_check() if epoch > 0 else None,
             drop_last=drop_last,
             **self._loader_kwargs("train", self.batch_size),
         )
@@ -119,6 +124,9 @@ class LoaderDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader[Any]:
         """In file order, each image on exactly one process."""
         return self._eval_loader("predict")
+
+    def finish_health_check(self) -> None:
+        """Complete a data health check that waits for the first epoch (the subclass's)."""
 
     def eval_loader(self, split: str) -> DataLoader[Any]:
         """Every image of ``split`` on this process (unsharded), as evaluation sees it."""

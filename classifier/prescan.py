@@ -1,150 +1,242 @@
 """A cached pre-scan that finds unusable image files before training starts.
 
-Every file is decoded fully (``Image.verify()`` misses truncated JPEG tails), and hashed for the
-duplicate check while it is in memory (:mod:`classifier.health`). Results are cached
-per file (path, size, modification and change times, inode) in a private folder outside the data
-folder, so a second run on the same folder only re-reads files that changed, including a file
-replaced by another of the same size with its modification time restored.
+Each file not in the cache is read once: its bytes give the content digest (exact copies) and a
+structural check (a readable header of an allowed format, the size under the pixel limit, a
+JPEG's end-of-image marker after its scan data, a PNG's IEND chunk), which finds empty,
+truncated, non-image, disallowed and decompression-bomb files at a tenth of the cost of a full
+decode (``make bench``). Formats without such a cheap check (GIF, WebP, BMP, TIFF, PPM) are
+decoded fully. The perceptual hash of the near-duplicate check needs the pixels, so it is taken
+where the image is decoded anyway: in the loader workers during the first epoch
+(:mod:`classifier.image_dataset`), or here (:func:`hash_files`) for images training does not
+decode. Results live in :class:`~classifier.scan_cache.ScanCache`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import io
 import os
-from collections.abc import Iterable, Sequence
+import stat
+import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
 from PIL import Image
 
-from classifier.files import atomic_write_bytes
-from classifier.health import content_hash, dhash
-from classifier.tensor_decode import load_pil
+from classifier.pil_decode import ALLOWED_FORMATS, check_pixels, decode_pil
+from classifier.scan_cache import NO_HASH, UNHASHED, Row, ScanCache
+from classifier.splits import Split
 
-#: Cache format version; bump when the checks, the hashes or the key change.
-_VERSION = 4
-
-#: A cache entry: [file key, reason it is unusable or None, content hash, perceptual hash].
-Entry = list[str | None]
+#: Formats checked by their structure alone (the others are decoded fully).
+_STRUCTURAL = frozenset({"JPEG", "MPO", "PNG"})
+T = TypeVar("T")
+#: Seconds between the commits of a long scan (what a Ctrl-C keeps).
+COMMIT_EVERY_S = 2.0
 
 
 @dataclass
 class ScanResult:
-    """What the pre-scan found.
+    """What the pre-scan found for each file of a split.
 
     Attributes:
-        bad: ``{path: reason}`` of files that cannot be used.
-        hashes: ``{path: (content hash, 64-bit perceptual hash or None for small images)}``
-            of the usable files.
+        bad: ``{index: reason}`` of the files that cannot be used.
+        content: each file's 16-byte content digest (``b""`` for bad files).
+        phash: each file's perceptual hash (:data:`~classifier.scan_cache.UNHASHED` when not
+            computed yet, :data:`~classifier.scan_cache.NO_HASH` for images too small or flat).
+        cached: how many files came from the cache.
     """
 
-    bad: dict[str, str] = field(default_factory=dict)
-    hashes: dict[str, tuple[str, int | None]] = field(default_factory=dict)
+    bad: dict[int, str]
+    content: np.ndarray
+    phash: np.ndarray
+    cached: int
 
 
-def cache_dir() -> Path:
-    """``$CLASSIFIER_CACHE_DIR`` or ``~/.cache/classifier``."""
-    default = Path.home() / ".cache" / "classifier"
-    return Path(os.environ.get("CLASSIFIER_CACHE_DIR", default))
+def read_file(path: bytes | str) -> bytes:
+    """The bytes of a regular file, opened without blocking (a file swapped for a FIFO after
+    the walk cannot hang the scan)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise OSError("not a regular file")
+        return handle.read()
 
 
-def check_file(path: Path) -> tuple[str | None, str | None, str | None]:
-    """``(why path cannot be used, None, None)``, or ``(None, content hash, perceptual hash
-    in hex)`` if it decodes fully."""
+def check_file(path: bytes | str) -> tuple[str | None, bytes]:
+    """``(why the file cannot be used or None, its 16-byte content digest)``."""
     try:
-        if path.stat().st_size == 0:
-            return "empty file", None, None
-        perceptual = dhash(load_pil(path))
-        return None, content_hash(path), "" if perceptual is None else f"{perceptual:016x}"
+        data = read_file(path)
+        if not data:
+            return "empty file", b""
+        digest = hashlib.sha256(data).digest()[:16]
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            check_pixels(*image.size, os.fsdecode(path))
+            kind = image.format
+        if kind not in ALLOWED_FORMATS:
+            return f"format {kind} is not an allowed image format", b""
+        if kind in _STRUCTURAL:
+            problem = _truncated(data, kind)
+            return (problem, b"") if problem else (None, digest)
+        decode_pil(io.BytesIO(data))  # type: ignore[arg-type]  # PIL reads file objects
+        return None, digest
     except Image.DecompressionBombError as error:
-        return f"decompression bomb: {error}", None, None
-    except Exception as error:  # any decoder failure makes the file unusable
-        return f"{type(error).__name__}: {error}", None, None
+        return f"decompression bomb: {error}", b""
+    except Exception as error:  # any reader failure makes the file unusable
+        return f"{type(error).__name__}: {error}", b""
 
 
-def _key(path: Path) -> str:
-    try:
-        stat = path.stat()
-    except OSError:
-        return "missing"
-    # ctime cannot be set back by a user (unlike mtime), and a replaced file has a new inode.
-    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_dev}:{stat.st_ino}"
+def _truncated(data: bytes, kind: str | None) -> str | None:
+    """Why a JPEG or PNG is cut short (``None``: it ends as it should)."""
+    if kind == "PNG":
+        return None if data.rfind(b"IEND") > 8 else "truncated PNG (no IEND chunk)"
+    scan = _first_scan(data)
+    if scan is None:
+        return "JPEG without image data (no start-of-scan marker)"
+    # Scan data never holds a bare 0xFFD9 (0xFF is stuffed as 0xFF00), so the first end-of-image
+    # marker after it ends the image; bytes after it (camera trailers, MPO frames) are fine.
+    return None if data.find(b"\xff\xd9", scan) >= 0 else "truncated JPEG (no end-of-image marker)"
 
 
-def _read_cache(cache_file: Path) -> dict[str, Entry]:
-    """The cache's well-formed entries; anything else (another shape, corruption) is dropped."""
-    try:
-        raw = json.loads(cache_file.read_text())
-    except (OSError, ValueError, RecursionError):
-        return {}
-    if not isinstance(raw, dict):
-        return {}
-    return {
-        path: entry
-        for path, entry in raw.items()
-        if isinstance(entry, list)
-        and len(entry) == 4
-        and all(value is None or isinstance(value, str) for value in entry)
-        and isinstance(entry[0], str)
-        and (entry[1] is not None or (entry[2] is not None and _is_hex(entry[3])))
-    }
-
-
-def _is_hex(value: str | None) -> bool:
-    if value == "":  # an image too small for a perceptual hash
-        return True
-    try:
-        return value is not None and 0 <= int(value, 16) < 2**64
-    except ValueError:
-        return False
-
-
-def _write_cache(cache_file: Path, cache: dict[str, Entry]) -> None:
-    """Save the cache where only this user can read it (folder 0700, file 0600); never fail
-    the run. An existing folder of this user's is made private too."""
-    folder = cache_file.parent
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if folder.stat().st_uid == os.getuid():
-            folder.chmod(0o700)
-        atomic_write_bytes(cache_file, json.dumps(cache).encode(), mode=0o600)
-    except OSError:
-        pass  # a read-only home must not stop training; the scan reruns next time
-
-
-def scan_files(paths: Sequence[Path], root: Path, progress: bool = True) -> ScanResult:
-    """Decode and hash every file in ``paths`` (files unchanged since the cached scan are not
-    read again).
-
-    Args:
-        paths: image files to check.
-        root: the data folder, naming the cache file.
-        progress: show a progress bar while scanning files not yet cached.
-    """
-    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
-    cache_file = cache_dir() / f"scan-v{_VERSION}-{digest}.json"
-    cache = _read_cache(cache_file)
-    keys = {str(p): _key(p) for p in paths}  # a file gone since the walk is scanned (and fails)
-    todo = [p for p in paths if cache.get(str(p), [None])[0] != keys[str(p)]]
-    if todo:
-        with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-            results: Iterable[tuple[str | None, str | None, str | None]] = pool.map(
-                check_file, todo
-            )
-            if progress and len(todo) > 200:
-                from rich.progress import track
-
-                results = track(results, total=len(todo), description="Scanning images")
-            for path, (reason, content, perceptual) in zip(todo, results, strict=True):
-                cache[str(path)] = [keys[str(path)], reason, content, perceptual]
-        _write_cache(cache_file, cache)
-    result = ScanResult()
-    for name in [str(p) for p in paths]:
-        _, reason, content, perceptual = cache[name]
-        if reason is not None:
-            result.bad[name] = reason
+def _first_scan(data: bytes) -> int | None:
+    """Where a JPEG's first scan data begins, walking its segments (``None``: nowhere)."""
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:
+            at += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            at += 2
         else:
-            result.hashes[name] = (str(content), int(perceptual, 16) if perceptual else None)
-    return result
+            length = int.from_bytes(data[at + 2 : at + 4], "big")
+            if marker == 0xDA:
+                return at + 2 + length
+            at += 2 + length
+    return None
+
+
+def _threads() -> int:
+    return max(2, os.cpu_count() or 2)
+
+
+def scan_split(split: Split, cache: ScanCache, progress: bool = True) -> ScanResult:
+    """Check every file of ``split`` not already checked in ``cache`` (by path and key)."""
+    count = len(split)
+    raw = [split.paths.raw(i) for i in range(count)]
+    rows = cache.lookup(raw, split.keys)
+    content = np.full(count, b"", dtype="S16")
+    phash = np.full(count, UNHASHED, dtype=np.int64)
+    bad: dict[int, str] = {}
+    todo: list[int] = []
+    kept: dict[int, int] = {}  # perceptual hashes of rows that lack only their digest (v4)
+    for i, row in enumerate(rows):
+        if row is None:
+            todo.append(i)
+        elif row[6] is not None:
+            bad[i] = row[6]
+        elif row[7] is None:
+            todo.append(i)
+            kept[i] = row[8]
+        else:
+            content[i], phash[i] = row[7], row[8]
+    for i, (reason, digest) in _checked(raw, todo, split.name, progress, cache, split.keys, kept):
+        if reason is not None:
+            bad[i] = reason
+        else:
+            content[i] = digest
+            phash[i] = kept.get(i, UNHASHED)
+    return ScanResult(bad, content, phash, count - len(todo))
+
+
+def _checked(
+    raw: list[bytes],
+    todo: list[int],
+    name: str,
+    progress: bool,
+    cache: ScanCache,
+    keys: np.ndarray,
+    kept: dict[int, int],
+) -> Iterator[tuple[int, tuple[str | None, bytes]]]:
+    """Check the files ``todo`` on threads, storing results in ``cache`` every few seconds
+    (and what was done when the scan is stopped)."""
+    if not todo:
+        return
+    pending: list[Row] = []
+    last = time.monotonic()
+    try:
+        with ThreadPoolExecutor(max_workers=_threads()) as pool:
+            results = pool.map(check_file, (raw[i] for i in todo), chunksize=64)
+            shown = _shown(results, len(todo), f"Scanning {name}/", progress)
+            for i, result in zip(todo, shown, strict=True):
+                reason, digest = result
+                phash = kept.get(i, UNHASHED) if reason is None else NO_HASH
+                size, mtime, ctime, device, inode = (int(v) for v in keys[i])
+                row: Row = (
+                    raw[i],
+                    size,
+                    mtime,
+                    ctime,
+                    device,
+                    inode,
+                    reason,
+                    digest or None,
+                    phash,
+                )
+                pending.append(row)
+                if time.monotonic() - last > COMMIT_EVERY_S:
+                    cache.store(pending)
+                    pending, last = [], time.monotonic()
+                yield i, result
+    finally:
+        cache.store(pending)
+
+
+def _shown(results: Iterable[T], total: int, what: str, progress: bool) -> Iterator[T]:
+    """``results``, with a progress bar (files/s, time left) for a long scan."""
+    if not progress or total < 500:
+        yield from results
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    start = time.monotonic()
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("scan", total=total, rate="")
+        for done, result in enumerate(results, 1):
+            if done % 64 == 0 or done == total:
+                rate = done / max(1e-9, time.monotonic() - start)
+                bar.update(task, completed=done, rate=f"{rate:,.0f} files/s")
+            yield result
+
+
+def hash_files(
+    load: Callable[[int], np.ndarray | None], indices: list[int], name: str, progress: bool = True
+) -> dict[int, int]:
+    """Perceptual hashes of the images at ``indices`` (``load(i)`` decodes one as ``uint8``
+    CHW, or gives ``None`` when it cannot), on threads; for images training does not decode."""
+    from classifier.health import phash_of
+
+    def one(index: int) -> int:
+        image = load(index)
+        return NO_HASH if image is None else phash_of(image)
+
+    with ThreadPoolExecutor(max_workers=_threads()) as pool:
+        done = _shown(pool.map(one, indices), len(indices), f"Hashing {name}/", progress)
+        values = list(done)
+    return dict(zip(indices, values, strict=True))

@@ -29,6 +29,8 @@ class ResumableLoader(DataLoader[Any]):
         progress: batches of the current epoch already consumed.
         epoch: the epoch the trainer runs next.
         rng_states: generator states to restore before the first iteration (a resumed run).
+        before_epoch: called with the epoch about to start, before its first batch (the data
+            health check completes there once the first epoch is over).
     """
 
     def __init__(
@@ -37,12 +39,14 @@ class ResumableLoader(DataLoader[Any]):
         progress: Callable[[], int],
         epoch: Callable[[], int],
         rng_states: dict[str, Any] | None = None,
+        before_epoch: Callable[[int], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.progress = progress
         self.epoch = epoch
         self._rng_states = rng_states
+        self.before_epoch = before_epoch
 
     def _epoch_sampler(self) -> EpochSampler:
         sampler = self.sampler
@@ -54,6 +58,8 @@ class ResumableLoader(DataLoader[Any]):
         sampler = self._epoch_sampler()
         if sampler.resume_at is None:
             sampler.set_epoch(self.epoch())
+        if self.before_epoch is not None:  # every process, before the epoch's first batch
+            self.before_epoch(sampler.resume_at[0] if sampler.resume_at else sampler.epoch)
         if self._rng_states is not None:
             rng.restore(self._rng_states)
             self._rng_states = None

@@ -13,7 +13,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from classifier.errors import UserError
+from classifier.file_table import Paths
 from classifier.pil_decode import is_image_file
 from classifier.text import printable
 
@@ -77,12 +80,17 @@ class Visited:
 
     Attributes:
         folders: the first path each folder was walked by.
-        files: the first path each image file was reached by.
+        files: the index (in ``paths``) each image file was first reached at.
+        paths: the image files, in walk order (each once).
+        keys: ``(size, mtime_ns, ctime_ns, device, inode)`` of each file in ``paths``, from the
+            walk's own ``stat`` (the pre-scan's cache key).
         repeats: ``(path, first path)`` of files and folders reached again (links, hard links).
     """
 
     folders: dict[FileId, Path] = field(default_factory=dict)
-    files: dict[FileId, Path] = field(default_factory=dict)
+    files: dict[FileId, int] = field(default_factory=dict)
+    paths: list[str] = field(default_factory=list)
+    keys: list[tuple[int, int, int, int, int]] = field(default_factory=list)
     repeats: list[tuple[Path, Path]] = field(default_factory=list)
 
 
@@ -90,8 +98,9 @@ def _file_id(stat: os.stat_result) -> FileId:
     return stat.st_dev, stat.st_ino
 
 
-def walk_images(folder: Path, visited: Visited | None = None) -> list[Path]:
-    """All image files under ``folder``, recursively and sorted, following symlinks.
+def walk_images(folder: Path, visited: Visited | None = None) -> Paths:
+    """All image files under ``folder``, recursively and sorted, following symlinks; each file
+    is also added to ``visited`` (``paths`` and ``keys``).
 
     Each folder and file is taken once, however many links reach it (``visited`` records the
     repeats), so links that branch without a cycle cannot multiply the walk.
@@ -101,7 +110,7 @@ def walk_images(folder: Path, visited: Visited | None = None) -> list[Path]:
             reaches more than :data:`MAX_FOLDERS` folders.
     """
     visited = Visited() if visited is None else visited
-    images: list[Path] = []
+    start = len(visited.paths)
     ancestors: list[str] = []
 
     def visit(directory: Path) -> None:
@@ -125,18 +134,25 @@ def walk_images(folder: Path, visited: Visited | None = None) -> list[Path]:
                     if not entry.name.startswith(".") and entry.name not in IGNORED_DIRS:
                         visit(Path(entry.path))
                 elif entry.is_file(follow_symlinks=True) and is_image_file(entry.name):
-                    _take(Path(entry.path), _file_id(entry.stat(follow_symlinks=True)))
+                    _take(entry.path, entry.stat(follow_symlinks=True))
         ancestors.pop()
 
-    def _take(path: Path, key: FileId) -> None:
-        first = visited.files.setdefault(key, path)
-        if first is path:
-            images.append(path)
+    def _take(path: str, info: os.stat_result) -> None:
+        first = visited.files.setdefault(_file_id(info), len(visited.paths))
+        if first == len(visited.paths):
+            visited.paths.append(path)
+            visited.keys.append(
+                (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_dev, info.st_ino)
+            )
         else:
-            visited.repeats.append((path, first))
+            visited.repeats.append((Path(path), Path(visited.paths[first])))
 
     visit(folder)
-    return images
+    return Paths.of(visited.paths[start:])
+
+
+#: A file's cache key columns: size, modification and change times (ns), device, inode.
+KEY_COLUMNS = 5
 
 
 @dataclass
@@ -146,26 +162,49 @@ class Split:
     Attributes:
         name: ``train``, ``val``, ``test`` or ``predict``.
         root: the split's folder.
-        paths: image files, sorted by class then path.
+        paths: image files, sorted by class then path (:class:`~classifier.file_table.Paths`:
+            no Python object per file).
         labels: class index of each path in the train class map (-1: unknown, predict only).
+        keys: ``(size, mtime_ns, ctime_ns, device, inode)`` of each path, as walked.
         missing_classes: train classes with no images in this split.
         empty_classes: class folders present but holding no image.
-        visited: the files and folders walked, by (device, inode), with repeats.
+        repeats: ``(path, first path)`` of files and folders the walk reached twice.
         unusable: indices of files the pre-scan found unusable that stay in the split (only
             ``predict`` keeps them: each file gets its row, marked unreadable).
     """
 
     name: str
     root: Path
-    paths: list[Path] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
+    paths: Paths = field(default_factory=Paths)
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    keys: np.ndarray = field(default_factory=lambda: np.zeros((0, KEY_COLUMNS), np.int64))
     missing_classes: list[str] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
-    visited: Visited = field(default_factory=Visited)
+    repeats: list[tuple[Path, Path]] = field(default_factory=list)
     unusable: set[int] = field(default_factory=set)
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def select(self, indices: np.ndarray | list[int], name: str | None = None) -> Split:
+        """The files at ``indices`` as a split of their own (same root)."""
+        chosen = np.asarray(indices, dtype=np.int64)
+        return Split(
+            name or self.name,
+            self.root,
+            self.paths.select(chosen),
+            self.labels[chosen],
+            self.keys[chosen],
+            repeats=self.repeats,
+        )
+
+
+def _finish(split: Split, visited: Visited, labels: list[int]) -> None:
+    """Move what the walk found into ``split`` (compact arrays; the walk's lists go)."""
+    split.paths = Paths.of(visited.paths)
+    split.labels = np.asarray(labels, dtype=np.int64)
+    split.keys = np.asarray(visited.keys, dtype=np.int64).reshape(-1, KEY_COLUMNS)
+    split.repeats = visited.repeats
 
 
 def read_split(name: str, root: Path, class_names: list[str]) -> Split:
@@ -176,26 +215,26 @@ def read_split(name: str, root: Path, class_names: list[str]) -> Split:
             or the split holds no image at all.
     """
     index = {c: i for i, c in enumerate(class_names)}
-    split = Split(name, root)
+    split, visited, labels = Split(name, root), Visited(), []
     for class_name, folder in class_dirs(root).items():
         if class_name not in index:
             raise DataError(
                 f"{name} split has class {class_name!r} ({folder}) that train/ lacks; "
                 f"known classes: {', '.join(class_names)}. Add it to train/ or remove it."
             )
-        files = walk_images(folder, split.visited)
+        files = walk_images(folder, visited)
         if not files:
             split.empty_classes.append(class_name)
-        split.paths += files
-        split.labels += [index[class_name]] * len(files)
-    present = set(split.labels)
+        labels += [index[class_name]] * len(files)
+    _finish(split, visited, labels)
+    present = set(labels)
     split.missing_classes = [c for i, c in enumerate(class_names) if i not in present]
     if name == "train" and split.empty_classes:
         raise DataError(
             f"train/ class folder(s) without images: {', '.join(split.empty_classes)} in {root}. "
             "Every class needs training images; add some or remove the folder."
         )
-    if not split.paths:
+    if not len(split):
         raise DataError(f"no images found in {root} (extensions: .jpg .png .webp .tif ...).")
     if split.empty_classes:
         warnings.warn(
@@ -216,7 +255,7 @@ def _check_repeats(split: Split) -> None:
     Raises:
         DataError: a file or folder is reachable from two class folders.
     """
-    for path, first in split.visited.repeats:
+    for path, first in split.repeats:
         if _class_of(path, split.root) != _class_of(first, split.root):
             raise DataError(
                 f"{split.name}/: {path} and {first} are the same (a link) under two classes, "
@@ -227,7 +266,7 @@ def _check_repeats(split: Split) -> None:
 
 def _warn_repeats(split: Split) -> None:
     """Name files and folders reached by more than one path (used once, under the first)."""
-    repeats = split.visited.repeats
+    repeats = split.repeats
     if repeats:
         listing = "; ".join(f"{p} = {first}" for p, first in repeats[:5])
         more = f" and {len(repeats) - 5} more" if len(repeats) > 5 else ""
@@ -243,12 +282,16 @@ def shared_files(splits: dict[str, Split]) -> list[tuple[str, str, Path, Path]]:
     links): ``(split, other split, path, other path)``. Such a file leaks between the splits."""
     found = []
     names = sorted(splits)
+    ids = {n: splits[n].keys[:, 3:5] for n in names}
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
-            theirs = splits[second].visited.files
-            for key, path in splits[first].visited.files.items():
-                if key in theirs:
-                    found.append((first, second, path, theirs[key]))
+            theirs = {(int(d), int(n)): k for k, (d, n) in enumerate(ids[second])}
+            for k, (device, inode) in enumerate(ids[first]):
+                other = theirs.get((int(device), int(inode)))
+                if other is not None:
+                    found.append(
+                        (first, second, splits[first].paths[k], splits[second].paths[other])
+                    )
     return found
 
 
@@ -261,12 +304,12 @@ def read_unlabelled(root: Path, class_names: list[str]) -> Split:
     if not root.is_dir():
         raise DataError(f"predict_dir {root} is not a folder.")
     index = {unicodedata.normalize("NFC", c): i for i, c in enumerate(class_names)}
-    split = Split("predict", root)
-    for path in walk_images(root, split.visited):
+    split, visited, labels = Split("predict", root), Visited(), []
+    for path in walk_images(root, visited):
         parent = class_name(path.parent.name)
-        split.paths.append(path)
-        split.labels.append(index.get(parent, -1) if path.parent != root else -1)
-    if not split.paths:
+        labels.append(index.get(parent, -1) if path.parent != root else -1)
+    _finish(split, visited, labels)
+    if not len(split):
         raise DataError(f"no images found in {root}.")
     _warn_repeats(split)
     return split

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -15,7 +16,7 @@ from classifier.transforms import Preprocessing, eval_transform, normalize
 
 
 def _readable(
-    paths: Sequence[Path], labels: Sequence[int], transform: Any
+    paths: Sequence[Path], labels: Sequence[int] | np.ndarray, transform: Any
 ) -> Iterator[tuple[torch.Tensor, int]]:
     """The evaluation-ready image and label of each file that can be read."""
     for path, label in zip(paths, labels, strict=True):
@@ -45,7 +46,7 @@ def verify_onnx(
     path: Path,
     net: nn.Module,
     paths: Sequence[Path],
-    labels: Sequence[int],
+    labels: Sequence[int] | np.ndarray,
     pre: Preprocessing,
     uint8_input: bool = False,
     batch_size: int = 16,

@@ -112,7 +112,7 @@ def test_small_images_are_compared_byte_for_byte_only() -> None:
     report = health_report(records, 4)
     assert [len(g["images"]) for g in report["groups"]] == [2]
     assert report["groups"][0]["kinds"] == ["leakage"]
-    assert report["near_duplicate_check"] == {"images": 0, "min_side": 64}
+    assert report["near_duplicate_check"] == {"images": 0, "min_side": 64, "pending": 0}
 
 
 def test_val_and_test_sharing_a_picture_is_not_called_training_leakage() -> None:

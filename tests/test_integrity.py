@@ -7,7 +7,6 @@ import csv
 import itertools
 import os
 import shutil
-import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ import torch
 from PIL import Image
 
 from classifier.datamodule import ImageFolderDataModule
-from classifier.prescan import cache_dir, scan_files
 from classifier.splits import Visited, walk_images
 from classifier.tensor_decode import load_rgb
 from tests.conftest import draw, make_folder, run_cli, tiny
@@ -67,25 +65,6 @@ def test_files_unreadable_after_the_scan_are_counted_once_and_named(image_folder
     assert marked.pop(str(broken)) == "unreadable"
     assert set(marked.values()) == {""}
     assert next(r for r in rows if r["path"] == str(broken))["predicted"] == ""
-
-
-def test_scan_cache_sees_a_same_size_replacement_and_survives_a_bad_cache(
-    image_folder: Path,
-) -> None:
-    root = image_folder / "val"
-    paths = walk_images(root)
-    assert scan_files(paths, root).bad == {}
-    victim = paths[0]
-    before = victim.stat()
-    victim.write_bytes(b"\0" * before.st_size)  # same size, then the old times put back
-    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
-    assert str(victim) in scan_files(paths, root).bad
-
-    (cache_file,) = cache_dir().glob("scan-*.json")
-    assert stat.S_IMODE(cache_dir().stat().st_mode) == 0o700
-    for junk in ("[1, 2, 3]", f'{{"{victim}": 7, "x": [1]}}', "{not json"):
-        cache_file.write_text(junk)
-        assert list(scan_files(paths, root).bad) == [str(victim)]
 
 
 def test_pixel_limit_applies_at_every_decode(

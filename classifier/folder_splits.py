@@ -1,0 +1,196 @@
+"""The splits of an image folder, as :class:`~classifier.datamodule.ImageFolderDataModule` uses
+them: each read on first use and pre-scanned (through the cache), unusable files left out (kept,
+marked, for ``predict``), a validation share held out of ``train/`` when asked, and the data
+health check (:class:`~classifier.health_check.HealthCheck`) fed as they are read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classifier.health import Hashes
+from classifier.health_check import HealthCheck
+from classifier.holdout import carve, draw, saved
+from classifier.prescan import hash_files, scan_split
+from classifier.scan_cache import UNHASHED, ScanCache
+from classifier.splits import DataError, Split, read_split, read_unlabelled
+
+
+@dataclass
+class Processes:
+    """How the splits' work is shared between the processes of a run (one of each, alone).
+
+    Attributes:
+        first_on_node: whether this process scans for its machine (the others then read the
+            cache it wrote).
+        barrier: wait for every process.
+    """
+
+    first_on_node: bool = True
+    barrier: Callable[[], None] = field(default=lambda: None)
+
+
+class FolderSplits:
+    """Read, scan and hold out splits of ``data_dir``.
+
+    Args:
+        data_dir: the folder with ``train/``, ``val/``, ``test/``.
+        options: the data module's arguments (``scan``, ``val_fraction``, ``duplicate_bits``,
+            ``on_leakage``, ``predict_dir``, ``seed``).
+        class_names: the class order.
+    """
+
+    def __init__(self, data_dir: Path, options: Any, class_names: list[str]) -> None:
+        self.data_dir = data_dir
+        self.options = options
+        self.class_names = class_names
+        self.splits: dict[str, Split] = {}
+        #: ``{split: {path: reason}}`` of files the pre-scan excluded.
+        self.excluded: dict[str, dict[str, str]] = {}
+        self.health = HealthCheck(class_names, options["duplicate_bits"], options["on_leakage"])
+        #: All of ``train/`` before a validation share was held out (``val_fraction``).
+        self.unsplit: Split | None = None
+        self.unsplit_hashes: Hashes | None = None
+        self.processes = Processes()
+        self._cache: ScanCache | None = None
+
+    @property
+    def cache(self) -> ScanCache:
+        """The scan cache (opened on first use)."""
+        if self._cache is None:
+            self._cache = ScanCache.open()
+        return self._cache
+
+    def root(self, name: str) -> Path:
+        """The folder of split ``name``.
+
+        Raises:
+            DataError: it (or ``data_dir``) does not exist; the message says how to fix it.
+        """
+        if not self.data_dir.is_dir():
+            raise DataError(f"data_dir {self.data_dir} does not exist (set --data.data_dir).")
+        root = self.data_dir / name
+        if not root.is_dir():
+            hint = (
+                " or hold out part of train/ with --data.val_fraction 0.1" if name == "val" else ""
+            )
+            raise DataError(
+                f"{root} is missing: data_dir must hold train/ and val/ (and optionally test/), "
+                f"each with one folder per class{hint}."
+            )
+        return root
+
+    def get(self, name: str) -> Split | None:
+        """Split ``name``, read and scanned on first use; ``None`` when its folder is absent."""
+        if name not in self.splits:
+            held_out = name == "val" and self.options["val_fraction"] > 0
+            if name in ("val", "test") and not held_out and not (self.data_dir / name).is_dir():
+                return None
+            self.splits[name] = self._read(name)
+        return self.splits[name]
+
+    def _read(self, name: str) -> Split:
+        if name == "val" and self.options["val_fraction"] > 0:
+            return self._hold_out()
+        if name == "predict":
+            if self.options["predict_dir"] is None:
+                raise DataError("predict needs --data.predict_dir DIR (a folder of images).")
+            split = read_unlabelled(Path(self.options["predict_dir"]), self.class_names)
+        else:
+            split = read_split(name, self.root(name), self.class_names)
+        if not self.options["scan"]:
+            return split
+        split, hashes = self._scanned(split)
+        if name != "predict":
+            self.health.add(split, hashes)
+        return split
+
+    def _scanned(self, split: Split) -> tuple[Split, Hashes]:
+        """``split`` without the files the pre-scan found unusable (``predict`` keeps them,
+        marked), and the hashes of the rest. One process per machine scans; the others read
+        what it cached."""
+        if not self.processes.first_on_node:
+            self.processes.barrier()
+        result = scan_split(split, self.cache, progress=self.processes.first_on_node)
+        if self.processes.first_on_node:
+            self.processes.barrier()
+        hashes = Hashes(result.content, result.phash)
+        if result.bad:
+            self.excluded[split.name] = {str(split.paths[i]): r for i, r in result.bad.items()}
+            if split.name == "predict":  # each file keeps its row in predictions.csv
+                split.unusable = set(result.bad)
+            else:
+                keep = np.setdiff1d(np.arange(len(split)), list(result.bad))
+                split, hashes = split.select(keep), hashes.select(keep)
+        if len(split) == len(split.unusable):
+            raise DataError(f"no readable images in {split.root}.")
+        return split, hashes
+
+    def _hold_out(self) -> Split:
+        """A validation split carved from ``train/`` (see :mod:`classifier.holdout`); its
+        duplicate groups need every training image's perceptual hash first."""
+        fraction = self.options["val_fraction"]
+        if not 0 < fraction < 1:
+            raise DataError(f"val_fraction must be between 0 and 1, got {fraction}")
+        if (self.data_dir / "val").is_dir():
+            raise DataError(
+                f"{self.data_dir / 'val'} exists, and val_fraction holds out part of train/ only "
+                "when there is no val/ folder: drop --data.val_fraction or the folder."
+            )
+        train = self.get("train")
+        assert train is not None
+        self.unsplit = train
+        hashes = self.health.hashes.get("train")
+        if hashes is not None:
+            self._hash_now(train, hashes)
+        self.unsplit_hashes = hashes
+        seed = self.options["seed"] or 0
+        held = draw(train, hashes, fraction, seed, self.options["duplicate_bits"])
+        if not held:
+            raise DataError(
+                f"val_fraction {fraction} holds out no image of {train.root}: every class "
+                "needs two or more images (one to train on, one to validate)."
+            )
+        return self.apply_held_out(held)
+
+    def _hash_now(self, split: Split, hashes: Hashes) -> None:
+        """Hash the images of ``split`` whose perceptual hash is not known yet (here, on
+        threads, not in the first epoch's workers), and cache them."""
+        from classifier.tensor_decode import load_rgb
+
+        missing = np.flatnonzero(hashes.phash == UNHASHED).tolist()
+        if not missing:
+            return
+
+        def load(i: int) -> np.ndarray | None:
+            try:
+                return load_rgb(split.paths[i]).numpy()
+            except Exception:  # unreadable since the scan: compared by its bytes only
+                return None
+
+        found = hash_files(load, missing, split.name, self.processes.first_on_node)
+        hashes.phash[missing] = [found[i] for i in missing]
+        if self.processes.first_on_node:
+            self.cache.set_hashes(
+                [split.paths.raw(i) for i in missing], [found[i] for i in missing]
+            )
+
+    def apply_held_out(self, held: set[int]) -> Split:
+        """Split the unsplit ``train/`` into train and the ``held`` validation images."""
+        assert self.unsplit is not None
+        self.splits["train"], val = carve(self.unsplit, held)
+        if self.unsplit_hashes is not None:
+            rest = sorted(set(range(len(self.unsplit))) - held)
+            self.health.add(self.splits["train"], self.unsplit_hashes.select(rest))
+            self.health.add(val, self.unsplit_hashes.select(sorted(held)))
+        return val
+
+    def held_out_again(self, names: list[str]) -> Split:
+        """The validation images a checkpoint held out (by manifest path), instead of a draw."""
+        assert self.unsplit is not None
+        self.splits["val"] = self.apply_held_out(saved(self.unsplit, names))
+        return self.splits["val"]

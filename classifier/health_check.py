@@ -1,0 +1,101 @@
+"""The data health check of a fit: exact copies at once, near copies once every image's
+perceptual hash is known.
+
+The pre-scan gives every file's content digest, so exact copies across and within splits are
+reported (and ``on_leakage: error`` stops the run) before training starts. Perceptual hashes
+come from the cache, or are taken by the loader workers from the images they decode anyway
+(:attr:`HealthCheck.slots`, shared memory the workers write into); when the first epoch and its
+validation are over, the hashes of every process are combined, the images no loader decoded
+(``test/``, a dropped last batch, images a weighted sampler did not draw) are hashed on
+threads, the new hashes are stored in the cache, and the check runs again with near copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from classifier.health import Hashes, check_duplicates, duplicates
+from classifier.prescan import hash_files
+from classifier.scan_cache import UNHASHED, ScanCache
+from classifier.splits import Split
+
+
+class HealthCheck:
+    """The duplicate report of one fit's splits.
+
+    Args:
+        class_names: the class order.
+        max_distance: perceptual-hash bits within which two images are near copies.
+        on_leakage: ``warn`` or ``error`` when train shares an image with val or test.
+    """
+
+    def __init__(self, class_names: list[str], max_distance: int, on_leakage: str) -> None:
+        self.class_names = class_names
+        self.max_distance = max_distance
+        self.on_leakage = on_leakage
+        #: The splits checked, and their hashes (filled by the pre-scan, then the workers).
+        self.splits: dict[str, Split] = {}
+        self.hashes: dict[str, Hashes] = {}
+        #: Shared-memory perceptual hashes the loader workers fill, by split.
+        self.slots: dict[str, torch.Tensor] = {}
+        #: The newest report, and whether near copies were fully checked in it.
+        self.report: dict[str, Any] | None = None
+        self.complete = False
+
+    def add(self, split: Split, hashes: Hashes) -> None:
+        """Check ``split`` too (its files after exclusions, and their hashes)."""
+        self.splits[split.name] = split
+        self.hashes[split.name] = hashes
+        self.complete = False
+
+    def slot(self, name: str) -> torch.Tensor | None:
+        """The shared tensor the loader workers of split ``name`` write perceptual hashes into,
+        when some are missing (``None``: all known, nothing to compute)."""
+        hashes = self.hashes.get(name)
+        if hashes is None or self.complete or not (hashes.phash == UNHASHED).any():
+            return None
+        if name not in self.slots:
+            shared = torch.from_numpy(hashes.phash.copy())
+            shared.share_memory_()  # type: ignore[no-untyped-call]
+            self.slots[name] = shared
+        return self.slots[name]
+
+    def check(self, folder: Path | None, announce: bool) -> None:
+        """Report what the hashes known now show (``data_health.json`` when ``folder`` is
+        given, a summary when ``announce``); leakage warns, or raises with ``error``."""
+        self.complete = all(not (h.phash == UNHASHED).any() for h in self.hashes.values())
+        self.report = duplicates(self.splits, self.hashes, self.class_names, self.max_distance)
+        check_duplicates(self.report, self.on_leakage, folder, announce)
+
+    def finish(
+        self,
+        combine: Callable[[torch.Tensor], torch.Tensor],
+        load: Callable[[str, int], np.ndarray | None],
+        cache: ScanCache | None,
+        folder: Path | None,
+    ) -> None:
+        """Collect the workers' hashes (``combine``: the element-wise maximum over processes),
+        hash what no loader decoded (``load(split, i)``), store the new hashes in ``cache`` and
+        run the full check. Every process calls it; ``folder`` is rank 0's run folder."""
+        if self.complete:
+            return
+        for name, hashes in self.hashes.items():
+            before = hashes.phash.copy()
+            if name in self.slots:
+                hashes.phash[:] = combine(self.slots[name].clone()).numpy()
+            missing = np.flatnonzero(hashes.phash == UNHASHED).tolist()
+            if missing:  # the same on every process: each hashes them (cheap next to a run)
+                found = hash_files(partial(load, name), missing, name, folder is not None)
+                hashes.phash[missing] = [found[i] for i in missing]
+            new = np.flatnonzero(before != hashes.phash)
+            if cache is not None and len(new):
+                split = self.splits[name]
+                cache.set_hashes([split.paths.raw(int(i)) for i in new], hashes.phash[new].tolist())
+        self.slots.clear()
+        self.check(folder, announce=folder is not None)

@@ -1,0 +1,234 @@
+"""The pre-scan's memory: one SQLite row per file, in a folder only this user can change.
+
+A row holds a file's key (size, modification and change times, device, inode), why it is
+unusable (or nothing), its content digest and its perceptual hash (once computed). A file is
+looked up by path and its row used only while its key is unchanged. Only changed rows are
+written, in transactions committed every few seconds, so a scan stopped with Ctrl-C keeps what
+it did. The database is SQLite from the standard library (WAL journal: readers never wait).
+
+The cache decides duplicates and exclusions, so it must be private: a folder that another user
+owns or can write to, or a database file that is a link, not ours or writable by others, is not
+used (one warning; the scan runs uncached), and no existing folder's mode is ever changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+#: Cache format version; bump when the checks, the hashes or the key change.
+VERSION = 5
+#: The perceptual hash of an image not hashed yet.
+UNHASHED = -(2**63)
+#: The perceptual hash of an image too small or too flat to have one (compared byte for byte).
+NO_HASH = -(2**63) + 1
+
+Row = tuple[bytes, int, int, int, int, int, str | None, bytes | None, int]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path BLOB PRIMARY KEY,
+    size INTEGER, mtime INTEGER, ctime INTEGER, dev INTEGER, ino INTEGER,
+    reason TEXT,
+    content BLOB,
+    phash INTEGER NOT NULL
+) WITHOUT ROWID
+"""
+
+
+def cache_dir() -> Path:
+    """``$CLASSIFIER_CACHE_DIR`` or ``~/.cache/classifier``."""
+    default = Path.home() / ".cache" / "classifier"
+    return Path(os.environ.get("CLASSIFIER_CACHE_DIR", default))
+
+
+def _unsafe(info: os.stat_result, what: str) -> str | None:
+    """Why a file or folder with ``info`` must not hold the cache (``None``: it may)."""
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        return f"{what} belongs to another user"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{what} is writable by other users"
+    return None
+
+
+def private_folder(folder: Path) -> Path | None:
+    """``folder`` if it is (or is now created as) a private folder of this user; else warn
+    once and return ``None``. An existing folder's mode is never changed."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(folder)
+    except OSError as error:
+        warnings.warn(f"scan cache unused: {folder}: {error.strerror}", stacklevel=3)
+        return None
+    problem = "it is a symbolic link" if stat.S_ISLNK(info.st_mode) else _unsafe(info, "it")
+    if problem is None and not stat.S_ISDIR(info.st_mode):
+        problem = "it is not a folder"
+    if problem:
+        warnings.warn(
+            f"scan cache unused: {folder} ({problem}); the scan runs without a cache. Point "
+            "CLASSIFIER_CACHE_DIR at a folder only you can write to.",
+            stacklevel=3,
+        )
+        return None
+    return folder
+
+
+class ScanCache:
+    """The rows of the cache database (or of an in-memory one, when no private folder).
+
+    Args:
+        folder: the private cache folder, or ``None`` for a cache that lasts this process.
+    """
+
+    def __init__(self, folder: Path | None) -> None:
+        self.path = None if folder is None else folder / f"scan-v{VERSION}.sqlite"
+        self.persistent = self.path is not None and self._prepare(self.path)
+        if self.persistent:
+            try:
+                self._db = self._connect(str(self.path))
+            except sqlite3.Error as error:  # damaged, or locked by a stuck process
+                warnings.warn(f"scan cache unused: {self.path} ({error})", stacklevel=3)
+                self.persistent = False
+        if not self.persistent:
+            self._db = self._connect(":memory:")
+        if self.persistent and folder is not None:
+            self._migrate(folder)
+
+    @staticmethod
+    def _connect(target: str) -> sqlite3.Connection:
+        db = sqlite3.connect(target, timeout=10, isolation_level=None)
+        try:
+            if target != ":memory:":
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @classmethod
+    def open(cls) -> ScanCache:
+        """The user's cache (``$CLASSIFIER_CACHE_DIR``), or an uncached one with a warning."""
+        return cls(private_folder(cache_dir()))
+
+    @staticmethod
+    def _prepare(path: Path) -> bool:
+        """Create the database file privately (0600), or check the one there is ours alone."""
+        try:
+            fd = os.open(
+                path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), 0o600
+            )
+            os.close(fd)
+            return True
+        except FileExistsError:
+            pass
+        except OSError as error:
+            warnings.warn(f"scan cache unused: {path}: {error.strerror}", stacklevel=4)
+            return False
+        info = os.lstat(path)
+        problem = _unsafe(info, "the file")
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+            problem = "it is not a regular file"
+        if problem:
+            warnings.warn(
+                f"scan cache unused: {path} ({problem}); the scan runs without a cache.",
+                stacklevel=4,
+            )
+            return False
+        return True
+
+    def lookup(self, paths: Sequence[bytes], keys: np.ndarray) -> list[Row | None]:
+        """The cached row of each path whose key (``keys[i]``: size, mtime, ctime, device,
+        inode) is unchanged, else ``None``."""
+        found: dict[bytes, Row] = {}
+        try:
+            for start in range(0, len(paths), 900):  # SQLite's limit on bound parameters
+                chunk = list(paths[start : start + 900])
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT * FROM files WHERE path IN ({marks})"  # noqa: S608 (marks only)
+                found.update((row[0], row) for row in self._db.execute(query, chunk))
+        except sqlite3.DatabaseError as error:  # a damaged database: scan without it
+            warnings.warn(f"scan cache unreadable ({error}); scanning without it", stacklevel=3)
+            return [None] * len(paths)
+        rows: list[Row | None] = []
+        for path, key in zip(paths, keys.tolist(), strict=True):
+            row = found.get(path)
+            rows.append(row if row is not None and list(row[1:6]) == key else None)
+        return rows
+
+    def store(self, rows: Iterable[Row]) -> None:
+        """Write ``rows`` (replacing any earlier row of the same path) in one transaction; a
+        cache that cannot be written is a warning, never a failed run."""
+        rows = list(rows)
+        if not rows:
+            return
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?)", rows
+                )
+        except sqlite3.Error as error:
+            warnings.warn(f"scan cache not updated ({error})", stacklevel=3)
+
+    def set_hashes(self, paths: Sequence[bytes], hashes: Sequence[int]) -> None:
+        """Record the perceptual hashes computed for ``paths`` (by the loader workers)."""
+        pairs = [(int(h), p) for p, h in zip(paths, hashes, strict=True)]
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany("UPDATE files SET phash = ? WHERE path = ?", pairs)
+        except sqlite3.Error as error:
+            warnings.warn(f"scan cache not updated ({error})", stacklevel=3)
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def _migrate(self, folder: Path) -> None:
+        """Take the reasons and perceptual hashes of the JSON caches of version 4 (their
+        content digests were of another kind and are computed again), then remove them."""
+        for old in sorted(folder.glob("scan-v4-*.json")):
+            try:
+                info = os.lstat(old)
+                if not stat.S_ISREG(info.st_mode) or _unsafe(info, "it"):
+                    continue
+                entries = json.loads(old.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(entries, dict):
+                self.store(_v4_rows(entries))
+            old.unlink(missing_ok=True)
+
+
+def _v4_rows(entries: dict[str, object]) -> list[Row]:
+    rows: list[Row] = []
+    for path, entry in entries.items():
+        if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], str)):
+            continue
+        key, reason, _, perceptual = entry
+        try:
+            fields = [int(v) for v in key.split(":")]
+            phash = NO_HASH if perceptual == "" else to_signed(int(str(perceptual), 16))
+        except ValueError:
+            continue
+        if len(fields) != 5 or (reason is not None and not isinstance(reason, str)):
+            continue
+        if reason is None and perceptual is None:
+            continue
+        # No content digest yet: the next scan reads the file for it (cheap) and keeps the rest.
+        rows.append((os.fsencode(path), *fields, reason, None, phash))  # type: ignore[arg-type]
+    return rows
+
+
+def to_signed(value: int) -> int:
+    """A 64-bit hash as SQLite's signed 64-bit integer."""
+    return value - 2**64 if value >= 2**63 else value

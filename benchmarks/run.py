@@ -268,10 +268,12 @@ def bench_duplicates() -> dict[str, float]:
 def main() -> None:
     from benchmarks.fit_vs_loop import bench_fit
     from benchmarks.make_data import make
+    from benchmarks.scan import bench_first_run, bench_loader_memory, bench_warm_start
     from benchmarks.whole import bench_whole
 
-    # BENCH_WHOLE_EPOCHS="4 20": whole-command runs (the 20-epoch one takes ~10 minutes here).
-    whole_epochs = [int(e) for e in os.environ.get("BENCH_WHOLE_EPOCHS", "4").split()]
+    # BENCH_WHOLE_EPOCHS="4 20": whole-command runs (the 20-epoch one takes ~10 minutes here,
+    # its background-checkpoint variant as long again).
+    whole_epochs = [int(e) for e in os.environ.get("BENCH_WHOLE_EPOCHS", "20").split()]
 
     results: dict[str, Any] = {"torch": torch.__version__, "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="classifier-bench-") as tmp:
@@ -284,9 +286,19 @@ def main() -> None:
             ("help_vs_import", bench_help),
             ("duplicates", bench_duplicates),
             ("auroc_1000_classes", bench_auroc),
+            ("scan_first_run_vs_decode", lambda: bench_first_run(Path(tmp))),
+            ("warm_start_100k_vs_1k", lambda: bench_warm_start(Path(tmp))),
+            ("loader_memory_200k", bench_loader_memory),
             *(
                 (f"whole_command_{e}_epochs", lambda e=e: bench_whole(Path(tmp), e))
                 for e in whole_epochs
+            ),
+            *(
+                (
+                    f"whole_command_{e}_epochs_background_checkpoints",
+                    lambda e=e: bench_whole(Path(tmp), e, background=True),
+                )
+                for e in whole_epochs[-1:]
             ),
         ]
         for name, fn in steps:
@@ -300,14 +312,14 @@ def main() -> None:
         "onnx_vs_eager": ("batch8_speedup", ">=", 1.5),
         "help_vs_import": ("ratio", "<=", 1.15),
         "duplicates": ("hashes_100k_s", "<=", 10.0),
-        **{
-            f"whole_command_{e}_epochs": ("ratio", "<=", 1.10 if e < 20 else 1.03)
-            for e in whole_epochs
-        },
+        "scan_first_run_vs_decode": ("ratio", "<=", 0.25),
+        "warm_start_100k_vs_1k": ("first_step_ratio", "<=", 1.3),
+        "warm_start_100k_vs_1k.memory": ("peak_memory_ratio", "<=", 1.5),
+        **{f"whole_command_{e}_epochs": ("ratio", "<=", 1.10) for e in whole_epochs},
     }
     print("\nratio                                  measured   goal")
     for name, (key, op, goal) in goals.items():
-        value = results[name][key]
+        value = results[name.split(".")[0]][key]
         ok = value >= goal if op == ">=" else value <= goal
         print(f"{name + '.' + key:38s} {value:8.3f}   {op} {goal}  {'ok' if ok else 'MISSED'}")
     for e in whole_epochs:

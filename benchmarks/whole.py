@@ -32,8 +32,12 @@ def _timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, f
     return time.perf_counter() - start, float(startup.read_text())
 
 
-def bench_whole(root: Path, epochs: int, repeats: int = 2) -> dict[str, Any]:
-    """Median wall seconds of both commands, ``repeats`` each, and their ratio."""
+def bench_whole(
+    root: Path, epochs: int, repeats: int = 2, background: bool = False
+) -> dict[str, Any]:
+    """Median wall seconds of both commands, ``repeats`` each, and their ratio; with
+    ``background``, ``classifier`` writes its checkpoints on a background thread (the opt-in
+    ``SafeCheckpointIO(asynchronous=True)``)."""
     from benchmarks.make_data import make
 
     data = make(root / f"whole-{SIZE}", TRAIN_IMAGES, SIZE)
@@ -48,6 +52,13 @@ def bench_whole(root: Path, epochs: int, repeats: int = 2) -> dict[str, Any]:
         "--trainer.min_epochs", str(epochs),
         "--trainer.callbacks+=benchmarks.probe.FirstStep",
     ]  # fmt: skip
+    if background:
+        layer = root / "background.yaml"
+        layer.write_text(
+            "trainer:\n  plugins:\n    - class_path: classifier.SafeCheckpointIO\n"
+            "      init_args: {asynchronous: true}\n"
+        )
+        ours += ["--config", str(layer)]
     hand = [sys.executable, "-m", "benchmarks.hand_loop", str(data), str(epochs), MODEL]
     hand += [str(SIZE), str(BATCH), "2"]
     runs = root / f"whole-runs-{epochs}"

@@ -167,15 +167,14 @@ class Calibration(PlottingCallback):
         temperature stays 1), never a lost run; a failed checkpoint write stays the run's
         error. The model's temperature is a number beside its weights, so the EMA's copy of
         its weights at the end of training leaves it alone."""
-        from classifier.checkpoint_io import amend_checkpoint, read_checkpoint
+        from classifier.checkpoint_io import amend_checkpoint
 
         self._promote(trainer)
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         temperature, failed = 1.0, None
         if trainer.is_global_zero and best and not trainer.interrupted:
             try:
-                checkpoint = read_checkpoint(trainer, best)
-                temperature = self._calibrate(trainer, pl_module, Path(best), checkpoint)
+                temperature = self._calibrate(trainer, pl_module, Path(best))
             except Exception as error:  # a finished training must not fail here
                 temperature = 1.0
                 warnings.warn(f"calibration failed ({error!r}); temperature 1", stacklevel=2)
@@ -194,13 +193,15 @@ class Calibration(PlottingCallback):
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
         best: Path,
-        checkpoint: dict[str, Any],
     ) -> float:
-        """The temperature for ``checkpoint`` (read from ``best``); writes calibration.json."""
+        """The temperature for the weights in ``best``; writes calibration.json."""
+        from classifier.checkpoint_io import read_checkpoint
+
         if self._best is not None:  # logged by the validation that made best.ckpt
             logits, labels = self._best
         else:  # best.ckpt from elsewhere (a resumed run's first epochs): one pass over val
-            logits, labels = _val_logits(trainer, pl_module, checkpoint["state_dict"])
+            state = read_checkpoint(trainer, str(best))["state_dict"]
+            logits, labels = _val_logits(trainer, pl_module, state)
         errors = int((logits.argmax(1) != labels).sum()) if len(labels) else 0
         note = None
         if len(labels) < MIN_IMAGES or errors == 0:

@@ -9,6 +9,7 @@ for.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -64,6 +65,12 @@ class Paths(Sequence[Path]):
             raise IndexError(f"path index {index} out of range for {len(self)} paths")
         start, end = self._offsets[index], self._offsets[index + 1]
         return self._data[start:end].tobytes()
+
+    @override
+    def all_raw(self) -> list[bytes]:
+        """Every path as bytes, in order (one pass over the buffer)."""
+        buffer, offsets = self._data.tobytes(), self._offsets.tolist()
+        return [buffer[a:b] for a, b in itertools.pairwise(offsets)]
 
     @override
     def __iter__(self) -> Iterator[Path]:

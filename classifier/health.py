@@ -23,6 +23,7 @@ import torch
 from classifier.files import write_csv, write_json
 from classifier.scan_cache import NO_HASH, UNHASHED, to_signed
 from classifier.splits import DataError, Split, shared_files
+from classifier.text import printable
 
 #: Bits of the perceptual hash.
 HASH_BITS = 64
@@ -279,16 +280,21 @@ def duplicates(
 
 
 def check_duplicates(
-    report: dict[str, Any], on_leakage: str, folder: Path | None, announce: bool = True
+    report: dict[str, Any],
+    on_leakage: str,
+    folder: Path | None,
+    announce: bool = True,
+    brief: bool = False,
 ) -> None:
     """Write ``data_health.json`` (when ``folder`` is given: rank 0) and, when ``announce``,
-    print a summary and warn about leakage; raise instead when ``on_leakage`` is ``error``
-    (after the file is written, so it lists every group)."""
+    print a summary (one line when ``brief``) and warn about leakage; raise instead when
+    ``on_leakage`` is ``error`` (after the file is written, so it lists every group)."""
     message = leakage(report)
     if folder is not None:
         write_json(folder / "data_health.json", report)
         if announce:
-            print(f"{describe(report)}\n  every group: {folder / 'data_health.json'}")
+            shown = _one_line(report) if brief else describe(report)
+            print(printable(f"{shown}\n  every group: {folder / 'data_health.json'}"))
     if message and on_leakage == "error":
         raise DataError(f"{message}\nRemove the copies, or set --data.on_leakage warn.")
     if message and announce:
@@ -323,6 +329,12 @@ def report_excluded(excluded: dict[str, dict[str, str]], strict: bool, folder: P
     warnings.warn(
         f"excluded {len(rows)} unreadable image(s){report}:\n{listing}{more}", stacklevel=3
     )
+
+
+def _one_line(report: dict[str, Any]) -> str:
+    counts = ", ".join(f"{v['groups']} {k.replace('_', ' ')}" for k, v in report["summary"].items())
+    checked = report["near_duplicate_check"]["images"]
+    return f"Data health, near copies of {checked} images compared: {counts} group(s)"
 
 
 def describe(report: dict[str, Any], limit: int = 5) -> str:

@@ -66,12 +66,12 @@ class HealthCheck:
             self.slots[name] = shared
         return self.slots[name]
 
-    def check(self, folder: Path | None, announce: bool) -> None:
+    def check(self, folder: Path | None, announce: bool, brief: bool = False) -> None:
         """Report what the hashes known now show (``data_health.json`` when ``folder`` is
         given, a summary when ``announce``); leakage warns, or raises with ``error``."""
         self.complete = all(not (h.phash == UNHASHED).any() for h in self.hashes.values())
         self.report = duplicates(self.splits, self.hashes, self.class_names, self.max_distance)
-        check_duplicates(self.report, self.on_leakage, folder, announce)
+        check_duplicates(self.report, self.on_leakage, folder, announce, brief)
 
     def finish(
         self,
@@ -98,4 +98,4 @@ class HealthCheck:
                 split = self.splits[name]
                 cache.set_hashes([split.paths.raw(int(i)) for i in new], hashes.phash[new].tolist())
         self.slots.clear()
-        self.check(folder, announce=folder is not None)
+        self.check(folder, announce=folder is not None, brief=True)

@@ -7,6 +7,7 @@ must run where torch is not installed) reads images exactly as training does.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -26,8 +27,13 @@ ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP", "TIFF",
 
 def is_image_file(path: str | Path) -> bool:
     """Whether ``path`` has an image extension and is not a hidden or resource-fork file."""
-    name = Path(path).name
-    return not name.startswith((".", "._")) and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+    return is_image_name(os.path.basename(path))
+
+
+def is_image_name(name: str) -> bool:
+    """:func:`is_image_file` of a bare file name (called once per file of a folder walk)."""
+    dot = name.rfind(".")
+    return dot > 0 and not name.startswith(".") and name[dot:].lower() in IMAGE_EXTENSIONS
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:

@@ -126,8 +126,8 @@ def _threads() -> int:
 def scan_split(split: Split, cache: ScanCache, progress: bool = True) -> ScanResult:
     """Check every file of ``split`` not already checked in ``cache`` (by path and key)."""
     count = len(split)
-    raw = [split.paths.raw(i) for i in range(count)]
-    rows = cache.lookup(raw, split.keys)
+    raw = split.paths.all_raw()
+    rows = cache.lookup(raw, split.keys, os.fsencode(split.root))
     content = np.full(count, b"", dtype="S16")
     phash = np.full(count, UNHASHED, dtype=np.int64)
     bad: dict[int, str] = {}

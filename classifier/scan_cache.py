@@ -145,13 +145,20 @@ class ScanCache:
             return False
         return True
 
-    def lookup(self, paths: Sequence[bytes], keys: np.ndarray) -> list[Row | None]:
+    def lookup(
+        self, paths: Sequence[bytes], keys: np.ndarray, folder: bytes | None = None
+    ) -> list[Row | None]:
         """The cached row of each path whose key (``keys[i]``: size, mtime, ctime, device,
-        inode) is unchanged, else ``None``."""
+        inode) is unchanged, else ``None``. With ``folder`` (every path lies below it) the
+        rows are read in one range scan of the index instead of by path."""
         found: dict[bytes, Row] = {}
         try:
-            for start in range(0, len(paths), 900):  # SQLite's limit on bound parameters
-                chunk = list(paths[start : start + 900])
+            if folder is not None:
+                low, high = folder.rstrip(b"/") + b"/", folder.rstrip(b"/") + b"0"  # "/" + 1
+                query = "SELECT * FROM files WHERE path >= ? AND path < ?"
+                found.update((row[0], row) for row in self._db.execute(query, (low, high)))
+            for start in range(0, len(paths) if folder is None else 0, 900):
+                chunk = list(paths[start : start + 900])  # SQLite's limit on bound parameters
                 marks = ",".join("?" * len(chunk))
                 query = f"SELECT * FROM files WHERE path IN ({marks})"  # noqa: S608 (marks only)
                 found.update((row[0], row) for row in self._db.execute(query, chunk))

@@ -17,7 +17,7 @@ import numpy as np
 
 from classifier.errors import UserError
 from classifier.file_table import Paths
-from classifier.pil_decode import is_image_file
+from classifier.pil_decode import is_image_name
 from classifier.text import printable
 
 #: Folder names that are never classes (tool and OS droppings).
@@ -111,6 +111,13 @@ def walk_images(folder: Path, visited: Visited | None = None) -> Paths:
     """
     visited = Visited() if visited is None else visited
     start = len(visited.paths)
+    _walk(folder, visited)
+    return Paths.of(visited.paths[start:])
+
+
+def _walk(folder: Path, visited: Visited) -> int:
+    """:func:`walk_images` into ``visited``; the number of new files."""
+    start = len(visited.paths)
     ancestors: list[str] = []
 
     def visit(directory: Path) -> None:
@@ -133,7 +140,7 @@ def walk_images(folder: Path, visited: Visited | None = None) -> Paths:
                 if entry.is_dir(follow_symlinks=True):
                     if not entry.name.startswith(".") and entry.name not in IGNORED_DIRS:
                         visit(Path(entry.path))
-                elif entry.is_file(follow_symlinks=True) and is_image_file(entry.name):
+                elif is_image_name(entry.name) and entry.is_file(follow_symlinks=True):
                     _take(entry.path, entry.stat(follow_symlinks=True))
         ancestors.pop()
 
@@ -148,7 +155,7 @@ def walk_images(folder: Path, visited: Visited | None = None) -> Paths:
             visited.repeats.append((Path(path), Path(visited.paths[first])))
 
     visit(folder)
-    return Paths.of(visited.paths[start:])
+    return len(visited.paths) - start
 
 
 #: A file's cache key columns: size, modification and change times (ns), device, inode.
@@ -222,10 +229,10 @@ def read_split(name: str, root: Path, class_names: list[str]) -> Split:
                 f"{name} split has class {class_name!r} ({folder}) that train/ lacks; "
                 f"known classes: {', '.join(class_names)}. Add it to train/ or remove it."
             )
-        files = walk_images(folder, visited)
-        if not files:
+        found = _walk(folder, visited)
+        if not found:
             split.empty_classes.append(class_name)
-        labels += [index[class_name]] * len(files)
+        labels += [index[class_name]] * found
     _finish(split, visited, labels)
     present = set(labels)
     split.missing_classes = [c for i, c in enumerate(class_names) if i not in present]

@@ -66,7 +66,6 @@ class Paths(Sequence[Path]):
         start, end = self._offsets[index], self._offsets[index + 1]
         return self._data[start:end].tobytes()
 
-    @override
     def all_raw(self) -> list[bytes]:
         """Every path as bytes, in order (one pass over the buffer)."""
         buffer, offsets = self._data.tobytes(), self._offsets.tolist()

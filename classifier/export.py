@@ -8,10 +8,10 @@ import copy
 import io
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -119,10 +119,14 @@ class ExportOptions:
     verify_images: int = 64
     atol: float = 1e-3
     min_agreement: float = 0.99
+    quantize: Literal["none", "int8"] = "none"
+    int8_min_agreement: float = 0.99
 
     def __post_init__(self) -> None:
         if self.opset < OPSET_MIN:
             raise ValueError(f"opset must be >= {OPSET_MIN}, got {self.opset}")
+        if self.quantize not in ("none", "int8"):
+            raise ValueError(f"quantize must be none or int8, got {self.quantize!r}")
 
     def passed(self, report: dict[str, Any]) -> bool:
         """The one pass rule: logits within ``atol`` and top-1 agreement of ``min_agreement``."""
@@ -141,8 +145,12 @@ def export_and_verify(
     images: tuple[Sequence[Path], Sequence[int] | np.ndarray] | None = None,
     temperature: float = 1.0,
     owned: bool = False,
+    calibration: Sequence[Path] | None = None,
 ) -> dict[str, Any]:
-    """Export ``net`` to ``path``, describe it, verify it on ``images`` and report.
+    """Export ``net`` to ``path``, describe it, verify it on ``images`` and report; with
+    ``options.quantize == "int8"`` also an INT8 model (``model_int8.onnx`` beside
+    ``model.onnx``, :mod:`classifier.quantize`), calibrated on ``calibration`` images and
+    verified on the same ``images`` (its report is ``report["int8"]``).
 
     ``net`` is copied first, so the caller's model stays where it is, unless ``owned``: a
     network made for the export (a checkpoint's weights) is moved to the CPU as it is.
@@ -183,18 +191,99 @@ def export_and_verify(
             f"{report['top1_agreement']:.4f} (min {options.min_agreement}), max |logit "
             f"difference| {report['max_abs_logit_diff']:.2e} (atol {options.atol})."
         )
+    if options.quantize == "int8":
+        checked = (paths, labels) if images and chosen else None
+        report["int8"] = _int8(net, path, pre, options, checked, calibration or [], contract)
     return report
 
 
+def _int8(
+    net: nn.Module,
+    path: Path,
+    pre: Preprocessing,
+    options: ExportOptions,
+    images: tuple[list[Path], list[int]] | None,
+    calibration: Sequence[Path],
+    contract: dict[str, Any],
+) -> dict[str, Any]:
+    """Quantise the verified fp32 file ``path``, verify the result against ``net`` like the
+    fp32 one (its own pass rule: top-1 agreement of ``int8_min_agreement``) and only then put
+    it in place; a failed check leaves the fp32 export alone and raises."""
+    from classifier.quantize import CALIBRATION_IMAGES, quantize_int8
+
+    target = path.with_name(f"{path.stem}_int8.onnx")
+    unverified = target.with_name(f".{target.name}.unverified")
+    chosen = [calibration[i] for i in spread(calibration, CALIBRATION_IMAGES)]
+    batches = input_batches(chosen, pre, options.uint8_input)
+    try:
+        quantize_int8(path, unverified, batches)
+        report: dict[str, Any] = {"file": target.name, "quantization": "int8", "verified": False}
+        report["calibration_images"] = len(chosen)
+        report["size_ratio"] = round(unverified.stat().st_size / path.stat().st_size, 4)
+        if images is not None:
+            report |= verify_onnx(unverified, net, *images, pre, options.uint8_input)
+            if report["images"]:
+                passed = report["top1_agreement"] >= options.int8_min_agreement
+                report |= {"verified": True, "passed": passed}
+        write_json(sidecar(target, "export_report.json"), report)
+        if report.get("passed") is False:
+            raise ExportError(
+                f"the INT8 export of {path.name} agrees with PyTorch on "
+                f"{report['top1_agreement']:.4f} of top-1 predictions (min "
+                f"{options.int8_min_agreement}); {path.name} stays, no INT8 file was written."
+            )
+        unverified.replace(target)
+    finally:
+        unverified.unlink(missing_ok=True)
+    write_json(sidecar(target, "labels_mapping.json"), {**contract, "quantization": "int8"})
+    return report
+
+
+def input_batches(
+    paths: Sequence[Path], pre: Preprocessing, uint8_input: bool, batch_size: int = 16
+) -> Iterator[np.ndarray]:
+    """The readable images of ``paths`` as the export takes them, in batches."""
+    from classifier.transforms import eval_transform, normalize
+    from classifier.verify import readable
+
+    mean, std = pre.mean_std()
+    pending: list[torch.Tensor] = []
+    for image, _ in readable(paths, [0] * len(paths), eval_transform(pre)):
+        pending.append(image)
+        if len(pending) == batch_size:
+            yield _as_input(torch.stack(pending), mean, std, uint8_input, normalize)
+            pending = []
+    if pending:
+        yield _as_input(torch.stack(pending), mean, std, uint8_input, normalize)
+
+
+def _as_input(
+    images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, uint8: bool, normalize: Any
+) -> np.ndarray:
+    array: np.ndarray = images.numpy() if uint8 else normalize(images, mean, std).numpy()
+    return array
+
+
 def describe(path: Path, report: dict[str, Any]) -> str:
-    """One line for the console: where the export is and how it was verified."""
+    """Lines for the console: where the export is and how it was verified."""
     if not report.get("verified"):
-        return f"Exported {path} (not verified: no images to compare on)"
-    return (
-        f"Exported {path}: verified on {report['images']} images, top-1 agreement "
-        f"{report['top1_agreement']:.1%}, largest logit difference "
-        f"{report['max_abs_logit_diff']:.1e} ({sidecar(path, 'export_report.json').name})"
-    )
+        line = f"Exported {path} (not verified: no images to compare on)"
+    else:
+        line = (
+            f"Exported {path}: verified on {report['images']} images, top-1 agreement "
+            f"{report['top1_agreement']:.1%}, largest logit difference "
+            f"{report['max_abs_logit_diff']:.1e} ({sidecar(path, 'export_report.json').name})"
+        )
+    int8 = report.get("int8")
+    if int8:
+        target = path.with_name(int8["file"])
+        verdict = (
+            f"top-1 agreement with PyTorch {int8['top1_agreement']:.1%} on {int8['images']} images"
+            if int8.get("verified")
+            else "not verified"
+        )
+        line += f"\nExported {target}: INT8, {int8['size_ratio']:.2f}x the size, {verdict}"
+    return line
 
 
 def sidecar(onnx_path: Path, name: str) -> Path:

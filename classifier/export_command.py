@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -27,6 +27,8 @@ def export_checkpoint(
     atol: float = 1e-3,
     min_agreement: float = 0.99,
     overwrite: bool = False,
+    quantize: Literal["none", "int8"] = "none",
+    int8_min_agreement: float = 0.99,
 ) -> Path:
     """Export a finished checkpoint to ONNX and verify it on real images.
 
@@ -43,29 +45,54 @@ def export_checkpoint(
         atol: largest allowed absolute logit difference.
         min_agreement: smallest allowed fraction of images with the same top-1 class.
         overwrite: replace an existing ONNX file at the output path.
+        quantize: ``int8`` also writes ``<name>_int8.onnx`` (static INT8 quantisation,
+            calibrated on the checkpoint's ``train/`` images, else the verification images),
+            verified against PyTorch like the fp32 file.
+        int8_min_agreement: smallest allowed fraction of images on which the INT8 model's
+            top-1 class is PyTorch's.
     """
     from classifier.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(ckpt_path)
     network, names, data = _network(checkpoint, ckpt_path)
     path = Path(output) if output else default_output(Path(ckpt_path))
-    described = (path, sidecar(path, "labels_mapping.json"), sidecar(path, "export_report.json"))
+    described = [path, sidecar(path, "labels_mapping.json"), sidecar(path, "export_report.json")]
+    if quantize == "int8":
+        int8 = path.with_name(f"{path.stem}_int8.onnx")
+        described += [
+            int8,
+            sidecar(int8, "labels_mapping.json"),
+            sidecar(int8, "export_report.json"),
+        ]
     existing = [str(f) for f in described if os.path.lexists(f)]
     if existing and not overwrite:
         raise ExportError(
             f"{', '.join(existing)} exist(s); pass --overwrite true to replace, or --output FILE."
         )
     folder = Path(images) if images else Path(data.get("data_dir", "data")) / "val"
-    options = ExportOptions(opset, simplify, uint8_input, verify_images, atol, min_agreement)
+    options = ExportOptions(
+        opset,
+        simplify,
+        uint8_input,
+        verify_images,
+        atol,
+        min_agreement,
+        quantize,
+        int8_min_agreement,
+    )
+    verification = _images(folder, names) if verify_images else None
+    train = _images(Path(data.get("data_dir", "data")) / "train", names)
+    calibration = (train or verification or ([], []))[0]
     report = export_and_verify(
         network,
         path,
         names,
         Preprocessing.from_dict(checkpoint["preprocessing"]),
         options,
-        _images(folder, names) if verify_images else None,
+        verification,
         float(checkpoint["temperature"]),
         owned=True,  # a network built for this export
+        calibration=calibration,
     )
     print(describe(path, report))
     return path

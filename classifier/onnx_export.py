@@ -37,6 +37,12 @@ class OnnxExport(Callback):
         verify_images: validation images used to verify the export (0 skips verification).
         atol: largest allowed absolute logit difference between onnxruntime and PyTorch.
         min_agreement: smallest allowed fraction of images with the same top-1 class.
+        quantize: ``int8`` also writes ``model_int8.onnx`` (ONNX Runtime static quantisation,
+            calibrated on training images) with its own ``labels_mapping.json`` and
+            ``export_report.json``, verified against PyTorch on the validation images; a
+            quantisation that fails its check is an error and leaves the fp32 export.
+        int8_min_agreement: smallest allowed fraction of images on which the INT8 model's
+            top-1 class is PyTorch's.
     """
 
     def __init__(
@@ -48,10 +54,19 @@ class OnnxExport(Callback):
         verify_images: int = 64,
         atol: float = 1e-3,
         min_agreement: float = 0.99,
+        quantize: Literal["none", "int8"] = "none",
+        int8_min_agreement: float = 0.99,
     ) -> None:
         self.export = export
         self.options = ExportOptions(
-            opset, simplify, uint8_input, verify_images, atol, min_agreement
+            opset,
+            simplify,
+            uint8_input,
+            verify_images,
+            atol,
+            min_agreement,
+            quantize,
+            int8_min_agreement,
         )
 
     @override
@@ -73,6 +88,8 @@ class OnnxExport(Callback):
             targets.append(("final", model.model, model.temperature, False))
         data = optional_image_data(trainer)
         val = data.files("val") if data is not None else None
+        train = data.files("train") if data is not None else None
+        calibration = (train or val or ([], []))[0]
         if model.preprocessing is None:
             raise ExportError("the model has no preprocessing; was it set up by a data module?")
         for name, net, temperature, owned in targets:
@@ -86,6 +103,7 @@ class OnnxExport(Callback):
                 val,
                 temperature,
                 owned,
+                calibration,
             )
             rank_zero_info(describe(path, report))
 

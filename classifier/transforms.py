@@ -115,12 +115,21 @@ class Preprocessing:
         self, class_names: list[str], uint8_input: bool = False, temperature: float = 1.0
     ) -> dict[str, Any]:
         """Everything a consumer of an exported model needs: classes, preprocessing and input/
-        output description (ONNX metadata and ``labels_mapping.json``)."""
+        output description (ONNX metadata and ``labels_mapping.json``).
+
+        A superset of the ``labels_mapping.json`` of ``ortizeg/classifier-training``, whose
+        ONNX inferencer reads ``idx_to_class`` (string keys) and ``normalization.mean/std``:
+        ``num_classes``, ``class_to_idx``, ``idx_to_class`` and ``normalization`` are there too.
+        """
         info = self.to_dict()
         if uint8_input:
             info["input_range"] = "uint8 RGB 0-255; normalisation is inside the graph"
         return {
+            "num_classes": len(class_names),
             "class_names": class_names,
+            "class_to_idx": {name: i for i, name in enumerate(class_names)},
+            "idx_to_class": {str(i): name for i, name in enumerate(class_names)},
+            "normalization": {"mean": list(self.mean), "std": list(self.std)},
             "labels": {str(i): name for i, name in enumerate(class_names)},
             **info,
             "input_dtype": "uint8" if uint8_input else "float32",

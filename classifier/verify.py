@@ -15,7 +15,7 @@ from classifier.tensor_decode import load_rgb
 from classifier.transforms import Preprocessing, eval_transform, normalize
 
 
-def _readable(
+def readable(
     paths: Sequence[Path], labels: Sequence[int] | np.ndarray, transform: Any
 ) -> Iterator[tuple[torch.Tensor, int]]:
     """The evaluation-ready image and label of each file that can be read."""
@@ -67,10 +67,10 @@ def verify_onnx(
     transform = eval_transform(pre)
     mean, std = pre.mean_std()
     net = net.eval()
-    readable = [(image, label) for image, label in _readable(paths, labels, transform)]
+    images_ok = list(readable(paths, labels, transform))
     agree, correct_torch, correct_onnx, max_diff = 0, 0, 0, 0.0
-    for start in range(0, len(readable), batch_size):
-        chunk = readable[start : start + batch_size]
+    for start in range(0, len(images_ok), batch_size):
+        chunk = images_ok[start : start + batch_size]
         images = torch.stack([image for image, _ in chunk])
         floats = normalize(images, mean, std)
         feed = images.numpy() if uint8_input else floats.numpy()
@@ -81,10 +81,10 @@ def verify_onnx(
         agree += int((onnx_logits.argmax(1) == torch_logits.argmax(1)).sum())
         correct_torch += int((torch_logits.argmax(1) == truth).sum())
         correct_onnx += int((onnx_logits.argmax(1) == truth).sum())
-    count = max(1, len(readable))
+    count = max(1, len(images_ok))
     return {
-        "images": len(readable),
-        "unreadable": len(paths) - len(readable),
+        "images": len(images_ok),
+        "unreadable": len(paths) - len(images_ok),
         "top1_agreement": agree / count,
         "max_abs_logit_diff": max_diff,
         "top1_pytorch": correct_torch / count,

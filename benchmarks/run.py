@@ -166,6 +166,44 @@ def bench_onnx(tmp: Path) -> dict[str, float]:
     return result
 
 
+def bench_int8(tmp: Path) -> dict[str, float]:
+    """INT8 vs fp32 ONNX (resnet50, 224 px, batch 8, onnxruntime on the CPU): file size and
+    latency, timed alternately. Calibrated on random inputs: speed and size do not depend on it
+    (accuracy is checked on real images by the tests and the export's own verification)."""
+    import numpy as np
+    import onnxruntime as ort
+    import timm
+
+    from classifier.export import export_onnx
+    from classifier.quantize import quantize_int8
+    from classifier.transforms import Preprocessing
+
+    net = timm.create_model("resnet50", pretrained=False, num_classes=10).eval()
+    pre = Preprocessing.from_crop_pct(224, 0.875, "bilinear", (0.5,) * 3, (0.5,) * 3)
+    fp32 = export_onnx(net, tmp / "q50.onnx", [str(i) for i in range(10)], pre)
+    rng = np.random.default_rng(0)
+    calibration = [rng.normal(0, 1, (8, 3, 224, 224)).astype(np.float32) for _ in range(4)]
+    int8 = tmp / "q50_int8.onnx"
+    quantize_int8(fp32, int8, calibration)
+    x = rng.normal(0, 1, (8, 3, 224, 224)).astype(np.float32)
+    sessions = [
+        ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]) for f in (fp32, int8)
+    ]
+    for session in sessions:
+        session.run(None, {"images": x})
+    fp32_s, int8_s = interleaved(
+        lambda: median_time(lambda: sessions[0].run(None, {"images": x}), 1),
+        lambda: median_time(lambda: sessions[1].run(None, {"images": x}), 1),
+        7,
+    )
+    return {
+        "fp32_ms": fp32_s * 1e3,
+        "int8_ms": int8_s * 1e3,
+        "latency_ratio": int8_s / fp32_s,
+        "size_ratio": int8.stat().st_size / fp32.stat().st_size,
+    }
+
+
 def bench_help() -> dict[str, float]:
     """``classifier --help`` wall time vs ``import lightning, timm`` in a fresh interpreter."""
     exe = Path(sys.executable).parent / "classifier"
@@ -283,6 +321,7 @@ def main() -> None:
             ("input_pipeline", lambda: bench_pipeline(data)),
             ("ema", bench_ema),
             ("onnx_vs_eager", lambda: bench_onnx(Path(tmp))),
+            ("int8_vs_fp32", lambda: bench_int8(Path(tmp))),
             ("help_vs_import", bench_help),
             ("duplicates", bench_duplicates),
             ("auroc_1000_classes", bench_auroc),
@@ -310,6 +349,8 @@ def main() -> None:
         "input_pipeline": ("ratio", ">=", 1.7),
         "ema": ("fraction_of_step", "<=", 0.02),
         "onnx_vs_eager": ("batch8_speedup", ">=", 1.5),
+        "int8_vs_fp32": ("latency_ratio", "<=", 0.7),
+        "int8_vs_fp32.size": ("size_ratio", "<=", 0.35),
         "help_vs_import": ("ratio", "<=", 1.15),
         "duplicates": ("hashes_100k_s", "<=", 10.0),
         "scan_first_run_vs_decode": ("ratio", "<=", 0.25),

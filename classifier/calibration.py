@@ -27,6 +27,8 @@ from classifier.contract import classifier_module, image_data
 from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, log_image
 from classifier.files import read_json, run_dir, write_json
 from classifier.metrics import BINS, CalibrationBins
+from classifier.selective import Selector, collect, fit_selector, selector_report
+from classifier.verify import spread
 
 
 def expected_calibration_error(
@@ -97,13 +99,36 @@ class Calibration(PlottingCallback):
     callbacks are listed. Fewer than 20 validation images, or none misclassified, leave the
     temperature at 1 with a warning.
 
+    It also chooses which predictions to accept (:mod:`classifier.selective`): the lowest
+    calibrated confidence at which the accepted validation predictions reach ``target_accuracy``,
+    and a largest distance, in the network's feature space, to the classes of the training
+    images (what 99 % of validation images stay within), so images of no known class are
+    rejected; stored in ``best.ckpt`` and the exports, used by ``predict`` (the ``accepted``
+    column), reported with the risk-coverage curve in ``calibration.json``.
+
     Args:
+        selective: choose the accept/reject rule too (a pass over ``feature_images`` training
+            images and the validation set with the best weights when training ends).
+        target_accuracy: the validation accuracy the accepted predictions must reach; ``None``
+            halves the validation error (at most 0.99).
+        feature_images: training images whose features give the class statistics (spread over
+            the classes; all when there are fewer).
         plot_time_share: see :class:`~classifier.figure_thread.PlottingCallback`.
     """
 
-    def __init__(self, plot_time_share: float = PLOT_TIME_SHARE) -> None:
+    def __init__(
+        self,
+        selective: bool = True,
+        target_accuracy: float | None = None,
+        feature_images: int = 5000,
+        plot_time_share: float = PLOT_TIME_SHARE,
+    ) -> None:
         super().__init__(plot_time_share)
+        self.selective = selective
+        self.target_accuracy = target_accuracy
+        self.feature_images = feature_images
         self._test: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._test_distance: list[tuple[torch.Tensor, torch.Tensor]] = []
         #: The temperature fitted at the end of the last fit (``None`` before).
         self.temperature: float | None = None
         # Validation logits of this epoch, of the last epoch (until its checkpoint is decided)
@@ -167,41 +192,95 @@ class Calibration(PlottingCallback):
         temperature stays 1), never a lost run; a failed checkpoint write stays the run's
         error. The model's temperature is a number beside its weights, so the EMA's copy of
         its weights at the end of training leaves it alone."""
-        from classifier.checkpoint_io import amend_checkpoint
+        from classifier.checkpoint_io import amend_checkpoint, read_checkpoint
 
         self._promote(trainer)
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-        temperature, failed = 1.0, None
+        temperature, selector, failed = 1.0, None, None
         if trainer.is_global_zero and best and not trainer.interrupted:
             try:
-                temperature = self._calibrate(trainer, pl_module, Path(best))
+                checkpoint = read_checkpoint(trainer, best)
+                temperature = self._calibrate(trainer, pl_module, Path(best), checkpoint)
+                selector = self._select(trainer, pl_module, checkpoint, temperature)
             except Exception as error:  # a finished training must not fail here
-                temperature = 1.0
+                temperature, selector = 1.0, None
                 warnings.warn(f"calibration failed ({error!r}); temperature 1", stacklevel=2)
             else:
+                extra = {"selective": selector.to_checkpoint()} if selector is not None else {}
                 try:
-                    amend_checkpoint(trainer, best, lambda c: {**c, "temperature": temperature})
+                    change = lambda c: {**c, "temperature": temperature, **extra}  # noqa: E731
+                    amend_checkpoint(trainer, best, change, checkpoint)
                 except Exception as error:  # raised once every rank has the temperature
                     failed = error
-        self.temperature = float(trainer.strategy.broadcast(temperature, src=0))
-        classifier_module(pl_module).temperature = self.temperature
+        stored = selector.to_checkpoint() if selector is not None else None
+        temperature, stored = trainer.strategy.broadcast((temperature, stored), src=0)
+        self.temperature = float(temperature)
+        model = classifier_module(pl_module)
+        model.temperature = self.temperature
+        model.selector = Selector.from_checkpoint(stored) if stored is not None else None
         if failed is not None:
             raise failed
+
+    def _select(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        checkpoint: dict[str, Any],
+        temperature: float,
+    ) -> Selector | None:
+        """The accept/reject rule for ``checkpoint``'s weights: class statistics of (up to
+        ``feature_images``) training images' features, thresholds chosen on the validation
+        set; added to ``calibration.json``. ``None`` (with a warning) when it cannot be fitted."""
+        if not self.selective:
+            return None
+        model = classifier_module(pl_module)
+        assert model.preprocessing is not None
+        net = model.network_copy(checkpoint["state_dict"]).eval()
+        data = image_data(trainer)
+        train = data.files("train")
+        if train is None or not len(train[0]):
+            return None
+        chosen = spread(train[0], self.feature_images)
+        device = model.device
+        features, _, labels = collect(
+            net, data.eval_loader("train", chosen), model.preprocessing, device
+        )
+        val = collect(net, data.eval_loader("val"), model.preprocessing, device)
+        if len(val[2]) < MIN_IMAGES or len(labels) <= model.num_classes:
+            warnings.warn("too few images to choose an accept/reject rule; none", stacklevel=2)
+            return None
+        selector = fit_selector(
+            (features, labels), val, temperature, model.num_classes, self.target_accuracy
+        )
+        distance = selector.distance()(val[0].float())
+        found = selector_report(selector, distance, val[1], val[2], temperature)
+        self._report_selective("val", found, selector, trainer)
+        return selector
+
+    @staticmethod
+    def _report_selective(
+        stage: str, found: dict[str, Any], selector: Selector, trainer: pl.Trainer
+    ) -> None:
+        """Add ``stage``'s coverage and risk-coverage curve to ``calibration.json``."""
+        path = run_dir(trainer) / "calibration.json"
+        loaded = read_json(path)
+        report = loaded if isinstance(loaded, dict) else {}
+        report["selective"] = {**report.get("selective", {}), **selector.summary(), stage: found}
+        write_json(path, report)
 
     def _calibrate(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
         best: Path,
+        checkpoint: dict[str, Any],
     ) -> float:
-        """The temperature for the weights in ``best``; writes calibration.json."""
-        from classifier.checkpoint_io import read_checkpoint
-
+        """The temperature for the weights of ``checkpoint`` (``best``); writes
+        calibration.json."""
         if self._best is not None:  # logged by the validation that made best.ckpt
             logits, labels = self._best
         else:  # best.ckpt from elsewhere (a resumed run's first epochs): one pass over val
-            state = read_checkpoint(trainer, str(best))["state_dict"]
-            logits, labels = _val_logits(trainer, pl_module, state)
+            logits, labels = _val_logits(trainer, pl_module, checkpoint["state_dict"])
         errors = int((logits.argmax(1) != labels).sum()) if len(labels) else 0
         note = None
         if len(labels) < MIN_IMAGES or errors == 0:
@@ -251,7 +330,7 @@ class Calibration(PlottingCallback):
     @override
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start collecting the test logits."""
-        self._test = []
+        self._test, self._test_distance = [], []
 
     @override
     def on_test_batch_end(
@@ -263,17 +342,23 @@ class Calibration(PlottingCallback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Keep the raw (unscaled) logits on the device (read back once, at the epoch's end)."""
+        """Keep the raw (unscaled) logits on the device (read back once, at the epoch's end),
+        and each image's feature distance when the model has an accept/reject rule."""
         self._test.append((outputs["logits"].float(), batch[1]))
+        if "distance" in outputs:
+            self._test_distance.append((outputs["distance"].float()[:, None], batch[1]))
 
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Add test ECE and NLL before and after scaling to ``calibration.json``."""
         collected, self._test = self._test, []
         logits, labels = _gathered(collected)  # every rank takes part
+        distances, self._test_distance = self._test_distance, []
+        distance = _gathered(distances)[0][:, 0] if distances else None
         if not trainer.is_global_zero or not len(labels):
             return
-        temperature = classifier_module(pl_module).temperature
+        model = classifier_module(pl_module)
+        temperature = model.temperature
         path = run_dir(trainer) / "calibration.json"
         found = read_json(path)
         report = found if isinstance(found, dict) else {"temperature": round(temperature, 6)}
@@ -283,6 +368,9 @@ class Calibration(PlottingCallback):
             "after": scores(logits, labels, temperature),
         }
         write_json(path, report)
+        if model.selector is not None and distance is not None:
+            found = selector_report(model.selector, distance, logits, labels, temperature)
+            self._report_selective("test", found, model.selector, trainer)
         self._draw(trainer, logits, labels, temperature, "test")
 
 

@@ -139,10 +139,28 @@ def _problem(checkpoint: dict[str, Any]) -> str | None:
         temperature = float(temperature)
     if not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
         return "its temperature is not a positive number"
+    selective = checkpoint.get("selective")
+    if selective is not None and _selective_problem(selective):
+        return "its selective-classification statistics are malformed"
     pre = checkpoint.get("preprocessing")
     if pre is not None:
         return _preprocessing_problem(pre)
     return None
+
+
+def _selective_problem(stored: object) -> bool:
+    """Whether ``stored`` is not what ``Selector.to_checkpoint`` writes."""
+    if not isinstance(stored, dict):
+        return True
+    means, precision = stored.get("means"), stored.get("precision")
+    numbers = ("confidence_threshold", "distance_threshold", "target_accuracy", "coverage")
+    return not (
+        all(isinstance(stored.get(k), (int, float)) for k in numbers)
+        and isinstance(means, torch.Tensor)
+        and isinstance(precision, torch.Tensor)
+        and means.ndim == 2
+        and precision.shape == (means.shape[1], means.shape[1])
+    )
 
 
 def _preprocessing_problem(pre: object) -> str | None:

@@ -222,12 +222,16 @@ def read_checkpoint(trainer: Any, path: str) -> dict[str, Any]:
 
 
 def amend_checkpoint(
-    trainer: Any, path: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+    trainer: Any,
+    path: str,
+    change: Callable[[dict[str, Any]], dict[str, Any]],
+    loaded: dict[str, Any] | None = None,
 ) -> None:
-    """Rewrite the checkpoint at ``path`` with ``change`` applied (atomically, at once). A file
-    it shared with a twin (``last.ckpt`` linked to ``best.ckpt``) is replaced, not changed: the
-    twin keeps its contents, and no later save is linked to the amended file."""
-    amended = change(read_checkpoint(trainer, path))
+    """Rewrite the checkpoint at ``path`` (``loaded``: as already read) with ``change`` applied
+    (atomically, at once). A file it shared with a twin (``last.ckpt`` linked to ``best.ckpt``)
+    is replaced, not changed: the twin keeps its contents, and no later save is linked to the
+    amended file."""
+    amended = change(loaded if loaded is not None else read_checkpoint(trainer, path))
     if (io := _writer(trainer)) is not None:
         io.forget(path)
         if not io.own_writes or "://" in path:

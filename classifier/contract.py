@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 if TYPE_CHECKING:
+    from classifier.selective import Selector
     from classifier.stage_metrics import StageMetrics
     from classifier.transforms import Preprocessing
 
@@ -42,6 +43,7 @@ class ClassifierModule(Protocol):
         model: the network (a timm model): normalised float NCHW images in, logits out.
         train_top1: training top-1 accuracy of the epoch so far (a torchmetrics metric).
         device: where the network runs.
+        selector: the accept/reject rule (``None`` until ``Calibration`` fits one).
     """
 
     class_names: list[str]
@@ -51,6 +53,7 @@ class ClassifierModule(Protocol):
     model: nn.Module
     train_top1: Any
     device: torch.device
+    selector: Selector | None
 
     def stage_metrics(self, stage: str) -> StageMetrics:
         """Loss, summary metrics, confusion matrix and unreadable count of ``val``/``test``."""
@@ -89,9 +92,9 @@ class ImageData(Protocol):
         cropped, not normalised."""
         ...
 
-    def eval_loader(self, split: str) -> DataLoader[Any]:
-        """Every image of ``split`` (on this process, unsharded): batches of ``uint8`` images,
-        labels and indices, not normalised."""
+    def eval_loader(self, split: str, indices: Sequence[int] | None = None) -> DataLoader[Any]:
+        """Every image of ``split`` (or those at ``indices``), on this process, unsharded:
+        batches of ``uint8`` images, labels and indices, as evaluated, not normalised."""
         ...
 
     def drawn(self) -> torch.Tensor:

@@ -19,6 +19,7 @@ from torch import nn
 from typing_extensions import override
 
 from classifier.files import atomic_write_bytes, write_json
+from classifier.selective import Selector, features_and_logits
 from classifier.transforms import Preprocessing
 from classifier.verify import ExportError, spread, verify_onnx
 
@@ -27,10 +28,18 @@ OPSET_MIN = 17
 
 class _Exportable(nn.Module):
     """The network, optionally with normalisation (``uint8`` RGB input) inside the graph, with
-    two outputs: ``logits`` and calibrated ``probabilities`` (``softmax(logits / T)``)."""
+    the outputs ``logits`` (first, as consumers of plain exports expect) and calibrated
+    ``probabilities`` (``softmax(logits / T)``); with a selector also ``distance`` (to the
+    nearest training class, in feature space) and ``accepted`` (the prediction passes both
+    thresholds)."""
 
     def __init__(
-        self, net: nn.Module, pre: Preprocessing, uint8_input: bool, temperature: float
+        self,
+        net: nn.Module,
+        pre: Preprocessing,
+        uint8_input: bool,
+        temperature: float,
+        selector: Selector | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -38,13 +47,24 @@ class _Exportable(nn.Module):
         mean, std = pre.mean_std(scale=255.0)
         self.mean, self.std = nn.Buffer(mean), nn.Buffer(std)
         self.temperature = nn.Buffer(torch.tensor(float(temperature)))
+        self.distance = selector.distance() if selector is not None else None
+        limits = (0.0, 0.0)
+        if selector is not None:
+            limits = (selector.confidence_threshold, selector.distance_threshold)
+        self.thresholds = nn.Buffer(torch.tensor(limits))
 
     @override
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.uint8_input:
             images = (images.float() - self.mean) / self.std
-        logits: torch.Tensor = self.net(images)
-        return logits, (logits / self.temperature).softmax(dim=1)
+        if self.distance is None:
+            logits: torch.Tensor = self.net(images)
+            return logits, (logits / self.temperature).softmax(dim=1)
+        features, logits = features_and_logits(self.net, images)
+        probabilities = (logits / self.temperature).softmax(dim=1)
+        distance = self.distance(features)
+        confident = probabilities.max(1).values >= self.thresholds[0]
+        return logits, probabilities, distance, confident & (distance <= self.thresholds[1])
 
 
 def export_onnx(
@@ -56,6 +76,7 @@ def export_onnx(
     uint8_input: bool = False,
     simplify: bool = True,
     temperature: float = 1.0,
+    selector: Selector | None = None,
 ) -> Path:
     """Export ``net`` to one self-contained ONNX file with a dynamic batch axis.
 
@@ -66,7 +87,8 @@ def export_onnx(
 
     if opset < OPSET_MIN:
         raise ValueError(f"opset must be >= {OPSET_MIN}, got {opset}")
-    wrapper = _Exportable(net, pre, uint8_input, temperature).eval().cpu().float()
+    wrapper = _Exportable(net, pre, uint8_input, temperature, selector).eval().cpu().float()
+    outputs = OUTPUTS if selector is not None else OUTPUTS[:2]
     dtype = torch.uint8 if uint8_input else torch.float32
     dummy = torch.zeros(2, 3, pre.image_size, pre.image_size, dtype=dtype)
     graph = io.BytesIO()  # in memory: the file is written once, complete, by the atomic writer
@@ -80,18 +102,41 @@ def export_onnx(
             dynamo=False,
             opset_version=opset,
             input_names=["images"],
-            output_names=["logits", "probabilities"],
-            dynamic_axes={name: {0: "batch"} for name in ("images", "logits", "probabilities")},
+            output_names=list(outputs),
+            dynamic_axes={name: {0: "batch"} for name in ("images", *outputs)},
         )
     model = onnx.load_from_string(graph.getvalue())
     if simplify:
         model = _simplify(model)
-    for key, value in pre.contract(class_names, uint8_input, temperature).items():
+    for key, value in contract(pre, class_names, uint8_input, temperature, selector).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
     onnx.checker.check_model(model)
     atomic_write_bytes(path, model.SerializeToString())
     return path
+
+
+#: The outputs of an export, in order (the last two with an accept/reject rule).
+OUTPUTS = ("logits", "probabilities", "distance", "accepted")
+
+
+def contract(
+    pre: Preprocessing,
+    class_names: list[str],
+    uint8_input: bool,
+    temperature: float,
+    selector: Selector | None,
+) -> dict[str, Any]:
+    """The export's description (ONNX metadata and ``labels_mapping.json``): the
+    preprocessing contract, and the accept/reject rule when there is one."""
+    described = pre.contract(class_names, uint8_input, temperature)
+    if selector is not None:
+        described |= selector.summary()
+        described["outputs"] = list(OUTPUTS)
+        described["accepted_rule"] = (
+            "accepted = max(probabilities) >= reject_threshold and distance <= distance_threshold"
+        )
+    return described
 
 
 def _simplify(model: Any) -> Any:
@@ -146,6 +191,7 @@ def export_and_verify(
     temperature: float = 1.0,
     owned: bool = False,
     calibration: Sequence[Path] | None = None,
+    selector: Selector | None = None,
 ) -> dict[str, Any]:
     """Export ``net`` to ``path``, describe it, verify it on ``images`` and report; with
     ``options.quantize == "int8"`` also an INT8 model (``model_int8.onnx`` beside
@@ -174,9 +220,10 @@ def export_and_verify(
         options.uint8_input,
         options.simplify,
         temperature,
+        selector,
     )
-    contract = pre.contract(class_names, options.uint8_input, temperature)
-    write_json(sidecar(path, "labels_mapping.json"), contract)
+    described = contract(pre, class_names, options.uint8_input, temperature, selector)
+    write_json(sidecar(path, "labels_mapping.json"), described)
     report: dict[str, Any] = {"file": path.name, "opset": options.opset, "verified": False}
     chosen = spread(images[0], options.verify_images) if images else []
     if images and chosen:
@@ -193,7 +240,7 @@ def export_and_verify(
         )
     if options.quantize == "int8":
         checked = (paths, labels) if images and chosen else None
-        report["int8"] = _int8(net, path, pre, options, checked, calibration or [], contract)
+        report["int8"] = _int8(net, path, pre, options, checked, calibration or [], described)
     return report
 
 

@@ -93,9 +93,18 @@ def export_checkpoint(
         float(checkpoint["temperature"]),
         owned=True,  # a network built for this export
         calibration=calibration,
+        selector=_selector(checkpoint),
     )
     print(describe(path, report))
     return path
+
+
+def _selector(checkpoint: dict[str, Any]) -> Any:
+    """The checkpoint's accept/reject rule, or ``None``."""
+    from classifier.selective import Selector
+
+    stored = checkpoint.get("selective")
+    return Selector.from_checkpoint(stored) if stored is not None else None
 
 
 def _network(checkpoint: dict[str, Any], ckpt_path: str) -> tuple[Any, list[str], dict[str, Any]]:

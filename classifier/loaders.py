@@ -4,11 +4,12 @@ datasets; this base turns them into loaders (as TorchGeo's base data modules do)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from typing_extensions import override
 
 from classifier.image_dataset import ImageDataset
@@ -128,10 +129,14 @@ class LoaderDataModule(pl.LightningDataModule):
     def finish_health_check(self) -> None:
         """Complete a data health check that waits for the first epoch (the subclass's)."""
 
-    def eval_loader(self, split: str) -> DataLoader[Any]:
-        """Every image of ``split`` on this process (unsharded), as evaluation sees it."""
+    def eval_loader(self, split: str, indices: Sequence[int] | None = None) -> DataLoader[Any]:
+        """Every image of ``split`` (or those at ``indices``) on this process (unsharded), as
+        evaluation sees it."""
         kwargs = self._loader_kwargs(split, self.eval_batch_size)
-        kwargs.update(dataset=self.eval_dataset(split), persistent_workers=False)
+        dataset: Any = self.eval_dataset(split)
+        if indices is not None:
+            dataset = Subset(dataset, list(indices))
+        kwargs.update(dataset=dataset, persistent_workers=False)
         return DataLoader(**kwargs)
 
     def eval_dataset(self, split: str) -> ImageDataset:

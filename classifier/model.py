@@ -16,6 +16,7 @@ from classifier.errors import UserError
 from classifier.losses import cross_entropy, mixed_cross_entropy
 from classifier.metrics import summary_metrics
 from classifier.optim import Schedule, lr_multiplier, stepping_batches
+from classifier.selective import Distance, Selector, features_and_logits
 from classifier.stage_metrics import StageMetrics, warn_unreadable
 from classifier.transforms import Preprocessing, tta_views
 
@@ -129,6 +130,8 @@ class ImageClassifier(pl.LightningModule):
         #: saved in checkpoints (a number, not a buffer: averaging the weights never touches it).
         self.temperature = 1.0
         self.use_class_weights = False
+        self._selector: Selector | None = None
+        self._distances: list[Distance] = []
         #: Runs the network, compiled once ``compile`` asks for it.
         self._runner = Runner()
         self.register_buffer("_finite", torch.ones((), dtype=torch.bool), persistent=False)
@@ -159,9 +162,25 @@ class ImageClassifier(pl.LightningModule):
     @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a normalised ``float`` NCHW batch (compiled with ``compile``)."""
-        if self.hparams["channels_last"]:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self._runner(self.model, images)
+        return self._runner(self.model, self._channels(images))
+
+    @property
+    def selector(self) -> Selector | None:
+        """What accepts or rejects predictions (fitted by ``Calibration``; ``None`` before)."""
+        return self._selector
+
+    @selector.setter
+    def selector(self, selector: Selector | None) -> None:
+        self._selector = selector
+        # In a list: outside the module tree, so state-dict keys (and EMA) never see it.
+        self._distances = [selector.distance()] if selector is not None else []
+
+    def _distance(self, features: torch.Tensor) -> torch.Tensor:
+        distance = self._distances[0]
+        if distance.means.device != features.device:
+            self._distances[0] = distance = distance.to(features.device)
+        result: torch.Tensor = distance(features)
+        return result
 
     @override
     def setup(self, stage: str) -> None:
@@ -243,22 +262,39 @@ class ImageClassifier(pl.LightningModule):
             "Try a lower --model.lr, a longer warm-up, or bf16-mixed instead of 16-mixed."
         )
 
-    def _eval_logits(self, images: torch.Tensor, tta: bool) -> torch.Tensor:
+    def _eval_logits(
+        self, images: torch.Tensor, tta: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits, or with test-time augmentation the log of the views' mean probabilities
-        (logits in every use downstream: softmax gives the averaged probabilities back)."""
+        (logits in every use downstream: softmax gives the averaged probabilities back); and,
+        once a :class:`~classifier.selective.Selector` is fitted, each image's feature
+        distance to the training classes (of the image itself, not of its views)."""
         mode = self.hparams.get("tta", "none")
+        distance = None
+        if self.selector is not None:
+            features, logits = features_and_logits(self.model, self._channels(images))
+            distance = self._distance(features)
+        else:
+            logits = self(images)
         if not tta or mode == "none":
-            logits: torch.Tensor = self(images)
-            return logits
+            return logits, distance
         views = tta_views(images, flip="flip" in mode, crops="crops" in mode)
         mean = torch.stack([self(v).float().softmax(dim=1) for v in views]).mean(0)
-        return mean.clamp_min(1e-12).log()
+        return mean.clamp_min(1e-12).log(), distance
+
+    def _channels(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams["channels_last"]:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def _eval_step(self, stage: EvalStage, batch: Batch) -> dict[str, torch.Tensor]:
         images, labels, indices = batch
-        logits = self._eval_logits(images, tta=stage == "test")
+        logits, distance = self._eval_logits(images, tta=stage == "test")
         losses = self.stage_metrics(stage).update(logits, labels, self.temperature)
-        return {"logits": logits.detach(), "losses": losses.detach(), "indices": indices}
+        out = {"logits": logits.detach(), "losses": losses.detach(), "indices": indices}
+        if distance is not None:
+            out["distance"] = distance
+        return out
 
     @override
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
@@ -298,9 +334,13 @@ class ImageClassifier(pl.LightningModule):
         """Calibrated class probabilities (``softmax(logits / temperature)``) with the dataset
         indices and labels (-1 if unknown)."""
         images, labels, indices = batch
-        logits = self._eval_logits(images, tta=True)
+        logits, distance = self._eval_logits(images, tta=True)
         probs = (logits.float() / self.temperature).softmax(dim=1)
-        return {"probs": probs, "labels": labels, "indices": indices}
+        out = {"probs": probs, "labels": labels, "indices": indices}
+        if distance is not None and self.selector is not None:
+            out["distance"] = distance
+            out["accepted"] = self.selector.accepted(probs.max(1).values, distance)
+        return out
 
     @override
     def configure_optimizers(self) -> Any:
@@ -373,6 +413,8 @@ class ImageClassifier(pl.LightningModule):
             self.check_finite()  # never write NaN weights over a good checkpoint
         checkpoint["class_names"] = self.class_names
         checkpoint["temperature"] = self.temperature
+        if self.selector is not None:
+            checkpoint["selective"] = self.selector.to_checkpoint()
         if self.preprocessing is not None:
             checkpoint["preprocessing"] = self.preprocessing.to_dict()
 
@@ -384,6 +426,8 @@ class ImageClassifier(pl.LightningModule):
 
         upgrade(checkpoint, "the checkpoint")
         self.temperature = float(checkpoint.get("temperature", 1.0))
+        stored = checkpoint.get("selective")
+        self.selector = Selector.from_checkpoint(stored) if stored is not None else None
         if "preprocessing" in checkpoint:
             self.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])
 

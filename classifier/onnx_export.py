@@ -14,6 +14,7 @@ from typing_extensions import override
 from classifier.contract import classifier_module, optional_image_data
 from classifier.export import ExportOptions, describe, export_and_verify
 from classifier.files import run_dir
+from classifier.selective import Selector
 from classifier.verify import ExportError
 
 
@@ -76,8 +77,8 @@ class OnnxExport(Callback):
             return
         folder = run_dir(trainer)
         model = classifier_module(pl_module)
-        # (name, network, temperature, whether the network was made for the export)
-        targets: list[tuple[str, nn.Module, float, bool]] = []
+        # (name, network, temperature, accept/reject rule, whether the network is a copy)
+        targets: list[tuple[str, nn.Module, float, Selector | None, bool]] = []
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if self.export in ("best", "all"):
             if best:
@@ -85,14 +86,14 @@ class OnnxExport(Callback):
             else:
                 warnings.warn("no best checkpoint; exporting the final weights", stacklevel=2)
         if self.export in ("final", "all") or not targets:
-            targets.append(("final", model.model, model.temperature, False))
+            targets.append(("final", model.model, model.temperature, model.selector, False))
         data = optional_image_data(trainer)
         val = data.files("val") if data is not None else None
         train = data.files("train") if data is not None else None
         calibration = (train or val or ([], []))[0]
         if model.preprocessing is None:
             raise ExportError("the model has no preprocessing; was it set up by a data module?")
-        for name, net, temperature, owned in targets:
+        for name, net, temperature, selector, owned in targets:
             path = folder / ("model.onnx" if len(targets) == 1 else f"model_{name}.onnx")
             report = export_and_verify(
                 net,
@@ -104,17 +105,20 @@ class OnnxExport(Callback):
                 temperature,
                 owned,
                 calibration,
+                selector,
             )
             rank_zero_info(describe(path, report))
 
 
 def _load_weights(
     trainer: pl.Trainer, pl_module: pl.LightningModule, ckpt_path: str
-) -> tuple[nn.Module, float]:
+) -> tuple[nn.Module, float, Selector | None]:
     """A copy of the network with the weights of ``ckpt_path`` (once this run's writes are on
-    disk), and its temperature."""
+    disk), its temperature and its accept/reject rule."""
     from classifier.checkpoint_io import read_checkpoint
 
     checkpoint = read_checkpoint(trainer, ckpt_path)
     network = classifier_module(pl_module).network_copy(checkpoint["state_dict"])
-    return network, float(checkpoint["temperature"])
+    stored = checkpoint.get("selective")
+    selector = Selector.from_checkpoint(stored) if stored is not None else None
+    return network, float(checkpoint["temperature"]), selector

@@ -20,6 +20,7 @@ import numpy as np
 from classifier.errors import UserError
 from classifier.files import write_csv
 from classifier.pil_decode import decode_pil
+from classifier.predictions_format import columns
 from classifier.splits import DataError, read_unlabelled
 from classifier.text import printable
 
@@ -173,10 +174,7 @@ def _row(
 def _write(output: Path, rows: list[dict[str, Any]], k: int, has_truth: bool) -> None:
     """The CSV, written as every file is: atomically, replacing a link at ``output`` instead of
     writing through it, text cells never read as spreadsheet formulas."""
-    header = ["path", "predicted", "confidence"] + (["true"] if has_truth else [])
-    for rank in range(1, k + 1):
-        header += [f"top{rank}_class", f"top{rank}_prob"]
-    header.append("error")
+    header = columns(k, has_truth)
     write_csv(output, header, ([row.get(h, "") for h in header] for row in rows))
 
 

@@ -16,10 +16,13 @@ from classifier.dist import gather_objects
 from classifier.errors import ConfigError
 from classifier.files import plain_name, run_dir, write_csv
 from classifier.image_dataset import UNREADABLE
+from classifier.predictions_format import columns
 
 
 class PredictionWriter(Callback):
-    """Write one CSV row per image: path, predicted class, confidence, true class, top-k, error.
+    """Write one CSV row per image: path, predicted class, calibrated confidence, whether the
+    prediction is accepted (``true``/``false``; empty without an accept/reject rule), true
+    class, top-k, error.
 
     ``classifier predict`` adds this callback when the config has none. The true class column
     appears when the images lie in folders named like the classes. A file that could not be
@@ -33,7 +36,7 @@ class PredictionWriter(Callback):
     def __init__(self, filename: str = "predictions.csv", top_k: int = 5) -> None:
         self.filename = filename
         self.top_k = top_k
-        self._rows: list[tuple[int, int, list[float]]] = []
+        self._rows: list[tuple[int, int, list[float], bool | None]] = []
         self.path: Path | None = None
 
     @override
@@ -59,12 +62,19 @@ class PredictionWriter(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Keep (index, label, probabilities) of each image."""
+        """Keep (index, label, probabilities, accepted) of each image (accepted: ``None``
+        without an accept/reject rule)."""
         probs = outputs["probs"].cpu()
-        for index, label, row in zip(
-            outputs["indices"].tolist(), outputs["labels"].tolist(), probs.tolist(), strict=True
+        count = len(probs)
+        accepted = outputs["accepted"].tolist() if "accepted" in outputs else [None] * count
+        for index, label, row, ok in zip(
+            outputs["indices"].tolist(),
+            outputs["labels"].tolist(),
+            probs.tolist(),
+            accepted,
+            strict=True,
         ):
-            self._rows.append((index, label, row))
+            self._rows.append((index, label, row, ok))
 
     @override
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -78,18 +88,17 @@ class PredictionWriter(Callback):
         paths, truth = found
         k = min(self.top_k, len(names))
         has_truth = any(label >= 0 for label in truth)
-        header = ["path", "predicted", "confidence"] + (["true"] if has_truth else [])
-        for i in range(1, k + 1):
-            header += [f"top{i}_class", f"top{i}_prob"]
-        header.append("error")
         table = [
-            self._row(paths[i], label, truth[i], probs, names, k, has_truth)
-            for i, label, probs in rows
+            self._row(paths[i], label, int(truth[i]), probs, names, k, has_truth, ok)
+            for i, label, probs, ok in rows
         ]
         self.path = run_dir(trainer) / self.filename
-        write_csv(self.path, header, table)
-        failed = sum(label == UNREADABLE for _, label, _ in rows)
+        write_csv(self.path, columns(k, has_truth), table)
+        failed = sum(r[1] == UNREADABLE for r in rows)
         note = f"; {failed} unreadable file(s) marked in its error column" if failed else ""
+        rejected = sum(r[3] is False for r in rows)
+        if any(r[3] is not None for r in rows):
+            note += f"; {rejected} not accepted (accepted column)"
         rank_zero_info(f"Wrote {len(table)} predictions to {self.path}{note}")
 
     @staticmethod
@@ -101,14 +110,16 @@ class PredictionWriter(Callback):
         names: list[str],
         k: int,
         has_truth: bool,
+        accepted: bool | None = None,
     ) -> list[Any]:
         """One CSV row; an unreadable file (``label`` is UNREADABLE) gets empty predictions
         and ``unreadable``, and keeps its true class."""
         known = [names[true] if true >= 0 else ""] if has_truth else []
         if label == UNREADABLE:
-            return [str(path), "", "", *known] + [""] * (2 * k) + ["unreadable"]
+            return [str(path), "", "", "", *known] + [""] * (2 * k) + ["unreadable"]
         values, order = torch.tensor(probs).topk(k)
-        line: list[Any] = [str(path), names[order[0]], round(float(values[0]), 6), *known]
+        verdict = "" if accepted is None else str(bool(accepted)).lower()
+        line: list[Any] = [str(path), names[order[0]], round(float(values[0]), 6), verdict, *known]
         for value, cls in zip(values.tolist(), order.tolist(), strict=True):
             line += [names[cls], round(value, 6)]
         return [*line, ""]

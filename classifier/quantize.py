@@ -56,6 +56,8 @@ def quantize_int8(source: Path, target: Path, batches: Iterable[np.ndarray]) -> 
     with tempfile.TemporaryDirectory(prefix="classifier-int8-") as scratch:
         prepared, quantized = Path(scratch) / "prepared.onnx", Path(scratch) / "int8.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        # The accept/reject rule's distance stays float: its thresholds were set on it.
+        distance = [n.name for n in onnx.load(str(prepared)).graph.node if "/distance/" in n.name]
         quantize_static(
             str(prepared),
             str(quantized),
@@ -66,6 +68,7 @@ def quantize_int8(source: Path, target: Path, batches: Iterable[np.ndarray]) -> 
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=distance,
         )
         model = onnx.load(str(quantized))
     del model.metadata_props[:]

@@ -119,8 +119,8 @@ def test_every_rank_gets_the_temperature_before_a_failed_write_fails_the_run(
 
     events: list[str] = []
 
-    def broadcast(value: float, src: int = 0) -> float:
-        events.append(f"broadcast {value}")
+    def broadcast(value: Any, src: int = 0) -> Any:
+        events.append(f"broadcast {value[0]}")
         return value
 
     def amend(*args: Any) -> None:
@@ -131,6 +131,7 @@ def test_every_rank_gets_the_temperature_before_a_failed_write_fails_the_run(
     monkeypatch.setattr(checkpoint_io, "read_checkpoint", lambda trainer, path: checkpoint)
     monkeypatch.setattr(checkpoint_io, "amend_checkpoint", amend)
     monkeypatch.setattr(calibration.Calibration, "_calibrate", lambda *a: 0.5)
+    monkeypatch.setattr(calibration.Calibration, "_select", lambda *a: None)
     trainer: Any = SimpleNamespace(
         checkpoint_callback=SimpleNamespace(best_model_path="best.ckpt", best_model_score=None),
         is_global_zero=True,

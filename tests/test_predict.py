@@ -13,20 +13,24 @@ NAMES = ["cat", "dog", "fox", "owl"]
 
 
 def test_a_row_lists_the_top_k_classes_in_order() -> None:
-    row = PredictionWriter._row(Path("a.png"), 0, 1, [0.1, 0.2, 0.6, 0.1], NAMES, 3, True)
-    assert row[:4] == ["a.png", "fox", pytest.approx(0.6), "dog"]
-    assert row[4:10] == ["fox", pytest.approx(0.6), "dog", pytest.approx(0.2), "cat", 0.1]
+    row = PredictionWriter._row(Path("a.png"), 0, 1, [0.1, 0.2, 0.6, 0.1], NAMES, 3, True, False)
+    assert row[:5] == ["a.png", "fox", pytest.approx(0.6), "false", "dog"]
+    assert row[5:11] == ["fox", pytest.approx(0.6), "dog", pytest.approx(0.2), "cat", 0.1]
     assert row[-1] == ""
+    from classifier.predictions_format import columns
+
+    assert len(columns(3, True)) == len(row)
+    assert columns(3, True)[:5] == ["path", "predicted", "confidence", "accepted", "true"]
 
 
 def test_an_unreadable_file_keeps_its_row_and_true_class() -> None:
     row = PredictionWriter._row(Path("b.png"), UNREADABLE, 3, [0.25] * 4, NAMES, 2, True)
-    assert row == ["b.png", "", "", "owl", "", "", "", "", "unreadable"]
+    assert row == ["b.png", "", "", "", "owl", "", "", "", "", "unreadable"]
 
 
 def test_no_true_column_without_class_folders() -> None:
     row = PredictionWriter._row(Path("c.png"), -1, -1, [0.7, 0.1, 0.1, 0.1], NAMES, 1, False)
-    assert row == ["c.png", "cat", pytest.approx(0.7), "cat", pytest.approx(0.7), ""]
+    assert row == ["c.png", "cat", pytest.approx(0.7), "", "cat", pytest.approx(0.7), ""]
 
 
 @pytest.mark.slow

@@ -100,8 +100,8 @@ def test_tta_averages_the_views_probabilities() -> None:
     model.eval()
     images = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
-        averaged = model._eval_logits(images, tta=True).softmax(dim=1)
+        averaged = model._eval_logits(images, tta=True)[0].softmax(dim=1)
         views = tta_views(images, flip=True, crops=True)
         expected = torch.stack([model(v).softmax(dim=1) for v in views]).mean(0)
         assert torch.allclose(averaged, expected, atol=1e-5)
-        assert torch.allclose(model._eval_logits(images, tta=False), model(images))
+        assert torch.allclose(model._eval_logits(images, tta=False)[0], model(images))

@@ -7,11 +7,19 @@ The public classes are importable from here (each on first use); heavy optional 
 import os as _os
 import sys as _sys
 
+#: The console scripts (``pyproject.toml``).
+_COMMANDS = ("classifier", "classifier-export", "classifier-predict")
+
 if _sys.argv[:1] == ["-m"] and _sys.path and _sys.path[0] in ("", _os.getcwd()):
     # ``python -m classifier`` puts the current folder first on sys.path, so a ``.py`` file
     # beside a config (or a ``lightning/`` folder) would be imported ahead of the real one.
     # The ``classifier`` console script never searches the current folder; neither does this.
     del _sys.path[0]
+if _os.path.basename(_sys.argv[0] if _sys.argv else "") in _COMMANDS or _sys.argv[:1] == ["-m"]:
+    # An empty entry (``PYTHONPATH=$PYTHONPATH:`` with an empty PYTHONPATH) also means "the
+    # current folder", whoever put files there. Only for the commands: a program importing
+    # classifier keeps its own path.
+    _sys.path[:] = [_p for _p in _sys.path if _p != ""]
 
 #: Public class -> the module that defines it. Imported on first use (PEP 562), so a light entry
 #: point such as ``classifier-predict`` (onnxruntime, Pillow and NumPy only) never loads torch.

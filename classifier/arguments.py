@@ -16,8 +16,9 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from classifier.argv import subcommand
 from classifier.checkpoint import CheckpointError, load_checkpoint
-from classifier.files import run_of_checkpoint
-from classifier.safety import refuse_foreign_class_paths
+from classifier.files import read_regular, run_of_checkpoint
+from classifier.safety import MAX_CONFIG_CHARS, refuse_foreign_class_paths
+from classifier.text import printable
 
 #: Subcommands that evaluate a checkpoint.
 EVAL_COMMANDS = {"validate", "test", "predict"}
@@ -42,9 +43,10 @@ def _run_roots(args: list[str]) -> list[Path]:
     """Folders that hold this configuration's runs: the logger's save_dir/name, or runs/."""
     roots = []
     for i, arg in enumerate(args):
-        if arg in {"--config", "-c"} and i + 1 < len(args) and Path(args[i + 1]).is_file():
-            config = yaml.safe_load(Path(args[i + 1]).read_text()) or {}
-            logger = (config.get("trainer") or {}).get("logger")
+        if arg in {"--config", "-c"} and i + 1 < len(args):
+            config = _loaded(Path(args[i + 1]))
+            trainer = config.get("trainer")
+            logger = trainer.get("logger") if isinstance(trainer, dict) else None
             if isinstance(logger, dict) and isinstance(logger.get("init_args"), dict):
                 init = logger["init_args"]
                 # WandB names its run folder after the project (``name`` is the run's label).
@@ -52,6 +54,17 @@ def _run_roots(args: list[str]) -> list[Path]:
                 name = init.get("project", "lightning_logs") if wandb else init.get("name", "")
                 roots.append(Path(init.get("save_dir", "runs")) / str(name))
     return roots or [Path(_option(args, "--trainer.default_root_dir") or "runs")]
+
+
+def _loaded(path: Path) -> dict[str, Any]:
+    """The mapping in the YAML file ``path`` (bounded like every config; ``{}`` when it is no
+    readable mapping: the parser reports that properly later)."""
+    data = read_regular(path, MAX_CONFIG_CHARS)
+    try:
+        loaded = yaml.safe_load(data) if data is not None else None
+    except yaml.YAMLError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def resolve_last(args: list[str]) -> tuple[list[str], str | None]:
@@ -77,7 +90,7 @@ def resolve_last(args: list[str]) -> tuple[list[str], str | None]:
         roots = ", ".join(str(r) for r in _run_roots(args))
         raise CheckpointError(f"--ckpt_path last: no checkpoints/last.ckpt under {roots}.")
     newest = max(found, key=lambda p: p.stat().st_mtime)
-    rank_zero_info(f"Resuming from {newest}")
+    rank_zero_info(printable(f"Resuming from {newest}"))
     out = [a for a in args if not a.startswith("--ckpt_path=")]
     at = out.index("--ckpt_path") if "--ckpt_path" in out else None
     if at is not None:

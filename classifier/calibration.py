@@ -25,7 +25,7 @@ from typing_extensions import override
 from classifier.charts import draw as render
 from classifier.contract import classifier_module, image_data
 from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, log_image
-from classifier.files import read_json, run_dir, write_json
+from classifier.files import inside, read_json, run_dir, write_json
 from classifier.metrics import BINS, CalibrationBins
 from classifier.selective import Selector, collect, fit_selector, selector_report
 from classifier.verify import spread
@@ -197,6 +197,9 @@ class Calibration(PlottingCallback):
         self._promote(trainer)
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         temperature, selector, failed = 1.0, None, None
+        if best and not inside(Path(best), run_dir(trainer)):  # never amend another run's file
+            warnings.warn(f"{best} is not in this run's folder; not calibrated", stacklevel=2)
+            best = ""
         if trainer.is_global_zero and best and not trainer.interrupted:
             try:
                 checkpoint = read_checkpoint(trainer, best)

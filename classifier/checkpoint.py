@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from classifier.checkpoint_contents import forget_checkpoint_paths, problem
 from classifier.errors import UserError
 
 
@@ -82,22 +83,32 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{file} is not a Lightning checkpoint.")
-    upgrade(checkpoint, file)
+    upgrade(checkpoint, file, source=file)
     return checkpoint
 
 
-def upgrade(checkpoint: dict[str, Any], path: str | Path = "checkpoint") -> None:
+def upgrade(
+    checkpoint: dict[str, Any], path: str | Path = "checkpoint", source: str | Path | None = None
+) -> None:
     """Check what a loaded checkpoint holds (every loading route calls this) and bring what
     older versions stored up to date: the generator states were top-level and now belong to
     the data module's state (exact resume); the temperature was a buffer in the weights (and
     absent before calibration) and is now ``checkpoint["temperature"]``.
 
+    Args:
+        checkpoint: The loaded checkpoint, changed in place.
+        path: How to name it in an error.
+        source: The file it was read from: ``ModelCheckpoint`` paths of ``.ckpt`` files beside
+            it are kept, every other path is blanked (``None``: all are blanked).
+
     Raises:
         CheckpointError: a part classifier reads has the wrong type or an absurd value.
     """
-    problem = _problem(checkpoint)
-    if problem:
-        raise CheckpointError(f"{path}: {problem}; not a classifier checkpoint, or a damaged one.")
+    found = problem(checkpoint)
+    if found:
+        raise CheckpointError(f"{path}: {found}; not a classifier checkpoint, or a damaged one.")
+    beside = os.path.dirname(os.path.realpath(source)) if source is not None else None
+    forget_checkpoint_paths(checkpoint, beside)
     legacy = checkpoint.pop("rng_states", None)
     if legacy is not None:
         checkpoint.setdefault("ImageFolderDataModule", {}).setdefault("rng_states", legacy)
@@ -107,80 +118,3 @@ def upgrade(checkpoint: dict[str, Any], path: str | Path = "checkpoint") -> None
             if states == "state_dict" and isinstance(buffer, torch.Tensor):
                 checkpoint.setdefault("temperature", float(buffer))
     checkpoint.setdefault("temperature", 1.0)
-
-
-#: The largest image side a checkpoint's preprocessing may name.
-MAX_SIDE = 8192
-
-
-def _problem(checkpoint: dict[str, Any]) -> str | None:
-    """What is wrong with the parts of ``checkpoint`` classifier reads (``None``: nothing)."""
-    import math
-
-    weights = checkpoint.get("state_dict")
-    if not isinstance(weights, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
-    ):
-        return "its state_dict is not a mapping of names to tensors"
-    for key in ("hyper_parameters", "datamodule_hyper_parameters"):
-        section = checkpoint.get(key, {})
-        if not isinstance(section, dict) or not all(isinstance(k, str) for k in section):
-            return f"its {key} are not a mapping of argument names"
-    names = checkpoint.get("class_names", checkpoint.get("hyper_parameters", {}).get("class_names"))
-    if names is not None and not (
-        isinstance(names, list)
-        and names
-        and all(isinstance(n, str) for n in names)
-        and len(set(names)) == len(names)
-    ):
-        return "its class names are not a list of distinct strings"
-    temperature = checkpoint.get("temperature", 1.0)
-    if isinstance(temperature, torch.Tensor) and temperature.numel() == 1:
-        temperature = float(temperature)
-    if not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
-        return "its temperature is not a positive number"
-    selective = checkpoint.get("selective")
-    if selective is not None and _selective_problem(selective):
-        return "its selective-classification statistics are malformed"
-    pre = checkpoint.get("preprocessing")
-    if pre is not None:
-        return _preprocessing_problem(pre)
-    return None
-
-
-def _selective_problem(stored: object) -> bool:
-    """Whether ``stored`` is not what ``Selector.to_checkpoint`` writes."""
-    if not isinstance(stored, dict):
-        return True
-    means, precision = stored.get("means"), stored.get("precision")
-    numbers = ("confidence_threshold", "distance_threshold", "target_accuracy", "coverage")
-    return not (
-        all(isinstance(stored.get(k), (int, float)) for k in numbers)
-        and isinstance(means, torch.Tensor)
-        and isinstance(precision, torch.Tensor)
-        and means.ndim == 2
-        and precision.shape == (means.shape[1], means.shape[1])
-    )
-
-
-def _preprocessing_problem(pre: object) -> str | None:
-    import math
-
-    if not isinstance(pre, dict):
-        return "its preprocessing is not a mapping"
-    sizes = [pre.get("image_size"), pre.get("resize_size")]
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE for v in sizes):
-        return f"its image_size and resize_size are not whole numbers of 1 to {MAX_SIDE} pixels"
-    if pre.get("interpolation") not in ("bilinear", "bicubic", "nearest"):
-        return "its interpolation is not bilinear, bicubic or nearest"
-    for key in ("mean", "std"):
-        value = pre.get(key)
-        if not (
-            isinstance(value, (list, tuple))
-            and len(value) == 3
-            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
-        ):
-            return f"its {key} is not three finite numbers"
-    if min(pre["std"]) <= 0:
-        return "its std is not positive"
-    return None

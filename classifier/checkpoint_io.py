@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import warnings
@@ -94,8 +95,14 @@ class SafeCheckpointIO(CheckpointIO):
 
     @override
     def remove_checkpoint(self, path: Any) -> None:
-        """Remove, after the writes queued before."""
-        self._submit(self.inner.remove_checkpoint, path)
+        """Remove a checkpoint file, after the writes queued before. Only a regular file (or a
+        link) ending in ``.ckpt`` is removed, never a folder (Lightning's own removal is
+        recursive, and the path may have come from a checkpoint's callback state)."""
+        target = str(path)
+        if "://" in target:
+            self._submit(self.inner.remove_checkpoint, path)
+            return
+        self._submit(_remove_file, target)
 
     def forget(self, path: str) -> None:
         """Never link a later save to ``path`` (its file was changed outside this writer)."""
@@ -147,6 +154,18 @@ class SafeCheckpointIO(CheckpointIO):
             warnings.warn(f"a checkpoint write failed: {error!r}", stacklevel=3)
             return
         raise error
+
+
+def _remove_file(path: str) -> None:
+    """Unlink ``path`` if it is a ``.ckpt`` file or link; anything else stays (with a warning)."""
+    try:
+        kind = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not path.endswith(".ckpt") or not (stat.S_ISREG(kind) or stat.S_ISLNK(kind)):
+        warnings.warn(f"not removing {path}: not a checkpoint file", stacklevel=2)
+        return
+    os.unlink(path)
 
 
 def _snapshot(tensor: torch.Tensor) -> torch.Tensor:

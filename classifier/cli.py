@@ -35,7 +35,12 @@ from classifier.model import ImageClassifier
 from classifier.per_class_report import PerClassReport
 from classifier.prediction_writer import PredictionWriter
 from classifier.preemption_checkpoint import SIGTERM_EXIT_CODE, PreemptionCheckpoint
-from classifier.preflight import check_new_run_folder, check_resume
+from classifier.preflight import (
+    check_config_files,
+    check_inside,
+    check_new_run_folder,
+    check_resume,
+)
 from classifier.safety import enforce_import_policy, refuse_unsafe_objects, unsafe_error
 from classifier.tune import TuneError, find
 
@@ -132,6 +137,25 @@ class ClassifierCLI(LightningCLI):
             )
         if ckpt and str(ckpt) not in CKPT_KEYWORDS:
             checkpoint_file(ckpt)
+        if str(ckpt) == "last" and self.found_last is None:
+            raise CheckpointError(
+                "ckpt_path: last in a config is not resolved; give --ckpt_path last on the "
+                "command line (with the run's --config), or the checkpoint file."
+            )
+        self._check_run_folder()
+
+    def _check_run_folder(self) -> None:
+        """Before anything is written: the results folder holds no other run's files, and no
+        checkpoint callback writes outside it (rank 0: other DDP ranks start once it wrote)."""
+        loggers = self.trainer.loggers
+        # A logger that names its run when it starts (WandB's random id) makes a new folder.
+        named = not loggers or getattr(loggers[0], "version", None) is not None
+        if not self.trainer.is_global_zero or not named:
+            return
+        folder = run_dir(self.trainer)
+        check_new_run_folder(folder, Path(self.trainer.default_root_dir))
+        for callback in self.trainer.callbacks:  # type: ignore[attr-defined]
+            check_inside(getattr(callback, "dirpath", None), folder, type(callback).__name__)
 
     def _ensure(self, callback: type[Callback]) -> None:
         """Add a ``callback`` with default arguments unless the config has one."""
@@ -215,11 +239,6 @@ class ClassifierCLI(LightningCLI):
         this experiment's (before anything is written); make sure a pre-empted run leaves a
         checkpoint to resume from and that the per-class reports are written."""
         self._check_ckpt_path()
-        loggers = self.trainer.loggers
-        # A logger that names its run when it starts (WandB's random id) makes a new folder.
-        named = not loggers or getattr(loggers[0], "version", None) is not None
-        if self.trainer.is_global_zero and named:  # other DDP ranks start once rank 0 wrote
-            check_new_run_folder(run_dir(self.trainer), Path(self.trainer.default_root_dir))
         ckpt = self.config[str(self.subcommand)].get("ckpt_path")
         if ckpt and str(ckpt) not in CKPT_KEYWORDS:
             data = self.datamodule
@@ -338,6 +357,7 @@ def main(args: list[str] | None = None) -> Any:
     """Run the ``classifier`` command line (``args`` default to ``sys.argv[1:]``)."""
     # sys.argv stays as typed: Lightning's DDP launcher re-runs it in every child process.
     argv = list(sys.argv[1:] if args is None else args)
+    check_config_files(argv)
     found_last = None
     if subcommand(argv) == "fit":
         argv, found_last = resolve_last(argv)

@@ -12,6 +12,7 @@ import torch
 from typing_extensions import override
 
 from classifier import rng
+from classifier.checkpoint_contents import MAX_SIDE
 from classifier.dist import max_over_processes
 from classifier.file_table import Paths
 from classifier.files import run_dir
@@ -117,6 +118,8 @@ class ImageFolderDataModule(LoaderDataModule):
         super().__init__()
         if not -1 <= duplicate_bits < 64:
             raise DataError(f"duplicate_bits must be -1 (off) or 0-63, got {duplicate_bits}")
+        if not 0 < image_size <= MAX_SIDE:
+            raise DataError(f"image_size must be 1 to {MAX_SIDE} pixels, got {image_size}")
         # class_names belongs to the model's hyper-parameters (it is linked from here).
         self.save_hyperparameters(ignore=["class_names"])
         self.data_dir = Path(data_dir)

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from classifier.checkpoint import CheckpointError
 from classifier.export import ExportOptions, describe, export_and_verify, sidecar
 from classifier.files import run_of_checkpoint
 from classifier.transforms import Preprocessing
@@ -117,7 +118,11 @@ def _network(checkpoint: dict[str, Any], ckpt_path: str) -> tuple[Any, list[str]
     config = checkpoint_config(checkpoint, ckpt_path)
     names: list[str] = config["data"]["class_names"]
     model = ImageClassifier(class_names=names, **config["model"])
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:  # weights of another shape: not what its arguments build
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"{ckpt_path}: its weights do not fit its model ({first})") from None
     return model.model, names, config["data"]
 
 

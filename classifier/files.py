@@ -218,6 +218,12 @@ def run_of_checkpoint(ckpt_path: Path) -> Path | None:
     return None
 
 
+def inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies inside ``folder`` once links are resolved."""
+    real = os.path.realpath(path)
+    return real.startswith(os.path.realpath(folder) + os.sep)
+
+
 def _is_regular(path: Path) -> bool:
     """Whether ``path`` is a regular file itself (not a link to one)."""
     try:

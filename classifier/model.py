@@ -424,12 +424,20 @@ class ImageClassifier(pl.LightningModule):
         from before calibration a temperature of 1 (also on Lightning's own loading route)."""
         from classifier.checkpoint import upgrade
 
-        upgrade(checkpoint, "the checkpoint")
+        upgrade(checkpoint, "the checkpoint", source=self._checkpoint_file())
         self.temperature = float(checkpoint.get("temperature", 1.0))
         stored = checkpoint.get("selective")
         self.selector = Selector.from_checkpoint(stored) if stored is not None else None
         if "preprocessing" in checkpoint:
             self.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])
+
+    def _checkpoint_file(self) -> str | None:
+        """The file the trainer restores from (``None``: no trainer, or none given)."""
+        try:
+            path = self.trainer.ckpt_path
+        except RuntimeError:
+            return None
+        return str(path) if path is not None else None
 
     @override
     def on_train_epoch_end(self) -> None:

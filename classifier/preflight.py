@@ -39,6 +39,45 @@ def check_new_run_folder(folder: Path, default_root: Path) -> None:
             )
 
 
+def check_config_files(args: list[str]) -> None:
+    """Refuse a ``--config`` that is not a regular file (a FIFO would hang the parser).
+
+    Raises:
+        ConfigError: the named config exists and is a FIFO, device or folder.
+    """
+    import stat
+
+    for i, arg in enumerate(args):
+        name = args[i + 1] if arg in {"-c", "--config"} and i + 1 < len(args) else None
+        if arg.startswith("--config="):
+            name = arg.split("=", 1)[1]
+        if name is None:
+            continue
+        try:
+            kind = os.stat(name).st_mode
+        except OSError:
+            continue  # not a file: jsonargparse takes inline YAML or reports the name
+        if not stat.S_ISREG(kind):
+            raise ConfigError(f"--config {name} is not a regular file.")
+
+
+def check_inside(dirpath: object, folder: Path, owner: str) -> None:
+    """Refuse a callback's ``dirpath`` outside the run folder ``folder`` (a config from
+    someone else must not make checkpoints overwrite files elsewhere).
+
+    Raises:
+        ConfigError: ``dirpath`` is set and lies outside ``folder``.
+    """
+    if dirpath in (None, ""):
+        return
+    inside = os.path.realpath(str(dirpath)) + os.sep
+    if not inside.startswith(os.path.realpath(folder) + os.sep):
+        raise ConfigError(
+            f"{owner} dirpath {dirpath} is outside the run folder {folder}; leave it unset "
+            "(checkpoints go to <run>/checkpoints)."
+        )
+
+
 def check_resume(
     ckpt: str, class_names: list[str], data_dir: str, found_as_last: bool
 ) -> dict[str, Any]:

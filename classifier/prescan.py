@@ -55,14 +55,25 @@ class ScanResult:
     cached: int
 
 
+#: The largest image file read (a larger one is no photo: a sparse file, or a hostile one).
+MAX_FILE_BYTES = 1 << 30
+
+
 def read_file(path: bytes | str) -> bytes:
     """The bytes of a regular file, opened without blocking (a file swapped for a FIFO after
-    the walk cannot hang the scan)."""
+    the walk cannot hang the scan).
+
+    Raises:
+        OSError: not a regular file, or larger than :data:`MAX_FILE_BYTES`.
+    """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
             raise OSError("not a regular file")
-        return handle.read()
+        if info.st_size > MAX_FILE_BYTES:
+            raise OSError(f"larger than {MAX_FILE_BYTES >> 20} MiB")
+        return handle.read(MAX_FILE_BYTES + 1)
 
 
 def check_file(path: bytes | str) -> tuple[str | None, bytes]:

@@ -45,8 +45,8 @@ CREATE TABLE IF NOT EXISTS files (
 
 def cache_dir() -> Path:
     """``$CLASSIFIER_CACHE_DIR`` or ``~/.cache/classifier``."""
-    default = Path.home() / ".cache" / "classifier"
-    return Path(os.environ.get("CLASSIFIER_CACHE_DIR", default))
+    chosen = os.environ.get("CLASSIFIER_CACHE_DIR", "")
+    return Path(chosen) if chosen else Path.home() / ".cache" / "classifier"
 
 
 def _unsafe(info: os.stat_result, what: str) -> str | None:

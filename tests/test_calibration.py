@@ -134,6 +134,8 @@ def test_every_rank_gets_the_temperature_before_a_failed_write_fails_the_run(
     monkeypatch.setattr(calibration.Calibration, "_select", lambda *a: None)
     trainer: Any = SimpleNamespace(
         checkpoint_callback=SimpleNamespace(best_model_path="best.ckpt", best_model_score=None),
+        loggers=[],
+        default_root_dir=".",
         is_global_zero=True,
         interrupted=False,
         strategy=SimpleNamespace(broadcast=broadcast),

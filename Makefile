@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/quickstart.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo data test test-fast test-latest lint format bench clean
+.PHONY: help install demo data test test-fast test-gpu test-latest lint format bench clean
 
 help: ## Show this help.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,7 +32,10 @@ test: $(STAMP) ## Install, then run the whole test suite.
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP) ## Run the tests not marked slow.
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+test-gpu: $(STAMP) ## On a GPU machine: run the tests that need CUDA (they fail without one).
+	$(BIN)/python -m pytest -q -m gpu
 
 LATEST := .venv-latest
 # Requirement names from pyproject.toml with every version bound dropped.

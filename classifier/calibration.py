@@ -1,13 +1,13 @@
-"""Probabilities that mean what they say: calibration error, and temperature scaling.
+"""``Calibration``: probabilities that mean what they say, and a decision to accept or reject
+each prediction.
 
 Label smoothing, MixUp and EMA leave a model under-confident (a correct prediction at 0.4);
-overfitting leaves it over-confident. One scalar temperature ``T``, fitted on the validation
-logits of the best checkpoint by minimising the negative log-likelihood, fixes most of either
-(Guo et al., 2017) without changing a single prediction: probabilities are
-``softmax(logits / T)``. The :class:`Calibration` callback fits it when training ends, stores it
-in ``best.ckpt`` (the model's ``temperature`` buffer, so ``test``, ``predict`` and exports use
-it) and reports the expected calibration error (ECE) and NLL before and after in
-``calibration.json``, with a reliability diagram per split.
+overfitting leaves it over-confident. One temperature ``T`` fitted on the best checkpoint's
+validation logits (:mod:`classifier.temperature`) fixes most of either without changing a
+prediction. The callback fits it when training ends, with the accept/reject rule
+(:mod:`classifier.accept_reject`), stores both in ``best.ckpt`` (so ``test``, ``predict`` and
+exports use them), and reports them in ``calibration.json`` with a reliability diagram and a
+risk-coverage curve per split.
 """
 
 from __future__ import annotations
@@ -19,77 +19,28 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F  # noqa: N812
 from typing_extensions import override
 
+from classifier.accept_reject import fit_rule, record_rule
 from classifier.charts import draw as render
 from classifier.contract import classifier_module, image_data
 from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, log_image
 from classifier.files import inside, read_json, run_dir, write_json
-from classifier.metrics import BINS, CalibrationBins
-from classifier.selective import Selector, collect, fit_selector, selector_report
-from classifier.verify import spread
-
-
-def expected_calibration_error(
-    logits: torch.Tensor, labels: torch.Tensor, bins: int = BINS
-) -> float:
-    """ECE (top label, equal-width bins) of ``softmax(logits)``."""
-    metric = CalibrationBins(bins, sync_on_compute=False)  # this process's logits only
-    metric.update(logits.float().softmax(dim=1), labels)
-    return float(metric.compute())
-
-
-#: Fewest validation images a temperature is fitted on.
-MIN_IMAGES = 20
-#: Bounds of the fitted temperature (``[0.05, 20]``): a validation set without errors would
-#: drive it to 0.
-MIN_TEMPERATURE = 0.05
-
-
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> float:
-    """The temperature minimising the NLL of ``softmax(logits / T)`` (LBFGS on ``log T``)."""
-    logits, labels = logits.detach().double().cpu(), labels.cpu()
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), labels)
-        loss.backward()  # type: ignore[no-untyped-call]
-        return loss
-
-    optimizer.step(closure)  # type: ignore[no-untyped-call]
-    return float(log_t.detach().exp().clamp(MIN_TEMPERATURE, 1 / MIN_TEMPERATURE))
-
-
-def scores(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> dict[str, float]:
-    """ECE and NLL of ``softmax(logits / temperature)``."""
-    scaled = logits.double() / temperature
-    return {
-        "ece": round(expected_calibration_error(scaled, labels), 6),
-        "nll": round(float(F.cross_entropy(scaled, labels)), 6),
-    }
-
-
-def _diagram_data(
-    logits: torch.Tensor, labels: torch.Tensor, temperature: float
-) -> tuple[dict[str, tuple[list[float], float]], list[float]]:
-    """Accuracy per confidence bin and ECE before and after scaling, and the images per bin
-    after: the plain data of a reliability diagram."""
-    curves, counts = {}, []
-    for name, t in (("before", 1.0), (f"after (T = {temperature:.3g})", temperature)):
-        bins = CalibrationBins(sync_on_compute=False)
-        bins.update((logits.double() / t).softmax(dim=1), labels)
-        table = bins.table()
-        curves[name], counts = (table["accuracy"], float(bins.compute())), table["count"]
-    return curves, counts
+from classifier.metrics import BINS
+from classifier.selective import Selector, selector_report
+from classifier.temperature import (
+    MIN_IMAGES,
+    MIN_TEMPERATURE,
+    diagram_data,
+    fit_temperature,
+    scores,
+)
 
 
 class Calibration(PlottingCallback):
     """Fit a temperature on the best checkpoint's validation logits when training ends.
 
-    The temperature is stored in ``best.ckpt`` (the model's ``temperature`` buffer), so
+    The temperature is stored in ``best.ckpt`` (``checkpoint["temperature"]``), so
     ``classifier test`` reports calibrated ``test/ece`` and ``test/nll``, ``predict`` writes
     calibrated confidences, and ONNX exports gain a ``probabilities`` output. Writes
     ``calibration.json`` (temperature; ECE and NLL before and after, on val, and on test after a
@@ -104,7 +55,8 @@ class Calibration(PlottingCallback):
     and a largest distance, in the network's feature space, to the classes of the training
     images (what 99 % of validation images stay within), so images of no known class are
     rejected; stored in ``best.ckpt`` and the exports, used by ``predict`` (the ``accepted``
-    column), reported with the risk-coverage curve in ``calibration.json``.
+    column), reported with the risk-coverage curve in ``calibration.json`` and
+    ``risk_coverage_val.png`` / ``risk_coverage_test.png``.
 
     Args:
         selective: choose the accept/reject rule too (a pass over ``feature_images`` training
@@ -231,45 +183,38 @@ class Calibration(PlottingCallback):
         checkpoint: dict[str, Any],
         temperature: float,
     ) -> Selector | None:
-        """The accept/reject rule for ``checkpoint``'s weights: class statistics of (up to
-        ``feature_images``) training images' features, thresholds chosen on the validation
-        set; added to ``calibration.json``. ``None`` (with a warning) when it cannot be fitted."""
+        """The accept/reject rule for ``checkpoint``'s weights (:func:`fit_rule`), reported;
+        ``None`` (with a warning) when it cannot be fitted."""
         if not self.selective:
             return None
-        model = classifier_module(pl_module)
-        assert model.preprocessing is not None
-        net = model.network_copy(checkpoint["state_dict"]).eval()
-        data = image_data(trainer)
-        train = data.files("train")
-        if train is None or not len(train[0]):
-            return None
-        chosen = spread(train[0], self.feature_images)
-        device = model.device
-        features, _, labels = collect(
-            net, data.eval_loader("train", chosen), model.preprocessing, device
+        fitted = fit_rule(
+            trainer,
+            pl_module,
+            checkpoint["state_dict"],
+            temperature,
+            self.feature_images,
+            self.target_accuracy,
         )
-        val = collect(net, data.eval_loader("val"), model.preprocessing, device)
-        if len(val[2]) < MIN_IMAGES or len(labels) <= model.num_classes:
+        if fitted is None:
             warnings.warn("too few images to choose an accept/reject rule; none", stacklevel=2)
             return None
-        selector = fit_selector(
-            (features, labels), val, temperature, model.num_classes, self.target_accuracy
-        )
-        distance = selector.distance()(val[0].float())
-        found = selector_report(selector, distance, val[1], val[2], temperature)
-        self._report_selective("val", found, selector, trainer)
+        selector, found = fitted
+        self._report_rule("val", found, selector, trainer)
         return selector
 
-    @staticmethod
-    def _report_selective(
-        stage: str, found: dict[str, Any], selector: Selector, trainer: pl.Trainer
+    def _report_rule(
+        self, stage: str, found: dict[str, Any], selector: Selector, trainer: pl.Trainer
     ) -> None:
-        """Add ``stage``'s coverage and risk-coverage curve to ``calibration.json``."""
-        path = run_dir(trainer) / "calibration.json"
-        loaded = read_json(path)
-        report = loaded if isinstance(loaded, dict) else {}
-        report["selective"] = {**report.get("selective", {}), **selector.summary(), stage: found}
-        write_json(path, report)
+        """Add ``stage``'s part to ``calibration.json``; draw ``risk_coverage_<stage>.png``."""
+        folder, step = run_dir(trainer), trainer.global_step
+        record_rule(folder / "calibration.json", stage, found, selector)
+
+        def draw() -> None:
+            path = folder / f"risk_coverage_{stage}.png"
+            render("risk_coverage", path, found, selector.target_accuracy, stage)
+            log_image(trainer, f"{stage}/risk_coverage", path, step)
+
+        self.draws.request(trainer, f"risk_coverage_{stage}", draw)
 
     def _calibrate(
         self,
@@ -323,7 +268,7 @@ class Calibration(PlottingCallback):
         folder, step = run_dir(trainer), trainer.global_step
 
         def draw() -> None:
-            curves, counts = _diagram_data(logits, labels, t)
+            curves, counts = diagram_data(logits, labels, t)
             path = folder / f"calibration_{stage}.png"
             render("reliability_diagram", path, curves, counts, f"{stage}: reliability")
             log_image(trainer, f"{stage}/calibration", path, step)
@@ -373,7 +318,7 @@ class Calibration(PlottingCallback):
         write_json(path, report)
         if model.selector is not None and distance is not None:
             found = selector_report(model.selector, distance, logits, labels, temperature)
-            self._report_selective("test", found, model.selector, trainer)
+            self._report_rule("test", found, model.selector, trainer)
         self._draw(trainer, logits, labels, temperature, "test")
 
 

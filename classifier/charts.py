@@ -136,6 +136,30 @@ def reliability_diagram(
     return figure
 
 
+def risk_coverage(found: Mapping[str, Any], target: float, stage: str) -> Any:
+    """Accuracy of the accepted predictions against the share accepted, keeping the most
+    confident first (``found["risk_coverage"]``), with the rule's own point (it also rejects
+    by feature distance, so it may lie off the curve) and the target accuracy."""
+    curve = found["risk_coverage"]
+    figure, axes = new_figure((6.5, 4.5))
+    axes.plot(curve["coverage"], curve["accuracy"], "-", label="by calibrated confidence")
+    axes.axhline(target, color="grey", linestyle=":", label=f"target {target:.3f}")
+    if found.get("accuracy_accepted") is not None:
+        point = (found["coverage"], found["accuracy_accepted"])
+        axes.plot(*point, "o", color="tab:red", label=f"the rule: {point[0]:.1%} accepted")
+    lowest = min([*curve["accuracy"], target, found.get("accuracy_all") or 1.0])
+    axes.set(
+        xlim=(0, 1.02),
+        ylim=(max(0.0, lowest - 0.02), 1.005),
+        xlabel="share of images accepted (coverage)",
+        ylabel="accuracy of the accepted",
+        title=f"{stage}: risk-coverage ({found['images']} images)",
+    )
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower left", fontsize=8)
+    return figure
+
+
 def lr_finder(lrs: Sequence[float], losses: Sequence[float], suggestion: float | None) -> Any:
     """Smoothed training loss against the learning rate, with the suggestion marked."""
     figure, axes = new_figure((7.0, 4.5))
@@ -157,6 +181,7 @@ DRAWINGS: dict[str, Callable[..., Any]] = {
     "metrics_history": metrics_history,
     "reliability_diagram": reliability_diagram,
     "lr_finder": lr_finder,
+    "risk_coverage": risk_coverage,
 }
 
 

@@ -24,8 +24,9 @@ _PATH_KEYS = ("best_model_path", "last_model_path", "kth_best_model_path")
 def forget_checkpoint_paths(checkpoint: dict[str, Any], folder: str | None = None) -> None:
     """In every ``ModelCheckpoint`` state of ``checkpoint``, blank each file path that is not a
     ``.ckpt`` file in ``folder`` (the folder the checkpoint was read from, links resolved;
-    ``None``: blank them all), and forget the top-k table and folder: Lightning removes and
-    rewrites what these name. A resumed run then tracks its checkpoints in its own folder."""
+    ``None``: blank them all), the same in the top-k table, and the folder unless it is that
+    one: Lightning removes and rewrites what these name. A checkpoint read from elsewhere
+    leaves a resumed run tracking its checkpoints in its own folder."""
     callbacks = checkpoint.get("callbacks")
     if not isinstance(callbacks, dict):
         return
@@ -34,15 +35,22 @@ def forget_checkpoint_paths(checkpoint: dict[str, Any], folder: str | None = Non
             for key in _PATH_KEYS:
                 if key in state and not _beside(state[key], folder):
                     state[key] = ""
-            if "best_k_models" in state:
-                state["best_k_models"] = {}
-            state["dirpath"] = ""
+            table = state.get("best_k_models")
+            if table is not None:
+                kept = table.items() if isinstance(table, dict) else ()
+                state["best_k_models"] = {k: v for k, v in kept if _beside(k, folder)}
+            if not _same_folder(state.get("dirpath"), folder):
+                state["dirpath"] = ""
 
 
 def _beside(path: object, folder: str | None) -> bool:
     if folder is None or not isinstance(path, str) or not path.endswith(".ckpt"):
         return False
     return os.path.dirname(os.path.realpath(path)) == folder
+
+
+def _same_folder(path: object, folder: str | None) -> bool:
+    return folder is not None and isinstance(path, str) and os.path.realpath(path) == folder
 
 
 def _finite_weights(weights: dict[str, torch.Tensor]) -> bool:

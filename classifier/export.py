@@ -16,55 +16,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
-from typing_extensions import override
 
+from classifier.exportable import OUTPUTS, Exportable
 from classifier.files import atomic_write_bytes, write_json
-from classifier.selective import Selector, features_and_logits
+from classifier.selective import Selector
 from classifier.transforms import Preprocessing
 from classifier.verify import ExportError, spread, verify_onnx
 
 OPSET_MIN = 17
-
-
-class _Exportable(nn.Module):
-    """The network, optionally with normalisation (``uint8`` RGB input) inside the graph, with
-    the outputs ``logits`` (first, as consumers of plain exports expect) and calibrated
-    ``probabilities`` (``softmax(logits / T)``); with a selector also ``distance`` (to the
-    nearest training class, in feature space) and ``accepted`` (the prediction passes both
-    thresholds)."""
-
-    def __init__(
-        self,
-        net: nn.Module,
-        pre: Preprocessing,
-        uint8_input: bool,
-        temperature: float,
-        selector: Selector | None = None,
-    ) -> None:
-        super().__init__()
-        self.net = net
-        self.uint8_input = uint8_input
-        mean, std = pre.mean_std(scale=255.0)
-        self.mean, self.std = nn.Buffer(mean), nn.Buffer(std)
-        self.temperature = nn.Buffer(torch.tensor(float(temperature)))
-        self.distance = selector.distance() if selector is not None else None
-        limits = (0.0, 0.0)
-        if selector is not None:
-            limits = (selector.confidence_threshold, selector.distance_threshold)
-        self.thresholds = nn.Buffer(torch.tensor(limits))
-
-    @override
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if self.uint8_input:
-            images = (images.float() - self.mean) / self.std
-        if self.distance is None:
-            logits: torch.Tensor = self.net(images)
-            return logits, (logits / self.temperature).softmax(dim=1)
-        features, logits = features_and_logits(self.net, images)
-        probabilities = (logits / self.temperature).softmax(dim=1)
-        distance = self.distance(features)
-        confident = probabilities.max(1).values >= self.thresholds[0]
-        return logits, probabilities, distance, confident & (distance <= self.thresholds[1])
 
 
 def export_onnx(
@@ -87,7 +46,7 @@ def export_onnx(
 
     if opset < OPSET_MIN:
         raise ValueError(f"opset must be >= {OPSET_MIN}, got {opset}")
-    wrapper = _Exportable(net, pre, uint8_input, temperature, selector).eval().cpu().float()
+    wrapper = Exportable(net, pre, uint8_input, temperature, selector).eval().cpu().float()
     outputs = OUTPUTS if selector is not None else OUTPUTS[:2]
     dtype = torch.uint8 if uint8_input else torch.float32
     dummy = torch.zeros(2, 3, pre.image_size, pre.image_size, dtype=dtype)
@@ -114,10 +73,6 @@ def export_onnx(
     onnx.checker.check_model(model)
     atomic_write_bytes(path, model.SerializeToString())
     return path
-
-
-#: The outputs of an export, in order (the last two with an accept/reject rule).
-OUTPUTS = ("logits", "probabilities", "distance", "accepted")
 
 
 def contract(
@@ -174,10 +129,12 @@ class ExportOptions:
             raise ValueError(f"quantize must be none or int8, got {self.quantize!r}")
 
     def passed(self, report: dict[str, Any]) -> bool:
-        """The one pass rule: logits within ``atol`` and top-1 agreement of ``min_agreement``."""
+        """The one pass rule: logits within ``atol``, and top-1 agreement (and agreement of
+        the accept decisions, with an accept/reject rule) of ``min_agreement``."""
         return bool(
             report["max_abs_logit_diff"] <= self.atol
             and report["top1_agreement"] >= self.min_agreement
+            and report.get("accepted_agreement", 1.0) >= self.min_agreement
         )
 
 
@@ -211,6 +168,7 @@ def export_and_verify(
             (the report is written first).
     """
     net = (net if owned else copy.deepcopy(net)).cpu().float().eval()
+    reference = Exportable(net, pre, False, temperature, selector).eval()
     export_onnx(
         net,
         path,
@@ -228,24 +186,25 @@ def export_and_verify(
     chosen = spread(images[0], options.verify_images) if images else []
     if images and chosen:
         paths, labels = [images[0][i] for i in chosen], [images[1][i] for i in chosen]
-        report |= verify_onnx(path, net, paths, labels, pre, options.uint8_input)
+        report |= verify_onnx(path, reference, paths, labels, pre, options.uint8_input)
         if report["images"]:  # none readable: nothing was compared
             report |= {"verified": True, "passed": options.passed(report)}
     write_json(sidecar(path, "export_report.json"), report)
     if report.get("passed") is False:
         raise ExportError(
             f"ONNX export {path} disagrees with PyTorch: top-1 agreement "
-            f"{report['top1_agreement']:.4f} (min {options.min_agreement}), max |logit "
-            f"difference| {report['max_abs_logit_diff']:.2e} (atol {options.atol})."
+            f"{report['top1_agreement']:.4f}, accept decisions' agreement "
+            f"{report.get('accepted_agreement', 1.0):.4f} (min {options.min_agreement}), max "
+            f"|logit difference| {report['max_abs_logit_diff']:.2e} (atol {options.atol})."
         )
     if options.quantize == "int8":
         checked = (paths, labels) if images and chosen else None
-        report["int8"] = _int8(net, path, pre, options, checked, calibration or [], described)
+        report["int8"] = _int8(reference, path, pre, options, checked, calibration or [], described)
     return report
 
 
 def _int8(
-    net: nn.Module,
+    reference: nn.Module,
     path: Path,
     pre: Preprocessing,
     options: ExportOptions,
@@ -253,9 +212,10 @@ def _int8(
     calibration: Sequence[Path],
     contract: dict[str, Any],
 ) -> dict[str, Any]:
-    """Quantise the verified fp32 file ``path``, verify the result against ``net`` like the
-    fp32 one (its own pass rule: top-1 agreement of ``int8_min_agreement``) and only then put
-    it in place; a failed check leaves the fp32 export alone and raises."""
+    """Quantise the verified fp32 file ``path``, verify the result against ``reference`` (the
+    module it was traced from) like the fp32 one (its own pass rule: top-1 agreement of
+    ``int8_min_agreement``; the accept decisions' agreement is reported) and only then put it
+    in place; a failed check leaves the fp32 export alone and raises."""
     from classifier.quantize import CALIBRATION_IMAGES, quantize_int8
 
     target = path.with_name(f"{path.stem}_int8.onnx")
@@ -268,7 +228,7 @@ def _int8(
         report["calibration_images"] = len(chosen)
         report["size_ratio"] = round(unverified.stat().st_size / path.stat().st_size, 4)
         if images is not None:
-            report |= verify_onnx(unverified, net, *images, pre, options.uint8_input)
+            report |= verify_onnx(unverified, reference, *images, pre, options.uint8_input)
             if report["images"]:
                 passed = report["top1_agreement"] >= options.int8_min_agreement
                 report |= {"verified": True, "passed": passed}
@@ -319,18 +279,25 @@ def describe(path: Path, report: dict[str, Any]) -> str:
         line = (
             f"Exported {path}: verified on {report['images']} images, top-1 agreement "
             f"{report['top1_agreement']:.1%}, largest logit difference "
-            f"{report['max_abs_logit_diff']:.1e} ({sidecar(path, 'export_report.json').name})"
+            f"{report['max_abs_logit_diff']:.1e}{_decisions(report)}"
+            f" ({sidecar(path, 'export_report.json').name})"
         )
     int8 = report.get("int8")
     if int8:
         target = path.with_name(int8["file"])
         verdict = (
-            f"top-1 agreement with PyTorch {int8['top1_agreement']:.1%} on {int8['images']} images"
+            f"top-1 agreement with PyTorch {int8['top1_agreement']:.1%}{_decisions(int8)} on"
+            f" {int8['images']} images"
             if int8.get("verified")
             else "not verified"
         )
         line += f"\nExported {target}: INT8, {int8['size_ratio']:.2f}x the size, {verdict}"
     return line
+
+
+def _decisions(report: dict[str, Any]) -> str:
+    agreement = report.get("accepted_agreement")
+    return "" if agreement is None else f", accept decisions {agreement:.1%} the same"
 
 
 def sidecar(onnx_path: Path, name: str) -> Path:

@@ -128,7 +128,7 @@ class DrawBudget:
         self.start = time.monotonic()
         self.spent = 0.0
         self.last_cost = self.first_cost
-        self.pending: tuple[str, Callable[[], None]] | None = None
+        self.pending: dict[str, Callable[[], None]] = {}
 
     def due(self) -> bool:
         """Whether a drawing now stays within the budget."""
@@ -145,20 +145,21 @@ class DrawBudget:
         if trainer.state.fn != "fit" or self.due():
             self._run(kind, draw)
         else:
-            self.pending = (kind, draw)
+            self.pending[kind] = draw
 
     def retry(self) -> None:
-        """Submit the figure that waits if it is now due."""
-        if self.pending is not None and self.due():
-            self._run(*self.pending)
+        """Submit the figure that waits longest if the budget now allows it (one per call:
+        what a drawing costs is known only once it is drawn)."""
+        if self.pending and self.due():
+            self._run(*next(iter(self.pending.items())))
 
     def flush(self) -> None:
-        """Submit the figure that waits, if any (end of fit)."""
-        if self.pending is not None:
-            self._run(*self.pending)
+        """Submit every figure that waits (end of fit)."""
+        while self.pending:
+            self._run(*next(iter(self.pending.items())))
 
     def _run(self, kind: str, draw: Callable[[], None]) -> None:
-        self.pending = None
+        self.pending.pop(kind, None)
 
         def timed() -> None:
             start = time.monotonic()

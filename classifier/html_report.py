@@ -25,6 +25,7 @@ SECTIONS = (
     ("per-class", "Per class"),
     ("gallery", "Validation images with the highest loss"),
     ("calibration", "Calibration"),
+    ("accept", "Accept or reject"),
     ("data", "Data health"),
     ("model", "Model"),
     ("export", "Export"),
@@ -168,6 +169,32 @@ def _calibration(run: Path, results: Path) -> str:
     return note + _table(("", "ECE", "NLL"), rows) + f'<div class="pair">{images}</div>'
 
 
+def _accept(run: Path, results: Path) -> str:
+    rule = dict((read_json(run / "calibration.json") or {}).get("selective") or {})
+    tested = (read_json(results / "calibration.json") or {}).get("selective") or {}
+    if "test" in tested:  # a later `classifier test` of this run
+        rule["test"] = tested["test"]
+    if "reject_threshold" not in rule:
+        return ""
+    note = (
+        f"<p>A prediction is accepted when its calibrated confidence is at least "
+        f"{rule['reject_threshold']:.4g} (the lowest at which accepted validation predictions "
+        f"reach {rule['target_accuracy']:.4g}) and its feature distance to the nearest "
+        f"training class at most {rule['distance_threshold']:.4g} (what 99% of validation "
+        "images stay within; images of no known class lie further).</p>"
+    )
+    header = ("", "images", "accepted", "accuracy of accepted", "accuracy of all")
+    rows = [
+        (stage, r["images"], r["coverage"], r["accuracy_accepted"], r["accuracy_all"])
+        for stage in ("val", "test")
+        if isinstance(r := rule.get(stage), dict)
+    ]
+    images = _image(run / "risk_coverage_val.png", "validation risk-coverage") + _image(
+        results / "risk_coverage_test.png", "test risk-coverage"
+    )
+    return note + _table(header, rows) + f'<div class="pair">{images}</div>'
+
+
 def _data(run: Path) -> str:
     parts = []
     health = read_json(run / "data_health.json")
@@ -230,6 +257,8 @@ def _export(run: Path) -> str:
             "max_abs_logit_diff",
             "top1_pytorch",
             "top1_onnxruntime",
+            "accepted_agreement",
+            "max_rel_distance_diff",
         )
         rows = [(k, report[k]) for k in keys if k in report]
         parts.append(
@@ -247,6 +276,8 @@ def _export(run: Path) -> str:
             "input_dtype",
             "input_range",
             "output",
+            "reject_threshold",
+            "distance_threshold",
         )
         parts.append(
             "<h3>Preprocessing contract</h3>"
@@ -269,6 +300,7 @@ def write_report(run: Path, results: Path | None = None) -> Path:
         "per-class": lambda: _per_class(run, results),
         "gallery": lambda: _image(run / "val_predictions.png", "highest-loss validation images"),
         "calibration": lambda: _calibration(run, results),
+        "accept": lambda: _accept(run, results),
         "data": lambda: _data(run),
         "model": lambda: _model(run),
         "export": lambda: _export(run),

@@ -112,15 +112,21 @@ def _input(pixels: np.ndarray, contract: dict[str, Any]) -> np.ndarray:
     return ((pixels.astype(np.float32) / 255.0 - mean) / std)[None]
 
 
-def _probabilities(session: Any, batch: np.ndarray) -> np.ndarray:
+def _outputs(session: Any, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Calibrated probabilities and, for an export with an accept/reject rule, which
+    predictions it accepts (``None`` without one)."""
     names = [o.name for o in session.get_outputs()]
+    accepted = None
     if "probabilities" in names:  # calibrated (temperature-scaled) softmax inside the graph
-        calibrated: np.ndarray = np.asarray(session.run(["probabilities"], {"images": batch})[0])
-        return calibrated
+        wanted = ["probabilities"] + (["accepted"] if "accepted" in names else [])
+        found = session.run(wanted, {"images": batch})
+        if len(found) == 2:
+            accepted = np.asarray(found[1], dtype=bool)
+        return np.asarray(found[0]), accepted
     logits = np.asarray(session.run([names[0]], {"images": batch})[0], dtype=np.float64)
     exp: np.ndarray = np.exp(logits - logits.max(axis=1, keepdims=True))
     probabilities: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
-    return probabilities
+    return probabilities, None
 
 
 def predict(model: Path, folder: Path, output: Path, top_k: int = 5) -> int:
@@ -146,6 +152,9 @@ def predict(model: Path, folder: Path, output: Path, top_k: int = 5) -> int:
         for path, true in zip(paths, truth, strict=True)
     ]
     _write(output, rows, k, any(truth))
+    rejected = sum(row.get("accepted") == "false" for row in rows)
+    if rejected:
+        print(f"{rejected} of {len(rows)} predictions not accepted (accepted column)")
     return len(rows)
 
 
@@ -160,9 +169,12 @@ def _row(
     except Exception:  # any decoder failure: the row stays, marked
         row["error"] = "unreadable"
         return row
-    probs = _probabilities(session, _input(pixels, contract))[0]
+    found, accepted = _outputs(session, _input(pixels, contract))
+    probs = found[0]
     order = np.argsort(-probs)[:k]
     row["predicted"], row["confidence"] = names[order[0]], round(float(probs[order[0]]), 6)
+    if accepted is not None:
+        row["accepted"] = "true" if bool(accepted[0]) else "false"
     for rank, index in enumerate(order, 1):
         row[f"top{rank}_class"], row[f"top{rank}_prob"] = (
             names[index],

@@ -67,7 +67,8 @@ class SampleGrids(PlottingCallback):
         super().__init__(plot_time_share)
         self.num_images = num_images
         self.every_n_epochs = max(1, every_n_epochs)
-        self._candidates: list[torch.Tensor] = []
+        self._candidates: torch.Tensor | None = None
+        self._shown: tuple[torch.Tensor, int, float] | None = None
         self._train_done = False
 
     @override
@@ -92,7 +93,7 @@ class SampleGrids(PlottingCallback):
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start collecting candidates."""
-        self._candidates = []
+        self._candidates = None
 
     @override
     def on_validation_batch_end(
@@ -104,45 +105,64 @@ class SampleGrids(PlottingCallback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Keep the batch's highest-loss images (on device: no sync per batch)."""
+        """Keep the epoch's highest-loss images so far with their logits (on device: no sync
+        per batch; ``num_images`` rows however long the epoch)."""
         if trainer.sanity_checking or not isinstance(outputs, dict):
             return
         losses, logits, indices = outputs["losses"], outputs["logits"], outputs["indices"]
         labels = batch[1]
-        probs = logits.float().softmax(1)
-        confidence, predicted = probs.max(1)
-        score = hardness(losses, predicted, labels)
-        top = score.topk(min(self.num_images, len(score))).indices
-        self._candidates.append(
-            torch.stack(
-                [
-                    score[top],
-                    indices[top].float(),
-                    labels[top].float(),
-                    predicted[top].float(),
-                    confidence[top],
-                ],
-                1,
-            )
-        )
+        score = hardness(losses, logits.argmax(1), labels)
+        columns = [score.float(), indices.float(), labels.float()]
+        rows = torch.cat([torch.stack(columns, 1), logits.float()], 1)
+        if self._candidates is not None:
+            rows = torch.cat([self._candidates, rows])
+        keep = rows[:, 0].topk(min(self.num_images, len(rows))).indices
+        self._candidates = rows[keep]
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Pick the overall top images across processes and draw the gallery."""
         if not epoch_due(trainer, self.every_n_epochs):
             return
-        local = torch.cat(self._candidates).cpu() if self._candidates else torch.empty(0, 5)
+        model = classifier_module(pl_module)
+        width = 3 + model.num_classes
+        local = self._candidates.cpu() if self._candidates is not None else torch.empty(0, width)
         rows = torch.cat([torch.as_tensor(p) for p in gather_objects(local)])
         if not trainer.is_global_zero:
             return
         rows = rows[rows[:, 0] > -torch.inf]
         rows = rows[rows[:, 0].argsort(descending=True)][: self.num_images]
-        epoch = trainer.current_epoch + 1
-        if len(rows):
-            data = image_data(trainer)
-            names, step = classifier_module(pl_module).class_names, trainer.global_step
-            draw = partial(self._draw, trainer, data, names, rows, epoch, step)
-            self.draws.request(trainer, "val_predictions", draw)
+        self._shown = (rows, trainer.current_epoch + 1, model.temperature) if len(rows) else None
+        self._request(trainer, pl_module)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Redraw the last gallery if calibration (at the end of training) changed the
+        temperature its confidences were drawn with, then draw what waits."""
+        shown = self._shown
+        temperature = classifier_module(pl_module).temperature
+        if trainer.is_global_zero and shown is not None and shown[2] != temperature:
+            self._request(trainer, pl_module)
+        super().on_fit_end(trainer, pl_module)
+
+    def _request(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._shown is None:
+            return
+        rows, epoch, _ = self._shown
+        model = classifier_module(pl_module)
+        self._shown = (rows, epoch, model.temperature)
+        data = image_data(trainer)
+        draw = partial(
+            self._draw,
+            trainer,
+            data,
+            model.class_names,
+            rows,
+            epoch,
+            trainer.global_step,
+            model.temperature,
+        )
+        self.draws.request(trainer, "val_predictions", draw)
 
     @staticmethod
     def _draw(
@@ -152,15 +172,20 @@ class SampleGrids(PlottingCallback):
         rows: torch.Tensor,
         epoch: int,
         step: int,
+        temperature: float,
     ) -> None:
-        """Re-read the chosen validation images and draw the gallery (figure thread)."""
+        """Re-read the chosen validation images and draw the gallery with calibrated
+        confidences, ``softmax(logits / temperature)`` (figure thread)."""
+        confidence, predicted = (rows[:, 3:].double() / temperature).softmax(1).max(1)
         images, captions, colours = [], [], []
-        for _, index, label, pred, conf in rows.tolist():
-            images.append(data.eval_image("val", int(index)))
-            captions.append(
-                f"true: {names[int(label)]}\npred: {names[int(pred)]}\nconfidence {conf:.2f}"
-            )
-            colours.append("black" if int(label) == int(pred) else "red")
+        for (index, label), pred, conf in zip(
+            rows[:, 1:3].long().tolist(), predicted.tolist(), confidence.tolist(), strict=True
+        ):
+            images.append(data.eval_image("val", index))
+            captions.append(f"true: {names[label]}\npred: {names[pred]}\nconfidence {conf:.2f}")
+            colours.append("black" if label == pred else "red")
         title = f"Validation, epoch {epoch}: misclassified, then highest loss"
+        if temperature != 1.0:
+            title += f" (calibrated confidences, T = {temperature:.3g})"
         path = run_dir(trainer) / "val_predictions.png"
         _save_grid(trainer, images, captions, colours, title, path, step)

@@ -41,52 +41,94 @@ def spread(items: Sequence[Any], count: int) -> list[int]:
     return list(range(0, len(items), step))[:count]
 
 
+#: Relative closeness to a threshold at which an accept decision is a tie.
+TIE = 1e-4
+
+
 @torch.no_grad()
 def verify_onnx(
     path: Path,
-    net: nn.Module,
+    reference: nn.Module,
     paths: Sequence[Path],
     labels: Sequence[int] | np.ndarray,
     pre: Preprocessing,
     uint8_input: bool = False,
     batch_size: int = 16,
 ) -> dict[str, Any]:
-    """Run ``path`` with onnxruntime and ``net`` (CPU, float32) on the same images.
+    """Run ``path`` with onnxruntime and ``reference`` (the module the export traced, on
+    normalised ``float32`` input, on the CPU) on the same images and compare every output.
 
     Images that cannot be read (changed since the pre-scan, or never scanned) are left out
     and counted (``unreadable``), as evaluation does.
 
     Returns:
         ``images`` (compared), ``unreadable``, ``top1_agreement`` (fraction with the same
-        top-1 class), ``max_abs_logit_diff``, and the top-1 accuracy of each runtime against
-        ``labels`` (-1: unknown, not counted).
+        top-1 class), ``max_abs_logit_diff``, the top-1 accuracy of each runtime against
+        ``labels`` (-1: unknown, not counted); for an export with an accept/reject rule also
+        ``accepted_agreement`` (fraction with the same decision, of the images not at a
+        threshold) and
+        ``max_rel_distance_diff``.
     """
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     transform = eval_transform(pre)
     mean, std = pre.mean_std()
-    net = net.eval()
+    reference = reference.eval()
+    limits = getattr(reference, "thresholds", None)  # Exportable's (confidence, distance)
     images_ok = list(readable(paths, labels, transform))
-    agree, correct_torch, correct_onnx, max_diff = 0, 0, 0, 0.0
+    totals: dict[str, float] = {}
     for start in range(0, len(images_ok), batch_size):
         chunk = images_ok[start : start + batch_size]
         images = torch.stack([image for image, _ in chunk])
         floats = normalize(images, mean, std)
         feed = images.numpy() if uint8_input else floats.numpy()
-        onnx_logits = torch.from_numpy(session.run(None, {"images": feed})[0])
-        torch_logits = net(floats).float()
+        found = [torch.from_numpy(np.asarray(o)) for o in session.run(None, {"images": feed})]
         truth = torch.tensor([label for _, label in chunk])
-        max_diff = max(max_diff, float((onnx_logits - torch_logits).abs().max()))
-        agree += int((onnx_logits.argmax(1) == torch_logits.argmax(1)).sum())
-        correct_torch += int((torch_logits.argmax(1) == truth).sum())
-        correct_onnx += int((onnx_logits.argmax(1) == truth).sum())
+        _compare(found, list(reference(floats)), truth, totals, limits)
     count = max(1, len(images_ok))
-    return {
+    report: dict[str, Any] = {
         "images": len(images_ok),
         "unreadable": len(paths) - len(images_ok),
-        "top1_agreement": agree / count,
-        "max_abs_logit_diff": max_diff,
-        "top1_pytorch": correct_torch / count,
-        "top1_onnxruntime": correct_onnx / count,
+        "top1_agreement": totals.get("agree", 0) / count,
+        "max_abs_logit_diff": totals.get("logit_diff", 0.0),
+        "top1_pytorch": totals.get("correct_torch", 0) / count,
+        "top1_onnxruntime": totals.get("correct_onnx", 0) / count,
     }
+    if "accepted_same" in totals:
+        report["accepted_agreement"] = totals["accepted_same"] / max(1, totals["decided"])
+        report["max_rel_distance_diff"] = totals["distance_diff"]
+    return report
+
+
+def _compare(
+    found: list[torch.Tensor],
+    expected: list[torch.Tensor],
+    truth: torch.Tensor,
+    totals: dict[str, float],
+    limits: torch.Tensor | None,
+) -> None:
+    """Add one batch's agreement counts and largest differences to ``totals``. Accept
+    decisions are compared where PyTorch's confidence and distance are not at a threshold
+    (within :data:`TIE` of it): there rounding decides either way."""
+
+    def add(key: str, value: float, largest: bool = False) -> None:
+        totals[key] = max(totals.get(key, 0.0), value) if largest else totals.get(key, 0) + value
+
+    onnx_logits, torch_logits = found[0].float(), expected[0].float()
+    add("logit_diff", float((onnx_logits - torch_logits).abs().max()), largest=True)
+    add("agree", int((onnx_logits.argmax(1) == torch_logits.argmax(1)).sum()))
+    add("correct_torch", int((torch_logits.argmax(1) == truth).sum()))
+    add("correct_onnx", int((onnx_logits.argmax(1) == truth).sum()))
+    if len(found) == 4 and len(expected) == 4:
+        distance, reference = found[2].double(), expected[2].double()
+        relative = (distance - reference).abs() / reference.abs().clamp_min(1e-6)
+        add("distance_diff", float(relative.max()), largest=True)
+        decided = torch.ones_like(reference, dtype=torch.bool)
+        if isinstance(limits, torch.Tensor) and limits.numel() == 2:
+            confidence = expected[1].double().max(1).values
+            low, high = float(limits[0]), float(limits[1])
+            decided = ((confidence - low).abs() > TIE) & ((reference - high).abs() > TIE * high)
+        same = found[3].bool() == expected[3].bool()
+        add("accepted_same", int((same & decided).sum()))
+        add("decided", int(decided.sum()))

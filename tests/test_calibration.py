@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from classifier.calibration import expected_calibration_error, fit_temperature, scores
 from classifier.metrics import CalibrationBins
+from classifier.temperature import expected_calibration_error, fit_temperature, scores
 
 
 def _overconfident(scale: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -52,7 +52,7 @@ def test_average_on_another_device_updates_without_fused_ops() -> None:
     assert averaged[0].device.type == "meta" and averaged[0].shape == (3,)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
 def test_cpu_average_of_a_gpu_model() -> None:
     ema = EMA(decay=0.9, warmup=False)
     ema._same_device = False

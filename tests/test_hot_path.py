@@ -117,6 +117,19 @@ def test_a_short_run_draws_its_first_figure_at_the_end_a_long_one_early(
     assert drawn == ["epoch 1"]  # nothing waits any more
 
 
+def test_figures_of_different_kinds_waiting_together_are_all_drawn(clock: FakeClock) -> None:
+    """The calibration's reliability diagram and risk-coverage curve are requested at the
+    same moment: the second must not replace the first."""
+    budget, drawn = DrawBudget(0.0, submit=lambda kind, draw: draw()), []
+    budget.restart()
+    trainer: Any = FitTrainer()
+    budget.request(trainer, "reliability", lambda: drawn.append("reliability, old"))
+    budget.request(trainer, "reliability", lambda: drawn.append("reliability"))
+    budget.request(trainer, "risk_coverage", lambda: drawn.append("risk_coverage"))
+    budget.flush()
+    assert drawn == ["reliability", "risk_coverage"]
+
+
 def test_draw_budget_zero_draws_only_at_the_end_and_eval_draws_at_once(clock: FakeClock) -> None:
     budget, drawn = DrawBudget(0.0, submit=lambda kind, draw: draw()), []
     budget.restart()

@@ -32,7 +32,7 @@ test: $(STAMP) ## Install, then run the whole test suite.
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP) ## Run the tests not marked slow.
-	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+	$(BIN)/python -m pytest -q -m "not slow"
 
 test-gpu: $(STAMP) ## On a GPU machine: run the tests that need CUDA (they fail without one).
 	$(BIN)/python -m pytest -q -m gpu

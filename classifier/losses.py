@@ -9,6 +9,8 @@ weights of the mixed targets, which is the hard-label normalisation when the mix
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F  # noqa: N812
 
@@ -42,3 +44,18 @@ def mixed_cross_entropy(
     # Each image weighs as much as its (mixed) class: the denominator F.cross_entropy uses.
     per_image = -(target * log_probs * weight).sum(1)
     return per_image.sum() / (mix * weight).sum()
+
+
+def mixing(mixup: float, cutmix: float, num_classes: int) -> Any:
+    """timm's ``Mixup`` giving mixed one-hot targets (the loss applies label smoothing), or
+    ``None``."""
+    if mixup <= 0 and cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=mixup,
+        cutmix_alpha=cutmix,
+        label_smoothing=0.0,
+        num_classes=num_classes,
+    )

@@ -7,35 +7,19 @@ from typing import Any, Literal, cast
 
 import lightning.pytorch as pl
 import torch
-from torch.optim.lr_scheduler import LambdaLR
 from typing_extensions import override
 
 from classifier.backbone import Runner, create_backbone
 from classifier.contract import optional_image_data
 from classifier.errors import UserError
-from classifier.losses import cross_entropy, mixed_cross_entropy
+from classifier.losses import cross_entropy, mixed_cross_entropy, mixing
 from classifier.metrics import summary_metrics
-from classifier.optim import Schedule, lr_multiplier, stepping_batches
+from classifier.optim import Schedule, optimization, stepping_batches
 from classifier.selective import Distance, Selector, features_and_logits
 from classifier.stage_metrics import StageMetrics, warn_unreadable
 from classifier.transforms import Preprocessing, tta_views
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-def _mixup(mixup: float, cutmix: float, num_classes: int) -> Any:
-    """timm's ``Mixup`` giving mixed one-hot targets (the loss applies label smoothing), or
-    ``None``."""
-    if mixup <= 0 and cutmix <= 0:
-        return None
-    from timm.data import Mixup
-
-    return Mixup(
-        mixup_alpha=mixup,
-        cutmix_alpha=cutmix,
-        label_smoothing=0.0,
-        num_classes=num_classes,
-    )
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -138,7 +122,7 @@ class ImageClassifier(pl.LightningModule):
         self.register_buffer("_loss_window", torch.zeros(()), persistent=False)
         self._window_steps = 0
         self._reported_step = 0
-        self.mixup_fn = _mixup(mixup, cutmix, self.num_classes)
+        self.mixup_fn = mixing(mixup, cutmix, self.num_classes)
         self.train_top1 = summary_metrics(self.num_classes)["top1"]
         # In checkpoints, so an epoch resumed mid-way reports accuracy over all its batches.
         self.train_top1.persistent(True)
@@ -345,32 +329,7 @@ class ImageClassifier(pl.LightningModule):
     @override
     def configure_optimizers(self) -> Any:
         """timm's optimizer factory (no decay on norms/biases) and a per-step LR schedule."""
-        from timm.optim import create_optimizer_v2
-
-        hp = self.hparams
-        opt = hp["optimizer"]  # timm: "sgd" is SGD with Nesterov momentum
-        optimizer = create_optimizer_v2(
-            self.model,
-            opt=opt,
-            lr=hp["lr"],
-            weight_decay=hp["weight_decay"],
-            momentum=hp["momentum"],
-        )
-        per_epoch, total = self._stepping_batches()
-        factor = lr_multiplier(
-            hp["scheduler"],
-            total_steps=total,
-            steps_per_epoch=per_epoch,
-            warmup_epochs=hp["warmup_epochs"],
-            min_lr_ratio=hp["min_lr_ratio"],
-            milestones=hp["milestones"] or (),
-            gamma=hp["gamma"],
-        )
-        scheduler = LambdaLR(optimizer, factor)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return optimization(self.model, self.hparams, *self._stepping_batches())
 
     def _stepping_batches(self) -> tuple[int, int]:
         data = optional_image_data(self.trainer)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 Schedule = Literal["cosine", "multistep", "constant"]
@@ -57,3 +57,32 @@ def stepping_batches(trainer: Any, batches_per_epoch: int) -> tuple[int, int]:
     if trainer.max_steps not in (None, -1):
         total = trainer.max_steps if total is None else min(total, trainer.max_steps)
     return per_epoch, max(1, total or per_epoch)
+
+
+def optimization(
+    net: Any, hparams: Mapping[str, Any], steps_per_epoch: int, total_steps: int
+) -> dict[str, Any]:
+    """Lightning's ``configure_optimizers`` answer for ``net``: timm's optimizer factory (no
+    weight decay on norms and biases; ``sgd`` is SGD with Nesterov momentum) and
+    :func:`lr_multiplier` stepped every optimizer step, from the model's ``hparams``."""
+    from timm.optim import create_optimizer_v2
+    from torch.optim.lr_scheduler import LambdaLR
+
+    optimizer = create_optimizer_v2(
+        net,
+        opt=hparams["optimizer"],
+        lr=hparams["lr"],
+        weight_decay=hparams["weight_decay"],
+        momentum=hparams["momentum"],
+    )
+    factor = lr_multiplier(
+        hparams["scheduler"],
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        warmup_epochs=hparams["warmup_epochs"],
+        min_lr_ratio=hparams["min_lr_ratio"],
+        milestones=hparams["milestones"] or (),
+        gamma=hparams["gamma"],
+    )
+    scheduler = LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -36,18 +36,29 @@ MIN_SIDE = 64
 MIN_EDGE_BITS = 8
 
 
-def dhash(image: torch.Tensor) -> int | None:
-    """64-bit difference hash of an RGB ``uint8`` ``3xHxW`` image: a 9x8 grey thumbnail, one
-    bit per pair of horizontal neighbours (1 where the right one is brighter). Resizing,
-    re-encoding and small colour changes move few bits. ``None`` below :data:`MIN_SIDE` and for
-    nearly flat pictures (:data:`MIN_EDGE_BITS`)."""
-    from PIL import Image
+#: Rows and columns of the image the thumbnail averages (every k-th of a larger image): a
+#: 500x375 photo costs about 0.2 ms instead of the 1 ms of filtering every pixel, and resized or
+#: re-encoded copies still hash within 3 bits of each other.
+SAMPLES = 128
+#: ITU-R 601 luma weights.
+_GREY = torch.tensor([0.299, 0.587, 0.114])
 
-    if min(image.shape[1:]) < MIN_SIDE:
+
+def dhash(image: torch.Tensor) -> int | None:
+    """64-bit difference hash of an RGB ``uint8`` ``3xHxW`` image: a 9x8 grey thumbnail (the
+    mean of :data:`SAMPLES` rows and columns over each cell), one bit per pair of horizontal
+    neighbours (1 where the right one is brighter). Resizing, re-encoding and small colour
+    changes move few bits. ``None`` below :data:`MIN_SIDE` and for nearly flat pictures
+    (:data:`MIN_EDGE_BITS`)."""
+    import torch.nn.functional as F  # noqa: N812
+
+    height, width = image.shape[1:]
+    if min(height, width) < MIN_SIDE:
         return None
-    pixels = Image.fromarray(image.permute(1, 2, 0).numpy())
-    grey = np.asarray(pixels.convert("L").resize((9, 8), Image.Resampling.BILINEAR), np.int16)
-    edges = (grey[:, 1:] > grey[:, :-1]).flatten()
+    sampled = image[:, :: max(1, height // SAMPLES), :: max(1, width // SAMPLES)].float()
+    grey = torch.tensordot(_GREY, sampled, dims=1)
+    thumbnail = F.adaptive_avg_pool2d(grey[None, None], (8, 9))[0, 0]
+    edges = (thumbnail[:, 1:] > thumbnail[:, :-1]).flatten().numpy()
     if not MIN_EDGE_BITS <= int(edges.sum()) <= HASH_BITS - MIN_EDGE_BITS:
         return None
     return int.from_bytes(np.packbits(edges).tobytes(), "big")

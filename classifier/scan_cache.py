@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 #: Cache format version; bump when the checks, the hashes or the key change.
-VERSION = 5
+VERSION = 6
 #: The perceptual hash of an image not hashed yet.
 UNHASHED = -(2**63)
 #: The perceptual hash of an image too small or too flat to have one (compared byte for byte).
@@ -201,8 +201,8 @@ class ScanCache:
         self._db.close()
 
     def _migrate(self, folder: Path) -> None:
-        """Take the reasons and perceptual hashes of the JSON caches of version 4 (their
-        content digests were of another kind and are computed again), then remove them."""
+        """Take the reasons of the JSON caches of version 4 (their content digests and
+        perceptual hashes were of other kinds and are computed again), then remove them."""
         for old in sorted(folder.glob("scan-v4-*.json")):
             try:
                 info = os.lstat(old)
@@ -221,18 +221,17 @@ def _v4_rows(entries: dict[str, object]) -> list[Row]:
     for path, entry in entries.items():
         if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], str)):
             continue
-        key, reason, _, perceptual = entry
+        key, reason, _, _ = entry
         try:
             fields = [int(v) for v in key.split(":")]
-            phash = NO_HASH if perceptual == "" else to_signed(int(str(perceptual), 16))
         except ValueError:
             continue
         if len(fields) != 5 or (reason is not None and not isinstance(reason, str)):
             continue
-        if reason is None and perceptual is None:
+        if reason is None:  # nothing worth keeping: the scan reads the file anyway
             continue
         # No content digest yet: the next scan reads the file for it (cheap) and keeps the rest.
-        rows.append((os.fsencode(path), *fields, reason, None, phash))  # type: ignore[arg-type]
+        rows.append((os.fsencode(path), *fields, reason, None, UNHASHED))  # type: ignore[arg-type]
     return rows
 
 

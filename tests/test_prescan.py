@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from classifier.prescan import check_file, scan_split
-from classifier.scan_cache import NO_HASH, UNHASHED, ScanCache, cache_dir
+from classifier.scan_cache import NO_HASH, UNHASHED, VERSION, ScanCache, cache_dir
 from classifier.splits import read_split
 from tests.conftest import make_folder, run_cli, tiny
 from tests.test_attacks import run_entry
@@ -94,8 +94,8 @@ def test_the_cache_sees_a_same_size_replacement_and_survives_damage(image_folder
     victim.write_bytes(b"\0" * before.st_size)  # same size, then the old times put back
     os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert list(_scan(train).bad) == [0]
-    database = cache_dir() / "scan-v5.sqlite"
-    for name in ("scan-v5.sqlite-wal", "scan-v5.sqlite-shm"):
+    database = cache_dir() / f"scan-v{VERSION}.sqlite"
+    for name in (f"scan-v{VERSION}.sqlite-wal", f"scan-v{VERSION}.sqlite-shm"):
         (cache_dir() / name).unlink(missing_ok=True)
     database.write_bytes(b"not a database at all" * 100)
     with pytest.warns(UserWarning, match="scan cache unused"):
@@ -120,7 +120,7 @@ def test_a_stopped_scan_keeps_what_it_checked(
     monkeypatch.setattr(prescan, "_threads", lambda: 1)
     with pytest.raises(KeyboardInterrupt):
         _scan(folder)
-    rows = sqlite3.connect(cache_dir() / "scan-v5.sqlite").execute("SELECT count(*) FROM files")
+    rows = sqlite3.connect(cache_dir() / f"scan-v{VERSION}.sqlite").execute("SELECT count(*) FROM files")
     assert 0 < rows.fetchone()[0] <= 25
 
 
@@ -152,7 +152,7 @@ def test_a_poisoned_cache_cannot_hide_a_leak(
     shutil.copy(
         image_folder / "train" / "cat" / "cat_000.png", image_folder / "val" / "cat" / "x.png"
     )
-    database = folder / "scan-v5.sqlite"
+    database = folder / f"scan-v{VERSION}.sqlite"
     ScanCache(None)  # schema only
     db = sqlite3.connect(database)
     db.execute(
@@ -182,7 +182,7 @@ def test_a_cache_file_planted_as_a_link_is_not_used(
     folder.mkdir(mode=0o700)
     target = tmp_path / "elsewhere.sqlite"
     target.write_bytes(b"")
-    (folder / "scan-v5.sqlite").symlink_to(target)
+    (folder / f"scan-v{VERSION}.sqlite").symlink_to(target)
     monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(folder))
     with pytest.warns(UserWarning, match="not a regular file"):
         assert not ScanCache.open().persistent
@@ -206,7 +206,7 @@ def test_a_new_cache_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     cache = ScanCache.open()
     assert cache.persistent
     assert stat.S_IMODE((tmp_path / "new" / "cache").stat().st_mode) == 0o700
-    assert stat.S_IMODE((tmp_path / "new" / "cache" / "scan-v5.sqlite").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "new" / "cache" / f"scan-v{VERSION}.sqlite").stat().st_mode) == 0o600
 
 
 def test_a_version_4_cache_is_migrated(image_folder: Path) -> None:
@@ -218,11 +218,14 @@ def test_a_version_4_cache_is_migrated(image_folder: Path) -> None:
     entries = {}
     for path, key in zip(split.paths, split.keys.tolist(), strict=True):
         entries[str(path)] = [":".join(map(str, key)), None, "old-digest", "00ff00ff00ff00ff"]
+    # A reason found by an earlier, full decode is kept (the structural check cannot see it).
+    entries[str(split.paths[0])][1] = "image file is truncated (found by a full decode)"
     (folder / "scan-v4-abc.json").write_text(json.dumps(entries))
     result = scan_split(split, ScanCache.open())
     assert not list(folder.glob("*.json"))
-    assert (result.phash == 0x00FF00FF00FF00FF).all()  # kept: no decode needed for them
-    assert (result.content != b"").all()  # digests computed again from the bytes
+    assert list(result.bad) == [0] and "truncated" in result.bad[0]
+    assert (result.phash == UNHASHED).all()  # another hash function: taken again
+    assert (result.content[1:] != b"").all()  # digests computed again from the bytes
 
 
 # Near copies: exact ones before training, near ones by the end of the first epoch.

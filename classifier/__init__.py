@@ -31,6 +31,7 @@ _PUBLIC = {
     "GradCam": "classifier.grad_cam",
     "ImageClassifier": "classifier.model",
     "ImageFolderDataModule": "classifier.datamodule",
+    "LabelIssues": "classifier.label_issues",
     "ModelInfo": "classifier.model_info",
     "OnnxExport": "classifier.onnx_export",
     "PerClassReport": "classifier.per_class_report",

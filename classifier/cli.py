@@ -31,6 +31,7 @@ from classifier.errors import ConfigError, one_line_errors
 from classifier.figure_thread import wait_for_figures
 from classifier.files import run_dir, run_of_checkpoint
 from classifier.html_report import write_report
+from classifier.label_issues import LabelIssues
 from classifier.model import ImageClassifier
 from classifier.per_class_report import PerClassReport
 from classifier.prediction_writer import PredictionWriter
@@ -181,11 +182,13 @@ class ClassifierCLI(LightningCLI):
 
     def before_test(self) -> None:
         """Check ``ckpt_path`` before any data is read; write the per-class report and the
-        test's calibration (ECE and NLL before and after the checkpoint's temperature)."""
+        test's calibration (ECE and NLL before and after the checkpoint's temperature) and
+        its label issues."""
         self._check_ckpt_path()
         self._warn_flipping_tta()
         self._ensure(PerClassReport)
         self._ensure(Calibration)
+        self._ensure(LabelIssues)
 
     @override
     def before_instantiate_classes(self) -> None:

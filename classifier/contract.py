@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 class ClassifierModule(Protocol):
     """The model side: class names, preprocessing, calibration and the network.
 
+    Its steps' outputs are part of the contract: ``training_step`` returns ``{"loss",
+    "logits"}`` (no ``logits`` for a batch mixed by MixUp/CutMix), the evaluation steps
+    ``{"logits", "losses", "indices"}`` (and ``distance`` with an accept/reject rule); every
+    batch is ``(images, labels, indices)`` with ``labels < 0`` for unreadable files.
+
     Attributes:
         class_names: class names in label order.
         num_classes: ``len(class_names)``.

@@ -26,6 +26,7 @@ SECTIONS = (
     ("gallery", "Validation images with the highest loss"),
     ("calibration", "Calibration"),
     ("accept", "Accept or reject"),
+    ("labels", "Label issues"),
     ("data", "Data health"),
     ("model", "Model"),
     ("export", "Export"),
@@ -195,6 +196,48 @@ def _accept(run: Path, results: Path) -> str:
     return note + _table(header, rows) + f'<div class="pair">{images}</div>'
 
 
+def _labels(run: Path, results: Path, shown: int = 10) -> str:
+    summary = dict(read_json(run / "label_issues.json") or {})
+    rows = read_csv(run / "label_issues.csv")
+    if results != run and (tested := read_json(results / "label_issues.json") or {}):
+        summary.update({k: v for k, v in tested.items() if k in ("train", "val", "test")})
+        tested_splits = set(tested)
+        rows = [r for r in rows if r.get("split") not in tested_splits]
+        rows += read_csv(results / "label_issues.csv")
+    splits = [s for s in ("train", "val", "test") if isinstance(summary.get(s), dict)]
+    if not splits:
+        return ""
+    counts = [
+        (s, summary[s]["images"], summary[s]["suspects"], summary[s].get("estimated_wrong", ""))
+        for s in splits
+    ]
+    note = (
+        "<p>Images whose given label the model disagrees with, most suspect first (train: "
+        "mean margin of the given class over training, negative; val/test: calibrated "
+        "probability of the given label, with confident learning's estimate of how many "
+        "labels are wrong). Every row is in label_issues.csv.</p>"
+    )
+    batches = summary.get("train", {}).get("batches", {})
+    if batches.get("mixed"):
+        note += (
+            f"<p>{batches['mixed']} of {batches['mixed'] + batches.get('used', 0)} training "
+            "batches were mixed by MixUp/CutMix and not scored.</p>"
+        )
+    header = ("split", "images", "suspects", "estimated wrong")
+    top = [r for s in splits for r in [r for r in rows if r.get("split") == s][:shown]]
+    listing = _table(
+        ("split", "path", "given", "suggested", "score"),
+        [
+            tuple(r.get(k, "") for k in ("split", "path", "given", "suggested", "score"))
+            for r in top
+        ],
+    )
+    images = _image(run / "label_issues.png", "suspect labels")
+    if results != run:
+        images += _image(results / "label_issues.png", "suspect test labels")
+    return note + _table(header, counts) + images + listing
+
+
 def _data(run: Path) -> str:
     parts = []
     health = read_json(run / "data_health.json")
@@ -301,6 +344,7 @@ def write_report(run: Path, results: Path | None = None) -> Path:
         "gallery": lambda: _image(run / "val_predictions.png", "highest-loss validation images"),
         "calibration": lambda: _calibration(run, results),
         "accept": lambda: _accept(run, results),
+        "labels": lambda: _labels(run, results),
         "data": lambda: _data(run),
         "model": lambda: _model(run),
         "export": lambda: _export(run),

@@ -188,20 +188,23 @@ class ImageClassifier(pl.LightningModule):
         return self.mixup_fn is not None and on and batch_size % 2 == 0
 
     @override
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """Cross-entropy with label smoothing and class weights, of hard or mixed targets
-        (normalised alike, see :mod:`classifier.losses`)."""
+        (normalised alike, see :mod:`classifier.losses`): ``{"loss", "logits"}``, without
+        ``logits`` for a mixed batch (its logits belong to no single label)."""
         images, labels, _ = batch
         weight = self.class_weights if self.use_class_weights else None
         smoothing = self.hparams["label_smoothing"]
         if self._mixing(len(images)):
             images, mix = self.mixup_fn(images, labels)
             loss = mixed_cross_entropy(self(images), mix, weight, smoothing)
+            out = {"loss": loss}
         else:
             logits = self(images)
             loss = cross_entropy(logits, labels, weight, smoothing)
             self.train_top1.update(logits.detach(), labels)
             self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
+            out = {"loss": loss, "logits": logits.detach()}
         # Loggers read it every log interval; the bar shows the interval mean (see below).
         self.log("train/loss", loss, on_step=True, on_epoch=True)
         # On device, no sync: read every log interval and before any checkpoint is saved.
@@ -209,7 +212,7 @@ class ImageClassifier(pl.LightningModule):
         self._finite &= torch.isfinite(detached)
         self._loss_window += detached
         self._window_steps += 1
-        return loss
+        return out
 
     @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -27,18 +27,23 @@ MIN_TEMPERATURE = 0.05
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> float:
-    """The temperature minimising the NLL of ``softmax(logits / T)`` (LBFGS on ``log T``)."""
-    logits, labels = logits.detach().double().cpu(), labels.cpu()
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps, line_search_fn="strong_wolfe")
+    """The temperature minimising the NLL of ``softmax(logits / T)`` (LBFGS on ``log T``);
+    callable from any hook, inference mode included."""
+    with torch.inference_mode(False), torch.enable_grad():
+        # A copy made outside inference mode: tensors made inside it cannot enter autograd.
+        logits, labels = logits.detach().cpu().double().clone(), labels.cpu().clone()
+        log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.LBFGS(
+            [log_t], lr=0.1, max_iter=steps, line_search_fn="strong_wolfe"
+        )
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), labels)
-        loss.backward()  # type: ignore[no-untyped-call]
-        return loss
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(logits / log_t.exp(), labels)
+            loss.backward()  # type: ignore[no-untyped-call]
+            return loss
 
-    optimizer.step(closure)  # type: ignore[no-untyped-call]
+        optimizer.step(closure)  # type: ignore[no-untyped-call]
     return float(log_t.detach().exp().clamp(MIN_TEMPERATURE, 1 / MIN_TEMPERATURE))
 
 

@@ -287,11 +287,13 @@ def test_report_shows_every_part_of_the_run_in_one_page(full_run: dict[str, Any]
 
     page = _Page()
     page.feed((full_run["run"] / "report.html").read_text())
-    expected = ["summary", "curves", "confusion", "per-class", "gallery", "calibration", "data"]
-    assert page.sections == [*expected, "model", "export"]
+    expected = ["summary", "curves", "confusion", "per-class", "gallery", "calibration"]
+    assert page.sections == [*expected, "labels", "data", "model", "export"]
     assert page.scripts == 0 and page.links == [] and page.viewport
-    # loss, metrics, val and test matrices, gallery, val and test reliability, class counts
-    assert len(page.images) == 8
+    # loss, metrics, val and test matrices, gallery, val and test reliability, class counts,
+    # and the suspect labels if there are any
+    suspects = (full_run["run"] / "label_issues.png").is_file()
+    assert len(page.images) == 8 + suspects
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:

@@ -21,6 +21,14 @@ def _classifier(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return result
 
 
+def _label_counts(checkpoint: Path) -> float:
+    import torch
+
+    saved = torch.load(checkpoint, weights_only=True)["callbacks"]
+    state = next(v for k, v in saved.items() if k.startswith("LabelIssues"))
+    return float(state["count"].sum())
+
+
 def _only_run(root: Path) -> Path:
     runs = sorted(p for p in (root / "runs").glob("*/version_*"))
     assert len(runs) == 1, runs  # rank 1 writes no run folder of its own
@@ -56,6 +64,11 @@ def test_ddp_metrics_confusion_and_weighted_shards_match_one_process(tmp_path: P
     draws = [json.loads((r / "sampler_distribution.json").read_text())[0] for r in (one, two)]
     assert draws[0]["effective_counts"] == draws[1]["effective_counts"]  # one weighted draw
     assert draws[1]["draws"] == 32  # what was trained on: the partial last batch is dropped
+    # Every process's training margins reach the label-issue sums and the checkpoint.
+    sums = [_label_counts(r / "checkpoints" / "last.ckpt") for r in (one, two)]
+    assert sums[0] == sums[1] == 32
+    issues = [json.loads((r / "label_issues.json").read_text()) for r in (one, two)]
+    assert issues[0]["val"]["images"] == issues[1]["val"]["images"] == 21
 
     # Validate the same checkpoint with 1 and 2 processes: identical counts and metrics.
     best = str(one / "checkpoints" / "best.ckpt")

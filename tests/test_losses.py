@@ -59,7 +59,7 @@ def test_class_weights_and_label_smoothing_change_the_loss() -> None:
 
 def _step(model: ImageClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
     with pytest.warns(UserWarning, match="self.log"):  # no trainer: nothing to log to
-        return float(model.training_step((images, labels, torch.arange(len(labels))), 0))
+        return float(model.training_step((images, labels, torch.arange(len(labels))), 0)["loss"])
 
 
 def test_list_class_weights_reach_the_training_loss(image_folder: Path) -> None:

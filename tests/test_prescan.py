@@ -120,7 +120,9 @@ def test_a_stopped_scan_keeps_what_it_checked(
     monkeypatch.setattr(prescan, "_threads", lambda: 1)
     with pytest.raises(KeyboardInterrupt):
         _scan(folder)
-    rows = sqlite3.connect(cache_dir() / f"scan-v{VERSION}.sqlite").execute("SELECT count(*) FROM files")
+    rows = sqlite3.connect(cache_dir() / f"scan-v{VERSION}.sqlite").execute(
+        "SELECT count(*) FROM files"
+    )
     assert 0 < rows.fetchone()[0] <= 25
 
 
@@ -206,7 +208,10 @@ def test_a_new_cache_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     cache = ScanCache.open()
     assert cache.persistent
     assert stat.S_IMODE((tmp_path / "new" / "cache").stat().st_mode) == 0o700
-    assert stat.S_IMODE((tmp_path / "new" / "cache" / f"scan-v{VERSION}.sqlite").stat().st_mode) == 0o600
+    assert (
+        stat.S_IMODE((tmp_path / "new" / "cache" / f"scan-v{VERSION}.sqlite").stat().st_mode)
+        == 0o600
+    )
 
 
 def test_a_version_4_cache_is_migrated(image_folder: Path) -> None:

@@ -1,0 +1,355 @@
+"""``LabelIssues``: the images of train, val and test whose given label is probably wrong.
+
+Training images are scored by their area under the margin, accumulated from the logits
+``training_step`` computes anyway; validation and test images by confident learning on the
+calibrated probabilities of the epoch's evaluation (:mod:`classifier.label_scores`). No second
+training run and no extra pass over the data: the cost is an ``index_add`` per training batch on
+the device and a few matrix operations per evaluation epoch.
+
+Reads, through the documented contract: ``training_step``'s output ``{"loss", "logits"}``
+(``logits`` absent for batches mixed by MixUp/CutMix, which are skipped and counted), the
+evaluation steps' ``logits`` and ``indices``, the batch's labels, and
+:meth:`~classifier.contract.ImageData.files` / ``eval_image`` for the rows and pictures.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from classifier.contract import classifier_module, image_data
+from classifier.dist import gather_objects
+from classifier.figure_thread import submit_figure
+from classifier.files import run_dir, write_csv, write_json
+from classifier.label_scores import Suspects, confident_suspects, margin_suspects, margins
+from classifier.picture_grids import as_uint8, picture_grid, save_png
+from classifier.temperature import MIN_IMAGES, fit_temperature
+
+#: Columns of ``label_issues.csv``.
+COLUMNS = ("split", "path", "given", "suggested", "score")
+#: Splits in file order.
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class _Margins:
+    """Per training image: the sum of its margins, how many there are, and its latest
+    largest other class (-1: none yet)."""
+
+    sum: torch.Tensor
+    count: torch.Tensor
+    other: torch.Tensor
+
+    @staticmethod
+    def zeros(size: int, device: torch.device) -> _Margins:
+        """No margins yet for ``size`` images."""
+        return _Margins(
+            torch.zeros(size, dtype=torch.float64, device=device),
+            torch.zeros(size, dtype=torch.float64, device=device),
+            torch.full((size,), -1, dtype=torch.long, device=device),
+        )
+
+    def update(self, indices: torch.Tensor, margin: torch.Tensor, other: torch.Tensor) -> None:
+        """Add one batch's margins."""
+        self.sum.index_add_(0, indices, margin.double())
+        self.count.index_add_(0, indices, torch.ones_like(margin, dtype=torch.float64))
+        self.other[indices] = other
+
+    def add(self, more: _Margins) -> None:
+        """Add ``more``'s margins; its largest other classes replace these where known."""
+        device = self.sum.device
+        self.sum += more.sum.to(device)
+        self.count += more.count.to(device)
+        newer = more.other.to(device)
+        self.other = torch.where(newer >= 0, newer, self.other)
+
+
+class LabelIssues(Callback):
+    """Write ``label_issues.csv`` (``split, path, given, suggested, score``; most suspect
+    first within each split), ``label_issues.json`` (counts, method, cost) and
+    ``label_issues.png`` (the top suspects with given and suggested labels) into the run folder.
+
+    Training images: mean margin (given logit minus largest other) over every time they were
+    trained on; rows with a negative mean, lowest first. Validation (the last evaluated epoch of
+    fit) and test images: confident learning on probabilities calibrated by a temperature fitted
+    on the split's own logits; rows whose confident class differs from the given label, lowest
+    probability of the given label first. The training sums live in this callback's checkpoint
+    state, so a resumed run keeps them.
+
+    Args:
+        num_images: suspects per split shown in ``label_issues.png``.
+    """
+
+    def __init__(self, num_images: int = 8) -> None:
+        self.num_images = num_images
+        self._synced: _Margins | None = None
+        self._delta: _Margins | None = None
+        self._restored: dict[str, Any] | None = None
+        self._batches = {"used": 0, "mixed": 0}
+        self._eval: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._found: dict[str, Suspects] = {}
+        self._seconds = 0.0
+
+    # -- training images ------------------------------------------------------------------
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Size the per-image sums for the training split (kept from a resumed checkpoint
+        when it holds them for a split of the same size)."""
+        files = image_data(trainer).files("train")
+        size = len(files[0]) if files is not None else 0
+        device = pl_module.device
+        self._synced = _Margins.zeros(size, device)
+        self._delta = _Margins.zeros(size, device)
+        restored, self._restored = self._restored, None
+        if restored is not None and len(restored["sum"]) == size:
+            self._synced.add(_Margins(restored["sum"], restored["count"], restored["other"]))
+            self._batches = dict(restored["batches"])
+        elif restored is not None:
+            warnings.warn(
+                f"the checkpoint's label-issue sums are for {len(restored['sum'])} training "
+                f"images, this run has {size}: starting them again",
+                stacklevel=2,
+            )
+        self._found = {}
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Add each image's margin to its sum (on the device: no synchronisation)."""
+        if self._delta is None:
+            return
+        start = time.perf_counter()
+        logits = outputs.get("logits") if isinstance(outputs, dict) else None
+        if logits is None:
+            self._batches["mixed"] += 1
+            return
+        labels, indices = batch[1], batch[2]
+        keep = labels >= 0  # unreadable files carry a negative label
+        margin, other = margins(logits[keep], labels[keep])
+        self._delta.update(indices[keep], margin, other)
+        self._batches["used"] += 1
+        self._seconds += time.perf_counter() - start
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Add every process's sums of the epoch to the totals."""
+        self._sync(trainer)
+
+    def _sync(self, trainer: pl.Trainer) -> None:
+        """Move the sums since the last call, over every process, into the totals (every
+        process calls it, at the same hooks)."""
+        if self._delta is None or self._synced is None:
+            return
+        strategy = trainer.strategy
+        other = self._delta.other
+        if trainer.world_size > 1:
+            from classifier.dist import max_over_processes
+
+            other = max_over_processes(other).to(other.device)
+        reduced = _Margins(
+            strategy.reduce(self._delta.sum, reduce_op="sum"),
+            strategy.reduce(self._delta.count, reduce_op="sum"),
+            other,
+        )
+        self._synced.add(reduced)
+        self._delta = _Margins.zeros(len(other), other.device)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """The per-image sums: the totals of every process up to the last epoch end or
+        evaluation, and this process's since (with one process: all of them)."""
+        if self._synced is None or self._delta is None:
+            return dict(self._restored) if self._restored is not None else {}
+        total = _Margins(self._synced.sum.clone(), self._synced.count.clone(), self._synced.other)
+        total.add(self._delta)
+        return {
+            "sum": total.sum.cpu(),
+            "count": total.count.cpu(),
+            "other": total.other.cpu(),
+            "batches": dict(self._batches),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep a checkpoint's sums until ``on_fit_start`` knows the training split."""
+        if {"sum", "count", "other", "batches"} <= set(state_dict):
+            self._restored = state_dict
+
+    # -- validation and test images ---------------------------------------------------------
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Add the training sums so far to the totals (a checkpoint saved after this
+        evaluation holds them all); start collecting the epoch's logits."""
+        if trainer.state.fn == "fit":
+            self._sync(trainer)
+        self._eval = []
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Keep the batch's logits on the device (read back once, at the epoch's end)."""
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._keep(outputs, batch)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Score the epoch's validation images (the last epoch's are written)."""
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._score_eval(trainer, "val")
+
+    @override
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start collecting the test logits."""
+        self._eval = []
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Keep the batch's logits on the device."""
+        self._keep(outputs, batch)
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Score the test images and write the files (with the fit's rows, after a fit)."""
+        self._score_eval(trainer, "test")
+        self._write(trainer, pl_module)
+
+    def _keep(self, outputs: Any, batch: Any) -> None:
+        if isinstance(outputs, dict) and "logits" in outputs and "indices" in outputs:
+            self._eval.append((outputs["logits"].float(), batch[1], outputs["indices"]))
+
+    def _score_eval(self, trainer: pl.Trainer, split: str) -> None:
+        start = time.perf_counter()
+        collected, self._eval = self._eval, []
+        local = [tuple(torch.cat([c[i] for c in collected]).cpu() for i in range(3))]
+        parts = [p for part in gather_objects(local if collected else []) for p in part]
+        if not trainer.is_global_zero or not parts:
+            return
+        logits, labels, indices = (torch.cat([p[i] for p in parts]) for i in range(3))
+        # Several processes may evaluate an image twice (padded shards): keep one of each.
+        order = torch.argsort(indices, stable=True)
+        logits, labels, indices = logits[order], labels[order], indices[order]
+        first = torch.ones(len(indices), dtype=torch.bool)
+        first[1:] = indices[1:] != indices[:-1]
+        logits, labels, indices = logits[first], labels[first], indices[first]
+        known = labels >= 0
+        temperature = 1.0
+        if int(known.sum()) >= MIN_IMAGES:
+            temperature = fit_temperature(logits[known], labels[known])
+        found = confident_suspects((logits.double() / temperature).softmax(1), labels)
+        self._found[split] = Suspects(
+            indices[found.indices], found.suggested, found.scores, found.estimated
+        )
+        self._seconds += time.perf_counter() - start
+
+    # -- files ------------------------------------------------------------------------------
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Score the training images and write the files."""
+        if self._synced is None:
+            return
+        start = time.perf_counter()
+        self._sync(trainer)  # every process takes part
+        totals = self._synced
+        self._found["train"] = margin_suspects(totals.sum, totals.count, totals.other)
+        self._seconds += time.perf_counter() - start
+        if not trainer.interrupted:
+            self._write(trainer, pl_module)
+
+    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or not self._found:
+            return
+        data, names = image_data(trainer), classifier_module(pl_module).class_names
+        rows: list[tuple[str, str, str, str, float]] = []
+        summary: dict[str, dict[str, Any]] = {}
+        for split in (s for s in SPLITS if s in self._found):
+            files = data.files(split)
+            if files is None:
+                continue
+            paths, labels = files
+            found = self._found[split]
+            for index, suggested, score in zip(
+                found.indices.tolist(), found.suggested.tolist(), found.scores.tolist(), strict=True
+            ):
+                given = names[int(labels[index])]
+                rows.append((split, str(paths[index]), given, names[suggested], round(score, 4)))
+            summary[split] = {
+                "images": len(paths),
+                "suspects": len(found),
+                "method": "area under the margin" if split == "train" else "confident learning",
+            }
+            if found.estimated >= 0:
+                summary[split]["estimated_wrong"] = found.estimated
+        if "train" in summary:
+            summary["train"]["batches"] = dict(self._batches)
+        summary["seconds"] = {"scoring": round(self._seconds, 3)}
+        folder = run_dir(trainer)
+        write_csv(folder / "label_issues.csv", COLUMNS, rows)
+        write_json(folder / "label_issues.json", summary)
+        draw = partial(_draw, data, names, dict(self._found), folder, self.num_images)
+        submit_figure(f"label_issues@{id(self)}", draw)
+        mixed = self._batches["mixed"]
+        if mixed and "train" in summary:
+            used = self._batches["used"]
+            warnings.warn(
+                f"label issues: {mixed} of {mixed + used} training batches were mixed "
+                "(MixUp/CutMix) and not scored",
+                stacklevel=2,
+            )
+
+
+def _draw(
+    data: Any, names: list[str], found: dict[str, Suspects], folder: Path, count: int
+) -> None:
+    """``label_issues.png``: each split's top suspects as evaluated, given and suggested
+    labels (figure thread)."""
+    pictures, captions = [], []
+    for split, suspects in sorted(found.items(), key=lambda item: SPLITS.index(item[0])):
+        files = data.files(split)
+        if files is None:
+            continue
+        labels = files[1]
+        for index, suggested in zip(
+            suspects.indices[:count].tolist(), suspects.suggested[:count].tolist(), strict=True
+        ):
+            pictures.append(as_uint8(data.eval_image(split, index)))
+            captions.append(
+                f"{split}\ngiven: {names[int(labels[index])]}\nlikely: {names[suggested]}"
+            )
+    if not pictures:
+        return
+    title = "Probably mislabelled: given label, and the likelier class"
+    grid = picture_grid(pictures, captions, ["red"] * len(pictures), title)
+    save_png(grid, folder / "label_issues.png")

@@ -45,6 +45,7 @@ def bench_label_issues(tmp: Path) -> dict[str, Any]:
     val images within the top 2K val rows, and the scoring's share of the training time."""
     from classifier.demo_data import write_mnist
 
+    tmp.mkdir(parents=True, exist_ok=True)
     data = tmp / "flipped"
     moved = flipped_copy(write_mnist(REPO / "data" / "mnist"), data)
     command = [sys.executable, "-m", "classifier", "fit", "--config", "configs/quickstart.yaml"]

@@ -111,15 +111,13 @@ class LabelIssues(Callback):
         self._synced = _Margins.zeros(size, device)
         self._delta = _Margins.zeros(size, device)
         restored, self._restored = self._restored, None
-        if restored is not None and len(restored["sum"]) == size:
+        classes = len(classifier_module(pl_module).class_names)
+        problem = _state_problem(restored, size, classes) if restored is not None else None
+        if restored is not None and problem is None:
             self._synced.add(_Margins(restored["sum"], restored["count"], restored["other"]))
-            self._batches = dict(restored["batches"])
-        elif restored is not None:
-            warnings.warn(
-                f"the checkpoint's label-issue sums are for {len(restored['sum'])} training "
-                f"images, this run has {size}: starting them again",
-                stacklevel=2,
-            )
+            self._batches = {k: int(restored["batches"][k]) for k in ("used", "mixed")}
+        elif problem is not None:
+            warnings.warn(f"label issues: {problem}; starting the sums again", stacklevel=2)
         self._found = {}
 
     @override
@@ -328,6 +326,29 @@ class LabelIssues(Callback):
                 "(MixUp/CutMix) and not scored",
                 stacklevel=2,
             )
+
+
+def _state_problem(state: dict[str, Any], size: int, classes: int) -> str | None:
+    """What is wrong with a checkpoint's sums for ``size`` training images of ``classes``
+    classes (a checkpoint may come from someone else), or ``None``."""
+    tensors = [state.get(k) for k in ("sum", "count", "other")]
+    if not all(isinstance(t, torch.Tensor) and t.shape == (size,) for t in tensors):
+        return f"the checkpoint's sums are not for this run's {size} training images"
+    total, count, other = tensors
+    assert isinstance(total, torch.Tensor) and isinstance(count, torch.Tensor)
+    assert isinstance(other, torch.Tensor)
+    if not (total.is_floating_point() and count.is_floating_point()) or other.is_floating_point():
+        return "the checkpoint's sums have the wrong types"
+    if not (torch.isfinite(total).all() and (count >= 0).all() and torch.isfinite(count).all()):
+        return "the checkpoint's sums are not finite"
+    if not bool(((other >= -1) & (other < classes)).all()):
+        return f"the checkpoint names classes outside this run's {classes}"
+    batches = state.get("batches")
+    if not isinstance(batches, dict) or not all(
+        isinstance(batches.get(k), int) and batches[k] >= 0 for k in ("used", "mixed")
+    ):
+        return "the checkpoint's batch counts are malformed"
+    return None
 
 
 def _draw(

@@ -123,3 +123,20 @@ def test_planted_wrong_labels_are_found_in_train_and_val(tmp_path: Path) -> None
     assert summary["train"]["batches"]["used"] > 0 and "test" in summary
     assert (run / "label_issues.png").is_file()
     assert "Label issues" in (run / "report.html").read_text()
+
+
+def test_a_checkpoint_with_foreign_sums_is_not_trusted() -> None:
+    from classifier.label_issues import _state_problem
+
+    good = {
+        "sum": torch.zeros(3, dtype=torch.float64),
+        "count": torch.ones(3, dtype=torch.float64),
+        "other": torch.tensor([0, 1, -1]),
+        "batches": {"used": 1, "mixed": 0},
+    }
+    assert _state_problem(good, 3, 2) is None
+    assert "4 training images" in str(_state_problem(good, 4, 2))
+    assert "outside" in str(_state_problem({**good, "other": torch.tensor([0, 7, 1])}, 3, 2))
+    nan = {**good, "sum": torch.tensor([0.0, float("nan"), 1.0], dtype=torch.float64)}
+    assert "finite" in str(_state_problem(nan, 3, 2))
+    assert "malformed" in str(_state_problem({**good, "batches": {"used": "x"}}, 3, 2))

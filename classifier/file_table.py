@@ -66,6 +66,14 @@ class Paths(Sequence[Path]):
         start, end = self._offsets[index], self._offsets[index + 1]
         return self._data[start:end].tobytes()
 
+    def digest(self) -> str:
+        """A SHA-256 of every path in order (the buffer and its offsets: no object per path)."""
+        import hashlib
+
+        found = hashlib.sha256(self._data.tobytes())
+        found.update(np.ascontiguousarray(self._offsets, dtype=np.int64).tobytes())
+        return found.hexdigest()
+
     def all_raw(self) -> list[bytes]:
         """Every path as bytes, in order (one pass over the buffer)."""
         buffer, offsets = self._data.tobytes(), self._offsets.tolist()

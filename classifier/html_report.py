@@ -196,7 +196,16 @@ def _accept(run: Path, results: Path) -> str:
     return note + _table(header, rows) + f'<div class="pair">{images}</div>'
 
 
-def _labels(run: Path, results: Path, shown: int = 10) -> str:
+def _labels(run: Path, results: Path) -> str:
+    """The label-issues section; nothing when its files are missing or malformed (a run
+    folder may come from someone else: every value shown is escaped)."""
+    try:
+        return _label_section(run, results)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return ""
+
+
+def _label_section(run: Path, results: Path, shown: int = 10) -> str:
     summary = dict(read_json(run / "label_issues.json") or {})
     rows = read_csv(run / "label_issues.csv")
     if results != run and (tested := read_json(results / "label_issues.json") or {}):
@@ -219,9 +228,10 @@ def _labels(run: Path, results: Path, shown: int = 10) -> str:
     )
     batches = summary.get("train", {}).get("batches", {})
     if batches.get("mixed"):
+        mixed, used = int(batches["mixed"]), int(batches.get("used", 0))
         note += (
-            f"<p>{batches['mixed']} of {batches['mixed'] + batches.get('used', 0)} training "
-            "batches were mixed by MixUp/CutMix and not scored.</p>"
+            f"<p>{mixed} of {mixed + used} training batches were mixed by MixUp/CutMix and not "
+            "scored.</p>"
         )
     header = ("split", "images", "suspects", "estimated wrong")
     top = [r for s in splits for r in [r for r in rows if r.get("split") == s][:shown]]

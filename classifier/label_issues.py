@@ -14,14 +14,17 @@ evaluation steps' ``logits`` and ``indices``, the batch's labels, and
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
@@ -58,11 +61,14 @@ class _Margins:
             torch.full((size,), -1, dtype=torch.long, device=device),
         )
 
-    def update(self, indices: torch.Tensor, margin: torch.Tensor, other: torch.Tensor) -> None:
-        """Add one batch's margins."""
-        self.sum.index_add_(0, indices, margin.double())
-        self.count.index_add_(0, indices, torch.ones_like(margin, dtype=torch.float64))
-        self.other[indices] = other
+    def update(
+        self, indices: torch.Tensor, margin: torch.Tensor, other: torch.Tensor, keep: torch.Tensor
+    ) -> None:
+        """Add one batch's margins where ``keep`` (weights, not a mask: no device sync)."""
+        weight = keep.double()
+        self.sum.index_add_(0, indices, torch.where(keep, margin.double(), 0.0))
+        self.count.index_add_(0, indices, weight)
+        self.other.index_put_((indices,), torch.where(keep, other, self.other[indices]))
 
     def add(self, more: _Margins) -> None:
         """Add ``more``'s margins; its largest other classes replace these where known."""
@@ -96,8 +102,11 @@ class LabelIssues(Callback):
         self._restored: dict[str, Any] | None = None
         self._batches = {"used": 0, "mixed": 0}
         self._eval: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._found: dict[str, Suspects] = {}
         self._seconds = 0.0
+        self._scored = 0
+        self._split = ""
 
     # -- training images ------------------------------------------------------------------
 
@@ -107,12 +116,15 @@ class LabelIssues(Callback):
         when it holds them for a split of the same size)."""
         files = image_data(trainer).files("train")
         size = len(files[0]) if files is not None else 0
+        self._split = _split_digest(files)
         device = pl_module.device
         self._synced = _Margins.zeros(size, device)
         self._delta = _Margins.zeros(size, device)
         restored, self._restored = self._restored, None
         classes = len(classifier_module(pl_module).class_names)
         problem = _state_problem(restored, size, classes) if restored is not None else None
+        if restored is not None and problem is None and restored.get("split") != self._split:
+            problem = "the checkpoint's sums are for other training files or labels"
         if restored is not None and problem is None:
             self._synced.add(_Margins(restored["sum"], restored["count"], restored["other"]))
             self._batches = {k: int(restored["batches"][k]) for k in ("used", "mixed")}
@@ -138,9 +150,9 @@ class LabelIssues(Callback):
             self._batches["mixed"] += 1
             return
         labels, indices = batch[1], batch[2]
-        keep = labels >= 0  # unreadable files carry a negative label
-        margin, other = margins(logits[keep], labels[keep])
-        self._delta.update(indices[keep], margin, other)
+        keep = labels >= 0  # unreadable files carry a negative label: weight 0, no mask
+        margin, other = margins(logits, labels.clamp(min=0))
+        self._delta.update(indices, margin, other, keep)
         self._batches["used"] += 1
         self._seconds += time.perf_counter() - start
 
@@ -181,6 +193,7 @@ class LabelIssues(Callback):
             "count": total.count.cpu(),
             "other": total.other.cpu(),
             "batches": dict(self._batches),
+            "split": self._split,
         }
 
     @override
@@ -215,9 +228,9 @@ class LabelIssues(Callback):
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Score the epoch's validation images (the last epoch's are written)."""
+        """Keep the epoch's logits on the device: the last epoch's are scored when fit ends."""
         if not trainer.sanity_checking and trainer.state.fn == "fit":
-            self._score_eval(trainer, "val")
+            self._val, self._eval = self._eval, []
 
     @override
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -240,18 +253,28 @@ class LabelIssues(Callback):
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Score the test images and write the files (with the fit's rows, after a fit)."""
-        self._score_eval(trainer, "test")
+        collected, self._eval = self._eval, []
+        self._score_eval(trainer, "test", collected)
         self._write(trainer, pl_module)
 
     def _keep(self, outputs: Any, batch: Any) -> None:
         if isinstance(outputs, dict) and "logits" in outputs and "indices" in outputs:
             self._eval.append((outputs["logits"].float(), batch[1], outputs["indices"]))
 
-    def _score_eval(self, trainer: pl.Trainer, split: str) -> None:
+    def _score_eval(
+        self,
+        trainer: pl.Trainer,
+        split: str,
+        collected: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    ) -> None:
+        """Gather ``collected`` from every process (each calls it) and score it on rank 0."""
         start = time.perf_counter()
-        collected, self._eval = self._eval, []
-        local = [tuple(torch.cat([c[i] for c in collected]).cpu() for i in range(3))]
-        parts = [p for part in gather_objects(local if collected else []) for p in part]
+        local = (
+            [tuple(torch.cat([c[i] for c in collected]).cpu() for i in range(3))]
+            if collected
+            else []
+        )
+        parts = [p for part in gather_objects(local) for p in part]
         if not trainer.is_global_zero or not parts:
             return
         logits, labels, indices = (torch.cat([p[i] for p in parts]) for i in range(3))
@@ -278,10 +301,13 @@ class LabelIssues(Callback):
         """Score the training images and write the files."""
         if self._synced is None:
             return
+        collected, self._val = self._val, []
+        self._score_eval(trainer, "val", collected)  # every process takes part
         start = time.perf_counter()
-        self._sync(trainer)  # every process takes part
+        self._sync(trainer)
         totals = self._synced
         self._found["train"] = margin_suspects(totals.sum, totals.count, totals.other)
+        self._scored = int((totals.count > 0).sum())
         self._seconds += time.perf_counter() - start
         if not trainer.interrupted:
             self._write(trainer, pl_module)
@@ -311,7 +337,8 @@ class LabelIssues(Callback):
             if found.estimated >= 0:
                 summary[split]["estimated_wrong"] = found.estimated
         if "train" in summary:
-            summary["train"]["batches"] = dict(self._batches)
+            summary["train"]["scored_images"] = self._scored
+            summary["train"]["batches"] = dict(self._batches)  # rank 0's
         summary["seconds"] = {"scoring": round(self._seconds, 3)}
         folder = run_dir(trainer)
         write_csv(folder / "label_issues.csv", COLUMNS, rows)
@@ -328,6 +355,20 @@ class LabelIssues(Callback):
             )
 
 
+def _split_digest(files: tuple[Sequence[Path], Any] | None) -> str:
+    """A digest of the training files and their labels, in order: a checkpoint's sums belong
+    to the images at the same positions only while it matches (files moved to another class,
+    renamed, added or removed change it)."""
+    if files is None:
+        return ""
+    from classifier.file_table import Paths
+
+    paths = files[0] if isinstance(files[0], Paths) else Paths.of(files[0])
+    digest = hashlib.sha256(paths.digest().encode())
+    digest.update(np.asarray(files[1], dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
 def _state_problem(state: dict[str, Any], size: int, classes: int) -> str | None:
     """What is wrong with a checkpoint's sums for ``size`` training images of ``classes``
     classes (a checkpoint may come from someone else), or ``None``."""
@@ -339,10 +380,13 @@ def _state_problem(state: dict[str, Any], size: int, classes: int) -> str | None
     assert isinstance(other, torch.Tensor)
     if not (total.is_floating_point() and count.is_floating_point()) or other.is_floating_point():
         return "the checkpoint's sums have the wrong types"
-    if not (torch.isfinite(total).all() and (count >= 0).all() and torch.isfinite(count).all()):
+    # One class has no other logit: its margins are +inf, which is no reason to refuse.
+    if torch.isnan(total).any() or not ((count >= 0).all() and torch.isfinite(count).all()):
         return "the checkpoint's sums are not finite"
     if not bool(((other >= -1) & (other < classes)).all()):
         return f"the checkpoint names classes outside this run's {classes}"
+    if bool(((count > 0) & (other < 0)).any()):
+        return "the checkpoint has margins without their largest other class"
     batches = state.get("batches")
     if not isinstance(batches, dict) or not all(
         isinstance(batches.get(k), int) and batches[k] >= 0 for k in ("used", "mixed")

@@ -99,8 +99,7 @@ def confident_suspects(probs: torch.Tensor, labels: torch.Tensor) -> Suspects:
     above = torch.where(probs >= thresholds, probs, -1.0)
     best, confident = above.max(1)
     flagged = known & (best >= 0) & (confident != given)
-    usable = torch.where(counts > 0, probs, -1.0)
-    predicted = usable.argmax(1)
+    predicted = probs.argmax(1)  # any class, also one this split has no images of
     suspect = flagged | (known & (predicted != given))
     suggested = torch.where(flagged, confident, predicted)
     chosen = torch.nonzero(suspect)[:, 0]

@@ -130,13 +130,49 @@ def test_a_checkpoint_with_foreign_sums_is_not_trusted() -> None:
 
     good = {
         "sum": torch.zeros(3, dtype=torch.float64),
-        "count": torch.ones(3, dtype=torch.float64),
+        "count": torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64),
         "other": torch.tensor([0, 1, -1]),
         "batches": {"used": 1, "mixed": 0},
     }
     assert _state_problem(good, 3, 2) is None
     assert "4 training images" in str(_state_problem(good, 4, 2))
     assert "outside" in str(_state_problem({**good, "other": torch.tensor([0, 7, 1])}, 3, 2))
-    nan = {**good, "sum": torch.tensor([0.0, float("nan"), 1.0], dtype=torch.float64)}
+    nan = {**good, "sum": torch.tensor([0.0, float("nan"), 0.0], dtype=torch.float64)}
     assert "finite" in str(_state_problem(nan, 3, 2))
+    unnamed = {**good, "count": torch.ones(3, dtype=torch.float64)}
+    assert "largest other" in str(_state_problem(unnamed, 3, 2))
     assert "malformed" in str(_state_problem({**good, "batches": {"used": "x"}}, 3, 2))
+
+
+def test_a_class_the_split_lacks_can_still_be_the_suggestion() -> None:
+    probs = torch.tensor([[0.3, 0.0, 0.7]] + [[0.9, 0.05, 0.05]] * 4 + [[0.1, 0.8, 0.1]] * 3)
+    found = confident_suspects(probs, torch.tensor([0] * 5 + [1] * 3))
+    assert found.indices.tolist() == [0] and found.suggested.tolist() == [2]
+
+
+def test_the_report_section_escapes_and_survives_a_foreign_run_folder(tmp_path: Path) -> None:
+    from classifier.html_report import _labels
+
+    script = "<script>alert(1)</script>"
+    run = tmp_path / "run"
+    run.mkdir()
+    summary = {"train": {"images": 1, "suspects": 1, "batches": {"mixed": script, "used": 1}}}
+    (run / "label_issues.json").write_text(json.dumps(summary))
+    assert "<script>" not in _labels(run, run)
+    (run / "label_issues.json").write_text(json.dumps({"val": {"images": script, "suspects": 1}}))
+    (run / "label_issues.csv").write_text(f"split,path,given,suggested,score\nval,{script},a,b,0\n")
+    page = _labels(run, run)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    for broken in ('{"train": {}}', '{"train": {"images": 1, "suspects": 0, "batches": []}}', "[]"):
+        (run / "label_issues.json").write_text(broken)
+        assert _labels(run, run) == ""
+
+
+def test_sums_are_kept_only_for_the_same_training_files_and_labels() -> None:
+    from classifier.label_issues import _split_digest
+
+    paths = [Path("train/cat/a.jpg"), Path("train/dog/b.jpg")]
+    same = _split_digest((paths, torch.tensor([0, 1]).numpy()))
+    assert same == _split_digest((list(paths), [0, 1]))
+    assert same != _split_digest((paths, [1, 1]))  # a label changed
+    assert same != _split_digest((paths[::-1], [1, 0]))  # another order

@@ -156,11 +156,6 @@ class LabelIssues(Callback):
         self._batches["used"] += 1
         self._seconds += time.perf_counter() - start
 
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Add every process's sums of the epoch to the totals."""
-        self._sync(trainer)
-
     def _sync(self, trainer: pl.Trainer) -> None:
         """Move the sums since the last call, over every process, into the totals (every
         process calls it, at the same hooks)."""
@@ -182,8 +177,10 @@ class LabelIssues(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        """The per-image sums: the totals of every process up to the last epoch end or
-        evaluation, and this process's since (with one process: all of them)."""
+        """The per-image sums: the totals of every process up to the last evaluation, and
+        this process's since (with one process: all of them). Summed at the start of each
+        evaluation and when fit ends, where every process is; never at an epoch's end, where
+        a progress bar on rank 0 alone may be syncing metrics."""
         if self._synced is None or self._delta is None:
             return dict(self._restored) if self._restored is not None else {}
         total = _Margins(self._synced.sum.clone(), self._synced.count.clone(), self._synced.other)

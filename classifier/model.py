@@ -12,9 +12,11 @@ from typing_extensions import override
 from classifier.backbone import Runner, create_backbone
 from classifier.contract import optional_image_data
 from classifier.errors import UserError
+from classifier.loss_window import LossWindow
 from classifier.losses import cross_entropy, mixed_cross_entropy, mixing
 from classifier.metrics import summary_metrics
 from classifier.optim import Schedule, optimization, stepping_batches
+from classifier.sam import SAM, check_sam_trainer
 from classifier.selective import Distance, Selector, features_and_logits
 from classifier.stage_metrics import StageMetrics, warn_unreadable
 from classifier.transforms import Preprocessing, tta_views
@@ -43,11 +45,14 @@ class ImageClassifier(pl.LightningModule):
         drop_rate: dropout before the classifier head.
         drop_path_rate: stochastic depth rate (ConvNeXt/ViT/ResNet in timm).
         label_smoothing: cross-entropy label smoothing (0.1 is a common choice).
-        optimizer: ``adamw`` or ``sgd`` (with Nesterov momentum); bias and norm weights get no
-            weight decay.
+        optimizer: ``adamw``, ``sgd`` (with Nesterov momentum) or ``sam`` (sharpness-aware
+            steps of ``sam_base``); bias and norm weights get no weight decay.
         lr: peak learning rate, reached after warm-up.
         weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
         momentum: SGD momentum (ignored by AdamW).
+        sam_base: with ``optimizer: sam``, the optimizer that takes SAM's steps.
+        sam_rho: with ``optimizer: sam``, the neighbourhood radius (two forward-backward
+            passes per step; not with ``16-mixed`` precision or gradient accumulation).
         scheduler: ``cosine`` decay to ``min_lr_ratio * lr``, ``multistep`` decay by ``gamma``
             at ``milestones``, or ``constant``; all stepped per optimizer step.
         warmup_epochs: linear warm-up length in epochs (fractions allowed).
@@ -70,8 +75,6 @@ class ImageClassifier(pl.LightningModule):
     """
 
     class_weights: torch.Tensor
-    _finite: torch.Tensor
-    _loss_window: torch.Tensor
     model: torch.nn.Module
 
     def __init__(
@@ -82,10 +85,12 @@ class ImageClassifier(pl.LightningModule):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         label_smoothing: float = 0.0,
-        optimizer: Literal["adamw", "sgd"] = "adamw",
+        optimizer: Literal["adamw", "sgd", "sam"] = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         momentum: float = 0.9,
+        sam_base: Literal["adamw", "sgd"] = "sgd",
+        sam_rho: float = 0.05,
         scheduler: Schedule = "cosine",
         warmup_epochs: float = 0.0,
         min_lr_ratio: float = 0.0,
@@ -118,10 +123,11 @@ class ImageClassifier(pl.LightningModule):
         self._distances: list[Distance] = []
         #: Runs the network, compiled once ``compile`` asks for it.
         self._runner = Runner()
-        self.register_buffer("_finite", torch.ones((), dtype=torch.bool), persistent=False)
-        self.register_buffer("_loss_window", torch.zeros(()), persistent=False)
-        self._window_steps = 0
+        self.loss_window = LossWindow()
         self._reported_step = 0
+        self._unreadable_epoch: int | None = None
+        self._sam: SAM | None = None
+        self._sam_first: tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]] | None = None
         self.mixup_fn = mixing(mixup, cutmix, self.num_classes)
         self.train_top1 = summary_metrics(self.num_classes)["top1"]
         # In checkpoints, so an epoch resumed mid-way reports accuracy over all its batches.
@@ -182,6 +188,14 @@ class ImageClassifier(pl.LightningModule):
             if weights is not None:
                 self.class_weights.copy_(weights)
 
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of hard labels or (floating-point) mixed targets."""
+        weight = self.class_weights if self.use_class_weights else None
+        smoothing = self.hparams["label_smoothing"]
+        if targets.is_floating_point():
+            return mixed_cross_entropy(logits, targets, weight, smoothing)
+        return cross_entropy(logits, targets, weight, smoothing)
+
     def _mixing(self, batch_size: int) -> bool:
         off = self.hparams["mixup_off_epoch"]
         on = off is None or self.current_epoch < off
@@ -191,27 +205,29 @@ class ImageClassifier(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """Cross-entropy with label smoothing and class weights, of hard or mixed targets
         (normalised alike, see :mod:`classifier.losses`): ``{"loss", "logits"}``, without
-        ``logits`` for a mixed batch (its logits belong to no single label)."""
+        ``logits`` for a mixed batch (its logits belong to no single label). SAM's second
+        pass reuses the first pass's inputs and outputs and logs nothing."""
+        if self._sam is not None and self._sam.perturbed and self._sam_first is not None:
+            inputs, replayed, first = self._sam_first
+            self._sam_first = None
+            return {**first, "loss": self._loss(self(inputs), replayed)}
         images, labels, _ = batch
-        weight = self.class_weights if self.use_class_weights else None
-        smoothing = self.hparams["label_smoothing"]
+        targets = labels
         if self._mixing(len(images)):
-            images, mix = self.mixup_fn(images, labels)
-            loss = mixed_cross_entropy(self(images), mix, weight, smoothing)
+            images, targets = self.mixup_fn(images, labels)
+            loss = self._loss(self(images), targets)
             out = {"loss": loss}
         else:
             logits = self(images)
-            loss = cross_entropy(logits, labels, weight, smoothing)
+            loss = self._loss(logits, labels)
             self.train_top1.update(logits.detach(), labels)
             self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
             out = {"loss": loss, "logits": logits.detach()}
+        if self._sam is not None:
+            self._sam_first = (images, targets, {k: v for k, v in out.items() if k != "loss"})
         # Loggers read it every log interval; the bar shows the interval mean (see below).
         self.log("train/loss", loss, on_step=True, on_epoch=True)
-        # On device, no sync: read every log interval and before any checkpoint is saved.
-        detached = loss.detach().float()
-        self._finite &= torch.isfinite(detached)
-        self._loss_window += detached
-        self._window_steps += 1
+        self.loss_window.add(loss)  # on device, no sync: read every log interval
         return out
 
     @override
@@ -225,20 +241,17 @@ class ImageClassifier(pl.LightningModule):
         # Lightning's loggers write at the same optimizer steps.
         step = self.trainer.global_step
         every = max(1, int(getattr(self.trainer, "log_every_n_steps", 50)))
-        if step % every or step == self._reported_step or not self._window_steps:
+        if step % every or step == self._reported_step or not self.loss_window.steps:
             return
         self._reported_step = step
-        mean = self._loss_window / self._window_steps
-        mean, finite = torch.stack([mean, self._finite.float()]).tolist()
-        self._loss_window.zero_()
-        self._window_steps = 0
+        mean, finite = self.loss_window.take()
         if not finite:
             raise self._nonfinite_error()
         self.log("loss", torch.tensor(mean), prog_bar=True, logger=False)
 
     def check_finite(self) -> None:
         """Raise :class:`NonFiniteLossError` if any loss since the start was NaN/inf."""
-        if not bool(self._finite):
+        if not self.loss_window.all_finite():
             raise self._nonfinite_error()
 
     def _nonfinite_error(self) -> NonFiniteLossError:
@@ -332,7 +345,11 @@ class ImageClassifier(pl.LightningModule):
     @override
     def configure_optimizers(self) -> Any:
         """timm's optimizer factory (no decay on norms/biases) and a per-step LR schedule."""
-        return optimization(self.model, self.hparams, *self._stepping_batches())
+        found = optimization(self.model, self.hparams, *self._stepping_batches())
+        self._sam = found["optimizer"] if isinstance(found["optimizer"], SAM) else None
+        if self._sam is not None:
+            check_sam_trainer(self.trainer)
+        return found
 
     def _stepping_batches(self) -> tuple[int, int]:
         data = optional_image_data(self.trainer)
@@ -403,9 +420,27 @@ class ImageClassifier(pl.LightningModule):
 
     @override
     def on_train_epoch_end(self) -> None:
-        """Report training images that failed to load this epoch (``train/unreadable``)."""
+        """Log training images that failed to load this epoch (``train/unreadable``, summed
+        over processes by Lightning with the epoch's other metrics: a collective of its own
+        here could meet the progress bar's metric sync on rank 0 alone and hang DDP)."""
         data = optional_image_data(self.trainer)
         local = data.new_failures("train") if data is not None else 0
-        # On the module's device: NCCL (GPU DDP) has no CPU tensors.
-        total = torch.tensor(local, device=self.device)
-        self._log_unreadable("train", int(self.trainer.strategy.reduce(total, reduce_op="sum")))
+        self.log("train/unreadable", float(local), reduce_fx="sum", sync_dist=True)
+        self._unreadable_epoch = self.current_epoch
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        """Warn about the previous epoch's unreadable training images."""
+        self._warn_train_unreadable()
+
+    @override
+    def on_train_end(self) -> None:
+        """Warn about the last epoch's unreadable training images."""
+        self._warn_train_unreadable()
+
+    def _warn_train_unreadable(self) -> None:
+        if self._unreadable_epoch is None:
+            return
+        self._unreadable_epoch = None
+        count = self.trainer.callback_metrics.get("train/unreadable")
+        warn_unreadable("train", int(count) if count is not None else 0)

@@ -63,18 +63,24 @@ def optimization(
     net: Any, hparams: Mapping[str, Any], steps_per_epoch: int, total_steps: int
 ) -> dict[str, Any]:
     """Lightning's ``configure_optimizers`` answer for ``net``: timm's optimizer factory (no
-    weight decay on norms and biases; ``sgd`` is SGD with Nesterov momentum) and
+    weight decay on norms and biases; ``sgd`` is SGD with Nesterov momentum; ``sam`` wraps
+    ``sam_base`` in :class:`~classifier.sam.SAM`) and
     :func:`lr_multiplier` stepped every optimizer step, from the model's ``hparams``."""
     from timm.optim import create_optimizer_v2
     from torch.optim.lr_scheduler import LambdaLR
 
+    from classifier.sam import SAM
+
+    sam = hparams["optimizer"] == "sam"
     optimizer = create_optimizer_v2(
         net,
-        opt=hparams["optimizer"],
+        opt=hparams.get("sam_base", "sgd") if sam else hparams["optimizer"],
         lr=hparams["lr"],
         weight_decay=hparams["weight_decay"],
         momentum=hparams["momentum"],
     )
+    if sam:
+        optimizer = SAM(optimizer, hparams.get("sam_rho", 0.05))
     factor = lr_multiplier(
         hparams["scheduler"],
         total_steps=total_steps,

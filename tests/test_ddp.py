@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import FULL, classifier_process, make_folder, run_cli
+from tests.conftest import CONF, FULL, classifier_process, make_folder, run_cli
 
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 
@@ -84,3 +84,14 @@ def test_ddp_metrics_confusion_and_weighted_shards_match_one_process(tmp_path: P
         assert (alone_dir / name).read_text() == (together_dir / name).read_text(), name
     matrix = (together_dir / "confusion_matrix_val.csv").read_text().splitlines()[1:]
     assert sum(int(v) for row in matrix for v in row.split(",")[1:]) == 21
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_trains_with_sam_and_scores_every_training_image(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "data", counts={"train": 16, "val": 6})
+    args = ["fit", "--config", str(CONF / "tiny.yaml"), "--data.data_dir", str(data), *DDP]
+    args += ["--model.optimizer", "sam", "--trainer.callbacks+=classifier.LabelIssues"]
+    _classifier(args, tmp_path)
+    issues = json.loads((_only_run(tmp_path) / "label_issues.json").read_text())
+    assert issues["train"]["scored_images"] == issues["train"]["images"] == 48  # both processes

@@ -35,12 +35,21 @@ def _losses(run: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("probe", "status"), [("KillAt", -9), ("TermAt", 143)])
+@pytest.mark.parametrize(
+    ("probe", "status", "extra"),
+    [
+        ("KillAt", -9, []),
+        ("TermAt", 143, []),
+        ("TermAt", 143, ["--model.optimizer", "sam", "--model.sam_base", "adamw"]),
+    ],
+    ids=["sigkill", "sigterm", "sigterm-sam"],
+)
 def test_stop_mid_epoch_then_resume_is_bitwise_equal(
-    image_folder: Path, tmp_path: Path, probe: str, status: int
+    image_folder: Path, tmp_path: Path, probe: str, status: int, extra: list[str]
 ) -> None:
-    """SIGKILL resumes from the last epoch end; SIGTERM saves and resumes mid-epoch."""
-    data = ["--data.data_dir", str(image_folder)]
+    """SIGKILL resumes from the last epoch end; SIGTERM saves and resumes mid-epoch (also
+    with SAM: its base optimizer's state is the checkpoint's)."""
+    data = ["--data.data_dir", str(image_folder), *extra]
     whole: Any = run_cli("fit", *ARGS, *data)
 
     killed = classifier_process(

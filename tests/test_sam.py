@@ -1,0 +1,104 @@
+"""Sharpness-aware minimisation: two passes per step, the base optimizer's state, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from classifier.errors import ConfigError
+from classifier.sam import SAM, check_sam_trainer
+from tests.conftest import make_folder, run_cli, tiny
+
+
+def _problem() -> tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    return torch.nn.Linear(4, 3), torch.randn(16, 4), torch.randint(3, (16,))
+
+
+def test_a_step_takes_the_gradient_at_the_perturbed_weights() -> None:
+    net, x, y = _problem()
+    start = [p.detach().clone() for p in net.parameters()]
+    rho, lr = 0.05, 0.1
+    optimizer = SAM(torch.optim.SGD(net.parameters(), lr=lr), rho=rho)
+    calls = []
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()  # type: ignore[no-untyped-call]
+        calls.append(optimizer.perturbed)
+        return loss
+
+    optimizer.step(closure)
+    assert calls == [False, True]  # two forward-backward passes, the second perturbed
+
+    # The same step by hand: gradient g at w, gradient at w + rho g/|g|, applied at w.
+    reference, _, _ = _problem()
+    loss = torch.nn.functional.cross_entropy(reference(x), y)
+    grads = torch.autograd.grad(loss, list(reference.parameters()))
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+    with torch.no_grad():
+        for p, g in zip(reference.parameters(), grads, strict=True):
+            p.add_(g * rho / norm)
+    loss = torch.nn.functional.cross_entropy(reference(x), y)
+    sharp = torch.autograd.grad(loss, list(reference.parameters()))
+    for p, w, g in zip(net.parameters(), start, sharp, strict=True):
+        assert torch.allclose(p, w - lr * g, atol=1e-6)
+
+
+def test_the_checkpoint_holds_the_base_optimizers_state() -> None:
+    net, x, y = _problem()
+    optimizer = SAM(torch.optim.AdamW(net.parameters(), lr=0.01), rho=0.05)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    optimizer.step(closure)
+    saved = optimizer.state_dict()
+    assert saved == optimizer.base.state_dict() and saved["state"]  # Adam's moments
+    other = SAM(torch.optim.AdamW(net.parameters(), lr=0.01), rho=0.05)
+    other.load_state_dict(saved)
+    assert torch.equal(
+        other.base.state[next(net.parameters())]["exp_avg"], saved["state"][0]["exp_avg"]
+    )
+    for group in other.param_groups:  # a schedule changes the base's learning rate
+        group["lr"] = 0.5
+    assert other.base.param_groups[0]["lr"] == 0.5
+
+
+def test_settings_sam_cannot_honour_are_refused() -> None:
+    with pytest.raises(ConfigError, match="bf16-mixed"):
+        check_sam_trainer(SimpleNamespace(precision="16-mixed", accumulate_grad_batches=1))
+    with pytest.raises(ConfigError, match="accumulate_grad_batches"):
+        check_sam_trainer(SimpleNamespace(precision="32-true", accumulate_grad_batches=2))
+    check_sam_trainer(SimpleNamespace(precision="bf16-mixed", accumulate_grad_batches=1))
+    with pytest.raises(RuntimeError, match="closure"):
+        SAM(torch.optim.SGD(_problem()[0].parameters(), lr=0.1)).step()
+
+
+@pytest.mark.slow
+def test_sam_trains_with_clipping_bf16_and_ema(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "data", counts={"train": 24, "val": 10})
+    cli: Any = run_cli(
+        *tiny("fit", data, "--trainer.max_epochs", "5"),
+        "--model.optimizer=sam",
+        "--model.sam_base=adamw",
+        "--trainer.gradient_clip_val=1.0",
+        "--trainer.precision=bf16-mixed",
+        "--trainer.callbacks+=classifier.EMA",
+        "--trainer.callbacks+=classifier.LabelIssues",
+    )
+    assert cli.trainer.global_step == 5 * 9  # one optimizer step per batch (72 images / 8)
+    top1 = float(cli.trainer.callback_metrics["val/top1"])
+    assert top1 > 0.6  # three classes: chance is 1/3
+    run = Path(cli.trainer.log_dir)
+    issues = json.loads((run / "label_issues.json").read_text())
+    assert issues["train"]["scored_images"] == 72  # margins from the first pass of each step

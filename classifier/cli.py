@@ -390,9 +390,12 @@ def main(args: list[str] | None = None) -> Any:
 
 def entry() -> None:
     """The ``classifier`` command: user errors as one ``error:`` line (status 1), SIGTERM as
-    status 143 (``SystemExit``)."""
+    status 143 (``SystemExit``). Lightning's ``MisconfigurationException`` (settings that
+    contradict each other) is a user error too."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     try:
-        with one_line_errors():
+        with one_line_errors(MisconfigurationException):
             main()
     except SIGTERMException:
         sys.exit(SIGTERM_EXIT_CODE)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO, run_cli, tiny
+from tests.conftest import REPO, classifier_process, make_folder, run_cli, tiny
 
 
 def _run_folder(cli: object) -> Path:
@@ -218,4 +218,17 @@ def test_the_installed_command_reports_a_user_error_with_status_1(tmp_path: Path
     )
     assert result.returncode == 1, result.stderr
     assert [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in result.stderr
+
+
+def test_contradicting_trainer_settings_are_one_line(tmp_path: Path) -> None:
+    """Lightning refuses a progress bar callback with ``enable_progress_bar false``."""
+    config = REPO / "configs" / "quickstart.yaml"
+    data = make_folder(tmp_path / "data", counts={"train": 2, "val": 1})
+    result = classifier_process(
+        "validate", "--config", str(config), "--data.data_dir", str(data),
+        "--trainer.enable_progress_bar", "false", cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "error: " in result.stderr and "RichProgressBar" in result.stderr
     assert "Traceback" not in result.stderr

@@ -327,17 +327,12 @@ def _gathered(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every process's collected (logits, labels) batches, on the CPU, without unreadable
     files (label < 0). Every process must call it."""
-    from classifier.dist import gather_objects
+    from classifier.dist import gather_batches
 
-    local = (
-        torch.cat([c[0] for c in collected]).cpu() if collected else torch.empty(0, 0),
-        torch.cat([c[1] for c in collected]).cpu() if collected else torch.empty(0).long(),
-    )
-    parts = [p for p in gather_objects(local) if len(p[1])]
-    if not parts:
-        return local
-    logits = torch.cat([p[0] for p in parts])
-    labels = torch.cat([p[1] for p in parts])
+    found = gather_batches(collected)
+    if found is None:
+        return torch.empty(0, 0), torch.empty(0).long()
+    logits, labels = found
     keep = labels >= 0
     return logits[keep], labels[keep]
 

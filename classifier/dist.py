@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -17,6 +18,21 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(out, obj)
     return out
+
+
+def gather_batches(
+    batches: Sequence[tuple[torch.Tensor, ...]],
+) -> tuple[torch.Tensor, ...] | None:
+    """Every process's ``batches`` (tuples of tensors, one per column), each column
+    concatenated on the CPU in rank order; ``None`` when no process has any.
+
+    Every rank must call it.
+    """
+    local = tuple(torch.cat(column).cpu() for column in zip(*batches, strict=True)) or None
+    parts = [p for p in gather_objects(local) if p is not None]
+    if not parts:
+        return None
+    return tuple(torch.cat(column) for column in zip(*parts, strict=True))
 
 
 def max_over_processes(tensor: torch.Tensor) -> torch.Tensor:

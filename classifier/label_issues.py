@@ -30,7 +30,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from classifier.contract import classifier_module, image_data
-from classifier.dist import gather_objects
+from classifier.dist import gather_batches
 from classifier.figure_thread import submit_figure
 from classifier.files import run_dir, write_csv, write_json
 from classifier.label_scores import Suspects, confident_suspects, margin_suspects, margins
@@ -266,15 +266,10 @@ class LabelIssues(Callback):
     ) -> None:
         """Gather ``collected`` from every process (each calls it) and score it on rank 0."""
         start = time.perf_counter()
-        local = (
-            [tuple(torch.cat([c[i] for c in collected]).cpu() for i in range(3))]
-            if collected
-            else []
-        )
-        parts = [p for part in gather_objects(local) for p in part]
-        if not trainer.is_global_zero or not parts:
+        found = gather_batches(collected)
+        if not trainer.is_global_zero or found is None:
             return
-        logits, labels, indices = (torch.cat([p[i] for p in parts]) for i in range(3))
+        logits, labels, indices = found
         # Several processes may evaluate an image twice (padded shards): keep one of each.
         order = torch.argsort(indices, stable=True)
         logits, labels, indices = logits[order], labels[order], indices[order]
@@ -285,9 +280,9 @@ class LabelIssues(Callback):
         temperature = 1.0
         if int(known.sum()) >= MIN_IMAGES:
             temperature = fit_temperature(logits[known], labels[known])
-        found = confident_suspects((logits.double() / temperature).softmax(1), labels)
+        suspects = confident_suspects((logits.double() / temperature).softmax(1), labels)
         self._found[split] = Suspects(
-            indices[found.indices], found.suggested, found.scores, found.estimated
+            indices[suspects.indices], suspects.suggested, suspects.scores, suspects.estimated
         )
         self._seconds += time.perf_counter() - start
 

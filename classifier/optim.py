@@ -74,13 +74,13 @@ def optimization(
     sam = hparams["optimizer"] == "sam"
     optimizer = create_optimizer_v2(
         net,
-        opt=hparams.get("sam_base", "sgd") if sam else hparams["optimizer"],
+        opt=hparams["sam_base"] if sam else hparams["optimizer"],
         lr=hparams["lr"],
         weight_decay=hparams["weight_decay"],
         momentum=hparams["momentum"],
     )
     if sam:
-        optimizer = SAM(optimizer, hparams.get("sam_rho", 0.05))
+        optimizer = SAM(optimizer, hparams["sam_rho"])
     factor = lr_multiplier(
         hparams["scheduler"],
         total_steps=total_steps,

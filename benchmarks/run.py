@@ -267,7 +267,7 @@ def bench_duplicates() -> dict[str, float]:
     banded index's speed-up over all pairs measured on 8,000 of them."""
     import numpy as np
 
-    from classifier.health import near_pairs
+    from classifier.perceptual_hash import near_pairs
 
     rng = np.random.default_rng(0)
     hashes = rng.integers(0, 2**63, 100_000, dtype=np.uint64) * 2
@@ -286,7 +286,7 @@ def bench_duplicates() -> dict[str, float]:
         REPEATS,
     )
     # Skewed: 30 % nearly flat pictures, whose hashes have few bits set. They are compared byte
-    # for byte only (health.informative), so the search stays fast.
+    # for byte only (perceptual_hash.informative), so the search stays fast.
     from classifier.health import ImageRecord, duplicate_groups
 
     flat = np.zeros(30_000, dtype=np.uint64)
@@ -309,6 +309,7 @@ def main() -> None:
     from benchmarks.make_data import make
     from benchmarks.scan import bench_first_run, bench_loader_memory, bench_warm_start
     from benchmarks.selective import bench_selective, table
+    from benchmarks.small_copies import bench_small_copies
     from benchmarks.whole import bench_whole
 
     # BENCH_WHOLE_EPOCHS="4 20": whole-command runs (the 20-epoch one takes ~10 minutes here,
@@ -328,6 +329,7 @@ def main() -> None:
             ("label_issues_demo", lambda: bench_label_issues(Path(tmp) / "labels")),
             ("help_vs_import", bench_help),
             ("duplicates", bench_duplicates),
+            ("small_copies", bench_small_copies),
             ("auroc_1000_classes", bench_auroc),
             ("scan_first_run_vs_decode", lambda: bench_first_run(Path(tmp))),
             ("warm_start_100k_vs_1k", lambda: bench_warm_start(Path(tmp))),
@@ -366,6 +368,8 @@ def main() -> None:
         "label_issues_demo.cost": ("cost_share", "<=", 0.02),
         "help_vs_import": ("ratio", "<=", 1.15),
         "duplicates": ("hashes_100k_s", "<=", 10.0),
+        "small_copies": ("demo_false_pairs", "<=", 0),
+        "small_copies.recall": ("demo_planted_recall", ">=", 1.0),
         "scan_first_run_vs_decode": ("ratio", "<=", 0.25),
         "warm_start_100k_vs_1k": ("first_step_ratio", "<=", 1.3),
         "warm_start_100k_vs_1k.memory": ("peak_memory_ratio", "<=", 1.5),

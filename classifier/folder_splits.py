@@ -118,7 +118,7 @@ class FolderSplits:
         result = scan_split(split, self.cache, progress=self.processes.first_on_node)
         if self.processes.first_on_node:
             self.processes.barrier()
-        hashes = Hashes(result.content, result.phash)
+        hashes = Hashes(result.content, result.phash, result.thumbs)
         if result.bad:
             self.excluded[split.name] = {str(split.paths[i]): r for i, r in result.bad.items()}
             if split.name == "predict":  # each file keeps its row in predictions.csv

@@ -1,16 +1,14 @@
 """Data health: exact and near-duplicate images within and across splits.
 
 Every image has two hashes: a digest of its bytes (the pre-scan's, for exact copies) and a
-perceptual hash of its pixels (:func:`dhash`, taken where the image is decoded). Near
-duplicates are found without comparing all pairs: the 64 hash bits are cut into
-``max_distance + 1`` bands, and two hashes that differ in at most ``max_distance`` bits agree on
-at least one band (pigeonhole), so only hashes sharing a band's value are compared
-(:func:`near_pairs`).
+perceptual hash of its pixels (:mod:`classifier.perceptual_hash`, taken where the image is
+decoded), searched for near copies without comparing all pairs. Images too small for such a
+hash are compared by their thumbnails' pixels instead (:mod:`classifier.thumbnails`). Copies
+are grouped, and each group named for what it means (:data:`KINDS`).
 """
 
 from __future__ import annotations
 
-import itertools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,108 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from classifier.files import write_csv, write_json
+from classifier.perceptual_hash import (
+    HASH_BITS,
+    MIN_SIDE,
+    informative,
+    informative_mask,
+    near_pairs,
+)
 from classifier.scan_cache import NO_HASH, UNHASHED, to_signed
 from classifier.splits import DataError, Split, shared_files
 from classifier.text import printable
-
-#: Bits of the perceptual hash.
-HASH_BITS = 64
-#: Images whose shorter side is below this get no perceptual hash: at that size distinct
-#: pictures (digits, icons) hash as closely as resized copies, so only exact copies are found.
-MIN_SIDE = 64
-#: A hash with fewer than this many bits set (or unset) comes from a nearly flat picture
-#: (blank frames, plain backgrounds): such pictures all hash alike, so they too are compared
-#: byte for byte only.
-MIN_EDGE_BITS = 8
-
-
-#: Rows and columns of the image the thumbnail averages (every k-th of a larger image): a
-#: 500x375 photo costs about 0.2 ms instead of the 1 ms of filtering every pixel, and resized or
-#: re-encoded copies still hash within 3 bits of each other.
-SAMPLES = 128
-#: ITU-R 601 luma weights.
-_GREY = torch.tensor([0.299, 0.587, 0.114])
-
-
-def dhash(image: torch.Tensor) -> int | None:
-    """64-bit difference hash of an RGB ``uint8`` ``3xHxW`` image: a 9x8 grey thumbnail (the
-    mean of :data:`SAMPLES` rows and columns over each cell), one bit per pair of horizontal
-    neighbours (1 where the right one is brighter). Resizing, re-encoding and small colour
-    changes move few bits. ``None`` below :data:`MIN_SIDE` and for nearly flat pictures
-    (:data:`MIN_EDGE_BITS`)."""
-    import torch.nn.functional as F  # noqa: N812
-
-    height, width = image.shape[1:]
-    if min(height, width) < MIN_SIDE:
-        return None
-    sampled = image[:, :: max(1, height // SAMPLES), :: max(1, width // SAMPLES)].float()
-    grey = torch.tensordot(_GREY, sampled, dims=1)
-    thumbnail = F.adaptive_avg_pool2d(grey[None, None], (8, 9))[0, 0]
-    edges = (thumbnail[:, 1:] > thumbnail[:, :-1]).flatten().numpy()
-    if not MIN_EDGE_BITS <= int(edges.sum()) <= HASH_BITS - MIN_EDGE_BITS:
-        return None
-    return int.from_bytes(np.packbits(edges).tobytes(), "big")
-
-
-def phash_of(image: torch.Tensor | np.ndarray) -> int:
-    """:func:`dhash` as the pre-scan stores it: a signed 64-bit integer, or
-    :data:`~classifier.scan_cache.NO_HASH` for an image too small or flat to have one."""
-    tensor = torch.as_tensor(image)
-    value = dhash(tensor)
-    return NO_HASH if value is None else to_signed(value)
-
-
-def informative_mask(phash: np.ndarray) -> np.ndarray:
-    """Which stored perceptual hashes can tell a near copy from a look-alike (computed, and
-    with :data:`MIN_EDGE_BITS` to ``64 - MIN_EDGE_BITS`` bits set)."""
-    values = np.asarray(phash, dtype=np.int64)
-    bits = np.bitwise_count(values.view(np.uint64))
-    computed = (values != UNHASHED) & (values != NO_HASH)
-    mask: np.ndarray = computed & (bits >= MIN_EDGE_BITS) & (bits <= HASH_BITS - MIN_EDGE_BITS)
-    return mask
-
-
-def _band_pairs(values: np.ndarray, lo: int, hi: int, max_distance: int) -> list[np.ndarray]:
-    """Pairs of distinct ``values`` that share bits ``lo:hi`` and are within the distance."""
-    key = (values >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
-    order = np.argsort(key, kind="stable")
-    ordered = key[order]
-    found = []
-    for offset in range(1, len(order)):
-        same = ordered[offset:] == ordered[:-offset]
-        if not same.any():  # no run of equal keys is longer than offset
-            break
-        first, second = order[:-offset][same], order[offset:][same]
-        close = np.bitwise_count(values[first] ^ values[second]) <= max_distance
-        found.append(np.stack([first[close], second[close]], axis=1))
-    return found
-
-
-def near_pairs(hashes: Sequence[int] | np.ndarray, max_distance: int) -> np.ndarray:
-    """Index pairs ``(i, j)``, ``i < j``, linking hashes at most ``max_distance`` bits apart:
-    every such pair of distinct hashes, and each repeat of a hash with its first occurrence
-    (the same groups as all pairs give, see :func:`groups_of`). Distinct hashes are compared
-    through the banded index, so the cost grows with the candidates, not with all pairs.
-    """
-    values = np.asarray(hashes, dtype=np.uint64)
-    if not 0 <= max_distance < HASH_BITS:
-        raise ValueError(f"max_distance must be in [0, {HASH_BITS - 1}], got {max_distance}")
-    if len(values) < 2:
-        return np.empty((0, 2), dtype=np.int64)
-    unique, first, inverse = np.unique(values, return_index=True, return_inverse=True)
-    pairs = [np.stack([first[inverse], np.arange(len(values))], axis=1)]  # equal hashes
-    edges = np.linspace(0, HASH_BITS, min(max_distance, HASH_BITS - 1) + 2).astype(int)
-    if max_distance > 0:
-        for lo, hi in itertools.pairwise(edges):
-            for found in _band_pairs(unique, int(lo), int(hi), max_distance):
-                pairs.append(first[found])  # one representative per distinct hash
-    joined = np.concatenate(pairs)
-    joined = joined[joined[:, 0] != joined[:, 1]]
-    joined.sort(axis=1)
-    return np.unique(joined, axis=0)
+from classifier.thumbnails import compared, similar_pairs
 
 
 def groups_of(count: int, pairs: np.ndarray) -> list[list[int]]:
@@ -146,9 +55,16 @@ def groups_of(count: int, pairs: np.ndarray) -> list[list[int]]:
     return sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])
 
 
-def copy_groups(content: np.ndarray, phash: np.ndarray, max_distance: int) -> list[list[int]]:
+def copy_groups(
+    content: np.ndarray,
+    phash: np.ndarray,
+    max_distance: int,
+    similar: np.ndarray | None = None,
+) -> list[list[int]]:
     """Groups of files that are copies: the same content digest (``b""``: none), or
-    informative perceptual hashes at most ``max_distance`` bits apart (``-1``: exact only)."""
+    informative perceptual hashes at most ``max_distance`` bits apart, or linked by a pair of
+    ``similar`` (small images alike in their pixels, :func:`small_copies`); with
+    ``max_distance`` ``-1`` exact copies only."""
     content = np.asarray(content)
     pairs = [np.empty((0, 2), dtype=np.int64)]
     known = np.flatnonzero(content != content.dtype.type())
@@ -160,7 +76,14 @@ def copy_groups(content: np.ndarray, phash: np.ndarray, max_distance: int) -> li
         hashed = np.flatnonzero(informative_mask(phash))
         near = near_pairs(np.asarray(phash, np.int64)[hashed].view(np.uint64), max_distance)
         pairs.append(hashed[near].reshape(-1, 2))
+        if similar is not None:
+            pairs.append(np.asarray(similar, np.int64).reshape(-1, 2))
     return groups_of(len(content), np.concatenate(pairs))
+
+
+def small_copies(thumbs: np.ndarray) -> np.ndarray:
+    """Index pairs of the small images whose ``thumbs`` (``b""``: none) show near copies."""
+    return similar_pairs(list(thumbs))
 
 
 #: Kinds of duplicate groups, worst first.
@@ -192,14 +115,6 @@ def _kinds(members: list[ImageRecord]) -> list[str]:
     return kinds
 
 
-def informative(value: int | None) -> bool:
-    """Whether an unsigned perceptual hash can tell a near copy from a look-alike (see
-    :data:`MIN_EDGE_BITS`)."""
-    if value is None:
-        return False
-    return MIN_EDGE_BITS <= value.bit_count() <= HASH_BITS - MIN_EDGE_BITS
-
-
 def _stored(value: int | None) -> int:
     return NO_HASH if value is None else to_signed(value)
 
@@ -222,7 +137,12 @@ def health_report(records: Sequence[ImageRecord], max_distance: int) -> dict[str
 
 
 def _report(
-    groups: list[list[ImageRecord]], images: int, hashed: int, pending: int, max_distance: int
+    groups: list[list[ImageRecord]],
+    images: int,
+    hashed: int,
+    pending: int,
+    max_distance: int,
+    small: int = 0,
 ) -> dict[str, Any]:
     found: list[dict[str, Any]] = [
         {
@@ -242,9 +162,15 @@ def _report(
     return {
         "images": images,
         "max_distance_bits": max_distance,
-        # Small and nearly flat images are compared byte for byte only; images whose pixels
-        # were not decoded yet (``pending``) only by their bytes, until the first epoch ends.
-        "near_duplicate_check": {"images": hashed, "min_side": MIN_SIDE, "pending": pending},
+        # Images under ``min_side`` px are compared by thumbnail (``small_images`` of them);
+        # nearly flat and tiny images byte for byte only; images whose pixels were not decoded
+        # yet (``pending``) only by their bytes, until the first epoch ends.
+        "near_duplicate_check": {
+            "images": hashed,
+            "min_side": MIN_SIDE,
+            "small_images": small,
+            "pending": pending,
+        },
         "summary": summary,
         "groups": found,
     }
@@ -252,29 +178,45 @@ def _report(
 
 @dataclass
 class Hashes:
-    """The content digests and perceptual hashes of a split's files, in its order."""
+    """The content digests, perceptual hashes and thumbnails (``b""``: none) of a split's
+    files, in its order."""
 
     content: np.ndarray
     phash: np.ndarray
+    thumbs: np.ndarray
 
     def select(self, indices: np.ndarray | list[int]) -> Hashes:
         """The hashes of the files at ``indices``."""
         chosen = np.asarray(indices, dtype=np.int64)
-        return Hashes(self.content[chosen], self.phash[chosen])
+        return Hashes(self.content[chosen], self.phash[chosen], self.thumbs[chosen])
+
+
+def checked_names(splits: dict[str, Split], hashes: dict[str, Hashes]) -> list[str]:
+    """The splits the duplicate report covers, in its order (labelled ones with hashes)."""
+    return [n for n in splits if n != "predict" and n in hashes]
 
 
 def duplicates(
-    splits: dict[str, Split], hashes: dict[str, Hashes], class_names: list[str], max_distance: int
+    splits: dict[str, Split],
+    hashes: dict[str, Hashes],
+    class_names: list[str],
+    max_distance: int,
+    similar: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The duplicate report over the labelled ``splits`` with their pre-scan ``hashes``;
-    records are made only for the files in a group (10^6 files cost arrays, not objects)."""
-    names = [n for n in splits if n != "predict" and n in hashes]
+    records are made only for the files in a group (10^6 files cost arrays, not objects).
+    ``similar``: :func:`small_copies` of the splits' thumbnails in :func:`checked_names`
+    order, when known already (computed here otherwise)."""
+    names = checked_names(splits, hashes)
     content = np.concatenate([np.empty(0, "S16")] + [hashes[n].content for n in names])
     phash = np.concatenate([np.empty(0, np.int64)] + [hashes[n].phash for n in names])
     owner = np.concatenate(
         [np.empty(0, np.int64)] + [np.full(len(splits[n]), i) for i, n in enumerate(names)]
     )
     local = np.concatenate([np.empty(0, np.int64)] + [np.arange(len(splits[n])) for n in names])
+    thumbs = np.concatenate([np.empty(0, object)] + [hashes[n].thumbs for n in names])
+    if similar is None and max_distance >= 0:
+        similar = small_copies(thumbs)
 
     def record(g: int) -> ImageRecord:
         split = splits[names[int(owner[g])]]
@@ -284,10 +226,12 @@ def duplicates(
         perceptual = None if value in (UNHASHED, NO_HASH) else value % 2**64
         return ImageRecord(split.name, label, str(split.paths[i]), content[g].hex(), perceptual)
 
-    groups = [[record(g) for g in group] for group in copy_groups(content, phash, max_distance)]
+    found = copy_groups(content, phash, max_distance, similar)
+    groups = [[record(g) for g in group] for group in found]
     hashed = int(informative_mask(phash).sum())
     pending = int((phash == UNHASHED).sum()) if max_distance >= 0 else 0
-    return _report(groups, len(content), hashed, pending, max_distance)
+    small = compared(list(thumbs)) if max_distance >= 0 else 0
+    return _report(groups, len(content), hashed, pending, max_distance, small)
 
 
 def check_duplicates(
@@ -344,7 +288,8 @@ def report_excluded(excluded: dict[str, dict[str, str]], strict: bool, folder: P
 
 def _one_line(report: dict[str, Any]) -> str:
     counts = ", ".join(f"{v['groups']} {k.replace('_', ' ')}" for k, v in report["summary"].items())
-    checked = report["near_duplicate_check"]["images"]
+    check = report["near_duplicate_check"]
+    checked = check["images"] + check.get("small_images", 0)
     return f"Data health, near copies of {checked} images compared: {counts} group(s)"
 
 
@@ -362,12 +307,12 @@ def describe(report: dict[str, Any], limit: int = 5) -> str:
             f"  ({pending} image(s) not decoded yet are compared byte for byte until the first "
             "epoch has decoded them; near copies are reported then)"
         )
-    small = report["images"] - check["images"] - pending
-    if small > 0:
-        lines.append(
-            f"  ({small} image(s) under {check['min_side']} px or nearly flat are compared "
-            "byte for byte only)"
-        )
+    small = check.get("small_images", 0)
+    if small:
+        lines.append(f"  ({small} image(s) under {check['min_side']} px compared by thumbnail)")
+    exact = report["images"] - check["images"] - pending - small
+    if exact > 0:
+        lines.append(f"  ({exact} image(s) tiny or nearly flat are compared byte for byte only)")
     labels = {
         "leakage": "in train and in val/test (evaluation sees training images)",
         "conflicting_labels": "filed under two classes",

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from classifier.health import Hashes, check_duplicates, duplicates
+from classifier.health import Hashes, check_duplicates, checked_names, duplicates, small_copies
 from classifier.prescan import hash_files
 from classifier.scan_cache import UNHASHED, ScanCache
 from classifier.splits import Split
@@ -47,12 +47,16 @@ class HealthCheck:
         #: The newest report, and whether near copies were fully checked in it.
         self.report: dict[str, Any] | None = None
         self.complete = False
+        #: Near copies among the small images (found from the pre-scan's thumbnails, which do
+        #: not change during the fit, so once; ``None``: not yet).
+        self.similar: np.ndarray | None = None
 
     def add(self, split: Split, hashes: Hashes) -> None:
         """Check ``split`` too (its files after exclusions, and their hashes)."""
         self.splits[split.name] = split
         self.hashes[split.name] = hashes
         self.complete = False
+        self.similar = None
 
     def slot(self, name: str) -> torch.Tensor | None:
         """The shared tensor the loader workers of split ``name`` write perceptual hashes into,
@@ -70,7 +74,14 @@ class HealthCheck:
         """Report what the hashes known now show (``data_health.json`` when ``folder`` is
         given, a summary when ``announce``); leakage warns, or raises with ``error``."""
         self.complete = all(not (h.phash == UNHASHED).any() for h in self.hashes.values())
-        self.report = duplicates(self.splits, self.hashes, self.class_names, self.max_distance)
+        if self.similar is None and self.max_distance >= 0:
+            names = checked_names(self.splits, self.hashes)
+            self.similar = small_copies(
+                np.concatenate([np.empty(0, object)] + [self.hashes[n].thumbs for n in names])
+            )
+        self.report = duplicates(
+            self.splits, self.hashes, self.class_names, self.max_distance, self.similar
+        )
         check_duplicates(self.report, self.on_leakage, folder, announce, brief)
 
     def finish(

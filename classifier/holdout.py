@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from classifier.files import write_csv
-from classifier.health import Hashes, copy_groups
+from classifier.health import Hashes, copy_groups, small_copies
 from classifier.splits import Split
 
 
@@ -66,7 +66,8 @@ def draw(
     hashes are within ``max_distance`` bits together (no groups when the pre-scan was off)."""
     groups: list[list[int]] = []
     if hashes is not None:
-        groups = copy_groups(hashes.content, hashes.phash, max(0, max_distance))
+        similar = small_copies(hashes.thumbs)
+        groups = copy_groups(hashes.content, hashes.phash, max(0, max_distance), similar)
     return set(hold_out(train.labels.tolist(), groups, fraction, seed))
 
 

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 from typing_extensions import override
 
-from classifier.health import phash_of
+from classifier.perceptual_hash import phash_of
 from classifier.scan_cache import UNHASHED
 from classifier.tensor_decode import load_rgb
 from classifier.text import printable

@@ -8,7 +8,10 @@ decode (``make bench``). Formats without such a cheap check (GIF, WebP, BMP, TIF
 decoded fully. The perceptual hash of the near-duplicate check needs the pixels, so it is taken
 where the image is decoded anyway: in the loader workers during the first epoch
 (:mod:`classifier.image_dataset`), or here (:func:`hash_files`) for images training does not
-decode. Results live in :class:`~classifier.scan_cache.ScanCache`.
+decode. Small images (a side under :data:`~classifier.perceptual_hash.MIN_SIDE`) are cheap
+to decode, so they are decoded fully here and get their thumbnail
+(:mod:`classifier.thumbnails`) at once.
+Results live in :class:`~classifier.scan_cache.ScanCache`.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 from PIL import Image
 
+from classifier.perceptual_hash import MIN_SIDE
 from classifier.pil_decode import ALLOWED_FORMATS, check_pixels, decode_pil
 from classifier.scan_cache import NO_HASH, UNHASHED, Row, ScanCache
 from classifier.splits import Split
@@ -46,13 +50,29 @@ class ScanResult:
         content: each file's 16-byte content digest (``b""`` for bad files).
         phash: each file's perceptual hash (:data:`~classifier.scan_cache.UNHASHED` when not
             computed yet, :data:`~classifier.scan_cache.NO_HASH` for images too small or flat).
+        thumbs: each file's thumbnail (:func:`classifier.thumbnails.thumbnail`; ``b""`` for
+            none: images not small, or too small).
         cached: how many files came from the cache.
     """
 
     bad: dict[int, str]
     content: np.ndarray
     phash: np.ndarray
+    thumbs: np.ndarray
     cached: int
+
+
+class Checked(NamedTuple):
+    """The verdict on one file."""
+
+    #: Why the file cannot be used (``None``: it can).
+    reason: str | None
+    #: Its 16-byte content digest (``b""`` for a bad file).
+    digest: bytes
+    #: Whether it is too small for a perceptual hash (its side under ``MIN_SIDE``).
+    small: bool = False
+    #: Its thumbnail, for a small image (``b""``: none).
+    thumb: bytes = b""
 
 
 #: The largest image file read (a larger one is no photo: a sparse file, or a hostile one).
@@ -76,27 +96,32 @@ def read_file(path: bytes | str) -> bytes:
         return handle.read(MAX_FILE_BYTES + 1)
 
 
-def check_file(path: bytes | str) -> tuple[str | None, bytes]:
-    """``(why the file cannot be used or None, its 16-byte content digest)``."""
+def check_file(path: bytes | str) -> Checked:
+    """Whether the file at ``path`` is a usable image, its content digest and, for a small
+    image (decoded fully: cheap at that size), its thumbnail."""
+    from classifier.thumbnails import thumbnail
+
     try:
         data = read_file(path)
         if not data:
-            return "empty file", b""
+            return Checked("empty file", b"")
         digest = hashlib.sha256(data).digest()[:16]
         with Image.open(io.BytesIO(data)) as image:  # reads the header only
             check_pixels(*image.size, os.fsdecode(path))
-            kind = image.format
+            kind, small = image.format, min(image.size) < MIN_SIDE
         if kind not in ALLOWED_FORMATS:
-            return f"format {kind} is not an allowed image format", b""
-        if kind in _STRUCTURAL:
-            problem = _truncated(data, kind)
-            return (problem, b"") if problem else (None, digest)
-        decode_pil(io.BytesIO(data))  # type: ignore[arg-type]  # PIL reads file objects
-        return None, digest
+            return Checked(f"format {kind} is not an allowed image format", b"")
+        problem = _truncated(data, kind) if kind in _STRUCTURAL else None
+        if problem:
+            return Checked(problem, b"")
+        if kind in _STRUCTURAL and not small:
+            return Checked(None, digest)
+        pixels = decode_pil(io.BytesIO(data))  # type: ignore[arg-type]  # PIL reads file objects
+        return Checked(None, digest, small, (thumbnail(pixels) or b"") if small else b"")
     except Image.DecompressionBombError as error:
-        return f"decompression bomb: {error}", b""
+        return Checked(f"decompression bomb: {error}", b"")
     except Exception as error:  # any reader failure makes the file unusable
-        return f"{type(error).__name__}: {error}", b""
+        return Checked(f"{type(error).__name__}: {error}", b"")
 
 
 def _truncated(data: bytes, kind: str | None) -> str | None:
@@ -141,6 +166,7 @@ def scan_split(split: Split, cache: ScanCache, progress: bool = True) -> ScanRes
     rows = cache.lookup(raw, split.keys, os.fsencode(split.root))
     content = np.full(count, b"", dtype="S16")
     phash = np.full(count, UNHASHED, dtype=np.int64)
+    thumbs = np.full(count, b"", dtype=object)
     bad: dict[int, str] = {}
     todo: list[int] = []
     kept: dict[int, int] = {}  # perceptual hashes of rows that lack only their digest (v4)
@@ -153,14 +179,24 @@ def scan_split(split: Split, cache: ScanCache, progress: bool = True) -> ScanRes
             todo.append(i)
             kept[i] = row[8]
         else:
-            content[i], phash[i] = row[7], row[8]
-    for i, (reason, digest) in _checked(raw, todo, split.name, progress, cache, split.keys, kept):
-        if reason is not None:
-            bad[i] = reason
+            content[i], phash[i], thumbs[i] = row[7], row[8], row[9] or b""
+    for i, checked in _checked(raw, todo, split.name, progress, cache, split.keys, kept):
+        if checked.reason is not None:
+            bad[i] = checked.reason
         else:
-            content[i] = digest
-            phash[i] = kept.get(i, UNHASHED)
-    return ScanResult(bad, content, phash, count - len(todo))
+            content[i], phash[i], thumbs[i] = (
+                checked.digest,
+                _phash(checked, i, kept),
+                checked.thumb,
+            )
+    return ScanResult(bad, content, phash, thumbs, count - len(todo))
+
+
+def _phash(checked: Checked, index: int, kept: dict[int, int]) -> int:
+    """The perceptual hash to record for a checked file (small ones have none)."""
+    if checked.reason is not None or checked.small:
+        return NO_HASH
+    return kept.get(index, UNHASHED)
 
 
 def _checked(
@@ -171,7 +207,7 @@ def _checked(
     cache: ScanCache,
     keys: np.ndarray,
     kept: dict[int, int],
-) -> Iterator[tuple[int, tuple[str | None, bytes]]]:
+) -> Iterator[tuple[int, Checked]]:
     """Check the files ``todo`` on threads, storing results in ``cache`` every few seconds
     (and what was done when the scan is stopped)."""
     if not todo:
@@ -183,8 +219,6 @@ def _checked(
             results = pool.map(check_file, (raw[i] for i in todo), chunksize=64)
             shown = _shown(results, len(todo), f"Scanning {name}/", progress)
             for i, result in zip(todo, shown, strict=True):
-                reason, digest = result
-                phash = kept.get(i, UNHASHED) if reason is None else NO_HASH
                 size, mtime, ctime, device, inode = (int(v) for v in keys[i])
                 row: Row = (
                     raw[i],
@@ -193,9 +227,10 @@ def _checked(
                     ctime,
                     device,
                     inode,
-                    reason,
-                    digest or None,
-                    phash,
+                    result.reason,
+                    result.digest or None,
+                    _phash(result, i, kept),
+                    result.thumb or None,
                 )
                 pending.append(row)
                 if time.monotonic() - last > COMMIT_EVERY_S:
@@ -241,7 +276,7 @@ def hash_files(
 ) -> dict[int, int]:
     """Perceptual hashes of the images at ``indices`` (``load(i)`` decodes one as ``uint8``
     CHW, or gives ``None`` when it cannot), on threads; for images training does not decode."""
-    from classifier.health import phash_of
+    from classifier.perceptual_hash import phash_of
 
     def one(index: int) -> int:
         image = load(index)

@@ -1,7 +1,8 @@
 """The pre-scan's memory: one SQLite row per file, in a folder only this user can change.
 
 A row holds a file's key (size, modification and change times, device, inode), why it is
-unusable (or nothing), its content digest and its perceptual hash (once computed). A file is
+unusable (or nothing), its content digest, its perceptual hash (once computed) and, for a small
+image, its thumbnail (:mod:`classifier.thumbnails`). A file is
 looked up by path and its row used only while its key is unchanged. Only changed rows are
 written, in transactions committed every few seconds, so a scan stopped with Ctrl-C keeps what
 it did. The database is SQLite from the standard library (WAL journal: readers never wait).
@@ -24,13 +25,13 @@ from pathlib import Path
 import numpy as np
 
 #: Cache format version; bump when the checks, the hashes or the key change.
-VERSION = 6
+VERSION = 7
 #: The perceptual hash of an image not hashed yet.
 UNHASHED = -(2**63)
 #: The perceptual hash of an image too small or too flat to have one (compared byte for byte).
 NO_HASH = -(2**63) + 1
 
-Row = tuple[bytes, int, int, int, int, int, str | None, bytes | None, int]
+Row = tuple[bytes, int, int, int, int, int, str | None, bytes | None, int, bytes | None]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -38,7 +39,8 @@ CREATE TABLE IF NOT EXISTS files (
     size INTEGER, mtime INTEGER, ctime INTEGER, dev INTEGER, ino INTEGER,
     reason TEXT,
     content BLOB,
-    phash INTEGER NOT NULL
+    phash INTEGER NOT NULL,
+    thumb BLOB
 ) WITHOUT ROWID
 """
 
@@ -181,7 +183,7 @@ class ScanCache:
             with self._db:
                 self._db.execute("BEGIN")
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?)", rows
+                    "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)", rows
                 )
         except sqlite3.Error as error:
             warnings.warn(f"scan cache not updated ({error})", stacklevel=3)
@@ -231,7 +233,7 @@ def _v4_rows(entries: dict[str, object]) -> list[Row]:
         if reason is None:  # nothing worth keeping: the scan reads the file anyway
             continue
         # No content digest yet: the next scan reads the file for it (cheap) and keeps the rest.
-        rows.append((os.fsencode(path), *fields, reason, None, UNHASHED))  # type: ignore[arg-type]
+        rows.append((os.fsencode(path), *fields, reason, None, UNHASHED, None))  # type: ignore[arg-type]
     return rows
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from classifier.health import groups_of, near_pairs
+from classifier.health import groups_of
+from classifier.perceptual_hash import near_pairs
 from classifier.splits import DataError
 from tests.conftest import make_folder, run_cli, tiny
 
@@ -102,17 +103,18 @@ def test_leakage_can_stop_the_run(tmp_path: Path) -> None:
         run_cli(*tiny("fit", data, "--data.on_leakage", "error"))
 
 
-def test_small_images_are_compared_byte_for_byte_only() -> None:
+def test_images_without_a_perceptual_hash_or_thumbnail_are_compared_byte_for_byte() -> None:
     from classifier.health import ImageRecord, health_report
 
-    # Distinct small pictures (digits, icons) can share a perceptual hash; only exact copies
-    # of them count, so a whole dataset of look-alikes is not one "duplicate" group.
+    # Distinct small pictures (digits, icons) can share a perceptual hash; without their
+    # thumbnails only exact copies of them count, so look-alikes are not one "duplicate" group.
     records = [ImageRecord("train", str(i % 3), f"{i}.png", f"c{i}", None) for i in range(30)]
     records.append(ImageRecord("val", "0", "copy.png", "c0", None))
     report = health_report(records, 4)
     assert [len(g["images"]) for g in report["groups"]] == [2]
     assert report["groups"][0]["kinds"] == ["leakage"]
-    assert report["near_duplicate_check"] == {"images": 0, "min_side": 64, "pending": 0}
+    check = {"images": 0, "min_side": 64, "small_images": 0, "pending": 0}
+    assert report["near_duplicate_check"] == check
 
 
 def test_val_and_test_sharing_a_picture_is_not_called_training_leakage() -> None:

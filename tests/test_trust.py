@@ -583,5 +583,5 @@ def test_a_huge_file_is_excluded_without_being_read(tmp_path: Path) -> None:
     huge = tmp_path / "huge.png"
     with huge.open("wb") as handle:
         handle.truncate(3 << 30)  # sparse: no disk used
-    reason, _ = check_file(str(huge))
+    reason = check_file(str(huge)).reason
     assert reason is not None and "larger than" in reason

@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import multiprocessing
 import os
+import signal
 import stat
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from classifier.perceptual_hash import MIN_SIDE
 from classifier.pil_decode import ALLOWED_FORMATS, check_pixels, decode_pil
@@ -37,6 +40,11 @@ from classifier.splits import Split
 #: Formats checked by their structure alone (the others are decoded fully).
 _STRUCTURAL = frozenset({"JPEG", "MPO", "PNG"})
 T = TypeVar("T")
+U = TypeVar("U")
+#: Files per task of the scan's processes and of the hashing threads.
+CHUNK = 64
+#: Files from which the scan checks on several processes (starting them costs about 0.1 s).
+PROCESSES_FROM = 2000
 #: Seconds between the commits of a long scan (what a Ctrl-C keeps).
 COMMIT_EVERY_S = 2.0
 
@@ -120,6 +128,8 @@ def check_file(path: bytes | str) -> Checked:
         return Checked(None, digest, small, (thumbnail(pixels) or b"") if small else b"")
     except Image.DecompressionBombError as error:
         return Checked(f"decompression bomb: {error}", b"")
+    except UnidentifiedImageError:  # its message names an in-memory buffer, not the file
+        return Checked("not an image PIL can identify", b"")
     except Exception as error:  # any reader failure makes the file unusable
         return Checked(f"{type(error).__name__}: {error}", b"")
 
@@ -131,9 +141,10 @@ def _truncated(data: bytes, kind: str | None) -> str | None:
     scan = _first_scan(data)
     if scan is None:
         return "JPEG without image data (no start-of-scan marker)"
-    # Scan data never holds a bare 0xFFD9 (0xFF is stuffed as 0xFF00), so the first end-of-image
-    # marker after it ends the image; bytes after it (camera trailers, MPO frames) are fine.
-    return None if data.find(b"\xff\xd9", scan) >= 0 else "truncated JPEG (no end-of-image marker)"
+    # Scan data never holds a bare 0xFFD9 (0xFF is stuffed as 0xFF00), so an end-of-image marker
+    # after its start ends the image; bytes after it (camera trailers, MPO frames) are fine. The
+    # last marker is searched from the end: a few bytes, not the whole scan data (0.08 ms).
+    return None if data.rfind(b"\xff\xd9") >= scan else "truncated JPEG (no end-of-image marker)"
 
 
 def _first_scan(data: bytes) -> int | None:
@@ -208,37 +219,66 @@ def _checked(
     keys: np.ndarray,
     kept: dict[int, int],
 ) -> Iterator[tuple[int, Checked]]:
-    """Check the files ``todo`` on threads, storing results in ``cache`` every few seconds
-    (and what was done when the scan is stopped)."""
+    """Check the files ``todo`` (:func:`_verdicts`), storing results in ``cache`` every few
+    seconds (and what was done when the scan is stopped)."""
     if not todo:
         return
     pending: list[Row] = []
     last = time.monotonic()
     try:
-        with ThreadPoolExecutor(max_workers=_threads()) as pool:
-            results = pool.map(check_file, (raw[i] for i in todo), chunksize=64)
-            shown = _shown(results, len(todo), f"Scanning {name}/", progress)
-            for i, result in zip(todo, shown, strict=True):
-                size, mtime, ctime, device, inode = (int(v) for v in keys[i])
-                row: Row = (
-                    raw[i],
-                    size,
-                    mtime,
-                    ctime,
-                    device,
-                    inode,
-                    result.reason,
-                    result.digest or None,
-                    _phash(result, i, kept),
-                    result.thumb or None,
-                )
-                pending.append(row)
-                if time.monotonic() - last > COMMIT_EVERY_S:
-                    cache.store(pending)
-                    pending, last = [], time.monotonic()
-                yield i, result
+        results = _verdicts([raw[i] for i in todo])
+        shown = _shown(results, len(todo), f"Scanning {name}/", progress)
+        for i, result in zip(todo, shown, strict=True):
+            size, mtime, ctime, device, inode = (int(v) for v in keys[i])
+            row: Row = (
+                raw[i],
+                size,
+                mtime,
+                ctime,
+                device,
+                inode,
+                result.reason,
+                result.digest or None,
+                _phash(result, i, kept),
+                result.thumb or None,
+            )
+            pending.append(row)
+            if time.monotonic() - last > COMMIT_EVERY_S:
+                cache.store(pending)
+                pending, last = [], time.monotonic()
+            yield i, result
     finally:
         cache.store(pending)
+
+
+def _verdicts(paths: list[bytes]) -> Iterator[Checked]:
+    """:func:`check_file` of each of ``paths``, in order: here for a few files, on one forked
+    process per core for :data:`PROCESSES_FROM` or more. Not on threads: most of a check holds
+    Python's GIL, and two threads made the scan 1.7x (photos) to 2.7x (28 px digits) slower
+    than one; two processes made it 1.9x faster on 5,000 digits (two cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    if len(paths) < PROCESSES_FROM or cores < 2 or sys.platform != "linux":
+        yield from map(check_file, paths)
+        return
+    context = multiprocessing.get_context("fork")  # nothing imported again, sys.path untouched
+    pool = ProcessPoolExecutor(cores, mp_context=context, initializer=_ignore_interrupts)
+    try:
+        yield from pool.map(check_file, paths, chunksize=CHUNK)
+    finally:  # stopped (Ctrl-C): the chunks being checked finish, the rest are dropped
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ignore_interrupts() -> None:
+    """In a scan process: leave Ctrl-C to the command, which stops the scan."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _mapped(pool: ThreadPoolExecutor, work: Callable[[U], T], items: list[U]) -> Iterator[T]:
+    """``work`` of each of ``items``, in order, on ``pool``'s threads, :data:`CHUNK` items per
+    task: one task per file costs more in hand-offs between threads than a check does."""
+    chunks = [items[start : start + CHUNK] for start in range(0, len(items), CHUNK)]
+    for done in pool.map(lambda chunk: [work(item) for item in chunk], chunks):
+        yield from done
 
 
 def _shown(results: Iterable[T], total: int, what: str, progress: bool) -> Iterator[T]:
@@ -283,6 +323,6 @@ def hash_files(
         return NO_HASH if image is None else phash_of(image)
 
     with ThreadPoolExecutor(max_workers=_threads()) as pool:
-        done = _shown(pool.map(one, indices), len(indices), f"Hashing {name}/", progress)
+        done = _shown(_mapped(pool, one, indices), len(indices), f"Hashing {name}/", progress)
         values = list(done)
     return dict(zip(indices, values, strict=True))

@@ -304,3 +304,25 @@ def test_the_workers_hash_what_they_decode(tmp_path: Path) -> None:
     expected = [phash_of(load_rgb(p)) for p in split.paths]
     assert slot.tolist() == expected and UNHASHED not in expected
     assert NO_HASH not in expected  # 256 px photos all have a perceptual hash
+
+
+def test_the_scan_on_processes_finds_what_the_scan_in_process_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from classifier import prescan
+
+    folder = make_folder(tmp_path / "d", counts={"train": 40}, classes=("cat", "dog"))
+    train = folder / "train"
+    (train / "cat" / "empty.png").write_bytes(b"")
+    (train / "dog" / "text.jpg").write_text("not an image")
+    whole = (train / "cat" / "cat_000.png").read_bytes()
+    (train / "dog" / "cut.png").write_bytes(whole[: len(whole) // 2])
+    results = []
+    for threshold in (10**9, 10):  # in this process, then on forked processes
+        monkeypatch.setattr(prescan, "PROCESSES_FROM", threshold)
+        monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / f"cache-{threshold}"))
+        results.append(_scan(train))
+    here, there = results
+    assert len(here.bad) == 3 and here.bad == there.bad
+    assert list(here.content) == list(there.content)
+    assert list(here.phash) == list(there.phash) and list(here.thumbs) == list(there.thumbs)

@@ -54,6 +54,10 @@ class ImageFolderDataModule(LoaderDataModule):
             theirs between epochs); ``None`` uses ``min(8, CPU count)``.
         pin_memory: page-locked host memory for faster GPU copies; ``None`` enables it when
             training on a GPU.
+        decode: ``cpu`` decodes and augments in the loader workers (torchvision); ``dali``
+            decodes and augments the train and val batches with NVIDIA DALI: on the GPU
+            (nvJPEG) when training on one, else with DALI's CPU operators. Test and predict
+            keep the CPU path (the ONNX contract's). Needs ``pip install 'classifier[dali]'``.
         scale: RandomResizedCrop's range of the crop area as a fraction of the image.
         hflip: probability of a horizontal flip (set 0 for images whose side matters).
         color_jitter: strength of brightness/contrast/saturation jitter; 0 disables.
@@ -98,6 +102,7 @@ class ImageFolderDataModule(LoaderDataModule):
         eval_batch_size: int | None = None,
         num_workers: int | None = None,
         pin_memory: bool | None = None,
+        decode: Literal["cpu", "dali"] = "cpu",
         scale: tuple[float, float] = (0.08, 1.0),
         hflip: float = 0.5,
         color_jitter: float = 0.0,

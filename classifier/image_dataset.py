@@ -85,7 +85,8 @@ class ImageDataset(Dataset[Sample]):
         """Files that failed to load so far, in this process and its loader workers."""
         return int(self._failures.sum())
 
-    def _count_failure(self) -> None:
+    def count_failure(self) -> None:
+        """Count one failed load (in this process or loader worker)."""
         worker = get_worker_info()
         self._failures[0 if worker is None else 1 + worker.id % (_COUNTER_SLOTS - 1)] += 1
 
@@ -109,7 +110,7 @@ class ImageDataset(Dataset[Sample]):
             try:
                 image = load_rgb(self.paths[current])
             except Exception as error:  # decoder errors vary by format
-                self._count_failure()
+                self.count_failure()
                 # Escaped here: this runs in loader workers, outside the command's console.
                 named = printable(f"{self.paths[current]}: {error}")
                 if not self.substitute:

@@ -4,7 +4,7 @@ datasets; this base turns them into loaders (as TorchGeo's base data modules do)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -12,6 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from typing_extensions import override
 
+from classifier.dali_loader import DaliLoader, DaliTrainLoader
+from classifier.dali_pipeline import Augment
 from classifier.image_dataset import ImageDataset
 from classifier.resume import ResumableLoader, consumed_batches, next_epoch
 from classifier.sampler import EpochSampler, ShardSampler
@@ -80,7 +82,7 @@ class LoaderDataModule(pl.LightningDataModule):
         return -(-self._per_rank() // self.batch_size)
 
     @override
-    def train_dataloader(self) -> DataLoader[Any]:
+    def train_dataloader(self) -> Iterable[Any]:
         """Shuffled or weighted, sharded across processes; the last partial batch is dropped."""
         rank, world = self._rank()
         labels = torch.tensor(self.splits["train"].labels)
@@ -96,33 +98,56 @@ class LoaderDataModule(pl.LightningDataModule):
         drop_last = self._drop_last()
         if drop_last:
             self.train_sampler.usable = self.train_batches_per_epoch() * self.batch_size
+        resume: dict[str, Any] = {
+            "progress": lambda: consumed_batches(self.trainer),
+            "epoch": lambda: next_epoch(self.trainer),
+            "rng_states": states,
+            "before_epoch": lambda epoch: self.finish_health_check() if epoch > 0 else None,
+        }
+        if self.hparams["decode"] == "dali":
+            return DaliTrainLoader(*self._dali_args("train", self.train_sampler), **resume)
         return ResumableLoader(
             sampler=self.train_sampler,
-            progress=lambda: consumed_batches(self.trainer),
-            epoch=lambda: next_epoch(self.trainer),
-            rng_states=states,
-            before_epoch=lambda epoch: self.finish_health_check() if epoch > 0 else None,
             drop_last=drop_last,
+            **resume,
             **self._loader_kwargs("train", self.batch_size),
         )
 
-    def _eval_loader(self, name: str) -> DataLoader[Any]:
+    def _dali_args(self, name: str, sampler: EpochSampler | ShardSampler) -> tuple[Any, ...]:
+        """What :class:`~classifier.dali_loader.DaliLoader` takes for split ``name``."""
+        assert self.preprocessing is not None
+        hp = self.hparams
+        augment = None
+        if name == "train":
+            augment = Augment(
+                hp["scale"], hp["hflip"], hp["color_jitter"], hp["auto_augment"],
+                hp["random_erasing"],
+            )  # fmt: skip
+        device = None if self.trainer is None else self.trainer.strategy.root_device
+        device_id = device.index or 0 if device is not None and device.type == "cuda" else None
+        batch = self.batch_size if name == "train" else self.eval_batch_size
+        threads = self.num_workers or 1
+        return self.datasets[name], sampler, batch, self.preprocessing, augment, device_id, threads
+
+    def _eval_loader(self, name: str) -> Iterable[Any]:
         rank, world = self._rank()
         sampler = ShardSampler(len(self.datasets[name]), rank, world)
+        if name == "val" and self.hparams["decode"] == "dali":
+            return DaliLoader(*self._dali_args(name, sampler))
         return DataLoader(sampler=sampler, **self._loader_kwargs(name, self.eval_batch_size))
 
     @override
-    def val_dataloader(self) -> DataLoader[Any]:
+    def val_dataloader(self) -> Iterable[Any]:
         """In file order, each image on exactly one process."""
         return self._eval_loader("val")
 
     @override
-    def test_dataloader(self) -> DataLoader[Any]:
+    def test_dataloader(self) -> Iterable[Any]:
         """In file order, each image on exactly one process."""
         return self._eval_loader("test")
 
     @override
-    def predict_dataloader(self) -> DataLoader[Any]:
+    def predict_dataloader(self) -> Iterable[Any]:
         """In file order, each image on exactly one process."""
         return self._eval_loader("predict")
 

@@ -55,11 +55,7 @@ class ResumableLoader(DataLoader[Any]):
 
     @override
     def __iter__(self) -> Any:
-        sampler = self._epoch_sampler()
-        if sampler.resume_at is None:
-            sampler.set_epoch(self.epoch())
-        if self.before_epoch is not None:  # every process, before the epoch's first batch
-            self.before_epoch(sampler.resume_at[0] if sampler.resume_at else sampler.epoch)
+        begin_epoch(self._epoch_sampler(), self.epoch, self.before_epoch)
         if self._rng_states is not None:
             rng.restore(self._rng_states)
             self._rng_states = None
@@ -73,6 +69,19 @@ class ResumableLoader(DataLoader[Any]):
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Skip the consumed samples if the run resumes inside the same epoch."""
         self._epoch_sampler().resume(int(state["epoch"]), int(state["samples"]))
+
+
+def begin_epoch(
+    sampler: EpochSampler,
+    epoch: Callable[[], int],
+    before_epoch: Callable[[int], None] | None = None,
+) -> None:
+    """Point ``sampler`` at the epoch the trainer runs next (unless a resume pinned one) and
+    call ``before_epoch`` with it: what a training loader does before its first batch."""
+    if sampler.resume_at is None:
+        sampler.set_epoch(epoch())
+    if before_epoch is not None:  # every process, before the epoch's first batch
+        before_epoch(sampler.resume_at[0] if sampler.resume_at else sampler.epoch)
 
 
 def consumed_batches(trainer: pl.Trainer | None) -> int:

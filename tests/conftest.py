@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -108,6 +109,15 @@ def _training_is_slow(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(_FitLoop, "run", refuse)
     monkeypatch.setenv("CLASSIFIER_TEST_NOT_SLOW", request.node.nodeid)
+
+
+@functools.cache
+def demo_digits() -> Path:
+    """The bundled demo digits, written under ``data/mnist`` as ``make data`` does (a clean
+    clone has none until then)."""
+    from classifier import demo_data
+
+    return demo_data.write_mnist(REPO / "data" / "mnist")
 
 
 def run_cli(*args: str) -> object:

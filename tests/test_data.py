@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,13 @@ def test_empty_class_folder_in_val_is_a_warning_in_train_an_error(folder_factory
     )
     with pytest.warns(UserWarning, match="empty class folder"):
         ImageFolderDataModule(str(root), num_workers=0).setup("fit")
+
+
+def test_decode_dali_without_dali_installed_is_a_one_line_error_saying_how_to_install_it(
+    image_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # an import of it fails
+    module = ImageFolderDataModule(str(image_folder), image_size=32, decode="dali")
+    module.setup("fit")
+    with pytest.raises(DataError, match=r"^data.decode: dali needs NVIDIA DALI: pip install"):
+        module.train_dataloader()

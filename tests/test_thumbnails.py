@@ -3,7 +3,6 @@ the distinct demo digits, and reported before training starts."""
 
 from __future__ import annotations
 
-import functools
 import io
 import shutil
 from collections.abc import Callable
@@ -14,24 +13,17 @@ import pytest
 import torch
 from PIL import Image
 
-from classifier import demo_data, thumbnails
+from classifier import thumbnails
 from classifier.splits import DataError
 from classifier.thumbnails import similar_pairs, thumbnail
-from tests.conftest import run_cli, tiny
+from tests.conftest import demo_digits, run_cli, tiny
 
 Resize = Callable[[Image.Image], Image.Image]
 
 
-@functools.cache
-def _demo() -> Path:
-    """The demo digits, written under ``data/mnist`` as ``make data`` does (a clean clone has
-    none until then)."""
-    return demo_data.write_mnist(Path(__file__).parents[1] / "data" / "mnist")
-
-
 def _digits(count: int | None = None) -> list[Image.Image]:
-    files = sorted(_demo().glob("*/*/*.png"))
-    assert len(files) == 5000, f"the demo digits are incomplete under {_demo()}"
+    files = sorted(demo_digits().glob("*/*/*.png"))
+    assert len(files) == 5000, f"the demo digits are incomplete under {demo_digits()}"
     step = 1 if count is None else max(1, len(files) // count)
     return [Image.open(f).convert("RGB") for f in files[::step][:count]]
 
@@ -132,7 +124,7 @@ def _digit_folder(root: Path) -> Path:
         for label in ("0", "1", "2"):
             folder = root / split / label
             folder.mkdir(parents=True)
-            for path in sorted((_demo() / "train" / label).glob("*.png"))[first:last]:
+            for path in sorted((demo_digits() / "train" / label).glob("*.png"))[first:last]:
                 shutil.copy(path, folder / path.name)
     return root
 

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/quickstart.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo data test test-fast test-gpu test-latest lint format bench clean
+.PHONY: help install demo data test test-fast test-gpu test-dali test-latest lint format bench clean
 
 help: ## Show this help.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,15 @@ test-fast: $(STAMP) ## Run the tests not marked slow.
 test-gpu: $(STAMP) ## On a GPU machine: run the tests that need CUDA (they fail without one).
 	$(BIN)/python -m pytest -q -m gpu
 
+DALI_VENV := .venv-dali
+
+test-dali: ## Install the dali extra (NVIDIA DALI, ~0.4 GB) into .venv-dali/, then run the tests marked dali (not run by CI).
+	test -x $(DALI_VENV)/bin/python || $(PYTHON) -m venv $(DALI_VENV)
+	$(DALI_VENV)/bin/pip install -q --upgrade pip
+	$(DALI_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(DALI_VENV)/bin/pip install -q -e '.[dev,dali]'
+	CLASSIFIER_TEST_DALI=required $(DALI_VENV)/bin/python -m pytest -q -m dali
+
 LATEST := .venv-latest
 # Requirement names from pyproject.toml with every version bound dropped.
 UNBOUNDED = $(BIN)/python -c 'import re, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(" ".join(re.split(r"[<>=!~; ]", r)[0] for r in p["dependencies"] + p["optional-dependencies"]["dev"]))'
@@ -62,4 +71,4 @@ bench: $(STAMP) ## Print speed ratios measured side by side in one run (writes b
 	CLASSIFIER_ALLOWED_CLASS_PATHS=benchmarks. $(BIN)/python -m benchmarks.run
 
 clean: ## Remove the virtual environment, runs and caches (keeps data/).
-	rm -rf $(VENV) $(LATEST) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(DALI_VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""Generate a JPEG ImageFolder for benchmarks: ``python -m benchmarks.make_data DIR N SIZE``."""
+"""A JPEG ImageFolder for benchmarks: ``python -m benchmarks.make_data DIR N SIZE|photo``."""
 
 from __future__ import annotations
 
@@ -70,4 +70,11 @@ def make(root: Path, train: int, size: int, val: int | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    make(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    # DIR N SIZE: N square SIZE px JPEGs for training and N/8 for validation; SIZE "photo":
+    # 500x375 photo-sized ones (N in train, N/8 in val, distinct seeds).
+    folder, count = Path(sys.argv[1]), int(sys.argv[2])
+    if sys.argv[3] == "photo":
+        make_photos(folder, count, ("train",))
+        make_photos(folder, max(CLASSES, count // 8), ("train", "val"))  # val seeds from 10**7
+    else:
+        make(folder, count, int(sys.argv[3]))

@@ -8,6 +8,7 @@ them. ``test_data.py`` checks the error a user without DALI gets.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 from pathlib import Path
@@ -23,7 +24,7 @@ from classifier.image_dataset import UNREADABLE, ImageDataset
 from classifier.sampler import EpochSampler, ShardSampler
 from classifier.tensor_decode import load_rgb
 from classifier.transforms import Preprocessing, eval_transform, train_transform
-from tests.conftest import demo_digits, make_folder, run_cli
+from tests.conftest import CONF, classifier_process, demo_digits, make_folder, run_cli
 
 HAVE_DALI = importlib.util.find_spec("nvidia") is not None and (
     importlib.util.find_spec("nvidia.dali") is not None
@@ -187,6 +188,22 @@ def test_a_file_dali_cannot_decode_is_named_and_replaced_or_marked(
     val_gif = next(i for i, p in enumerate(module.splits["val"].paths) if p.name == "anim.gif")
     assert val_labels[val_indices.tolist().index(val_gif)] == UNREADABLE
     assert (val_labels == UNREADABLE).sum() == 1
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_two_ddp_processes_each_decode_their_own_shard(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "data", counts={"train": 16, "val": 6})
+    args = ["fit", "--config", str(CONF / "tiny.yaml"), "--data.data_dir", str(data)]
+    args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    args += ["--data.decode", "dali", "--trainer.callbacks+=classifier.LabelIssues"]
+    result = classifier_process(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (run,) = sorted((tmp_path / "runs").glob("*/version_*"))
+    issues = json.loads((run / "label_issues.json").read_text())
+    # Every training image scored once across the two shards; val counted once too.
+    assert issues["train"]["scored_images"] == issues["train"]["images"] == 48
+    assert issues["val"]["images"] == 18
 
 
 @pytest.mark.slow

@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from typing_extensions import override
 
-from classifier import rng
 from classifier.dali_pipeline import Augment, build, dali
 from classifier.image_dataset import UNREADABLE, ImageDataset, sample_seed
-from classifier.resume import begin_epoch
+from classifier.resume import EpochResume
 from classifier.sampler import EpochSampler, ShardSampler
 from classifier.splits import DataError
 from classifier.tensor_decode import load_rgb
@@ -255,45 +254,23 @@ class DaliTrainLoader(DaliLoader):
     exact; DALI's augmentation draws are its own, so a resumed epoch augments differently).
 
     Args:
-        *args: as :class:`DaliLoader`.
-        progress: batches of the current epoch already consumed.
-        epoch: the epoch the trainer runs next.
-        rng_states: generator states to restore before the first iteration (a resumed run).
-        before_epoch: called with the epoch about to start, before its first batch.
-        **kwargs: as :class:`DaliLoader`.
+        resume: the epoch, progress and generator states to resume from.
+        **kwargs: as :class:`DaliLoader`; its sampler is ``resume.sampler``.
     """
 
-    def __init__(
-        self,
-        *args: Any,
-        progress: Callable[[], int],
-        epoch: Callable[[], int],
-        rng_states: dict[str, Any] | None = None,
-        before_epoch: Callable[[int], None] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.progress = progress
-        self.epoch = epoch
-        self._rng_states = rng_states
-        self.before_epoch = before_epoch
-
-    def _epoch_sampler(self) -> EpochSampler:
-        assert isinstance(self.sampler, EpochSampler)
-        return self.sampler
+    def __init__(self, *, resume: EpochResume, **kwargs: Any) -> None:
+        super().__init__(sampler=resume.sampler, **kwargs)
+        self.resume = resume
 
     @override
     def __iter__(self) -> Iterator[Batch]:
-        begin_epoch(self._epoch_sampler(), self.epoch, self.before_epoch)
-        if self._rng_states is not None:
-            rng.restore(self._rng_states)
-            self._rng_states = None
+        self.resume.begin()
         return super().__iter__()
 
     def state_dict(self) -> dict[str, int]:
         """The epoch and the number of this rank's samples already trained on."""
-        return {"epoch": self._epoch_sampler().epoch, "samples": self.progress() * self.batch_size}
+        return self.resume.state_dict()
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Skip the consumed samples if the run resumes inside the same epoch."""
-        self._epoch_sampler().resume(int(state["epoch"]), int(state["samples"]))
+        self.resume.load_state_dict(state)

@@ -15,7 +15,7 @@ from typing_extensions import override
 from classifier.dali_loader import DaliLoader, DaliTrainLoader
 from classifier.dali_pipeline import Augment
 from classifier.image_dataset import ImageDataset
-from classifier.resume import ResumableLoader, consumed_batches, next_epoch
+from classifier.resume import EpochResume, ResumableLoader, consumed_batches, next_epoch
 from classifier.sampler import EpochSampler, ShardSampler
 from classifier.splits import Split
 from classifier.transforms import Preprocessing, normalize
@@ -98,23 +98,23 @@ class LoaderDataModule(pl.LightningDataModule):
         drop_last = self._drop_last()
         if drop_last:
             self.train_sampler.usable = self.train_batches_per_epoch() * self.batch_size
-        resume: dict[str, Any] = {
-            "progress": lambda: consumed_batches(self.trainer),
-            "epoch": lambda: next_epoch(self.trainer),
-            "rng_states": states,
-            "before_epoch": lambda epoch: self.finish_health_check() if epoch > 0 else None,
-        }
+        resume = EpochResume(
+            self.train_sampler,
+            self.batch_size,
+            progress=lambda: consumed_batches(self.trainer),
+            epoch=lambda: next_epoch(self.trainer),
+            rng_states=states,
+            before_epoch=lambda epoch: self.finish_health_check() if epoch > 0 else None,
+        )
         if self.hparams["decode"] == "dali":
-            return DaliTrainLoader(*self._dali_args("train", self.train_sampler), **resume)
+            return DaliTrainLoader(resume=resume, **self._dali_kwargs("train"))
         return ResumableLoader(
-            sampler=self.train_sampler,
-            drop_last=drop_last,
-            **resume,
-            **self._loader_kwargs("train", self.batch_size),
+            resume=resume, drop_last=drop_last, **self._loader_kwargs("train", self.batch_size)
         )
 
-    def _dali_args(self, name: str, sampler: EpochSampler | ShardSampler) -> tuple[Any, ...]:
-        """What :class:`~classifier.dali_loader.DaliLoader` takes for split ``name``."""
+    def _dali_kwargs(self, name: str) -> dict[str, Any]:
+        """What :class:`~classifier.dali_loader.DaliLoader` takes for split ``name``, but its
+        sampler."""
         assert self.preprocessing is not None
         hp = self.hparams
         augment = None
@@ -125,15 +125,20 @@ class LoaderDataModule(pl.LightningDataModule):
             )  # fmt: skip
         device = None if self.trainer is None else self.trainer.strategy.root_device
         device_id = device.index or 0 if device is not None and device.type == "cuda" else None
-        batch = self.batch_size if name == "train" else self.eval_batch_size
-        threads = self.num_workers or 1
-        return self.datasets[name], sampler, batch, self.preprocessing, augment, device_id, threads
+        return {
+            "dataset": self.datasets[name],
+            "batch_size": self.batch_size if name == "train" else self.eval_batch_size,
+            "preprocessing": self.preprocessing,
+            "augment": augment,
+            "device_id": device_id,
+            "threads": self.num_workers or 1,
+        }
 
     def _eval_loader(self, name: str) -> Iterable[Any]:
         rank, world = self._rank()
         sampler = ShardSampler(len(self.datasets[name]), rank, world)
         if name == "val" and self.hparams["decode"] == "dali":
-            return DaliLoader(*self._dali_args(name, sampler))
+            return DaliLoader(sampler=sampler, **self._dali_kwargs(name))
         return DataLoader(sampler=sampler, **self._loader_kwargs(name, self.eval_batch_size))
 
     @override

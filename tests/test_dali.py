@@ -141,7 +141,7 @@ def test_the_training_loader_draws_the_samplers_order_with_its_labels(tmp_path: 
     assert "broken.png" in " ".join(module.excluded["train"])
     loader = module.train_dataloader()
     for epoch in range(2):
-        loader.epoch = lambda epoch=epoch: epoch  # type: ignore[attr-defined] # the trainer's
+        loader.resume.epoch = lambda epoch=epoch: epoch  # type: ignore[attr-defined] # the trainer's
         images, labels, indices = _run(loader)
         sampler = module.train_sampler
         assert sampler is not None and sampler.epoch == epoch

@@ -21,28 +21,9 @@ from typing import Any
 
 import torch
 
+from benchmarks.timing import REPEATS, interleaved, median_time
+
 REPO = Path(__file__).resolve().parent.parent
-REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
-
-
-def median_time(fn: Callable[[], object], repeats: int = REPEATS) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def interleaved(
-    a: Callable[[], float], b: Callable[[], float], repeats: int
-) -> tuple[float, float]:
-    """Medians of ``a()`` and ``b()`` run alternately (each returns its own measurement)."""
-    first, second = [], []
-    for _ in range(repeats):
-        first.append(a())
-        second.append(b())
-    return statistics.median(first), statistics.median(second)
 
 
 def bench_pipeline(data: Path) -> dict[str, float]:
@@ -131,76 +112,6 @@ def bench_ema() -> dict[str, float]:
         "per_tensor_update_s": loop_time,
         "fraction_of_step": fused_time / step_time,
         "fused_speedup": loop_time / fused_time,
-    }
-
-
-def bench_onnx(tmp: Path) -> dict[str, float]:
-    """onnxruntime vs PyTorch eager latency for resnet50 on CPU at batch 1 and 8."""
-    import onnxruntime as ort
-    import timm
-
-    from classifier.export import export_onnx
-    from classifier.transforms import Preprocessing
-
-    net = timm.create_model("resnet50", pretrained=False, num_classes=10).eval()
-    pre = Preprocessing.from_crop_pct(224, 0.875, "bilinear", (0.5,) * 3, (0.5,) * 3)
-    path = export_onnx(net, tmp / "r50.onnx", [str(i) for i in range(10)], pre, simplify=False)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    result: dict[str, float] = {}
-    for batch in (1, 8):
-        x = torch.randn(batch, 3, 224, 224)
-        with torch.no_grad():
-            net(x)
-            session.run(None, {"images": x.numpy()})
-
-            def eager(x: torch.Tensor = x) -> float:
-                return median_time(lambda: net(x), 1)
-
-            def onnx(x: torch.Tensor = x) -> float:
-                return median_time(lambda: session.run(None, {"images": x.numpy()}), 1)
-
-            torch_s, onnx_s = interleaved(eager, onnx, 5)
-        result[f"batch{batch}_pytorch_ms"] = torch_s * 1e3
-        result[f"batch{batch}_onnxruntime_ms"] = onnx_s * 1e3
-        result[f"batch{batch}_speedup"] = torch_s / onnx_s
-    return result
-
-
-def bench_int8(tmp: Path) -> dict[str, float]:
-    """INT8 vs fp32 ONNX (resnet50, 224 px, batch 8, onnxruntime on the CPU): file size and
-    latency, timed alternately. Calibrated on random inputs: speed and size do not depend on it
-    (accuracy is checked on real images by the tests and the export's own verification)."""
-    import numpy as np
-    import onnxruntime as ort
-    import timm
-
-    from classifier.export import export_onnx
-    from classifier.quantize import quantize_int8
-    from classifier.transforms import Preprocessing
-
-    net = timm.create_model("resnet50", pretrained=False, num_classes=10).eval()
-    pre = Preprocessing.from_crop_pct(224, 0.875, "bilinear", (0.5,) * 3, (0.5,) * 3)
-    fp32 = export_onnx(net, tmp / "q50.onnx", [str(i) for i in range(10)], pre)
-    rng = np.random.default_rng(0)
-    calibration = [rng.normal(0, 1, (8, 3, 224, 224)).astype(np.float32) for _ in range(4)]
-    int8 = tmp / "q50_int8.onnx"
-    quantize_int8(fp32, int8, calibration)
-    x = rng.normal(0, 1, (8, 3, 224, 224)).astype(np.float32)
-    sessions = [
-        ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]) for f in (fp32, int8)
-    ]
-    for session in sessions:
-        session.run(None, {"images": x})
-    fp32_s, int8_s = interleaved(
-        lambda: median_time(lambda: sessions[0].run(None, {"images": x}), 1),
-        lambda: median_time(lambda: sessions[1].run(None, {"images": x}), 1),
-        7,
-    )
-    return {
-        "fp32_ms": fp32_s * 1e3,
-        "int8_ms": int8_s * 1e3,
-        "latency_ratio": int8_s / fp32_s,
-        "size_ratio": int8.stat().st_size / fp32.stat().st_size,
     }
 
 
@@ -303,78 +214,72 @@ def bench_duplicates() -> dict[str, float]:
     }
 
 
-def main() -> None:
+def _steps(tmp: Path, whole_epochs: list[int]) -> list[tuple[str, Callable[[], Any]]]:
+    """Each measurement of ``make bench`` by name, in the order they run."""
     from benchmarks.fit_vs_loop import bench_fit
     from benchmarks.label_issues import bench_label_issues
     from benchmarks.make_data import make
+    from benchmarks.onnx_speed import bench_int8, bench_onnx
     from benchmarks.scan import bench_first_run, bench_loader_memory, bench_warm_start
-    from benchmarks.selective import bench_selective, table
+    from benchmarks.selective import bench_selective
     from benchmarks.small_copies import bench_small_copies
     from benchmarks.whole import bench_whole
 
-    # BENCH_WHOLE_EPOCHS="4 20": whole-command runs (the 20-epoch one takes ~10 minutes here,
-    # its background-checkpoint variant as long again).
-    whole_epochs = [int(e) for e in os.environ.get("BENCH_WHOLE_EPOCHS", "20").split()]
+    data = make(tmp / "jpeg", 384, 256, val=96)
+    return [
+        ("fit_vs_hand_loop", lambda: bench_fit(data, tmp)),
+        ("input_pipeline", lambda: bench_pipeline(data)),
+        ("ema", bench_ema),
+        ("onnx_vs_eager", lambda: bench_onnx(tmp)),
+        ("int8_vs_fp32", lambda: bench_int8(tmp)),
+        ("selective_demo", lambda: bench_selective(tmp / "selective")),
+        ("label_issues_demo", lambda: bench_label_issues(tmp / "labels")),
+        ("help_vs_import", bench_help),
+        ("duplicates", bench_duplicates),
+        ("small_copies", bench_small_copies),
+        ("auroc_1000_classes", bench_auroc),
+        ("scan_first_run_vs_decode", lambda: bench_first_run(tmp)),
+        ("warm_start_100k_vs_1k", lambda: bench_warm_start(tmp)),
+        ("loader_memory_200k", bench_loader_memory),
+        *((f"whole_command_{e}_epochs", lambda e=e: bench_whole(tmp, e)) for e in whole_epochs),
+        *(
+            (
+                f"whole_command_{e}_epochs_background_checkpoints",
+                lambda e=e: bench_whole(tmp, e, background=True),
+            )
+            for e in whole_epochs[-1:]
+        ),
+    ]
 
-    results: dict[str, Any] = {"torch": torch.__version__, "cpus": os.cpu_count()}
-    with tempfile.TemporaryDirectory(prefix="classifier-bench-") as tmp:
-        data = make(Path(tmp) / "jpeg", 384, 256, val=96)
-        steps = [
-            ("fit_vs_hand_loop", lambda: bench_fit(data, Path(tmp))),
-            ("input_pipeline", lambda: bench_pipeline(data)),
-            ("ema", bench_ema),
-            ("onnx_vs_eager", lambda: bench_onnx(Path(tmp))),
-            ("int8_vs_fp32", lambda: bench_int8(Path(tmp))),
-            ("selective_demo", lambda: bench_selective(Path(tmp) / "selective")),
-            ("label_issues_demo", lambda: bench_label_issues(Path(tmp) / "labels")),
-            ("help_vs_import", bench_help),
-            ("duplicates", bench_duplicates),
-            ("small_copies", bench_small_copies),
-            ("auroc_1000_classes", bench_auroc),
-            ("scan_first_run_vs_decode", lambda: bench_first_run(Path(tmp))),
-            ("warm_start_100k_vs_1k", lambda: bench_warm_start(Path(tmp))),
-            ("loader_memory_200k", bench_loader_memory),
-            *(
-                (f"whole_command_{e}_epochs", lambda e=e: bench_whole(Path(tmp), e))
-                for e in whole_epochs
-            ),
-            *(
-                (
-                    f"whole_command_{e}_epochs_background_checkpoints",
-                    lambda e=e: bench_whole(Path(tmp), e, background=True),
-                )
-                for e in whole_epochs[-1:]
-            ),
-        ]
-        only = os.environ.get("BENCH_ONLY", "").split()  # BENCH_ONLY="ema duplicates"
-        for name, fn in steps:
-            if only and name not in only:
-                continue
-            print(f"[bench] {name} ...", flush=True)
-            results[name] = fn()
-            print(f"[bench] {name}: {json.dumps(results[name])}", flush=True)
-    goals = {
-        "fit_vs_hand_loop": ("ratio", ">=", 0.97),
-        "input_pipeline": ("ratio", ">=", 1.7),
-        "ema": ("fraction_of_step", "<=", 0.02),
-        "onnx_vs_eager": ("batch8_speedup", ">=", 1.5),
-        "int8_vs_fp32": ("latency_ratio", "<=", 0.7),
-        "int8_vs_fp32.size": ("size_ratio", "<=", 0.35),
-        "selective_demo": ("no_class_rejected_vs_test", ">=", 5.0),
-        "selective_demo.coverage": ("test_accepted", ">=", 0.85),
-        "selective_demo.gain": ("accepted_minus_all", ">", 0.0),
-        "label_issues_demo": ("train_precision_top_k", ">=", 0.6),
-        "label_issues_demo.val": ("val_recall_top_2k", ">=", 0.6),
-        "label_issues_demo.cost": ("cost_share", "<=", 0.02),
-        "help_vs_import": ("ratio", "<=", 1.15),
-        "duplicates": ("hashes_100k_s", "<=", 10.0),
-        "small_copies": ("demo_false_pairs", "<=", 0),
-        "small_copies.recall": ("demo_planted_recall", ">=", 1.0),
-        "scan_first_run_vs_decode": ("ratio", "<=", 0.25),
-        "warm_start_100k_vs_1k": ("first_step_ratio", "<=", 1.3),
-        "warm_start_100k_vs_1k.memory": ("peak_memory_ratio", "<=", 1.5),
-        **{f"whole_command_{e}_epochs": ("ratio", "<=", 1.10) for e in whole_epochs},
-    }
+
+#: Each goal: the result (``name.suffix`` for a second goal of one result), its key, the
+#: comparison and the target.
+GOALS: dict[str, tuple[str, str, float]] = {
+    "fit_vs_hand_loop": ("ratio", ">=", 0.97),
+    "input_pipeline": ("ratio", ">=", 1.7),
+    "ema": ("fraction_of_step", "<=", 0.02),
+    "onnx_vs_eager": ("batch8_speedup", ">=", 1.5),
+    "int8_vs_fp32": ("latency_ratio", "<=", 0.7),
+    "int8_vs_fp32.size": ("size_ratio", "<=", 0.35),
+    "selective_demo": ("no_class_rejected_vs_test", ">=", 5.0),
+    "selective_demo.coverage": ("test_accepted", ">=", 0.85),
+    "selective_demo.gain": ("accepted_minus_all", ">", 0.0),
+    "label_issues_demo": ("train_precision_top_k", ">=", 0.6),
+    "label_issues_demo.val": ("val_recall_top_2k", ">=", 0.6),
+    "label_issues_demo.cost": ("cost_share", "<=", 0.02),
+    "help_vs_import": ("ratio", "<=", 1.15),
+    "duplicates": ("hashes_100k_s", "<=", 10.0),
+    "small_copies": ("demo_false_pairs", "<=", 0),
+    "small_copies.recall": ("demo_planted_recall", ">=", 1.0),
+    "scan_first_run_vs_decode": ("ratio", "<=", 0.25),
+    "warm_start_100k_vs_1k": ("first_step_ratio", "<=", 1.3),
+    "warm_start_100k_vs_1k.memory": ("peak_memory_ratio", "<=", 1.5),
+}
+
+
+def _print_goals(results: dict[str, Any], whole_epochs: list[int]) -> None:
+    """The table of measured ratios against their goals."""
+    goals = {**GOALS, **{f"whole_command_{e}_epochs": ("ratio", "<=", 1.10) for e in whole_epochs}}
     print("\nratio                                  measured   goal")
     for name, (key, op, goal) in goals.items():
         if name.split(".")[0] not in results:
@@ -382,27 +287,50 @@ def main() -> None:
         value = results[name.split(".")[0]][key]
         ok = {">=": value >= goal, "<=": value <= goal, ">": value > goal}[op]
         print(f"{name + '.' + key:38s} {value:8.3f}   {op} {goal}  {'ok' if ok else 'MISSED'}")
+
+
+def _print_details(results: dict[str, Any], whole_epochs: list[int]) -> None:
+    """What a ratio alone does not say: whole-command times, AUROCs, the end-of-fit share."""
+    from benchmarks.selective import table
+
     for e in whole_epochs:
-        if f"whole_command_{e}_epochs" not in results:
-            continue
-        whole = results[f"whole_command_{e}_epochs"]
-        print(
-            f"whole_command_{e}_epochs: classifier {whole['classifier_s']:.1f} s (first step at"
-            f" {whole['classifier_first_step_s']:.1f} s), hand loop {whole['hand_loop_s']:.1f} s"
-            f" (first step at {whole['hand_loop_first_step_s']:.1f} s)"
-        )
+        whole = results.get(f"whole_command_{e}_epochs")
+        if whole is not None:
+            print(
+                f"whole_command_{e}_epochs: classifier {whole['classifier_s']:.1f} s (first step"
+                f" at {whole['classifier_first_step_s']:.1f} s), hand loop"
+                f" {whole['hand_loop_s']:.1f} s (first step at"
+                f" {whole['hand_loop_first_step_s']:.1f} s)"
+            )
     if "selective_demo" in results:
         print("\nselective_demo, AUROC of each score (test digits against no-class images):")
         print(table(results["selective_demo"]))
-    if "fit_vs_hand_loop" not in results:
-        Path("bench.json").write_text(json.dumps(results, indent=2))
-        return
-    fit = results["fit_vs_hand_loop"]
-    print(
-        f"\nfit_vs_hand_loop.ratio_with_end_of_fit {fit['ratio_with_end_of_fit']:.3f}: the"
-        f" end-of-fit figures ({fit['end_of_fit_s']:.1f} s, once per run) charged to the two"
-        " timed epochs"
-    )
+    fit = results.get("fit_vs_hand_loop")
+    if fit is not None:
+        print(
+            f"\nfit_vs_hand_loop.ratio_with_end_of_fit {fit['ratio_with_end_of_fit']:.3f}: the"
+            f" end-of-fit figures ({fit['end_of_fit_s']:.1f} s, once per run) charged to the two"
+            " timed epochs"
+        )
+
+
+def main() -> None:
+    """Run the measurements (``BENCH_ONLY="ema duplicates"`` picks some), print the ratios
+    against their goals and write ``bench.json``."""
+    # BENCH_WHOLE_EPOCHS="4 20": whole-command runs (the 20-epoch one takes ~10 minutes here,
+    # its background-checkpoint variant as long again).
+    whole_epochs = [int(e) for e in os.environ.get("BENCH_WHOLE_EPOCHS", "20").split()]
+    only = os.environ.get("BENCH_ONLY", "").split()
+    results: dict[str, Any] = {"torch": torch.__version__, "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="classifier-bench-") as tmp:
+        for name, fn in _steps(Path(tmp), whole_epochs):
+            if only and name not in only:
+                continue
+            print(f"[bench] {name} ...", flush=True)
+            results[name] = fn()
+            print(f"[bench] {name}: {json.dumps(results[name])}", flush=True)
+    _print_goals(results, whole_epochs)
+    _print_details(results, whole_epochs)
     Path("bench.json").write_text(json.dumps(results, indent=2))
     print("\nwrote bench.json")
 

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from classifier.checkpoint import CheckpointError, checkpoint_file
 from classifier.checkpoint_io import guard_checkpoint_loads
 from classifier.console import console, version_line
 from classifier.datamodule import ImageFolderDataModule
-from classifier.errors import ConfigError, one_line_errors
+from classifier.errors import one_line_errors
 from classifier.figure_thread import wait_for_figures
 from classifier.files import run_dir, run_of_checkpoint
 from classifier.html_report import write_report
@@ -41,8 +40,14 @@ from classifier.preflight import (
     check_inside,
     check_new_run_folder,
     check_resume,
+    refuse_spawn,
 )
-from classifier.safety import enforce_import_policy, refuse_unsafe_objects, unsafe_error
+from classifier.safety import (
+    enforce_import_policy,
+    no_working_folder_imports,
+    refuse_unsafe_objects,
+    unsafe_error,
+)
 from classifier.tune import TuneError, find
 
 
@@ -123,7 +128,7 @@ class ClassifierCLI(LightningCLI):
     @override
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         """Lightning's trainer, loading checkpoints only through the safe loader."""
-        _refuse_spawn(self.config[str(self.subcommand)].trainer.strategy)
+        refuse_spawn(self.config[str(self.subcommand)].trainer.strategy)
         trainer = super().instantiate_trainer(**kwargs)
         guard_checkpoint_loads(trainer.strategy)
         return trainer
@@ -314,36 +319,6 @@ def _report(run: Path, results: Path | None = None) -> None:
         rank_zero_info(f"Report: {write_report(run, results)}")
     except OSError as error:
         warnings.warn(f"report.html not written: {error}", stacklevel=2)
-
-
-def _refuse_spawn(strategy: Any) -> None:
-    """Refuse the spawn-method strategies (``ddp_spawn``): Lightning hands the trained weights
-    back to the parent through a temporary pickle file and its progress bar deadlocks there;
-    ``ddp`` (a process per device, started like the command) does the same work."""
-    name = strategy if isinstance(strategy, str) else str(getattr(strategy, "class_path", ""))
-    start = getattr(getattr(strategy, "init_args", None), "start_method", None)
-    if "spawn" in name or start == "spawn":
-        raise ConfigError(
-            f"trainer.strategy {name} (ddp_spawn) is not supported: use --trainer.strategy ddp "
-            "(the default for several devices), which runs the same training."
-        )
-
-
-@contextmanager
-def no_working_folder_imports() -> Iterator[None]:
-    """Every Python process this command starts (spawned DDP workers, spawn-method loader
-    workers, anything started with ``python -c``) runs without the working folder on
-    ``sys.path`` (``PYTHONSAFEPATH``, Python 3.11+), so a ``multiprocessing.py`` or
-    ``torch/`` planted there is never imported. Restored when the command ends."""
-    before = os.environ.get("PYTHONSAFEPATH")
-    os.environ["PYTHONSAFEPATH"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("PYTHONSAFEPATH", None)
-        else:
-            os.environ["PYTHONSAFEPATH"] = before
 
 
 @contextmanager

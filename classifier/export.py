@@ -191,16 +191,21 @@ def export_and_verify(
             report |= {"verified": True, "passed": options.passed(report)}
     write_json(sidecar(path, "export_report.json"), report)
     if report.get("passed") is False:
-        raise ExportError(
-            f"ONNX export {path} disagrees with PyTorch: top-1 agreement "
-            f"{report['top1_agreement']:.4f}, accept decisions' agreement "
-            f"{report.get('accepted_agreement', 1.0):.4f} (min {options.min_agreement}), max "
-            f"|logit difference| {report['max_abs_logit_diff']:.2e} (atol {options.atol})."
-        )
+        raise _disagreement(path, report, options)
     if options.quantize == "int8":
         checked = (paths, labels) if images and chosen else None
         report["int8"] = _int8(reference, path, pre, options, checked, calibration or [], described)
     return report
+
+
+def _disagreement(path: Path, report: dict[str, Any], options: ExportOptions) -> ExportError:
+    """The one-line error of an export that failed verification."""
+    return ExportError(
+        f"ONNX export {path} disagrees with PyTorch: top-1 agreement "
+        f"{report['top1_agreement']:.4f}, accept decisions' agreement "
+        f"{report.get('accepted_agreement', 1.0):.4f} (min {options.min_agreement}), max "
+        f"|logit difference| {report['max_abs_logit_diff']:.2e} (atol {options.atol})."
+    )
 
 
 def _int8(

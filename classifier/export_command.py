@@ -57,19 +57,8 @@ def export_checkpoint(
     checkpoint = load_checkpoint(ckpt_path)
     network, names, data = _network(checkpoint, ckpt_path)
     path = Path(output) if output else default_output(Path(ckpt_path))
-    described = [path, sidecar(path, "labels_mapping.json"), sidecar(path, "export_report.json")]
-    if quantize == "int8":
-        int8 = path.with_name(f"{path.stem}_int8.onnx")
-        described += [
-            int8,
-            sidecar(int8, "labels_mapping.json"),
-            sidecar(int8, "export_report.json"),
-        ]
-    existing = [str(f) for f in described if os.path.lexists(f)]
-    if existing and not overwrite:
-        raise ExportError(
-            f"{', '.join(existing)} exist(s); pass --overwrite true to replace, or --output FILE."
-        )
+    if not overwrite:
+        _refuse_existing(path, int8=quantize == "int8")
     folder = Path(images) if images else Path(data.get("data_dir", "data")) / "val"
     options = ExportOptions(
         opset,
@@ -98,6 +87,22 @@ def export_checkpoint(
     )
     print(describe(path, report))
     return path
+
+
+def _refuse_existing(path: Path, int8: bool) -> None:
+    """Stop before anything is written if ``path``, its INT8 sibling (``int8``) or their
+    side files exist."""
+    models = [path, path.with_name(f"{path.stem}_int8.onnx")] if int8 else [path]
+    described = [
+        f
+        for m in models
+        for f in (m, sidecar(m, "labels_mapping.json"), sidecar(m, "export_report.json"))
+    ]
+    existing = [str(f) for f in described if os.path.lexists(f)]
+    if existing:
+        raise ExportError(
+            f"{', '.join(existing)} exist(s); pass --overwrite true to replace, or --output FILE."
+        )
 
 
 def _selector(checkpoint: dict[str, Any]) -> Any:

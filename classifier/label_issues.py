@@ -18,7 +18,6 @@ import hashlib
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,14 @@ from classifier.contract import classifier_module, image_data
 from classifier.dist import gather_batches
 from classifier.figure_thread import submit_figure
 from classifier.files import run_dir, write_csv, write_json
-from classifier.label_scores import Suspects, confident_suspects, margin_suspects, margins
+from classifier.label_scores import (
+    Margins,
+    Suspects,
+    confident_suspects,
+    margin_suspects,
+    margins,
+    margins_problem,
+)
 from classifier.picture_grids import as_uint8, picture_grid, save_png
 from classifier.temperature import MIN_IMAGES, fit_temperature
 
@@ -41,42 +47,6 @@ from classifier.temperature import MIN_IMAGES, fit_temperature
 COLUMNS = ("split", "path", "given", "suggested", "score")
 #: Splits in file order.
 SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class _Margins:
-    """Per training image: the sum of its margins, how many there are, and its latest
-    largest other class (-1: none yet)."""
-
-    sum: torch.Tensor
-    count: torch.Tensor
-    other: torch.Tensor
-
-    @staticmethod
-    def zeros(size: int, device: torch.device) -> _Margins:
-        """No margins yet for ``size`` images."""
-        return _Margins(
-            torch.zeros(size, dtype=torch.float64, device=device),
-            torch.zeros(size, dtype=torch.float64, device=device),
-            torch.full((size,), -1, dtype=torch.long, device=device),
-        )
-
-    def update(
-        self, indices: torch.Tensor, margin: torch.Tensor, other: torch.Tensor, keep: torch.Tensor
-    ) -> None:
-        """Add one batch's margins where ``keep`` (weights, not a mask: no device sync)."""
-        weight = keep.double()
-        self.sum.index_add_(0, indices, torch.where(keep, margin.double(), 0.0))
-        self.count.index_add_(0, indices, weight)
-        self.other.index_put_((indices,), torch.where(keep, other, self.other[indices]))
-
-    def add(self, more: _Margins) -> None:
-        """Add ``more``'s margins; its largest other classes replace these where known."""
-        device = self.sum.device
-        self.sum += more.sum.to(device)
-        self.count += more.count.to(device)
-        newer = more.other.to(device)
-        self.other = torch.where(newer >= 0, newer, self.other)
 
 
 class LabelIssues(Callback):
@@ -97,8 +67,8 @@ class LabelIssues(Callback):
 
     def __init__(self, num_images: int = 8) -> None:
         self.num_images = num_images
-        self._synced: _Margins | None = None
-        self._delta: _Margins | None = None
+        self._synced: Margins | None = None
+        self._delta: Margins | None = None
         self._restored: dict[str, Any] | None = None
         self._batches = {"used": 0, "mixed": 0}
         self._eval: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -118,15 +88,15 @@ class LabelIssues(Callback):
         size = len(files[0]) if files is not None else 0
         self._split = _split_digest(files)
         device = pl_module.device
-        self._synced = _Margins.zeros(size, device)
-        self._delta = _Margins.zeros(size, device)
+        self._synced = Margins.zeros(size, device)
+        self._delta = Margins.zeros(size, device)
         restored, self._restored = self._restored, None
         classes = len(classifier_module(pl_module).class_names)
-        problem = _state_problem(restored, size, classes) if restored is not None else None
+        problem = margins_problem(restored, size, classes) if restored is not None else None
         if restored is not None and problem is None and restored.get("split") != self._split:
             problem = "the checkpoint's sums are for other training files or labels"
         if restored is not None and problem is None:
-            self._synced.add(_Margins(restored["sum"], restored["count"], restored["other"]))
+            self._synced.add(Margins(restored["sum"], restored["count"], restored["other"]))
             self._batches = {k: int(restored["batches"][k]) for k in ("used", "mixed")}
         elif problem is not None:
             warnings.warn(f"label issues: {problem}; starting the sums again", stacklevel=2)
@@ -167,13 +137,13 @@ class LabelIssues(Callback):
             from classifier.dist import max_over_processes
 
             other = max_over_processes(other).to(other.device)
-        reduced = _Margins(
+        reduced = Margins(
             strategy.reduce(self._delta.sum, reduce_op="sum"),
             strategy.reduce(self._delta.count, reduce_op="sum"),
             other,
         )
         self._synced.add(reduced)
-        self._delta = _Margins.zeros(len(other), other.device)
+        self._delta = Margins.zeros(len(other), other.device)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -183,7 +153,7 @@ class LabelIssues(Callback):
         a progress bar on rank 0 alone may be syncing metrics."""
         if self._synced is None or self._delta is None:
             return dict(self._restored) if self._restored is not None else {}
-        total = _Margins(self._synced.sum.clone(), self._synced.count.clone(), self._synced.other)
+        total = Margins(self._synced.sum.clone(), self._synced.count.clone(), self._synced.other)
         total.add(self._delta)
         return {
             "sum": total.sum.cpu(),
@@ -359,32 +329,6 @@ def _split_digest(files: tuple[Sequence[Path], Any] | None) -> str:
     digest = hashlib.sha256(paths.digest().encode())
     digest.update(np.asarray(files[1], dtype=np.int64).tobytes())
     return digest.hexdigest()
-
-
-def _state_problem(state: dict[str, Any], size: int, classes: int) -> str | None:
-    """What is wrong with a checkpoint's sums for ``size`` training images of ``classes``
-    classes (a checkpoint may come from someone else), or ``None``."""
-    tensors = [state.get(k) for k in ("sum", "count", "other")]
-    if not all(isinstance(t, torch.Tensor) and t.shape == (size,) for t in tensors):
-        return f"the checkpoint's sums are not for this run's {size} training images"
-    total, count, other = tensors
-    assert isinstance(total, torch.Tensor) and isinstance(count, torch.Tensor)
-    assert isinstance(other, torch.Tensor)
-    if not (total.is_floating_point() and count.is_floating_point()) or other.is_floating_point():
-        return "the checkpoint's sums have the wrong types"
-    # One class has no other logit: its margins are +inf, which is no reason to refuse.
-    if torch.isnan(total).any() or not ((count >= 0).all() and torch.isfinite(count).all()):
-        return "the checkpoint's sums are not finite"
-    if not bool(((other >= -1) & (other < classes)).all()):
-        return f"the checkpoint names classes outside this run's {classes}"
-    if bool(((count > 0) & (other < 0)).any()):
-        return "the checkpoint has margins without their largest other class"
-    batches = state.get("batches")
-    if not isinstance(batches, dict) or not all(
-        isinstance(batches.get(k), int) and batches[k] >= 0 for k in ("used", "mixed")
-    ):
-        return "the checkpoint's batch counts are malformed"
-    return None
 
 
 def _draw(

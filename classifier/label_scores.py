@@ -22,6 +22,7 @@ imports ``scipy.signal`` when it is installed).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -55,6 +56,68 @@ class Suspects:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+@dataclass
+class Margins:
+    """Per training image, on the device: the sum of its margins, how many there are, and its
+    latest largest other class (-1: none yet)."""
+
+    sum: torch.Tensor
+    count: torch.Tensor
+    other: torch.Tensor
+
+    @staticmethod
+    def zeros(size: int, device: torch.device) -> Margins:
+        """No margins yet for ``size`` images."""
+        return Margins(
+            torch.zeros(size, dtype=torch.float64, device=device),
+            torch.zeros(size, dtype=torch.float64, device=device),
+            torch.full((size,), -1, dtype=torch.long, device=device),
+        )
+
+    def update(
+        self, indices: torch.Tensor, margin: torch.Tensor, other: torch.Tensor, keep: torch.Tensor
+    ) -> None:
+        """Add one batch's margins where ``keep`` (weights, not a mask: no device sync)."""
+        weight = keep.double()
+        self.sum.index_add_(0, indices, torch.where(keep, margin.double(), 0.0))
+        self.count.index_add_(0, indices, weight)
+        self.other.index_put_((indices,), torch.where(keep, other, self.other[indices]))
+
+    def add(self, more: Margins) -> None:
+        """Add ``more``'s margins; its largest other classes replace these where known."""
+        device = self.sum.device
+        self.sum += more.sum.to(device)
+        self.count += more.count.to(device)
+        newer = more.other.to(device)
+        self.other = torch.where(newer >= 0, newer, self.other)
+
+
+def margins_problem(state: dict[str, Any], size: int, classes: int) -> str | None:
+    """What is wrong with a checkpoint's sums for ``size`` training images of ``classes``
+    classes (a checkpoint may come from someone else), or ``None``."""
+    tensors = [state.get(k) for k in ("sum", "count", "other")]
+    if not all(isinstance(t, torch.Tensor) and t.shape == (size,) for t in tensors):
+        return f"the checkpoint's sums are not for this run's {size} training images"
+    total, count, other = tensors
+    assert isinstance(total, torch.Tensor) and isinstance(count, torch.Tensor)
+    assert isinstance(other, torch.Tensor)
+    if not (total.is_floating_point() and count.is_floating_point()) or other.is_floating_point():
+        return "the checkpoint's sums have the wrong types"
+    # One class has no other logit: its margins are +inf, which is no reason to refuse.
+    if torch.isnan(total).any() or not ((count >= 0).all() and torch.isfinite(count).all()):
+        return "the checkpoint's sums are not finite"
+    if not bool(((other >= -1) & (other < classes)).all()):
+        return f"the checkpoint names classes outside this run's {classes}"
+    if bool(((count > 0) & (other < 0)).any()):
+        return "the checkpoint has margins without their largest other class"
+    batches = state.get("batches")
+    if not isinstance(batches, dict) or not all(
+        isinstance(batches.get(k), int) and batches[k] >= 0 for k in ("used", "mixed")
+    ):
+        return "the checkpoint's batch counts are malformed"
+    return None
 
 
 def margin_suspects(sums: torch.Tensor, counts: torch.Tensor, other: torch.Tensor) -> Suspects:

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from classifier.errors import UserError
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The training loss became NaN or infinite; the run stops before saving bad weights."""
+
 
 class LossWindow(torch.nn.Module):
     """The sum and count of the training losses of the current log interval, and whether any
@@ -38,3 +44,13 @@ class LossWindow(torch.nn.Module):
     def all_finite(self) -> bool:
         """Whether every loss since the start was finite (one host read)."""
         return bool(self.finite)
+
+
+def nonfinite_error(step: int, checkpoint: str) -> NonFiniteLossError:
+    """The one-line error for a loss that became NaN/inf by ``step``, naming the last good
+    ``checkpoint`` (empty: none yet) and what to try."""
+    return NonFiniteLossError(
+        f"the training loss became NaN or infinite (by step {step}); stopped without saving."
+        f" Last good checkpoint: {checkpoint or 'none yet'}. "
+        "Try a lower --model.lr, a longer warm-up, or bf16-mixed instead of 16-mixed."
+    )

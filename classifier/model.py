@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -10,22 +11,18 @@ import torch
 from typing_extensions import override
 
 from classifier.backbone import Runner, create_backbone
+from classifier.checkpoint import checkpoint_file, upgrade
 from classifier.contract import optional_image_data
-from classifier.errors import UserError
-from classifier.loss_window import LossWindow
+from classifier.loss_window import LossWindow, NonFiniteLossError, nonfinite_error
 from classifier.losses import cross_entropy, mixed_cross_entropy, mixing
 from classifier.metrics import summary_metrics
 from classifier.optim import Schedule, optimization, stepping_batches
 from classifier.sam import SAM, check_sam_trainer
-from classifier.selective import Distance, Selector, features_and_logits
-from classifier.stage_metrics import StageMetrics, warn_unreadable
-from classifier.transforms import Preprocessing, tta_views
+from classifier.selective import Selector, features_and_logits
+from classifier.stage_metrics import StageMetrics, TrainUnreadable, warn_unreadable
+from classifier.transforms import Preprocessing, tta_log_probs
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-class NonFiniteLossError(UserError, FloatingPointError):
-    """The training loss became NaN or infinite; the run stops before saving bad weights."""
 
 
 EvalStage = Literal["val", "test"]
@@ -119,13 +116,14 @@ class ImageClassifier(pl.LightningModule):
         #: saved in checkpoints (a number, not a buffer: averaging the weights never touches it).
         self.temperature = 1.0
         self.use_class_weights = False
-        self._selector: Selector | None = None
-        self._distances: list[Distance] = []
+        #: What accepts or rejects predictions (fitted by ``Calibration``; ``None`` before);
+        #: a plain attribute, outside the module tree: state-dict keys (and EMA) never see it.
+        self.selector: Selector | None = None
         #: Runs the network, compiled once ``compile`` asks for it.
         self._runner = Runner()
         self.loss_window = LossWindow()
         self._reported_step = 0
-        self._unreadable_epoch: int | None = None
+        self.train_unreadable = TrainUnreadable()
         self._sam: SAM | None = None
         self._sam_first: tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]] | None = None
         self.mixup_fn = mixing(mixup, cutmix, self.num_classes)
@@ -138,8 +136,6 @@ class ImageClassifier(pl.LightningModule):
 
     def network_copy(self, state: dict[str, torch.Tensor]) -> torch.nn.Module:
         """A copy of the network with the weights of a checkpoint's ``state_dict``."""
-        import copy
-
         net = copy.deepcopy(self.model)
         prefix = "model."
         net.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
@@ -153,24 +149,6 @@ class ImageClassifier(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a normalised ``float`` NCHW batch (compiled with ``compile``)."""
         return self._runner(self.model, self._channels(images))
-
-    @property
-    def selector(self) -> Selector | None:
-        """What accepts or rejects predictions (fitted by ``Calibration``; ``None`` before)."""
-        return self._selector
-
-    @selector.setter
-    def selector(self, selector: Selector | None) -> None:
-        self._selector = selector
-        # In a list: outside the module tree, so state-dict keys (and EMA) never see it.
-        self._distances = [selector.distance()] if selector is not None else []
-
-    def _distance(self, features: torch.Tensor) -> torch.Tensor:
-        distance = self._distances[0]
-        if distance.means.device != features.device:
-            self._distances[0] = distance = distance.to(features.device)
-        result: torch.Tensor = distance(features)
-        return result
 
     @override
     def setup(self, stage: str) -> None:
@@ -255,12 +233,8 @@ class ImageClassifier(pl.LightningModule):
             raise self._nonfinite_error()
 
     def _nonfinite_error(self) -> NonFiniteLossError:
-        checkpoint = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
-        return NonFiniteLossError(
-            f"the training loss became NaN or infinite (by step {self.trainer.global_step});"
-            f" stopped without saving. Last good checkpoint: {checkpoint or 'none yet'}. "
-            "Try a lower --model.lr, a longer warm-up, or bf16-mixed instead of 16-mixed."
-        )
+        best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
+        return nonfinite_error(self.trainer.global_step, best)
 
     def _eval_logits(
         self, images: torch.Tensor, tta: bool
@@ -273,14 +247,12 @@ class ImageClassifier(pl.LightningModule):
         distance = None
         if self.selector is not None:
             features, logits = features_and_logits(self.model, self._channels(images))
-            distance = self._distance(features)
+            distance = self.selector.distance_of(features)
         else:
             logits = self(images)
         if not tta or mode == "none":
             return logits, distance
-        views = tta_views(images, flip="flip" in mode, crops="crops" in mode)
-        mean = torch.stack([self(v).float().softmax(dim=1) for v in views]).mean(0)
-        return mean.clamp_min(1e-12).log(), distance
+        return tta_log_probs(self, images, mode), distance
 
     def _channels(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams["channels_last"]:
@@ -345,18 +317,13 @@ class ImageClassifier(pl.LightningModule):
     @override
     def configure_optimizers(self) -> Any:
         """timm's optimizer factory (no decay on norms/biases) and a per-step LR schedule."""
-        found = optimization(self.model, self.hparams, *self._stepping_batches())
+        data = optional_image_data(self.trainer)
+        per_epoch = data.train_batches_per_epoch() if data is not None else None
+        found = optimization(self.model, self.hparams, *stepping_batches(self.trainer, per_epoch))
         self._sam = found["optimizer"] if isinstance(found["optimizer"], SAM) else None
         if self._sam is not None:
             check_sam_trainer(self.trainer)
         return found
-
-    def _stepping_batches(self) -> tuple[int, int]:
-        data = optional_image_data(self.trainer)
-        if data is None:  # another data module: let Lightning count
-            total = max(1, int(self.trainer.estimated_stepping_batches))
-            return max(1, total // max(1, self.trainer.max_epochs or 1)), total
-        return stepping_batches(self.trainer, data.train_batches_per_epoch())
 
     @override
     @classmethod
@@ -373,8 +340,6 @@ class ImageClassifier(pl.LightningModule):
 
         ``weights_only`` is accepted for compatibility and ignored: a checkpoint never runs code.
         """
-        from classifier.checkpoint import checkpoint_file
-
         loaded: ImageClassifier = super().load_from_checkpoint(
             checkpoint_file(checkpoint_path),
             map_location=map_location,
@@ -401,8 +366,6 @@ class ImageClassifier(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the preprocessing saved by :meth:`on_save_checkpoint`; give checkpoints
         from before calibration a temperature of 1 (also on Lightning's own loading route)."""
-        from classifier.checkpoint import upgrade
-
         upgrade(checkpoint, "the checkpoint", source=self._checkpoint_file())
         self.temperature = float(checkpoint.get("temperature", 1.0))
         stored = checkpoint.get("selective")
@@ -420,27 +383,16 @@ class ImageClassifier(pl.LightningModule):
 
     @override
     def on_train_epoch_end(self) -> None:
-        """Log training images that failed to load this epoch (``train/unreadable``, summed
-        over processes by Lightning with the epoch's other metrics: a collective of its own
-        here could meet the progress bar's metric sync on rank 0 alone and hang DDP)."""
+        """Log the epoch's unreadable training images (``train/unreadable``)."""
         data = optional_image_data(self.trainer)
-        local = data.new_failures("train") if data is not None else 0
-        self.log("train/unreadable", float(local), reduce_fx="sum", sync_dist=True)
-        self._unreadable_epoch = self.current_epoch
+        self.train_unreadable.log(self, data.new_failures("train") if data is not None else 0)
 
     @override
     def on_train_epoch_start(self) -> None:
         """Warn about the previous epoch's unreadable training images."""
-        self._warn_train_unreadable()
+        self.train_unreadable.warn(self.trainer.callback_metrics)
 
     @override
     def on_train_end(self) -> None:
         """Warn about the last epoch's unreadable training images."""
-        self._warn_train_unreadable()
-
-    def _warn_train_unreadable(self) -> None:
-        if self._unreadable_epoch is None:
-            return
-        self._unreadable_epoch = None
-        count = self.trainer.callback_metrics.get("train/unreadable")
-        warn_unreadable("train", int(count) if count is not None else 0)
+        self.train_unreadable.warn(self.trainer.callback_metrics)

@@ -40,13 +40,17 @@ def lr_multiplier(
     return factor
 
 
-def stepping_batches(trainer: Any, batches_per_epoch: int) -> tuple[int, int]:
-    """Optimizer steps per epoch and in total, from the loader length alone.
+def stepping_batches(trainer: Any, batches_per_epoch: int | None) -> tuple[int, int]:
+    """Optimizer steps per epoch and in total, from the loader length alone (``None``: another
+    data module, whose loader Lightning counts).
 
     ``trainer.estimated_stepping_batches`` would build and iterate the train loader before a
     resumed run restores its loop state, which makes the first resumed epoch replay epoch 0's
     order; this mirrors its arithmetic without touching the loader.
     """
+    if batches_per_epoch is None:
+        estimated = max(1, int(trainer.estimated_stepping_batches))
+        return max(1, estimated // max(1, trainer.max_epochs or 1)), estimated
     limit = trainer.limit_train_batches
     batches = (
         min(batches_per_epoch, limit) if isinstance(limit, int) else int(batches_per_epoch * limit)

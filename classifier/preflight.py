@@ -120,3 +120,16 @@ def _same_folder(first: str, second: str) -> bool:
 
 def _short(names: list[str]) -> str:
     return repr(names) if len(names) <= 6 else f"{names[:6]!r}... ({len(names)} classes)"
+
+
+def refuse_spawn(strategy: Any) -> None:
+    """Refuse the spawn-method strategies (``ddp_spawn``): Lightning hands the trained weights
+    back to the parent through a temporary pickle file and its progress bar deadlocks there;
+    ``ddp`` (a process per device, started like the command) does the same work."""
+    name = strategy if isinstance(strategy, str) else str(getattr(strategy, "class_path", ""))
+    start = getattr(getattr(strategy, "init_args", None), "start_method", None)
+    if "spawn" in name or start == "spawn":
+        raise ConfigError(
+            f"trainer.strategy {name} (ddp_spawn) is not supported: use --trainer.strategy ddp "
+            "(the default for several devices), which runs the same training."
+        )

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from classifier.errors import UserError
@@ -260,3 +262,20 @@ def refuse_foreign_class_paths(value: Any, origin: str) -> None:
                 f"({', '.join((*ALLOWED_PREFIXES, 'classifier'))} classes); refusing to import it. "
                 f"Add trusted packages to ${ENV_ALLOWED} (comma-separated)."
             )
+
+
+@contextmanager
+def no_working_folder_imports() -> Iterator[None]:
+    """Every Python process this command starts (spawned DDP workers, spawn-method loader
+    workers, anything started with ``python -c``) runs without the working folder on
+    ``sys.path`` (``PYTHONSAFEPATH``, Python 3.11+), so a ``multiprocessing.py`` or
+    ``torch/`` planted there is never imported. Restored when the command ends."""
+    before = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONSAFEPATH", None)
+        else:
+            os.environ["PYTHONSAFEPATH"] = before

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -204,10 +204,18 @@ class Selector:
     coverage: float
     means: torch.Tensor
     precision: torch.Tensor
+    _on_device: list[Distance] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def distance(self) -> Distance:
         """The distance as a module (for the model and the ONNX graph)."""
         return Distance(self.means, self.precision)
+
+    def distance_of(self, features: torch.Tensor) -> torch.Tensor:
+        """Each row's distance, by a module kept on the features' device (moved once)."""
+        if not self._on_device or self._on_device[0].means.device != features.device:
+            self._on_device[:] = [self.distance().to(features.device)]
+        result: torch.Tensor = self._on_device[0](features)
+        return result
 
     def accepted(self, confidence: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
         """Which predictions pass both thresholds."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F  # noqa: N812
 from lightning.pytorch.utilities import rank_zero_warn
@@ -90,6 +94,28 @@ def warn_unreadable(stage: str, count: int) -> None:
             f"{count} {stage} image(s) could not be read this epoch and {what}; their paths "
             "are in the warnings above (the files changed after the pre-scan?)."
         )
+
+
+class TrainUnreadable:
+    """The training images that failed to load, logged as ``train/unreadable`` at each epoch's
+    end and summed over processes by Lightning with the epoch's other metrics (a collective of
+    its own could meet the progress bar's metric sync on rank 0 alone and hang DDP); warned
+    about once that sum is known, at the next epoch's start or the end of training."""
+
+    def __init__(self) -> None:
+        self.pending = False
+
+    def log(self, module: pl.LightningModule, count: int) -> None:
+        """Log this process's ``count`` for the epoch that ends."""
+        module.log("train/unreadable", float(count), reduce_fx="sum", sync_dist=True)
+        self.pending = True
+
+    def warn(self, metrics: Mapping[str, Any]) -> None:
+        """Warn about the summed count of the last logged epoch (once)."""
+        if self.pending:
+            self.pending = False
+            count = metrics.get("train/unreadable")
+            warn_unreadable("train", int(count) if count is not None else 0)
 
 
 def hardness(losses: torch.Tensor, predicted: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ so that a consumer reproduces evaluation exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -209,6 +210,17 @@ def denormalize(images: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
 
 #: Sides, as fractions of the image's, of the centred crops ``tta: crops`` adds.
 TTA_CROPS = (0.95, 0.9)
+
+
+def tta_log_probs(
+    network: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mode: str
+) -> torch.Tensor:
+    """The log of the mean probabilities ``network`` gives the views of ``mode`` (``flip``,
+    ``crops`` or ``flip+crops``): logits in every use downstream, as softmax gives the
+    averaged probabilities back."""
+    views = tta_views(images, flip="flip" in mode, crops="crops" in mode)
+    mean = torch.stack([network(v).float().softmax(dim=1) for v in views]).mean(0)
+    return mean.clamp_min(1e-12).log()
 
 
 def tta_views(images: torch.Tensor, flip: bool, crops: bool) -> list[torch.Tensor]:

@@ -152,3 +152,23 @@ def tiny(command: str, data: Path, *extra: str) -> list[str]:
 def full(command: str, data: Path, *extra: str) -> list[str]:
     """As :func:`tiny`, with every callback the shipped configs use (:data:`FULL`)."""
     return [command, *FULL, "--data.data_dir", str(data), *extra]
+
+
+@pytest.fixture
+def exported_model(tmp_path: Path) -> Path:
+    """A small export made without training (the predictor needs only a valid file)."""
+    from classifier.export import ExportOptions, export_and_verify
+    from classifier.model import ImageClassifier
+    from classifier.transforms import Preprocessing
+
+    model = ImageClassifier("test_resnet", ["cat", "dog", "fox"], pretrained=False)
+    pre = Preprocessing.from_crop_pct(32, 1.0, "bilinear", (0.5,) * 3, (0.25,) * 3)
+    path = tmp_path / "model.onnx"
+    export_and_verify(model.model, path, model.class_names, pre, ExportOptions(simplify=False))
+    return path
+
+
+@pytest.fixture
+def marker(tmp_path: Path) -> Path:
+    """A file an attack would create if any of its code ran."""
+    return tmp_path / "MARKER"

@@ -126,7 +126,7 @@ def test_planted_wrong_labels_are_found_in_train_and_val(tmp_path: Path) -> None
 
 
 def test_a_checkpoint_with_foreign_sums_is_not_trusted() -> None:
-    from classifier.label_issues import _state_problem
+    from classifier.label_scores import margins_problem
 
     good = {
         "sum": torch.zeros(3, dtype=torch.float64),
@@ -134,14 +134,14 @@ def test_a_checkpoint_with_foreign_sums_is_not_trusted() -> None:
         "other": torch.tensor([0, 1, -1]),
         "batches": {"used": 1, "mixed": 0},
     }
-    assert _state_problem(good, 3, 2) is None
-    assert "4 training images" in str(_state_problem(good, 4, 2))
-    assert "outside" in str(_state_problem({**good, "other": torch.tensor([0, 7, 1])}, 3, 2))
+    assert margins_problem(good, 3, 2) is None
+    assert "4 training images" in str(margins_problem(good, 4, 2))
+    assert "outside" in str(margins_problem({**good, "other": torch.tensor([0, 7, 1])}, 3, 2))
     nan = {**good, "sum": torch.tensor([0.0, float("nan"), 0.0], dtype=torch.float64)}
-    assert "finite" in str(_state_problem(nan, 3, 2))
+    assert "finite" in str(margins_problem(nan, 3, 2))
     unnamed = {**good, "count": torch.ones(3, dtype=torch.float64)}
-    assert "largest other" in str(_state_problem(unnamed, 3, 2))
-    assert "malformed" in str(_state_problem({**good, "batches": {"used": "x"}}, 3, 2))
+    assert "largest other" in str(margins_problem(unnamed, 3, 2))
+    assert "malformed" in str(margins_problem({**good, "batches": {"used": "x"}}, 3, 2))
 
 
 def test_a_class_the_split_lacks_can_still_be_the_suggestion() -> None:

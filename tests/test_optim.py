@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from classifier.model import ImageClassifier
-from classifier.optim import lr_multiplier, stepping_batches
+from classifier.optim import lr_multiplier, optimization, stepping_batches
 
 
 def test_warm_up_rises_linearly_to_the_peak() -> None:
@@ -58,8 +58,7 @@ def test_stepping_batches_counts_limits_accumulation_and_max_steps() -> None:
 
 def _configured(**hparams: Any) -> tuple[torch.optim.Optimizer, Any]:
     model = ImageClassifier("test_resnet", ["a", "b"], pretrained=False, **hparams)
-    model._stepping_batches = lambda: (10, 100)  # type: ignore[method-assign]
-    config = model.configure_optimizers()
+    config = optimization(model.model, model.hparams, steps_per_epoch=10, total_steps=100)
     assert config["lr_scheduler"]["interval"] == "step"  # Lightning steps it per optimizer step
     return config["optimizer"], config["lr_scheduler"]["scheduler"]
 

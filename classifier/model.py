@@ -13,11 +13,11 @@ from typing_extensions import override
 from classifier.backbone import Runner, create_backbone
 from classifier.checkpoint import checkpoint_file, upgrade
 from classifier.contract import optional_image_data
-from classifier.loss_window import LossWindow, NonFiniteLossError, nonfinite_error
+from classifier.loss_window import LossWindow, nonfinite_error
 from classifier.losses import cross_entropy, mixed_cross_entropy, mixing
 from classifier.metrics import summary_metrics
 from classifier.optim import Schedule, optimization, stepping_batches
-from classifier.sam import SAM, check_sam_trainer
+from classifier.sam import SAM, Window, check_sam_trainer
 from classifier.selective import Selector, features_and_logits
 from classifier.stage_metrics import StageMetrics, TrainUnreadable, warn_unreadable
 from classifier.transforms import Preprocessing, tta_log_probs
@@ -49,7 +49,7 @@ class ImageClassifier(pl.LightningModule):
         momentum: SGD momentum (ignored by AdamW).
         sam_base: with ``optimizer: sam``, the optimizer that takes SAM's steps.
         sam_rho: with ``optimizer: sam``, the neighbourhood radius (two forward-backward
-            passes per step; not with ``16-mixed`` precision or gradient accumulation).
+            passes per step; not with ``16-mixed`` precision).
         scheduler: ``cosine`` decay to ``min_lr_ratio * lr``, ``multistep`` decay by ``gamma``
             at ``milestones``, or ``constant``; all stepped per optimizer step.
         warmup_epochs: linear warm-up length in epochs (fractions allowed).
@@ -107,25 +107,22 @@ class ImageClassifier(pl.LightningModule):
         self.class_names = list(class_names)
         self.num_classes = len(class_names)
         self.model = create_backbone(
-            model_name, self.num_classes, pretrained, drop_rate, drop_path_rate
+            model_name, len(class_names), pretrained, drop_rate, drop_path_rate
         )
-        #: Set from the data at setup and stored in checkpoints.
-        self.preprocessing: Preprocessing | None = None
+        self.preprocessing: Preprocessing | None = None  # from the data; in checkpoints
         self.register_buffer("class_weights", torch.ones(self.num_classes), persistent=False)
         #: Probabilities are ``softmax(logits / temperature)``; fitted by ``Calibration`` and
         #: saved in checkpoints (a number, not a buffer: averaging the weights never touches it).
         self.temperature = 1.0
         self.use_class_weights = False
-        #: What accepts or rejects predictions (fitted by ``Calibration``; ``None`` before);
-        #: a plain attribute, outside the module tree: state-dict keys (and EMA) never see it.
+        #: Accepts or rejects predictions (fitted by ``Calibration``), outside the module tree.
         self.selector: Selector | None = None
-        #: Runs the network, compiled once ``compile`` asks for it.
-        self._runner = Runner()
+        self._runner = Runner()  # runs the network, compiled once ``compile`` asks for it
         self.loss_window = LossWindow()
         self._reported_step = 0
         self.train_unreadable = TrainUnreadable()
         self._sam: SAM | None = None
-        self._sam_first: tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]] | None = None
+        self._sam_window = Window()
         self.mixup_fn = mixing(mixup, cutmix, self.num_classes)
         self.train_top1 = summary_metrics(self.num_classes)["top1"]
         # In checkpoints, so an epoch resumed mid-way reports accuracy over all its batches.
@@ -184,10 +181,9 @@ class ImageClassifier(pl.LightningModule):
         """Cross-entropy with label smoothing and class weights, of hard or mixed targets
         (normalised alike, see :mod:`classifier.losses`): ``{"loss", "logits"}``, without
         ``logits`` for a mixed batch (its logits belong to no single label). SAM's second
-        pass reuses the first pass's inputs and outputs and logs nothing."""
-        if self._sam is not None and self._sam.perturbed and self._sam_first is not None:
-            inputs, replayed, first = self._sam_first
-            self._sam_first = None
+        pass replays the window's inputs and first-pass outputs and logs nothing."""
+        if self._sam is not None and self._sam.perturbed and self._sam_window:
+            inputs, replayed, first = self._sam_window.replay()
             return {**first, "loss": self._loss(self(inputs), replayed)}
         images, labels, _ = batch
         targets = labels
@@ -201,8 +197,8 @@ class ImageClassifier(pl.LightningModule):
             self.train_top1.update(logits.detach(), labels)
             self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
             out = {"loss": loss, "logits": logits.detach()}
-        if self._sam is not None:
-            self._sam_first = (images, targets, {k: v for k, v in out.items() if k != "loss"})
+        if self._sam is not None:  # replayed by SAM's second pass
+            self._sam_window.keep(self._sam, images, targets, out)
         # Loggers read it every log interval; the bar shows the interval mean (see below).
         self.log("train/loss", loss, on_step=True, on_epoch=True)
         self.loss_window.add(loss)  # on device, no sync: read every log interval
@@ -223,18 +219,15 @@ class ImageClassifier(pl.LightningModule):
             return
         self._reported_step = step
         mean, finite = self.loss_window.take()
-        if not finite:
-            raise self._nonfinite_error()
+        self.check_finite(finite)
         self.log("loss", torch.tensor(mean), prog_bar=True, logger=False)
 
-    def check_finite(self) -> None:
-        """Raise :class:`NonFiniteLossError` if any loss since the start was NaN/inf."""
-        if not self.loss_window.all_finite():
-            raise self._nonfinite_error()
-
-    def _nonfinite_error(self) -> NonFiniteLossError:
-        best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
-        return nonfinite_error(self.trainer.global_step, best)
+    def check_finite(self, finite: bool | None = None) -> None:
+        """Raise :class:`~classifier.loss_window.NonFiniteLossError` if a loss since the start
+        was NaN/inf (``finite``: already read back; ``None``: read it)."""
+        if not (self.loss_window.all_finite() if finite is None else finite):
+            best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
+            raise nonfinite_error(self.trainer.global_step, best)
 
     def _eval_logits(
         self, images: torch.Tensor, tta: bool
@@ -283,13 +276,10 @@ class ImageClassifier(pl.LightningModule):
         if not self.trainer.sanity_checking:
             values = metrics.compute_logged()
             self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
-            self._log_unreadable(stage, int(metrics.unreadable.compute()))
+            unreadable = int(metrics.unreadable.compute())  # in metrics.csv, and a warning
+            self.log(f"{stage}/unreadable", float(unreadable), sync_dist=False)
+            warn_unreadable(stage, unreadable)
         metrics.reset()
-
-    def _log_unreadable(self, stage: str, count: int) -> None:
-        """Log ``{stage}/unreadable`` (in metrics.csv) and warn when files could not be read."""
-        self.log(f"{stage}/unreadable", float(count), sync_dist=False)
-        warn_unreadable(stage, count)
 
     @override
     def on_validation_epoch_end(self) -> None:
@@ -315,6 +305,19 @@ class ImageClassifier(pl.LightningModule):
         return out
 
     @override
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's clipping, once per step: with SAM and gradient accumulation, after the
+        second pass's last micro-batch (the replays before it hold partial sums)."""
+        if self._sam is not None and self._sam.perturbed and self._sam_window:
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    @override
     def configure_optimizers(self) -> Any:
         """timm's optimizer factory (no decay on norms/biases) and a per-step LR schedule."""
         data = optional_image_data(self.trainer)
@@ -336,10 +339,8 @@ class ImageClassifier(pl.LightningModule):
         weights_only: bool | None = None,
         **kwargs: Any,
     ) -> ImageClassifier:
-        """Lightning's loader restricted to local files and ``weights_only=True``.
-
-        ``weights_only`` is accepted for compatibility and ignored: a checkpoint never runs code.
-        """
+        """Lightning's loader restricted to local files and ``weights_only=True`` (a
+        ``weights_only`` argument is ignored: a checkpoint never runs code)."""
         loaded: ImageClassifier = super().load_from_checkpoint(
             checkpoint_file(checkpoint_path),
             map_location=map_location,
@@ -390,6 +391,7 @@ class ImageClassifier(pl.LightningModule):
     @override
     def on_train_epoch_start(self) -> None:
         """Warn about the previous epoch's unreadable training images."""
+        self._sam_window.clear()  # a window an interruption left unstepped
         self.train_unreadable.warn(self.trainer.callback_metrics)
 
     @override

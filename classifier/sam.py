@@ -8,9 +8,16 @@ closure from ``optimizer.step`` (as it does for LBFGS), so gradient clipping app
 pass, DDP averages both passes' gradients, and the base optimizer's state is the checkpoint's
 (exact resume).
 
+With ``accumulate_grad_batches > 1`` the perturbation comes from the whole window's gradient
+(the same ``w + rho * g / ||g||`` as one large batch), and the second pass replays every
+micro-batch of the window at the perturbed weights, one closure call each: the model keeps the
+window's inputs (on the device) for it and sets :attr:`SAM.replays`. The step is then the one a
+batch as large as the window would take (exactly so for networks without batch statistics);
+under DDP each replay averages its gradients over the processes. Gradient clipping applies once,
+to the second pass's whole sum (``ImageClassifier.configure_gradient_clipping``).
+
 Not supported, with a clear error: ``precision: 16-mixed`` (its gradient scaler steps the
-optimizer without a closure; ``bf16-mixed`` works) and ``accumulate_grad_batches > 1`` (the
-second pass would see only the last micro-batch).
+optimizer without a closure; ``bf16-mixed`` works).
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ class SAM(Optimizer):
 
     Attributes:
         perturbed: ``True`` while the second pass runs (at the perturbed weights).
+        replays: closure calls of the second pass: one per micro-batch of the accumulation
+            window (set by the model; 1 without accumulation).
     """
 
     def __init__(self, base: Optimizer, rho: float = 0.05) -> None:
@@ -41,6 +50,7 @@ class SAM(Optimizer):
         self.base = base
         self.rho = rho
         self.perturbed = False
+        self.replays = 1
         super().__init__(base.param_groups, {"rho": rho})
         self.param_groups = base.param_groups  # one set: schedulers reach the base
         self.state = base.state
@@ -48,8 +58,10 @@ class SAM(Optimizer):
     @override
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Two passes of ``closure`` (each computes the loss and its gradients), then the base
-        optimizer's step at the original weights with the second pass's gradients.
+        """The first pass (``closure``: the loss and its gradients, summed over the window),
+        then :attr:`replays` calls of ``closure`` at the perturbed weights from zeroed
+        gradients, then the base optimizer's step at the original weights with the second
+        pass's gradients.
 
         Raises:
             RuntimeError: no closure (16-mixed precision, or a manual ``step()``).
@@ -64,8 +76,10 @@ class SAM(Optimizer):
         shifts = self._ascend()
         self.perturbed = True
         try:
-            with torch.enable_grad():
-                closure()
+            self.base.zero_grad()  # with accumulation, Lightning's closure does not
+            for _ in range(max(1, self.replays)):
+                with torch.enable_grad():
+                    closure()
         finally:
             self.perturbed = False
             for param, shift in shifts:
@@ -109,11 +123,40 @@ class SAM(Optimizer):
         self.state = self.base.state
 
 
+Kept = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
+
+
+class Window:
+    """The accumulation window's micro-batches (inputs, targets, first-pass outputs), kept on
+    the device for SAM's second pass, which replays them in order."""
+
+    def __init__(self) -> None:
+        self._kept: list[Kept] = []
+
+    def keep(
+        self, sam: SAM, inputs: torch.Tensor, targets: torch.Tensor, outputs: dict[str, Any]
+    ) -> None:
+        """Keep one micro-batch (its outputs but the loss); ``sam`` replays them all."""
+        self._kept.append((inputs, targets, {k: v for k, v in outputs.items() if k != "loss"}))
+        sam.replays = len(self._kept)
+
+    def replay(self) -> Kept:
+        """The next micro-batch to replay."""
+        return self._kept.pop(0)
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def clear(self) -> None:
+        """Forget a window that was never stepped (an interrupted epoch)."""
+        self._kept.clear()
+
+
 def check_sam_trainer(trainer: Any) -> None:
     """Refuse the trainer settings SAM cannot honour.
 
     Raises:
-        ConfigError: ``16-mixed`` precision or ``accumulate_grad_batches > 1``.
+        ConfigError: ``16-mixed`` precision.
     """
     from classifier.errors import ConfigError
 
@@ -122,9 +165,4 @@ def check_sam_trainer(trainer: Any) -> None:
         raise ConfigError(
             f"model.optimizer sam does not work with precision {precision}: its gradient "
             "scaler steps the optimizer without SAM's second pass; use bf16-mixed or 32-true"
-        )
-    if int(getattr(trainer, "accumulate_grad_batches", 1)) > 1:
-        raise ConfigError(
-            "model.optimizer sam does not work with trainer.accumulate_grad_batches > 1: its "
-            "second pass would see only the last micro-batch; use a larger data.batch_size"
         )

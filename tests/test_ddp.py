@@ -88,10 +88,18 @@ def test_ddp_metrics_confusion_and_weighted_shards_match_one_process(tmp_path: P
 
 @pytest.mark.slow
 @pytest.mark.ddp
-def test_ddp_trains_with_sam_and_scores_every_training_image(tmp_path: Path) -> None:
+def test_ddp_trains_with_sam_and_accumulation_and_scores_every_training_image(
+    tmp_path: Path,
+) -> None:
     data = make_folder(tmp_path / "data", counts={"train": 16, "val": 6})
     args = ["fit", "--config", str(CONF / "tiny.yaml"), "--data.data_dir", str(data), *DDP]
     args += ["--model.optimizer", "sam", "--trainer.callbacks+=classifier.LabelIssues"]
+    args += ["--trainer.accumulate_grad_batches", "2", "--trainer.gradient_clip_val", "1"]
     _classifier(args, tmp_path)
-    issues = json.loads((_only_run(tmp_path) / "label_issues.json").read_text())
+    run = _only_run(tmp_path)
+    issues = json.loads((run / "label_issues.json").read_text())
     assert issues["train"]["scored_images"] == issues["train"]["images"] == 48  # both processes
+    import torch
+
+    # 48 images in 2 processes x batches of 8 (tiny.yaml): 3 micro-batches, 2 steps an epoch.
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4

@@ -48,6 +48,7 @@ from classifier.safety import (
     refuse_unsafe_objects,
     unsafe_error,
 )
+from classifier.text import printable
 from classifier.tune import TuneError, find
 
 
@@ -84,11 +85,16 @@ class ClassifierArgumentParser(LightningArgumentParser):
 
     @override
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        """Raise :class:`UnsafeConfigError` for a refused import; otherwise report as usual."""
+        """Raise :class:`UnsafeConfigError` for a refused import; otherwise print one
+        ``error:`` line (status 2), not the usage text ``--help`` prints."""
         unsafe = unsafe_error(message)
         if unsafe is not None:
             raise unsafe from None
-        super().error(message, ex)
+        if not self.exit_on_error:  # jsonargparse trying alternatives: it catches this
+            super().error(message, ex)
+        prog = (getattr(ex, "subcommand_parser", None) or self).prog.replace(" [options]", "")
+        sys.stderr.write(printable(f"error: {' '.join(message.split())} (see {prog} --help)\n"))
+        self.exit(2)
 
 
 class ClassifierCLI(LightningCLI):

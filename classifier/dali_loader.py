@@ -59,14 +59,32 @@ MAX_REPLACEMENTS = 10
 def undecodable(path: str) -> str | None:
     """Why DALI cannot use the image at ``path``, or ``None`` when it can."""
     try:
+        load_rgb(path)  # a file nothing can read is named as such, not as DALI's
         with open(path, "rb") as file:
             head = file.read(16)
-        if not (head.startswith(DALI_FORMATS) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
-            return "a format DALI does not decode (use data.decode: cpu)"
-        load_rgb(path)
     except Exception as error:  # decoder errors vary by format
         return str(error) or type(error).__name__
+    if not (head.startswith(DALI_FORMATS) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
+        return "a format DALI does not decode (use data.decode: cpu)"
     return None
+
+
+def dali_cause(error: BaseException) -> str:
+    """The line of a DALI error that says what went wrong (its last line is always "Current
+    pipeline object is no longer valid"), at most 300 characters."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("encountered:") and i + 1 < len(lines):
+            return lines[i + 1][:300]
+    useful = [
+        line
+        for line in lines
+        if not line.startswith(
+            ("Critical error", "Error in CPU operator", "Error in MIXED", "File ")
+        )
+        and "no longer valid" not in line
+    ]
+    return (useful[0] if useful else lines[-1] if lines else type(error).__name__)[:300]
 
 
 class DaliLoader:
@@ -154,17 +172,23 @@ class DaliLoader:
         """DALI's outputs over ``paths``; built on the first ``next``, so that a failure while
         building or in the first batch reaches the caller there too."""
         plugin = dali().plugin.pytorch
-        with warnings.catch_warnings():  # DALI's own deprecated aliases in auto_aug
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pipeline = build(
-                paths,
-                self.preprocessing,
-                self.augment,
-                self.batch_size,
-                self.device_id,
-                self.threads,
-                seed,
-            )
+        try:
+            with warnings.catch_warnings():  # DALI's own deprecated aliases in auto_aug
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pipeline = build(
+                    paths,
+                    self.preprocessing,
+                    self.augment,
+                    self.batch_size,
+                    self.device_id,
+                    self.threads,
+                    seed,
+                )
+                pipeline.build()  # loads DALI's libraries: an install problem shows here
+        except RuntimeError as error:
+            raise DataError(
+                printable(f"DALI could not start ({dali_cause(error)}); check the install")
+            ) from error
         outputs = plugin.DALIGenericIterator(
             [pipeline],
             ["images", "positions"],
@@ -212,7 +236,7 @@ class DaliLoader:
             self._replace(files, unreadable, indices, position)
             culprits += 1
         if culprits == 0:
-            message = str(error).strip().splitlines()[-1] if str(error).strip() else "no message"
+            message = dali_cause(error)
             paths = self.dataset.paths
             first, last = paths[int(files[done])], paths[int(files[window[-1]])]
             raise DataError(
@@ -243,9 +267,12 @@ class DaliLoader:
             if (index + attempt) % count not in self.failed:
                 files[position] = (index + attempt) % count
                 return
-        raise RuntimeError(
-            f"{MAX_REPLACEMENTS + 1} consecutive images failed to load from "
-            f"{self.dataset.paths[index]}; is the data folder still mounted?"
+        raise DataError(
+            printable(
+                f"{MAX_REPLACEMENTS + 1} consecutive training images DALI cannot decode, from "
+                f"{self.dataset.paths[index]} on (the files changed after the scan?); use "
+                "--data.decode cpu"
+            )
         )
 
 

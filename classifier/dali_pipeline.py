@@ -25,6 +25,10 @@ from classifier.transforms import AutoAugment, Preprocessing
 CROP_RATIO = (3 / 4, 4 / 3)
 ERASE_AREA = (0.02, 0.33)
 ERASE_RATIO = (0.3, 3.3)
+#: Formats (as the pre-scan names them) that DALI decodes differently from the CPU path or not
+#: at all: grey+alpha and LAB TIFFs come out with other pixels, GIF fails. ``data.decode:
+#: dali`` refuses a train or val split holding any.
+DALI_REFUSED = frozenset({b"GIF", b"TIFF"})
 
 
 def dali() -> ModuleType:
@@ -81,6 +85,7 @@ def build(
             labels=list(range(len(files))),
             random_shuffle=False,
             pad_last_batch=True,
+            dont_use_mmap=True,  # a file truncated while mapped would kill the process (SIGBUS)
             name="reader",
         )
         decoder = "cpu" if device_id is None else "mixed"

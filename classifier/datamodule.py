@@ -13,6 +13,7 @@ from typing_extensions import override
 
 from classifier import rng
 from classifier.checkpoint_contents import MAX_SIDE
+from classifier.dali_pipeline import dali
 from classifier.dist import max_over_processes
 from classifier.file_table import Paths
 from classifier.files import run_dir
@@ -57,7 +58,8 @@ class ImageFolderDataModule(LoaderDataModule):
         decode: ``cpu`` decodes and augments in the loader workers (torchvision); ``dali``
             decodes and augments the train and val batches with NVIDIA DALI: on the GPU
             (nvJPEG) when training on one, else with DALI's CPU operators. Test and predict
-            keep the CPU path (the ONNX contract's). Needs ``pip install 'classifier[dali]'``.
+            keep the CPU path (the ONNX contract's). Needs ``pip install 'classifier[dali]'``
+            and ``scan``; refuses GIF and TIFF files in train/ and val/.
         scale: RandomResizedCrop's range of the crop area as a fraction of the image.
         hflip: probability of a horizontal flip (set 0 for images whose side matters).
         color_jitter: strength of brightness/contrast/saturation jitter; 0 disables.
@@ -125,6 +127,11 @@ class ImageFolderDataModule(LoaderDataModule):
             raise DataError(f"duplicate_bits must be -1 (off) or 0-63, got {duplicate_bits}")
         if not 0 < image_size <= MAX_SIDE:
             raise DataError(f"image_size must be 1 to {MAX_SIDE} pixels, got {image_size}")
+        if decode == "dali" and not scan:
+            raise DataError(
+                "data.decode: dali needs data.scan: true (the scan checks each file's format "
+                "and pixel count, which DALI's decoders do not)"
+            )
         # class_names belongs to the model's hyper-parameters (it is linked from here).
         self.save_hyperparameters(ignore=["class_names"])
         self.data_dir = Path(data_dir)
@@ -195,6 +202,8 @@ class ImageFolderDataModule(LoaderDataModule):
     @override
     def setup(self, stage: str) -> None:
         """Read the splits the stage needs, pre-scan them and build the datasets."""
+        if self.hparams["decode"] == "dali" and stage in ("fit", "validate"):
+            dali()  # a missing install, before the scan
         self.preprocessing = self.resolve_preprocessing()
         self._check_class_names()
         if self.trainer is not None:

@@ -119,6 +119,8 @@ class FolderSplits:
         if self.processes.first_on_node:
             self.processes.barrier()
         hashes = Hashes(result.content, result.phash, result.thumbs)
+        if self.options.get("decode") == "dali" and split.name in ("train", "val"):
+            _check_dali_formats(split, result.kinds)
         if result.bad:
             self.excluded[split.name] = {str(split.paths[i]): r for i, r in result.bad.items()}
             if split.name == "predict":  # each file keeps its row in predictions.csv
@@ -194,3 +196,23 @@ class FolderSplits:
         assert self.unsplit is not None
         self.splits["val"] = self.apply_held_out(saved(self.unsplit, names))
         return self.splits["val"]
+
+
+def _check_dali_formats(split: Split, kinds: np.ndarray) -> None:
+    """Refuse a split DALI would decode wrongly (:data:`~classifier.dali_pipeline.DALI_REFUSED`).
+
+    Raises:
+        DataError: naming how many files, their formats and one of them.
+    """
+    from classifier.dali_pipeline import DALI_REFUSED
+    from classifier.text import printable
+
+    refused = np.flatnonzero(np.isin(kinds, list(DALI_REFUSED)))
+    if refused.size:
+        formats = "/".join(sorted({kinds[i].decode() for i in refused}))
+        example = printable(str(split.paths[int(refused[0])]))
+        raise DataError(
+            f"data.decode: dali: {refused.size} image(s) of {split.root} are {formats}, which "
+            f"DALI does not decode as the CPU path does (e.g. {example}); convert them to JPEG "
+            "or PNG, or use --data.decode cpu"
+        )

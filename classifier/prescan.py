@@ -60,6 +60,7 @@ class ScanResult:
             computed yet, :data:`~classifier.scan_cache.NO_HASH` for images too small or flat).
         thumbs: each file's thumbnail (:func:`classifier.thumbnails.thumbnail`; ``b""`` for
             none: images not small, or too small).
+        kinds: each file's format (``Checked.kind``, at most 4 bytes: ``JPEG``, ``PNG``, ...).
         cached: how many files came from the cache.
     """
 
@@ -67,6 +68,7 @@ class ScanResult:
     content: np.ndarray
     phash: np.ndarray
     thumbs: np.ndarray
+    kinds: np.ndarray
     cached: int
 
 
@@ -81,6 +83,8 @@ class Checked(NamedTuple):
     small: bool = False
     #: Its thumbnail, for a small image (``b""``: none).
     thumb: bytes = b""
+    #: Its format as PIL names it (``JPEG``, ``PNG``, ...; ``""`` for a bad file).
+    kind: str = ""
 
 
 #: The largest image file read (a larger one is no photo: a sparse file, or a hostile one).
@@ -123,9 +127,9 @@ def check_file(path: bytes | str) -> Checked:
         if problem:
             return Checked(problem, b"")
         if kind in _STRUCTURAL and not small:
-            return Checked(None, digest)
+            return Checked(None, digest, kind=kind)
         pixels = decode_pil(io.BytesIO(data))  # type: ignore[arg-type]  # PIL reads file objects
-        return Checked(None, digest, small, (thumbnail(pixels) or b"") if small else b"")
+        return Checked(None, digest, small, (thumbnail(pixels) or b"") if small else b"", kind)
     except Image.DecompressionBombError as error:
         return Checked(f"decompression bomb: {error}", b"")
     except UnidentifiedImageError:  # its message names an in-memory buffer, not the file
@@ -178,6 +182,7 @@ def scan_split(split: Split, cache: ScanCache, progress: bool = True) -> ScanRes
     content = np.full(count, b"", dtype="S16")
     phash = np.full(count, UNHASHED, dtype=np.int64)
     thumbs = np.full(count, b"", dtype=object)
+    kinds = np.full(count, b"", dtype="S4")
     bad: dict[int, str] = {}
     todo: list[int] = []
     kept: dict[int, int] = {}  # perceptual hashes of rows that lack only their digest (v4)
@@ -190,17 +195,18 @@ def scan_split(split: Split, cache: ScanCache, progress: bool = True) -> ScanRes
             todo.append(i)
             kept[i] = row[8]
         else:
-            content[i], phash[i], thumbs[i] = row[7], row[8], row[9] or b""
+            content[i], phash[i], thumbs[i], kinds[i] = row[7], row[8], row[9] or b"", row[10] or ""
     for i, checked in _checked(raw, todo, split.name, progress, cache, split.keys, kept):
         if checked.reason is not None:
             bad[i] = checked.reason
         else:
-            content[i], phash[i], thumbs[i] = (
+            content[i], phash[i], thumbs[i], kinds[i] = (
                 checked.digest,
                 _phash(checked, i, kept),
                 checked.thumb,
+                checked.kind,
             )
-    return ScanResult(bad, content, phash, thumbs, count - len(todo))
+    return ScanResult(bad, content, phash, thumbs, kinds, count - len(todo))
 
 
 def _phash(checked: Checked, index: int, kept: dict[int, int]) -> int:
@@ -241,6 +247,7 @@ def _checked(
                 result.digest or None,
                 _phash(result, i, kept),
                 result.thumb or None,
+                result.kind or None,
             )
             pending.append(row)
             if time.monotonic() - last > COMMIT_EVERY_S:

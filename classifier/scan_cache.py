@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 
 #: Cache format version; bump when the checks, the hashes or the key change.
-VERSION = 7
+VERSION = 8
 #: The perceptual hash of an image not hashed yet.
 UNHASHED = -(2**63)
 #: The perceptual hash of an image too small or too flat to have one (compared byte for byte).
 NO_HASH = -(2**63) + 1
 
-Row = tuple[bytes, int, int, int, int, int, str | None, bytes | None, int, bytes | None]
+Row = tuple[bytes, int, int, int, int, int, str | None, bytes | None, int, bytes | None, str | None]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS files (
     reason TEXT,
     content BLOB,
     phash INTEGER NOT NULL,
-    thumb BLOB
+    thumb BLOB,
+    kind TEXT
 ) WITHOUT ROWID
 """
 
@@ -183,7 +184,7 @@ class ScanCache:
             with self._db:
                 self._db.execute("BEGIN")
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)", rows
+                    "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
                 )
         except sqlite3.Error as error:
             warnings.warn(f"scan cache not updated ({error})", stacklevel=3)
@@ -233,7 +234,7 @@ def _v4_rows(entries: dict[str, object]) -> list[Row]:
         if reason is None:  # nothing worth keeping: the scan reads the file anyway
             continue
         # No content digest yet: the next scan reads the file for it (cheap) and keeps the rest.
-        rows.append((os.fsencode(path), *fields, reason, None, UNHASHED, None))  # type: ignore[arg-type]
+        rows.append((os.fsencode(path), *fields, reason, None, UNHASHED, None, None))  # type: ignore[arg-type]
     return rows
 
 

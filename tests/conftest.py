@@ -133,7 +133,12 @@ def classifier_process(
     """Run ``python -m classifier`` as its own process (DDP launches, kill signals)."""
     unmarked = os.environ.get("CLASSIFIER_TEST_NOT_SLOW")
     assert unmarked is None or args[:1] != ("fit",), f"{unmarked} trains: mark it slow"
-    env = {**os.environ, "CLASSIFIER_ALLOWED_CLASS_PATHS": "tests.", "PYTHONPATH": str(REPO)}
+    paths = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]  # kept: a DALI install
+    env = {
+        **os.environ,
+        "CLASSIFIER_ALLOWED_CLASS_PATHS": "tests.",
+        "PYTHONPATH": os.pathsep.join(paths),
+    }
     return subprocess.run(
         [sys.executable, "-m", "classifier", *args],
         cwd=cwd,

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO, classifier_process, make_folder, run_cli, tiny
+from tests.conftest import CONF, REPO, classifier_process, make_folder, run_cli, tiny
 
 
 def _run_folder(cli: object) -> Path:
@@ -232,3 +232,23 @@ def test_contradicting_trainer_settings_are_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr[-2000:]
     assert "error: " in result.stderr and "RichProgressBar" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["fit", "--config", str(CONF / "tiny.yaml"), "--data.decode", "gpu"], "data.decode"),
+        (["fit", "--config", str(CONF / "tiny.yaml"), "--model.lr", "abc"], "model.lr"),
+        (["fit", "--nope", "1"], "unrecognized arguments: --nope"),
+        (["fitt"], "invalid choice: 'fitt'"),
+    ],
+)
+def test_a_bad_option_is_one_error_line_not_the_usage_text(
+    args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_attacks import run_entry
+
+    code, err = run_entry(capsys, *args)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err[:3000]
+    assert "--help)" in err

@@ -167,27 +167,107 @@ def test_a_resumed_epoch_continues_with_the_samples_not_yet_trained_on(tmp_path:
     assert rest.tolist() == whole[16:].tolist()
 
 
+def _gif_bytes(colour: tuple[int, int, int]) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    Image.new("RGB", (40, 40), colour).save(out, format="GIF")
+    return out.getvalue()
+
+
 def test_a_file_dali_cannot_decode_is_named_and_replaced_or_marked(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Files that became a GIF or garbage after the scan (which refuses GIFs up front)."""
     data = make_folder(tmp_path / "data", counts={"train": 12, "val": 4})
-    Image.new("RGB", (40, 40), (200, 40, 40)).save(data / "train" / "cat" / "anim.gif")
-    Image.new("RGB", (40, 40), (20, 40, 240)).save(data / "val" / "cat" / "anim.gif")
     module = _module(data)
-    train = module.splits["train"]
+    train, val = module.splits["train"], module.splits["val"]
+    gif = next(i for i, p in enumerate(train.paths) if p.name == "cat_002.png")
     changed = next(i for i, p in enumerate(train.paths) if p.name == "dog_003.png")
-    train.paths[changed].write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)  # after the scan
+    val_gif = next(i for i, p in enumerate(val.paths) if p.name == "cat_001.png")
+    train.paths[gif].write_bytes(_gif_bytes((200, 40, 40)))
+    train.paths[changed].write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    val.paths[val_gif].write_bytes(_gif_bytes((20, 40, 240)))
     with caplog.at_level(logging.WARNING):
         _, _, indices = _run(module.train_dataloader())
         _, val_labels, val_indices = _run(module.val_dataloader())
-    gif = next(i for i, p in enumerate(train.paths) if p.name == "anim.gif")
     assert gif not in indices.tolist() and changed not in indices.tolist()
     assert len(indices) == module.train_batches_per_epoch() * 8
-    assert "anim.gif" in caplog.text and "dog_003.png" in caplog.text
+    assert "cat_002.png: a format DALI does not decode" in caplog.text
+    assert "dog_003.png" in caplog.text and "dog_003.png: a format DALI" not in caplog.text
     assert module.new_failures("train") >= 2
-    val_gif = next(i for i, p in enumerate(module.splits["val"].paths) if p.name == "anim.gif")
     assert val_labels[val_indices.tolist().index(val_gif)] == UNREADABLE
     assert (val_labels == UNREADABLE).sum() == 1
+
+
+def test_gif_or_tiff_files_or_no_scan_are_refused_in_one_line(tmp_path: Path) -> None:
+    """DALI decodes grey+alpha TIFFs to other pixels and fails on GIFs: the scan finds them
+    by their content, whatever their name, and the run stops before training."""
+    from classifier.splits import DataError
+
+    data = make_folder(tmp_path / "data", counts={"train": 6, "val": 3})
+    grey_alpha = Image.new("LA", (40, 40), (90, 200))
+    grey_alpha.save(data / "val" / "dog" / "scan.jpg", format="TIFF")  # a TIFF named .jpg
+    with pytest.raises(DataError, match=r"1 image\(s\) of .*val are TIFF.*scan\.jpg"):
+        _module(data)
+    (data / "val" / "dog" / "scan.jpg").unlink()
+    (data / "train" / "fox" / "anim.gif").write_bytes(_gif_bytes((1, 2, 3)))
+    with pytest.raises(DataError, match=r"train are GIF.*anim\.gif.*--data\.decode cpu"):
+        _module(data)
+    with pytest.raises(DataError, match=r"needs data\.scan: true"):
+        _module(data, scan=False)
+    cpu = ImageFolderDataModule(str(data), image_size=32)  # the CPU path reads GIFs
+    cpu.setup("fit")
+    assert any(p.name == "anim.gif" for p in cpu.splits["train"].paths)
+
+
+def test_a_file_truncated_while_dali_reads_ahead_never_kills_the_process(tmp_path: Path) -> None:
+    """DALI maps files into memory by default: one truncated after it was mapped and before it
+    was decoded killed the process with SIGBUS. Here it is named and replaced."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "truncate.py"
+    script.write_text(
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from tests.conftest import make_folder\n"
+        "from tests.test_dali import _module\n"
+        "data = make_folder(Path(sys.argv[1]), counts={'train': 16, 'val': 2})\n"
+        "module = _module(data)\n"
+        "paths = list(module.splits['train'].paths)\n"
+        "for n, batch in enumerate(module.train_dataloader()):\n"
+        "    if n == 0:\n"
+        "        for path in paths:\n"
+        "            if path.stat().st_size > 1 and int(path.stem[-3:]) % 4 == 1:\n"
+        "                path.write_bytes(b'x')\n"
+        "print('done', flush=True)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CONF.parent.parent), *sys.path])}
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "data")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr[-3000:])
+    assert "done" in result.stdout and "replacing unreadable image" in result.stderr
+
+
+def test_dali_errors_are_shown_by_their_cause() -> None:
+    from classifier.dali_loader import dali_cause
+
+    error = RuntimeError(
+        "Critical error in pipeline:\nError in CPU operator `nvidia.dali.fn.decoders.image`,\n"
+        "which was used in the pipeline definition with the following traceback:\n\n"
+        '  File "x.py", line 3, in build\n\nencountered:\n\n'
+        "Error in thread 0: dlopen libnvimgcodec.so failed\nStacktrace (9 entries):\n"
+        "Current pipeline object is no longer valid."
+    )
+    assert dali_cause(error) == "Error in thread 0: dlopen libnvimgcodec.so failed"
+    assert dali_cause(RuntimeError("plain")) == "plain"
 
 
 @pytest.mark.slow

@@ -94,6 +94,6 @@ def test_decode_dali_without_dali_installed_is_a_one_line_error_saying_how_to_in
 ) -> None:
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # an import of it fails
     module = ImageFolderDataModule(str(image_folder), image_size=32, decode="dali")
-    module.setup("fit")
     with pytest.raises(DataError, match=r"^data.decode: dali needs NVIDIA DALI: pip install"):
-        module.train_dataloader()
+        module.setup("fit")  # before the scan
+    assert not module.splits

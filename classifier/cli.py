@@ -359,7 +359,13 @@ def main(args: list[str] | None = None) -> Any:
             ImageFolderDataModule,
             args=argv,
             seed_everything_default=42,
-            trainer_defaults={"use_distributed_sampler": False, "default_root_dir": "runs"},
+            # Lightning's summary shows FLOPs 0 without an example input: classifier.ModelInfo
+            # reports parameters, GMACs and speed instead.
+            trainer_defaults={
+                "use_distributed_sampler": False,
+                "default_root_dir": "runs",
+                "enable_model_summary": False,
+            },
             auto_configure_optimizers=False,
             save_config_callback=RunConfig,
             save_config_kwargs={"save_to_log_dir": False},

@@ -26,7 +26,7 @@ from classifier.checkpoint import CheckpointError, checkpoint_file
 from classifier.checkpoint_io import guard_checkpoint_loads
 from classifier.console import console, version_line
 from classifier.datamodule import ImageFolderDataModule
-from classifier.errors import one_line_errors
+from classifier.errors import ConfigError, one_line_errors
 from classifier.figure_thread import wait_for_figures
 from classifier.files import run_dir, run_of_checkpoint
 from classifier.html_report import write_report
@@ -40,6 +40,7 @@ from classifier.preflight import (
     check_inside,
     check_new_run_folder,
     check_resume,
+    refuse_half_weights,
     refuse_spawn,
 )
 from classifier.safety import (
@@ -48,6 +49,7 @@ from classifier.safety import (
     refuse_unsafe_objects,
     unsafe_error,
 )
+from classifier.sam import check_sam_trainer
 from classifier.text import printable
 from classifier.tune import TuneError, find
 
@@ -135,6 +137,7 @@ class ClassifierCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         """Lightning's trainer, loading checkpoints only through the safe loader."""
         refuse_spawn(self.config[str(self.subcommand)].trainer.strategy)
+        refuse_half_weights(self.config[str(self.subcommand)].trainer.precision)
         trainer = super().instantiate_trainer(**kwargs)
         guard_checkpoint_loads(trainer.strategy)
         return trainer
@@ -260,6 +263,10 @@ class ClassifierCLI(LightningCLI):
             if names:
                 folder = str(getattr(data, "data_dir", ""))
                 check_resume(str(ckpt), names, folder, str(ckpt) == self.found_last)
+        if self.trainer.accumulate_grad_batches < 1:
+            raise ConfigError("trainer.accumulate_grad_batches must be 1 or more")
+        if self.model.hparams.get("optimizer") == "sam":
+            check_sam_trainer(self.trainer)  # before any data is read
         self._ensure(PreemptionCheckpoint)
         self._ensure(PerClassReport)
         self._tune()

@@ -35,7 +35,9 @@ class ClassifierModule(Protocol):
     """The model side: class names, preprocessing, calibration and the network.
 
     Its steps' outputs are part of the contract: ``training_step`` returns ``{"loss",
-    "logits"}`` (no ``logits`` for a batch mixed by MixUp/CutMix), the evaluation steps
+    "logits"}`` (no ``logits`` for a batch mixed by MixUp/CutMix; optionally ``batch_loss``,
+    the loss as logged, which callbacks prefer to Lightning's ``loss`` divided by the
+    accumulation), the evaluation steps
     ``{"logits", "losses", "indices"}`` (and ``distance`` with an accept/reject rule); every
     batch is ``(images, labels, indices)`` with ``labels < 0`` for unreadable files.
 

@@ -20,6 +20,10 @@ from classifier.sampler import EpochSampler, ShardSampler
 from classifier.splits import Split
 from classifier.transforms import Preprocessing, normalize
 
+#: The weights' type of Lightning's ``*-true`` precisions (half ones for this data module's
+#: own use: the command refuses them, see :func:`classifier.preflight.refuse_half_weights`).
+TRUE_PRECISION = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64}
+
 
 class LoaderDataModule(pl.LightningDataModule):
     """The loaders of :class:`~classifier.datamodule.ImageFolderDataModule` (see its arguments)."""
@@ -191,11 +195,15 @@ class LoaderDataModule(pl.LightningDataModule):
 
     @override
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Normalise ``uint8`` images on the device they were sent to."""
+        """Normalise ``uint8`` images on the device they were sent to, in the weights' type
+        under ``64-true`` (the command refuses ``bf16-true`` and ``16-true``)."""
         images, labels, indices = batch
         if images.dtype == torch.uint8:
             assert self.preprocessing is not None
             if self._mean_std is None or self._mean_std[0].device != images.device:
                 self._mean_std = self.preprocessing.mean_std(images.device)
             images = normalize(images, *self._mean_std)
+        precision = str(getattr(self.trainer, "precision", ""))
+        if images.is_floating_point() and precision in TRUE_PRECISION:
+            images = images.to(TRUE_PRECISION[precision])
         return images, labels, indices

@@ -32,6 +32,10 @@ class LossWindow(torch.nn.Module):
         self.total += detached
         self.steps += 1
 
+    def watch(self, loss: torch.Tensor) -> None:
+        """Note whether ``loss`` is finite without counting it (SAM's second pass)."""
+        self.finite &= torch.isfinite(loss.detach().float())
+
     def take(self) -> tuple[float, bool]:
         """The interval's mean loss and whether every loss so far was finite (one host read);
         the interval starts again."""

@@ -17,7 +17,7 @@ from classifier.loss_window import LossWindow, nonfinite_error
 from classifier.losses import cross_entropy, mixed_cross_entropy, mixing
 from classifier.metrics import summary_metrics
 from classifier.optim import Schedule, optimization, stepping_batches
-from classifier.sam import SAM, Window, check_sam_trainer
+from classifier.sam import SAM, Window, check_rho, check_sam_trainer
 from classifier.selective import Selector, features_and_logits
 from classifier.stage_metrics import StageMetrics, TrainUnreadable, warn_unreadable
 from classifier.transforms import Preprocessing, tta_log_probs
@@ -101,6 +101,7 @@ class ImageClassifier(pl.LightningModule):
         tta: Literal["none", "flip", "crops", "flip+crops"] = "none",
     ) -> None:
         super().__init__()
+        check_rho(optimizer, sam_rho)
         if not class_names:
             raise ValueError("class_names is empty: it comes from the data's train/ folders.")
         self.save_hyperparameters()
@@ -134,8 +135,7 @@ class ImageClassifier(pl.LightningModule):
     def network_copy(self, state: dict[str, torch.Tensor]) -> torch.nn.Module:
         """A copy of the network with the weights of a checkpoint's ``state_dict``."""
         net = copy.deepcopy(self.model)
-        prefix = "model."
-        net.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        net.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
         return net
 
     def stage_metrics(self, stage: EvalStage) -> StageMetrics:
@@ -179,28 +179,30 @@ class ImageClassifier(pl.LightningModule):
     @override
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """Cross-entropy with label smoothing and class weights, of hard or mixed targets
-        (normalised alike, see :mod:`classifier.losses`): ``{"loss", "logits"}``, without
+        (normalised alike, see :mod:`classifier.losses`): ``{"loss", "logits", "batch_loss"}``
+        (``batch_loss`` as logged: the first pass's, not divided by accumulation), without
         ``logits`` for a mixed batch (its logits belong to no single label). SAM's second
         pass replays the window's inputs and first-pass outputs and logs nothing."""
         if self._sam is not None and self._sam.perturbed and self._sam_window:
             inputs, replayed, first = self._sam_window.replay()
-            return {**first, "loss": self._loss(self(inputs), replayed)}
+            loss = self._loss(self(inputs), replayed)
+            self.loss_window.watch(loss)  # NaN at the perturbed weights stops the run too
+            return {**first, "loss": loss}
         images, labels, _ = batch
         targets = labels
         if self._mixing(len(images)):
             images, targets = self.mixup_fn(images, labels)
             loss = self._loss(self(images), targets)
-            out = {"loss": loss}
+            out = {"loss": loss, "batch_loss": loss.detach()}
         else:
             logits = self(images)
             loss = self._loss(logits, labels)
             self.train_top1.update(logits.detach(), labels)
             self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
-            out = {"loss": loss, "logits": logits.detach()}
+            out = {"loss": loss, "logits": logits.detach(), "batch_loss": loss.detach()}
         if self._sam is not None:  # replayed by SAM's second pass
             self._sam_window.keep(self._sam, images, targets, out)
-        # Loggers read it every log interval; the bar shows the interval mean (see below).
-        self.log("train/loss", loss, on_step=True, on_epoch=True)
+        self.log("train/loss", loss, on_step=True, on_epoch=True)  # the bar: see below
         self.loss_window.add(loss)  # on device, no sync: read every log interval
         return out
 
@@ -232,10 +234,8 @@ class ImageClassifier(pl.LightningModule):
     def _eval_logits(
         self, images: torch.Tensor, tta: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits, or with test-time augmentation the log of the views' mean probabilities
-        (logits in every use downstream: softmax gives the averaged probabilities back); and,
-        once a :class:`~classifier.selective.Selector` is fitted, each image's feature
-        distance to the training classes (of the image itself, not of its views)."""
+        """Logits (with test-time augmentation, :func:`~classifier.transforms.tta_log_probs`)
+        and, with a fitted selector, each image's (not its views') feature distance."""
         mode = self.hparams.get("tta", "none")
         distance = None
         if self.selector is not None:
@@ -311,9 +311,9 @@ class ImageClassifier(pl.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        """Lightning's clipping, once per step: with SAM and gradient accumulation, after the
-        second pass's last micro-batch (the replays before it hold partial sums)."""
-        if self._sam is not None and self._sam.perturbed and self._sam_window:
+        """Lightning's clipping, once per step: with SAM, of the second pass's whole sum (the
+        first pass's set only the ascent's direction, which clipping by value would turn)."""
+        if self._sam is not None and (not self._sam.perturbed or len(self._sam_window)):
             return
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 

@@ -122,6 +122,16 @@ def _short(names: list[str]) -> str:
     return repr(names) if len(names) <= 6 else f"{names[:6]!r}... ({len(names)} classes)"
 
 
+def refuse_half_weights(precision: object) -> None:
+    """Refuse ``bf16-true`` and ``16-true``: they turn the whole module to half precision, the
+    metrics' running sums and counts included (bfloat16 counts go wrong above 256)."""
+    if str(precision) in ("bf16-true", "16-true"):
+        raise ConfigError(
+            f"trainer.precision {precision} keeps the metrics' counts in half precision, which "
+            "miscounts: use bf16-mixed (or 16-mixed), the same speed on tensor cores"
+        )
+
+
 def refuse_spawn(strategy: Any) -> None:
     """Refuse the spawn-method strategies (``ddp_spawn``): Lightning hands the trained weights
     back to the parent through a temporary pickle file and its progress bar deadlocks there;

@@ -4,17 +4,20 @@ Improving Generalization", ICLR 2021) around any optimizer.
 Each step takes two forward-backward passes through Lightning's optimizer closure: the
 gradient ``g`` at the weights ``w``, then the gradient at ``w + rho * g / ||g||`` (the worst
 nearby point to first order), which the base optimizer applies at ``w``. Lightning calls the
-closure from ``optimizer.step`` (as it does for LBFGS), so gradient clipping applies to each
-pass, DDP averages both passes' gradients, and the base optimizer's state is the checkpoint's
-(exact resume).
+closure from ``optimizer.step`` (as it does for LBFGS), so DDP averages both passes'
+gradients, and the base optimizer's state is the checkpoint's (exact resume).
 
 With ``accumulate_grad_batches > 1`` the perturbation comes from the whole window's gradient
 (the same ``w + rho * g / ||g||`` as one large batch), and the second pass replays every
 micro-batch of the window at the perturbed weights, one closure call each: the model keeps the
 window's inputs (on the device) for it and sets :attr:`SAM.replays`. The step is then the one a
-batch as large as the window would take (exactly so for networks without batch statistics);
+batch as large as the window would take (exactly so for networks without batch statistics; a
+window an epoch's end cuts to m micro-batches steps with m/k of the mean, as Lightning's
+accumulation does for every optimizer);
 under DDP each replay averages its gradients over the processes. Gradient clipping applies once,
-to the second pass's whole sum (``ImageClassifier.configure_gradient_clipping``).
+to the second pass's whole sum (``ImageClassifier.configure_gradient_clipping``: not to the
+first pass, whose gradient only sets the ascent's direction). Lightning's
+``on_before_optimizer_step`` hooks still run after every closure call (1 + k per step).
 
 Not supported, with a clear error: ``precision: 16-mixed`` (its gradient scaler steps the
 optimizer without a closure; ``bf16-mixed`` works).
@@ -152,6 +155,18 @@ class Window:
         self._kept.clear()
 
 
+def check_rho(optimizer: str, rho: float) -> None:
+    """Refuse a radius SAM cannot use (with ``optimizer: sam``; before any data is read).
+
+    Raises:
+        ConfigError: ``rho`` is not positive.
+    """
+    from classifier.errors import ConfigError
+
+    if optimizer == "sam" and not rho > 0:
+        raise ConfigError(f"model.sam_rho must be positive with model.optimizer sam, got {rho}")
+
+
 def check_sam_trainer(trainer: Any) -> None:
     """Refuse the trainer settings SAM cannot honour.
 
@@ -161,7 +176,7 @@ def check_sam_trainer(trainer: Any) -> None:
     from classifier.errors import ConfigError
 
     precision = str(getattr(trainer, "precision", ""))
-    if precision.startswith("16"):
+    if precision in ("16-mixed", "16"):
         raise ConfigError(
             f"model.optimizer sam does not work with precision {precision}: its gradient "
             "scaler steps the optimizer without SAM's second pass; use bf16-mixed or 32-true"

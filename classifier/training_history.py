@@ -65,8 +65,11 @@ class TrainingHistory(PlottingCallback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        """Add the step's loss on device (no host sync)."""
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        """Add the batch's loss on device (no host sync): ``batch_loss`` when the model gives
+        it (Lightning divides ``loss`` by the accumulation)."""
+        loss = (
+            outputs.get("batch_loss", outputs.get("loss")) if isinstance(outputs, dict) else outputs
+        )
         if isinstance(loss, torch.Tensor):
             loss = loss.detach().double()
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -104,24 +105,30 @@ def test_sam_trains_with_clipping_bf16_and_ema(tmp_path: Path) -> None:
     assert issues["train"]["scored_images"] == 72  # margins from the first pass of each step
 
 
+def _vit_problem() -> tuple[torch.Tensor, torch.Tensor, ImageClassifier]:
+    torch.manual_seed(0)
+    images, labels = torch.randn(8, 3, 160, 160), torch.randint(3, (8,))
+    model = ImageClassifier(
+        "test_vit", ["a", "b", "c"], pretrained=False, optimizer="sam", lr=0.5, scheduler="constant"
+    )
+    return images, labels, model
+
+
 def _one_sam_step(
-    accumulate: int, clip: float | None
+    accumulate: int, clip: float | None, algorithm: str = "norm"
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The weights before and after one SAM step of a ViT (no batch statistics) over the
     same 8 images, in micro-batches of ``8 // accumulate``."""
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader, TensorDataset
 
-    torch.manual_seed(0)
-    images, labels = torch.randn(8, 3, 160, 160), torch.randint(3, (8,))
-    model = ImageClassifier(
-        "test_vit", ["a", "b", "c"], pretrained=False, optimizer="sam", lr=0.5, scheduler="constant"
-    )
+    images, labels, model = _vit_problem()
     loader = DataLoader(TensorDataset(images, labels, torch.arange(8)), batch_size=8 // accumulate)
     trainer = pl.Trainer(
         max_steps=1,
         accumulate_grad_batches=accumulate,
         gradient_clip_val=clip,
+        gradient_clip_algorithm=algorithm,
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
@@ -144,3 +151,78 @@ def test_an_accumulated_sam_step_is_the_step_of_the_whole_window(clip: float | N
     assert not all(torch.allclose(a, b) for a, b in zip(initial, whole, strict=True))
     for a, b in zip(whole, accumulated, strict=True):
         assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+@pytest.mark.slow
+def test_clipping_by_value_leaves_the_ascent_direction_alone() -> None:
+    """Clipping applies to the gradient the step takes (the second pass's), not to the first
+    pass's, whose direction sets the perturbation: clipped by value it would point elsewhere."""
+    from classifier.optim import optimization
+
+    _, trained = _one_sam_step(1, 0.001, "value")
+    images, labels, model = _vit_problem()
+    optimizer = optimization(model.model, model.hparams, 1, 1)["optimizer"]
+
+    def closure() -> torch.Tensor:
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()  # type: ignore[no-untyped-call]
+        if optimizer.perturbed:
+            torch.nn.utils.clip_grad_value_(model.model.parameters(), 0.001)
+        return loss
+
+    optimizer.zero_grad()
+    optimizer.step(closure)
+    for a, b in zip(model.model.parameters(), trained, strict=True):
+        assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
+
+
+@pytest.mark.slow
+def test_a_non_finite_second_pass_stops_the_run_before_any_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_attacks import assert_one_error_line, run_entry
+
+    data = make_folder(tmp_path / "data", counts={"train": 8, "val": 4})
+    os.chdir(tmp_path)
+    args = [*tiny("fit", data, "--trainer.max_epochs", "1"), "--model.optimizer", "sam"]
+    args += ["--trainer.limit_train_batches", "1"]  # one step: only its second pass is inf
+    code, err = run_entry(capsys, *args, "--model.sam_rho", "1e30")  # the far side: inf
+    assert_one_error_line(code, err, "NaN or infinite")
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.slow
+def test_the_history_loss_is_the_logged_one_with_sam_and_accumulation(tmp_path: Path) -> None:
+    """Lightning divides the step's ``loss`` by the accumulation and SAM's last closure call
+    is the second pass: history.csv averages ``batch_loss``, the first pass's, as logged."""
+    import csv
+
+    data = make_folder(tmp_path / "data", counts={"train": 16, "val": 4})
+    cli: Any = run_cli(
+        *tiny("fit", data, "--trainer.max_epochs", "1"),
+        "--model.optimizer=sam",
+        "--trainer.accumulate_grad_batches=2",
+        "--trainer.callbacks+=classifier.TrainingHistory",
+    )
+    run = Path(cli.trainer.log_dir)
+    history = list(csv.DictReader((run / "history.csv").open()))
+    logged = [r for r in csv.DictReader((run / "metrics.csv").open()) if r["train/loss_epoch"]]
+    assert float(history[0]["train_loss"]) == pytest.approx(float(logged[0]["train/loss_epoch"]))
+
+
+def test_settings_sam_cannot_use_are_one_line_before_the_scan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_attacks import assert_one_error_line, run_entry
+
+    data = make_folder(tmp_path / "data", counts={"train": 2, "val": 1})
+    monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
+    for extra, needle in (
+        (["--model.optimizer", "sam", "--model.sam_rho", "0"], "sam_rho must be positive"),
+        (["--trainer.accumulate_grad_batches", "0"], "accumulate_grad_batches must be 1"),
+        (["--trainer.precision", "bf16-true"], "use bf16-mixed"),
+        (["--trainer.precision", "16-true"], "use bf16-mixed"),
+    ):
+        code, err = run_entry(capsys, *tiny("fit", data), *extra)
+        assert_one_error_line(code, err, needle)
+    assert not (tmp_path / "cache").exists()  # nothing was scanned

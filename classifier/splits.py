@@ -85,6 +85,8 @@ class Visited:
         keys: ``(size, mtime_ns, ctime_ns, device, inode)`` of each file in ``paths``, from the
             walk's own ``stat`` (the pre-scan's cache key).
         repeats: ``(path, first path)`` of files and folders reached again (links, hard links).
+        skipped: entries with an image name that are no regular file (a FIFO, a socket, a
+            dangling link): left out, and named in a warning.
     """
 
     folders: dict[FileId, Path] = field(default_factory=dict)
@@ -92,6 +94,7 @@ class Visited:
     paths: list[str] = field(default_factory=list)
     keys: list[tuple[int, int, int, int, int]] = field(default_factory=list)
     repeats: list[tuple[Path, Path]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
 
 def _file_id(stat: os.stat_result) -> FileId:
@@ -142,6 +145,8 @@ def _walk(folder: Path, visited: Visited) -> int:
                         visit(Path(entry.path))
                 elif is_image_name(entry.name) and entry.is_file(follow_symlinks=True):
                     _take(entry.path, entry.stat(follow_symlinks=True))
+                elif is_image_name(entry.name):
+                    visited.skipped.append(entry.path)
         ancestors.pop()
 
     def _take(path: str, info: os.stat_result) -> None:
@@ -212,6 +217,13 @@ def _finish(split: Split, visited: Visited, labels: list[int]) -> None:
     split.labels = np.asarray(labels, dtype=np.int64)
     split.keys = np.asarray(visited.keys, dtype=np.int64).reshape(-1, KEY_COLUMNS)
     split.repeats = visited.repeats
+    if visited.skipped:
+        listing = "; ".join(printable(p) for p in visited.skipped[:3])
+        warnings.warn(
+            f"{split.name}/: {len(visited.skipped)} entr(ies) named like images are no regular "
+            f"files (FIFOs, sockets, dangling links) and are left out: {listing}",
+            stacklevel=3,
+        )
 
 
 def read_split(name: str, root: Path, class_names: list[str]) -> Split:

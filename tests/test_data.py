@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -97,3 +98,18 @@ def test_decode_dali_without_dali_installed_is_a_one_line_error_saying_how_to_in
     with pytest.raises(DataError, match=r"^data.decode: dali needs NVIDIA DALI: pip install"):
         module.setup("fit")  # before the scan
     assert not module.splits
+
+
+def test_entries_named_like_images_that_are_no_files_are_named_not_skipped_silently(
+    image_folder: Path,
+) -> None:
+    from classifier.splits import read_split
+
+    cat = image_folder / "train" / "cat"
+    os.mkfifo(cat / "pipe.jpg")  # reading it would block the walk forever
+    (cat / "gone.png").symlink_to(image_folder / "no-such-file.png")
+    with pytest.warns(
+        UserWarning, match=r"2 entr\(ies\) named like images.*gone\.png; .*pipe\.jpg"
+    ):
+        split = read_split("train", image_folder / "train", ["cat", "dog", "fox"])
+    assert not any(p.name in ("pipe.jpg", "gone.png") for p in split.paths)

@@ -15,6 +15,20 @@ from tests.conftest import make_folder, tiny
 from tests.test_attacks import assert_one_error_line, run_entry
 from tests.test_trust import EXE, _env
 
+
+def bad_checkpoint(folder: Path, change: dict[str, Any]) -> Path:
+    """``folder/bad.ckpt``: a minimal checkpoint of two classes with ``change`` applied."""
+    checkpoint = {
+        "state_dict": {"w": torch.zeros(1)},
+        "hyper_parameters": {"model_name": "test_resnet", "class_names": ["a", "b"]},
+        "datamodule_hyper_parameters": {},
+        "class_names": ["a", "b"],
+    }
+    path = folder / "bad.ckpt"
+    torch.save({**checkpoint, **change}, path)
+    return path
+
+
 # 15. Malformed checkpoints are one error line -------------------------------------------------
 
 
@@ -32,14 +46,7 @@ from tests.test_trust import EXE, _env
 def test_malformed_checkpoints_are_one_error_line(
     change: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    checkpoint = {
-        "state_dict": {"w": torch.zeros(1)},
-        "hyper_parameters": {"model_name": "test_resnet", "class_names": ["a", "b"]},
-        "datamodule_hyper_parameters": {},
-        "class_names": ["a", "b"],
-    }
-    path = tmp_path / "bad.ckpt"
-    torch.save({**checkpoint, **change}, path)
+    path = bad_checkpoint(tmp_path, change)
     code, err = run_entry(capsys, "test", "--ckpt_path", str(path))
     assert_one_error_line(code, err, "bad.ckpt")
 

@@ -13,6 +13,7 @@ import torch
 
 from tests.conftest import CONF, run_cli, tiny
 from tests.test_attacks import assert_one_error_line, run_entry
+from tests.test_malformed_inputs import bad_checkpoint
 
 EXE = str(Path(sys.executable).parent / "classifier")
 
@@ -113,15 +114,7 @@ def test_a_checkpoint_folder_outside_the_run_is_refused(
 def test_hostile_checkpoint_values_are_one_error_line(
     change: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    checkpoint = {
-        "state_dict": {"w": torch.zeros(1)},
-        "hyper_parameters": {"model_name": "test_resnet", "class_names": ["a", "b"]},
-        "datamodule_hyper_parameters": {},
-        "class_names": ["a", "b"],
-        **change,
-    }
-    path = tmp_path / "bad.ckpt"
-    torch.save(checkpoint, path)
+    path = bad_checkpoint(tmp_path, change)
     code, err = run_entry(capsys, "predict", "--ckpt_path", str(path), "--data.predict_dir", ".")
     assert_one_error_line(code, err, "bad.ckpt")
 

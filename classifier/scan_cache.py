@@ -20,6 +20,7 @@ import sqlite3
 import stat
 import warnings
 from collections.abc import Iterable, Sequence
+from contextlib import closing
 from itertools import chain
 from pathlib import Path
 
@@ -209,7 +210,8 @@ class ScanCache:
 
     def _migrate(self, folder: Path) -> None:
         """Take the reasons of the JSON caches of version 4 (their content digests and
-        perceptual hashes were of other kinds and are computed again), then remove them."""
+        perceptual hashes were of other kinds and are computed again) and of the SQLite caches
+        of versions 5 to 7, then remove them."""
         for old in sorted(folder.glob("scan-v4-*.json")):
             try:
                 info = os.lstat(old)
@@ -221,6 +223,25 @@ class ScanCache:
             if isinstance(entries, dict):
                 self.store(_v4_rows(entries))
             old.unlink(missing_ok=True)
+        for old in sorted(folder.glob("scan-v[5-7].sqlite")):
+            self.store(_sqlite_reasons(old))
+            for leftover in (old, *(old.with_name(old.name + end) for end in ("-wal", "-shm"))):
+                leftover.unlink(missing_ok=True)
+
+
+def _sqlite_reasons(old: Path) -> list[Row]:
+    """The bad files' rows of an older SQLite cache (its good rows lack the format and are
+    checked again); none from a file that is not ours or not readable."""
+    try:
+        info = os.lstat(old)
+        if not stat.S_ISREG(info.st_mode) or _unsafe(info, "it"):
+            return []
+        with closing(sqlite3.connect(old)) as db:
+            query = "SELECT path, size, mtime, ctime, dev, ino, reason FROM files"
+            found = db.execute(query + " WHERE reason IS NOT NULL").fetchall()
+    except (OSError, sqlite3.Error):
+        return []
+    return [(*row, None, UNHASHED, None, None) for row in found]
 
 
 def _v4_rows(entries: dict[str, object]) -> list[Row]:

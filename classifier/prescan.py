@@ -289,8 +289,12 @@ def _mapped(pool: ThreadPoolExecutor, work: Callable[[U], T], items: list[U]) ->
 
 
 def _shown(results: Iterable[T], total: int, what: str, progress: bool) -> Iterator[T]:
-    """``results``, with a progress bar (files/s, time left) for a long scan."""
-    if not progress or total < 500:
+    """``results``, with a progress bar (files/s, time left) for a long scan on a terminal (in
+    a log a bar is one blank line)."""
+    from rich.console import Console
+
+    console = Console()
+    if not progress or total < 500 or not console.is_terminal:
         yield from results
         return
     from rich.progress import (
@@ -309,7 +313,7 @@ def _shown(results: Iterable[T], total: int, what: str, progress: bool) -> Itera
         TimeRemainingColumn(),
     )
     start = time.monotonic()
-    with Progress(*columns, transient=True) as bar:
+    with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("scan", total=total, rate="")
         for done, result in enumerate(results, 1):
             if done % 64 == 0 or done == total:

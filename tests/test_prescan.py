@@ -8,6 +8,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -357,3 +358,16 @@ def test_the_scan_on_processes_finds_what_the_scan_in_process_finds(
     assert len(here.bad) == 3 and here.bad == there.bad
     assert list(here.content) == list(there.content)
     assert list(here.phash) == list(there.phash) and list(here.thumbs) == list(there.thumbs)
+
+
+def test_the_scan_shows_files_per_second_on_a_terminal_and_nothing_in_a_log(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from classifier.prescan import _shown
+
+    assert list(_shown(range(600), 600, "Scanning train/", True)) == list(range(600))
+    assert capsys.readouterr().out == ""  # not even a blank line
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: as on a terminal
+    slow = (time.sleep(0.001) or i for i in range(600))  # long enough for a refresh
+    assert list(_shown(slow, 600, "Scanning train/", True)) == list(range(600))
+    assert "files/s" in capsys.readouterr().out

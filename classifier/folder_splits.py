@@ -116,6 +116,7 @@ class FolderSplits:
         if not self.processes.first_on_node:
             self.processes.barrier()
         result = scan_split(split, self.cache, progress=self.processes.first_on_node)
+        self.health.memo = self.cache
         if self.processes.first_on_node:
             self.processes.barrier()
         hashes = Hashes(result.content, result.phash, result.thumbs)

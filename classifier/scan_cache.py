@@ -18,6 +18,7 @@ import json
 import os
 import sqlite3
 import stat
+import time
 import warnings
 from collections.abc import Iterable, Sequence
 from contextlib import closing
@@ -46,6 +47,14 @@ CREATE TABLE IF NOT EXISTS files (
     kind TEXT
 ) WITHOUT ROWID
 """
+
+
+#: Results computed from many rows at once (the small-image near copies of a fit's splits),
+#: by a digest of what they were computed from; the newest :data:`MEMO_ROWS` are kept.
+_MEMO_SCHEMA = """
+CREATE TABLE IF NOT EXISTS memo (key BLOB PRIMARY KEY, value BLOB, used REAL) WITHOUT ROWID
+"""
+MEMO_ROWS = 16
 
 
 def cache_dir() -> Path:
@@ -114,6 +123,7 @@ class ScanCache:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)
+            db.execute(_MEMO_SCHEMA)
         except BaseException:
             db.close()
             raise
@@ -201,6 +211,33 @@ class ScanCache:
             with self._db:
                 self._db.execute("BEGIN")
                 self._db.executemany("UPDATE files SET phash = ? WHERE path = ?", pairs)
+        except sqlite3.Error as error:
+            warnings.warn(f"scan cache not updated ({error})", stacklevel=3)
+
+    def recall(self, key: bytes) -> bytes | None:
+        """The value :meth:`remember` stored under ``key`` (``None``: none, or unreadable)."""
+        try:
+            with self._db:
+                row = self._db.execute("SELECT value FROM memo WHERE key = ?", (key,)).fetchone()
+                if row is not None:
+                    self._db.execute("UPDATE memo SET used = ? WHERE key = ?", (time.time(), key))
+        except sqlite3.Error:
+            return None
+        return None if row is None else bytes(row[0])
+
+    def remember(self, key: bytes, value: bytes) -> None:
+        """Store ``value`` under ``key``, keeping the newest :data:`MEMO_ROWS` values."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.execute(
+                    "INSERT OR REPLACE INTO memo VALUES (?,?,?)", (key, value, time.time())
+                )
+                self._db.execute(
+                    "DELETE FROM memo WHERE key NOT IN "
+                    "(SELECT key FROM memo ORDER BY used DESC LIMIT ?)",
+                    (MEMO_ROWS,),
+                )
         except sqlite3.Error as error:
             warnings.warn(f"scan cache not updated ({error})", stacklevel=3)
 

@@ -125,3 +125,32 @@ def test_val_and_test_sharing_a_picture_is_not_called_training_leakage() -> None
         ImageRecord("test", "a", "t.png", "same", 1),
     ]
     assert health_report(records, 4)["groups"][0]["kinds"] == ["split_overlap"]
+
+
+def test_a_warm_start_recalls_the_small_image_comparison(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Comparing 10^5 thumbnails takes 11 s on two cores: a second run on the same images
+    recalls the pairs from the scan cache; a changed image compares again."""
+    from classifier import health_check
+    from classifier.datamodule import ImageFolderDataModule
+    from tests.conftest import make_folder
+
+    data = make_folder(tmp_path / "data", counts={"train": 6, "val": 3})  # 32 px: small images
+    with Image.open(data / "train" / "cat" / "cat_000.png") as image:  # found by thumbnail only
+        image.resize((48, 48), Image.Resampling.BICUBIC).save(data / "val" / "cat" / "copy.png")
+    calls: list[int] = []
+    real = health_check.small_copies
+    monkeypatch.setattr(health_check, "small_copies", lambda t: calls.append(len(t)) or real(t))
+
+    def leaked() -> int:
+        module = ImageFolderDataModule(str(data), image_size=32)
+        module.setup("fit")
+        report = module.folder.health.report
+        assert report is not None
+        return int(report["summary"]["leakage"]["images"])
+
+    assert leaked() == 2 and len(calls) == 1
+    assert leaked() == 2 and len(calls) == 1  # recalled, same result
+    Image.new("RGB", (32, 32), (9, 99, 199)).save(data / "val" / "dog" / "new.png")
+    assert leaked() == 2 and len(calls) == 2  # other thumbnails: compared again

@@ -226,3 +226,24 @@ def test_settings_sam_cannot_use_are_one_line_before_the_scan(
         code, err = run_entry(capsys, *tiny("fit", data), *extra)
         assert_one_error_line(code, err, needle)
     assert not (tmp_path / "cache").exists()  # nothing was scanned
+
+
+@pytest.mark.slow
+def test_sam_with_accumulation_trains_the_demo_digits() -> None:
+    from tests.conftest import demo_digits
+
+    cli: Any = run_cli(
+        *tiny("fit", demo_digits(), "--trainer.max_epochs", "2"),
+        "--model.optimizer=sam",
+        "--model.sam_base=adamw",
+        "--trainer.accumulate_grad_batches=2",
+        "--trainer.gradient_clip_val=1.0",
+        "--trainer.precision=bf16-mixed",
+        "--trainer.callbacks+=classifier.EMA",
+        "--data.batch_size=32",
+        "--trainer.limit_train_batches=40",
+        "--trainer.limit_val_batches=8",
+    )
+    assert cli.trainer.global_step == 2 * 20  # 40 micro-batches of 32, two per step
+    top1 = float(cli.trainer.callback_metrics["val/top1"])
+    assert top1 > 0.5, top1  # ten classes: chance is 0.1

@@ -95,6 +95,7 @@ class ClassifierArgumentParser(LightningArgumentParser):
         if not self.exit_on_error:  # jsonargparse trying alternatives: it catches this
             super().error(message, ex)
         prog = (getattr(ex, "subcommand_parser", None) or self).prog.replace(" [options]", "")
+        prog = prog.replace("__main__.py", "classifier")  # python -m classifier
         sys.stderr.write(printable(f"error: {' '.join(message.split())} (see {prog} --help)\n"))
         self.exit(2)
 

@@ -28,7 +28,7 @@ from classifier.splits import Split
 from classifier.thumbnails import MIN_STD, SIZE, SMALL_THRESHOLD, THRESHOLD
 
 #: What a remembered small-image comparison depends on besides the thumbnails.
-MEMO_VERSION = f"small-copies 1 {SIZE} {THRESHOLD} {SMALL_THRESHOLD} {MIN_STD}".encode()
+MEMO_VERSION = f"small-copies 2 {SIZE} {THRESHOLD} {SMALL_THRESHOLD} {MIN_STD}".encode()
 
 
 class HealthCheck:
@@ -85,19 +85,25 @@ class HealthCheck:
         if self.similar is None and self.max_distance >= 0:
             names = checked_names(self.splits, self.hashes)
             thumbs = np.concatenate([np.empty(0, object)] + [self.hashes[n].thumbs for n in names])
-            self.similar = self._small_copies(thumbs)
+            keys = np.concatenate(
+                [np.empty((0, 5), np.int64)] + [self.splits[n].keys for n in names]
+            )
+            self.similar = self._small_copies(thumbs, keys)
         self.report = duplicates(
             self.splits, self.hashes, self.class_names, self.max_distance, self.similar
         )
         check_duplicates(self.report, self.on_leakage, folder, announce, brief)
 
-    def _small_copies(self, thumbs: np.ndarray) -> np.ndarray:
+    def _small_copies(self, thumbs: np.ndarray, keys: np.ndarray) -> np.ndarray:
         """:func:`~classifier.health.small_copies` of ``thumbs``, recalled from :attr:`memo`
-        when the same thumbnails were compared before (10^5 of them take 11 s on two cores:
-        a warm start would pay it every time)."""
+        when the same files (their cache ``keys``: size, times, device, inode) with the same
+        thumbnails were compared before (10^5 of them take 11 s on two cores: a warm start
+        would pay it every time). The keys make a remembered result as local as a cached
+        row: one from another machine's cache never matches."""
         if self.memo is None:
             return small_copies(thumbs)
         digest = hashlib.sha256(MEMO_VERSION)
+        digest.update(np.ascontiguousarray(keys, dtype=np.int64).tobytes())
         digest.update(np.fromiter((len(t) for t in thumbs), np.int64, len(thumbs)).tobytes())
         digest.update(b"".join(thumbs))
         key = digest.digest()

@@ -14,6 +14,7 @@ used (one warning; the scan runs uncached), and no existing folder's mode is eve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -49,6 +50,20 @@ CREATE TABLE IF NOT EXISTS files (
 """
 
 
+#: The columns of the ``files`` table, in order (what :data:`Row` holds).
+_COLUMNS = [
+    "path",
+    "size",
+    "mtime",
+    "ctime",
+    "dev",
+    "ino",
+    "reason",
+    "content",
+    "phash",
+    "thumb",
+    "kind",
+]
 #: Results computed from many rows at once (the small-image near copies of a fit's splits),
 #: by a digest of what they were computed from; the newest :data:`MEMO_ROWS` are kept.
 _MEMO_SCHEMA = """
@@ -124,6 +139,9 @@ class ScanCache:
                 db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)
             db.execute(_MEMO_SCHEMA)
+            columns = [row[1] for row in db.execute("PRAGMA table_info(files)")]
+            if columns != _COLUMNS:  # an older or foreign table under this name
+                raise sqlite3.DatabaseError(f"unexpected columns {', '.join(columns)}")
         except BaseException:
             db.close()
             raise
@@ -217,13 +235,14 @@ class ScanCache:
     def recall(self, key: bytes) -> bytes | None:
         """The value :meth:`remember` stored under ``key`` (``None``: none, or unreadable)."""
         try:
-            with self._db:
-                row = self._db.execute("SELECT value FROM memo WHERE key = ?", (key,)).fetchone()
-                if row is not None:
-                    self._db.execute("UPDATE memo SET used = ? WHERE key = ?", (time.time(), key))
+            row = self._db.execute("SELECT value FROM memo WHERE key = ?", (key,)).fetchone()
         except sqlite3.Error:
             return None
-        return None if row is None else bytes(row[0])
+        if row is None:
+            return None
+        with contextlib.suppress(sqlite3.Error), self._db:  # locked: the older time stays
+            self._db.execute("UPDATE memo SET used = ? WHERE key = ?", (time.time(), key))
+        return bytes(row[0])
 
     def remember(self, key: bytes, value: bytes) -> None:
         """Store ``value`` under ``key``, keeping the newest :data:`MEMO_ROWS` values."""
@@ -263,7 +282,8 @@ class ScanCache:
         for old in sorted(folder.glob("scan-v[5-7].sqlite")):
             self.store(_sqlite_reasons(old))
             for leftover in (old, *(old.with_name(old.name + end) for end in ("-wal", "-shm"))):
-                leftover.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # a folder of that name stays
+                    leftover.unlink(missing_ok=True)
 
 
 def _sqlite_reasons(old: Path) -> list[Row]:

@@ -97,6 +97,17 @@ class Visited:
     skipped: list[str] = field(default_factory=list)
 
 
+def _kind(entry: os.DirEntry[str]) -> str:
+    """``dir``, ``file`` or ``other`` (a FIFO, a socket, a dangling or looping link), links
+    followed."""
+    try:
+        if entry.is_dir(follow_symlinks=True):
+            return "dir"
+        return "file" if entry.is_file(follow_symlinks=True) else "other"
+    except OSError:  # a link to itself: too many levels of symbolic links
+        return "other"
+
+
 def _file_id(stat: os.stat_result) -> FileId:
     return stat.st_dev, stat.st_ino
 
@@ -140,10 +151,11 @@ def _walk(folder: Path, visited: Visited) -> int:
         ancestors.append(real)
         with os.scandir(directory) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
-                if entry.is_dir(follow_symlinks=True):
+                kind = _kind(entry)
+                if kind == "dir":
                     if not entry.name.startswith(".") and entry.name not in IGNORED_DIRS:
                         visit(Path(entry.path))
-                elif is_image_name(entry.name) and entry.is_file(follow_symlinks=True):
+                elif kind == "file" and is_image_name(entry.name):
                     _take(entry.path, entry.stat(follow_symlinks=True))
                 elif is_image_name(entry.name):
                     visited.skipped.append(entry.path)

@@ -252,3 +252,15 @@ def test_a_bad_option_is_one_error_line_not_the_usage_text(
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err[:3000]
     assert "--help)" in err
+
+
+def test_python_m_classifier_names_the_command_in_its_hint() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "classifier", "fit", "--nope", "1"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("(see classifier fit --help)"), result.stderr

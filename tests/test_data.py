@@ -113,3 +113,12 @@ def test_entries_named_like_images_that_are_no_files_are_named_not_skipped_silen
     ):
         split = read_split("train", image_folder / "train", ["cat", "dog", "fox"])
     assert not any(p.name in ("pipe.jpg", "gone.png") for p in split.paths)
+
+
+def test_a_link_to_itself_is_named_not_a_crash(image_folder: Path) -> None:
+    from classifier.splits import read_split
+
+    loop = image_folder / "train" / "cat" / "loop.png"
+    loop.symlink_to(loop)  # "too many levels of symbolic links" when followed
+    with pytest.warns(UserWarning, match=r"1 entr\(ies\) named like images.*loop\.png"):
+        read_split("train", image_folder / "train", ["cat", "dog", "fox"])

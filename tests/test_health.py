@@ -154,3 +154,33 @@ def test_a_warm_start_recalls_the_small_image_comparison(
     assert leaked() == 2 and len(calls) == 1  # recalled, same result
     Image.new("RGB", (32, 32), (9, 99, 199)).save(data / "val" / "dog" / "new.png")
     assert leaked() == 2 and len(calls) == 2  # other thumbnails: compared again
+
+
+def test_a_remembered_comparison_from_another_copy_of_the_files_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The memo's key holds the files' cache keys (device, inode, times), as a cached row
+    does: a database carried from elsewhere (here: poisoned to say "no pairs") cannot hide
+    a copy in another folder that holds the same pictures."""
+    import sqlite3
+
+    from classifier.datamodule import ImageFolderDataModule
+    from classifier.scan_cache import VERSION, cache_dir
+    from tests.conftest import make_folder
+
+    data = make_folder(tmp_path / "data", counts={"train": 6, "val": 3})
+    with Image.open(data / "train" / "cat" / "cat_000.png") as image:
+        image.resize((48, 48), Image.Resampling.BICUBIC).save(data / "val" / "cat" / "copy.png")
+
+    def leaked(folder: Path) -> int:
+        module = ImageFolderDataModule(str(folder), image_size=32)
+        module.setup("fit")
+        assert module.folder.health.report is not None
+        return int(module.folder.health.report["summary"]["leakage"]["images"])
+
+    assert leaked(data) == 2
+    with sqlite3.connect(cache_dir() / f"scan-v{VERSION}.sqlite") as db:
+        db.execute("UPDATE memo SET value = x''")
+    db.close()
+    other = shutil.copytree(data, tmp_path / "other")
+    assert leaked(other) == 2

@@ -371,3 +371,19 @@ def test_the_scan_shows_files_per_second_on_a_terminal_and_nothing_in_a_log(
     slow = (time.sleep(0.001) or i for i in range(600))  # long enough for a refresh
     assert list(_shown(slow, 600, "Scanning train/", True)) == list(range(600))
     assert "files/s" in capsys.readouterr().out
+
+
+def test_a_cache_of_another_shape_or_a_folder_in_its_place_is_no_crash(
+    image_folder: Path,
+) -> None:
+    split = _split(image_folder / "train")
+    folder = cache_dir()
+    folder.mkdir(mode=0o700, parents=True)
+    (folder / "scan-v7.sqlite").mkdir()  # named like an old database: left alone
+    with sqlite3.connect(folder / f"scan-v{VERSION}.sqlite") as db:  # the v7 table's columns
+        db.execute("CREATE TABLE files (path BLOB PRIMARY KEY, size INTEGER) WITHOUT ROWID")
+    db.close()
+    with pytest.warns(UserWarning, match="scan cache unused.*unexpected columns"):
+        cache = ScanCache.open()
+    assert not cache.persistent and (folder / "scan-v7.sqlite").is_dir()
+    assert not scan_split(split, cache).bad

@@ -17,6 +17,7 @@ from classifier.loss_window import LossWindow, nonfinite_error
 from classifier.losses import cross_entropy, mixed_cross_entropy, mixing
 from classifier.metrics import summary_metrics
 from classifier.optim import Schedule, optimization, stepping_batches
+from classifier.preflight import refuse_half_weights
 from classifier.sam import SAM, Window, check_rho, check_sam_trainer
 from classifier.selective import Selector, features_and_logits
 from classifier.stage_metrics import StageMetrics, TrainUnreadable, warn_unreadable
@@ -112,8 +113,7 @@ class ImageClassifier(pl.LightningModule):
         )
         self.preprocessing: Preprocessing | None = None  # from the data; in checkpoints
         self.register_buffer("class_weights", torch.ones(self.num_classes), persistent=False)
-        #: Probabilities are ``softmax(logits / temperature)``; fitted by ``Calibration`` and
-        #: saved in checkpoints (a number, not a buffer: averaging the weights never touches it).
+        #: ``softmax(logits / temperature)``, fitted by ``Calibration``; a number, not a buffer.
         self.temperature = 1.0
         self.use_class_weights = False
         #: Accepts or rejects predictions (fitted by ``Calibration``), outside the module tree.
@@ -126,8 +126,7 @@ class ImageClassifier(pl.LightningModule):
         self._sam_window = Window()
         self.mixup_fn = mixing(mixup, cutmix, self.num_classes)
         self.train_top1 = summary_metrics(self.num_classes)["top1"]
-        # In checkpoints, so an epoch resumed mid-way reports accuracy over all its batches.
-        self.train_top1.persistent(True)
+        self.train_top1.persistent(True)  # in checkpoints: a resumed epoch counts all of it
         self.evaluation = torch.nn.ModuleDict(
             {s: StageMetrics(self.num_classes) for s in ("val", "test")}
         )
@@ -150,6 +149,7 @@ class ImageClassifier(pl.LightningModule):
     @override
     def setup(self, stage: str) -> None:
         """Take the preprocessing and the loss weights from the data (:class:`ImageData`)."""
+        refuse_half_weights(self.trainer.precision)  # every route: the metrics' counts
         if stage == "fit" and self.hparams["compile"]:
             self._runner.compile(self.model)
         data = optional_image_data(self.trainer)

@@ -121,3 +121,27 @@ def test_secrets_in_the_environment_never_reach_run_files(
     for path in run.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_half_precision_weights_are_refused_on_the_python_route_too(image_folder: Path) -> None:
+    """The command refuses ``bf16-true`` before reading data; a script that builds its own
+    Trainer meets the same refusal in the model's setup (its metrics' counts would be
+    bfloat16 and miscount above 256)."""
+    import lightning.pytorch as pl
+
+    from classifier.datamodule import ImageFolderDataModule
+    from classifier.errors import ConfigError
+    from classifier.model import ImageClassifier
+
+    model = ImageClassifier("test_resnet", ["cat", "dog", "fox"], pretrained=False)
+    data = ImageFolderDataModule(str(image_folder), image_size=32, num_workers=0)
+    trainer = pl.Trainer(
+        precision="bf16-true",
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    with pytest.raises(ConfigError, match="use bf16-mixed"):
+        trainer.fit(model, datamodule=data)

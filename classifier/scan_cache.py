@@ -37,33 +37,27 @@ NO_HASH = -(2**63) + 1
 
 Row = tuple[bytes, int, int, int, int, int, str | None, bytes | None, int, bytes | None, str | None]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    path BLOB PRIMARY KEY,
-    size INTEGER, mtime INTEGER, ctime INTEGER, dev INTEGER, ino INTEGER,
-    reason TEXT,
-    content BLOB,
-    phash INTEGER NOT NULL,
-    thumb BLOB,
-    kind TEXT
-) WITHOUT ROWID
-"""
-
-
-#: The columns of the ``files`` table, in order (what :data:`Row` holds).
-_COLUMNS = [
-    "path",
-    "size",
-    "mtime",
-    "ctime",
-    "dev",
-    "ino",
-    "reason",
-    "content",
-    "phash",
-    "thumb",
-    "kind",
-]
+#: The ``files`` table's columns and types, in order (what :data:`Row` holds).
+_FILE_COLUMNS = (
+    ("path", "BLOB PRIMARY KEY"),
+    ("size", "INTEGER"),
+    ("mtime", "INTEGER"),
+    ("ctime", "INTEGER"),
+    ("dev", "INTEGER"),
+    ("ino", "INTEGER"),
+    ("reason", "TEXT"),
+    ("content", "BLOB"),
+    ("phash", "INTEGER NOT NULL"),
+    ("thumb", "BLOB"),
+    ("kind", "TEXT"),
+)
+_COLUMNS = [name for name, _ in _FILE_COLUMNS]
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS files ("
+    + ", ".join(f"{name} {kind}" for name, kind in _FILE_COLUMNS)
+    + ") WITHOUT ROWID"
+)
+_INSERT = f"INSERT OR REPLACE INTO files VALUES ({','.join('?' * len(_FILE_COLUMNS))})"  # noqa: S608
 #: Results computed from many rows at once (the small-image near copies of a fit's splits),
 #: by a digest of what they were computed from; the newest :data:`MEMO_ROWS` are kept.
 _MEMO_SCHEMA = """
@@ -216,9 +210,7 @@ class ScanCache:
         try:
             with self._db:
                 self._db.execute("BEGIN")
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
-                )
+                self._db.executemany(_INSERT, rows)
         except sqlite3.Error as error:
             warnings.warn(f"scan cache not updated ({error})", stacklevel=3)
 

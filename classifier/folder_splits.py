@@ -12,12 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from classifier.dali_pipeline import DALI_REFUSED
 from classifier.health import Hashes
 from classifier.health_check import HealthCheck
 from classifier.holdout import carve, draw, saved
 from classifier.prescan import hash_files, scan_split
 from classifier.scan_cache import UNHASHED, ScanCache
 from classifier.splits import DataError, Split, read_split, read_unlabelled
+from classifier.text import printable
 
 
 @dataclass
@@ -205,9 +207,6 @@ def _check_dali_formats(split: Split, kinds: np.ndarray) -> None:
     Raises:
         DataError: naming how many files, their formats and one of them.
     """
-    from classifier.dali_pipeline import DALI_REFUSED
-    from classifier.text import printable
-
     refused = np.flatnonzero(np.isin(kinds, list(DALI_REFUSED)))
     if refused.size:
         formats = "/".join(sorted({kinds[i].decode() for i in refused}))

@@ -18,13 +18,8 @@ from typing import Any
 import numpy as np
 
 from classifier.files import write_csv, write_json
-from classifier.perceptual_hash import (
-    HASH_BITS,
-    MIN_SIDE,
-    informative,
-    informative_mask,
-    near_pairs,
-)
+from classifier.hash_search import HASH_BITS, near_pairs
+from classifier.perceptual_hash import MIN_SIDE, informative, informative_mask
 from classifier.scan_cache import NO_HASH, UNHASHED, to_signed
 from classifier.splits import DataError, Split, shared_files
 from classifier.text import printable
@@ -60,11 +55,13 @@ def copy_groups(
     phash: np.ndarray,
     max_distance: int,
     similar: np.ndarray | None = None,
+    near: np.ndarray | None = None,
 ) -> list[list[int]]:
     """Groups of files that are copies: the same content digest (``b""``: none), or
-    informative perceptual hashes at most ``max_distance`` bits apart, or linked by a pair of
-    ``similar`` (small images alike in their pixels, :func:`small_copies`); with
-    ``max_distance`` ``-1`` exact copies only."""
+    informative perceptual hashes at most ``max_distance`` bits apart (``near``: their
+    :func:`near_hash_pairs`, when known already), or linked by a pair of ``similar`` (small
+    images alike in their pixels, :func:`small_copies`); with ``max_distance`` ``-1`` exact
+    copies only."""
     content = np.asarray(content)
     pairs = [np.empty((0, 2), dtype=np.int64)]
     known = np.flatnonzero(content != content.dtype.type())
@@ -73,12 +70,19 @@ def copy_groups(
         exact = np.stack([known[first[inverse.ravel()]], known], axis=1)
         pairs.append(exact[exact[:, 0] != exact[:, 1]])
     if max_distance >= 0:
-        hashed = np.flatnonzero(informative_mask(phash))
-        near = near_pairs(np.asarray(phash, np.int64)[hashed].view(np.uint64), max_distance)
-        pairs.append(hashed[near].reshape(-1, 2))
+        pairs.append(near_hash_pairs(phash, max_distance) if near is None else near)
         if similar is not None:
             pairs.append(np.asarray(similar, np.int64).reshape(-1, 2))
     return groups_of(len(content), np.concatenate(pairs))
+
+
+def near_hash_pairs(phash: np.ndarray, max_distance: int) -> np.ndarray:
+    """Index pairs of the stored perceptual hashes ``phash`` that are informative and at most
+    ``max_distance`` bits apart (:func:`~classifier.hash_search.near_pairs`)."""
+    hashed = np.flatnonzero(informative_mask(phash))
+    near = near_pairs(np.asarray(phash, np.int64)[hashed].view(np.uint64), max_distance)
+    found: np.ndarray = hashed[near].reshape(-1, 2)
+    return found
 
 
 def small_copies(thumbs: np.ndarray) -> np.ndarray:
@@ -202,11 +206,13 @@ def duplicates(
     class_names: list[str],
     max_distance: int,
     similar: np.ndarray | None = None,
+    near: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The duplicate report over the labelled ``splits`` with their pre-scan ``hashes``;
     records are made only for the files in a group (10^6 files cost arrays, not objects).
-    ``similar``: :func:`small_copies` of the splits' thumbnails in :func:`checked_names`
-    order, when known already (computed here otherwise)."""
+    ``similar`` and ``near``: :func:`small_copies` of the splits' thumbnails and
+    :func:`near_hash_pairs` of their hashes, in :func:`checked_names` order, when known
+    already (computed here otherwise)."""
     names = checked_names(splits, hashes)
     content = np.concatenate([np.empty(0, "S16")] + [hashes[n].content for n in names])
     phash = np.concatenate([np.empty(0, np.int64)] + [hashes[n].phash for n in names])
@@ -226,7 +232,7 @@ def duplicates(
         perceptual = None if value in (UNHASHED, NO_HASH) else value % 2**64
         return ImageRecord(split.name, label, str(split.paths[i]), content[g].hex(), perceptual)
 
-    found = copy_groups(content, phash, max_distance, similar)
+    found = copy_groups(content, phash, max_distance, similar, near)
     groups = [[record(g) for g in group] for group in found]
     hashed = int(informative_mask(phash).sum())
     pending = int((phash == UNHASHED).sum()) if max_distance >= 0 else 0

@@ -1,22 +1,16 @@
-"""The perceptual hash of the near-copy check, and the banded search for hashes a few bits apart.
-
-Two hashes that differ in at most ``max_distance`` of their 64 bits agree on at least one of
-``max_distance + 1`` bands of bits (pigeonhole), so only hashes sharing a band's value are
-compared (:func:`near_pairs`): the cost grows with the candidates, not with all pairs.
+"""The perceptual hash of the near-copy check (a 64-bit difference hash), and which hashes can
+tell a near copy from a look-alike. The search for hashes a few bits apart is
+:func:`classifier.hash_search.near_pairs`.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 
+from classifier.hash_search import HASH_BITS
 from classifier.scan_cache import NO_HASH, UNHASHED, to_signed
 
-#: Bits of the perceptual hash.
-HASH_BITS = 64
 #: Images whose shorter side is below this get no perceptual hash: at that size distinct
 #: pictures (digits, icons) hash as closely as resized copies, so they are compared by their
 #: thumbnails' pixels instead (:mod:`classifier.thumbnails`).
@@ -71,46 +65,6 @@ def informative_mask(phash: np.ndarray) -> np.ndarray:
     computed = (values != UNHASHED) & (values != NO_HASH)
     mask: np.ndarray = computed & (bits >= MIN_EDGE_BITS) & (bits <= HASH_BITS - MIN_EDGE_BITS)
     return mask
-
-
-def _band_pairs(values: np.ndarray, lo: int, hi: int, max_distance: int) -> list[np.ndarray]:
-    """Pairs of distinct ``values`` that share bits ``lo:hi`` and are within the distance."""
-    key = (values >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
-    order = np.argsort(key, kind="stable")
-    ordered = key[order]
-    found = []
-    for offset in range(1, len(order)):
-        same = ordered[offset:] == ordered[:-offset]
-        if not same.any():  # no run of equal keys is longer than offset
-            break
-        first, second = order[:-offset][same], order[offset:][same]
-        close = np.bitwise_count(values[first] ^ values[second]) <= max_distance
-        found.append(np.stack([first[close], second[close]], axis=1))
-    return found
-
-
-def near_pairs(hashes: Sequence[int] | np.ndarray, max_distance: int) -> np.ndarray:
-    """Index pairs ``(i, j)``, ``i < j``, linking hashes at most ``max_distance`` bits apart:
-    every such pair of distinct hashes, and each repeat of a hash with its first occurrence
-    (the same groups as all pairs give, see :func:`groups_of`). Distinct hashes are compared
-    through the banded index, so the cost grows with the candidates, not with all pairs.
-    """
-    values = np.asarray(hashes, dtype=np.uint64)
-    if not 0 <= max_distance < HASH_BITS:
-        raise ValueError(f"max_distance must be in [0, {HASH_BITS - 1}], got {max_distance}")
-    if len(values) < 2:
-        return np.empty((0, 2), dtype=np.int64)
-    unique, first, inverse = np.unique(values, return_index=True, return_inverse=True)
-    pairs = [np.stack([first[inverse], np.arange(len(values))], axis=1)]  # equal hashes
-    edges = np.linspace(0, HASH_BITS, min(max_distance, HASH_BITS - 1) + 2).astype(int)
-    if max_distance > 0:
-        for lo, hi in itertools.pairwise(edges):
-            for found in _band_pairs(unique, int(lo), int(hi), max_distance):
-                pairs.append(first[found])  # one representative per distinct hash
-    joined = np.concatenate(pairs)
-    joined = joined[joined[:, 0] != joined[:, 1]]
-    joined.sort(axis=1)
-    return np.unique(joined, axis=0)
 
 
 def informative(value: int | None) -> bool:

@@ -11,41 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from classifier.health import groups_of
-from classifier.perceptual_hash import near_pairs
 from classifier.splits import DataError
 from tests.conftest import make_folder, run_cli, tiny
-
-
-def _brute_groups(hashes: np.ndarray, max_distance: int) -> list[list[int]]:
-    distance = np.bitwise_count(hashes[:, None] ^ hashes[None, :])
-    first, second = np.triu_indices(len(hashes), 1)
-    close = distance[first, second] <= max_distance
-    return groups_of(len(hashes), np.stack([first[close], second[close]], axis=1))
-
-
-@pytest.mark.parametrize("max_distance", [0, 1, 4, 7])
-def test_banded_search_finds_the_same_groups_as_all_pairs(max_distance: int) -> None:
-    rng = np.random.default_rng(max_distance)
-    hashes = rng.integers(0, 2**63, 2000, dtype=np.uint64) * 2 + 1
-    for i in range(0, 400, 4):  # near copies 0-8 bits away, chains, and exact repeats
-        flipped = int(hashes[i])
-        for bit in rng.choice(64, size=int(rng.integers(0, 9)), replace=False):
-            flipped ^= 1 << int(bit)
-        hashes[i + 1] = np.uint64(flipped)
-        hashes[i + 2] = hashes[i + 1] ^ np.uint64(1 << int(rng.integers(64)))
-    hashes[900:905] = hashes[899]
-    found = groups_of(len(hashes), near_pairs(hashes, max_distance))
-    assert found == _brute_groups(hashes, max_distance)
-    assert found  # the planted copies are there to be found
-
-
-def test_a_hundred_thousand_hashes_are_compared_without_all_pairs() -> None:
-    rng = np.random.default_rng(0)
-    hashes = rng.integers(0, 2**63, 100_000, dtype=np.uint64) * 2
-    hashes[1::1000] = hashes[::1000] ^ np.uint64(0b101)
-    pairs = near_pairs(hashes, 4)  # make bench times this (well under 10 s on one core)
-    assert {tuple(p) for p in pairs.tolist()} >= {(i, i + 1) for i in range(0, 100_000, 1000)}
 
 
 def _photo(seed: int, size: int = 96) -> Image.Image:
@@ -184,3 +151,43 @@ def test_a_remembered_comparison_from_another_copy_of_the_files_is_not_used(
     db.close()
     other = shutil.copytree(data, tmp_path / "other")
     assert leaked(other) == 2
+
+
+def test_a_warm_start_recalls_the_near_copy_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The near-copy search over 10^6 hashes takes seconds: a second check of the same files
+    with the same hashes recalls the pairs from the scan cache; a changed hash searches again
+    (and what it finds is what the search finds)."""
+    from classifier import health_check
+    from classifier.health import Hashes
+    from classifier.scan_cache import ScanCache
+    from classifier.splits import read_split
+    from tests.conftest import make_folder
+
+    data = make_folder(tmp_path / "data", counts={"train": 4, "val": 2})
+    names = ["cat", "dog", "fox"]
+    calls: list[int] = []
+    real = health_check.near_hash_pairs
+    monkeypatch.setattr(
+        health_check, "near_hash_pairs", lambda p, d: calls.append(len(p)) or real(p, d)
+    )
+
+    def leaked(val_hash: int) -> int:
+        check = health_check.HealthCheck(names, 4, "warn")
+        check.memo = ScanCache.open()
+        for name in ("train", "val"):
+            split = read_split(name, data / name, names)
+            count = len(split)
+            phash = np.random.default_rng(count).integers(0, 2**62, count, dtype=np.int64)
+            phash[0] = 0x5555_5555_5555_5555 if name == "train" else val_hash
+            content = np.array([f"{name}{i}".encode() for i in range(count)], dtype="S16")
+            check.add(split, Hashes(content, phash, np.full(count, b"", dtype=object)))
+        check.check(None, announce=False)
+        assert check.report is not None
+        return int(check.report["summary"]["leakage"]["images"])
+
+    near = 0x5555_5555_5555_5555 ^ 0b1001  # 2 bits from train's first image
+    assert leaked(near) == 2 and len(calls) == 1
+    assert leaked(near) == 2 and len(calls) == 1  # recalled, same result
+    assert leaked(0x0F0F_0F0F_0F0F_0F0F) == 0 and len(calls) == 2  # another hash: searched

@@ -21,14 +21,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from classifier.health import Hashes, check_duplicates, checked_names, duplicates, small_copies
+from classifier.health import (
+    Hashes,
+    check_duplicates,
+    checked_names,
+    duplicates,
+    near_hash_pairs,
+    small_copies,
+)
+from classifier.perceptual_hash import MIN_EDGE_BITS
 from classifier.prescan import hash_files
 from classifier.scan_cache import UNHASHED, ScanCache
 from classifier.splits import Split
 from classifier.thumbnails import MIN_STD, SIZE, SMALL_THRESHOLD, THRESHOLD
 
 #: What a remembered small-image comparison depends on besides the thumbnails.
-MEMO_VERSION = f"small-copies 2 {SIZE} {THRESHOLD} {SMALL_THRESHOLD} {MIN_STD}".encode()
+SMALL_MEMO = f"small-copies 3 {SIZE} {THRESHOLD} {SMALL_THRESHOLD} {MIN_STD}".encode()
+#: What a remembered near-copy search depends on besides the hashes and the distance.
+NEAR_MEMO = f"near-pairs 1 {MIN_EDGE_BITS}".encode()
 
 
 class HealthCheck:
@@ -82,37 +92,56 @@ class HealthCheck:
         """Report what the hashes known now show (``data_health.json`` when ``folder`` is
         given, a summary when ``announce``); leakage warns, or raises with ``error``."""
         self.complete = all(not (h.phash == UNHASHED).any() for h in self.hashes.values())
-        if self.similar is None and self.max_distance >= 0:
+        near = None
+        if self.max_distance >= 0:
             names = checked_names(self.splits, self.hashes)
-            thumbs = np.concatenate([np.empty(0, object)] + [self.hashes[n].thumbs for n in names])
             keys = np.concatenate(
                 [np.empty((0, 5), np.int64)] + [self.splits[n].keys for n in names]
             )
-            self.similar = self._small_copies(thumbs, keys)
+            files = hashlib.sha256(keys.tobytes()).digest()  # 40 MB at 10^6 files: once
+            if self.similar is None:
+                thumbs = np.concatenate(
+                    [np.empty(0, object)] + [self.hashes[n].thumbs for n in names]
+                )
+                lengths = np.fromiter((len(t) for t in thumbs), np.int64, len(thumbs))
+                self.similar = self._remembered(
+                    [SMALL_MEMO, files, lengths.tobytes(), b"".join(thumbs)],
+                    len(thumbs),
+                    partial(small_copies, thumbs),
+                )
+            phash = np.concatenate([np.empty(0, np.int64)] + [self.hashes[n].phash for n in names])
+            near = self._remembered(
+                [NEAR_MEMO, str(self.max_distance).encode(), files, phash.tobytes()],
+                len(phash),
+                partial(near_hash_pairs, phash, self.max_distance),
+            )
         self.report = duplicates(
-            self.splits, self.hashes, self.class_names, self.max_distance, self.similar
+            self.splits, self.hashes, self.class_names, self.max_distance, self.similar, near
         )
         check_duplicates(self.report, self.on_leakage, folder, announce, brief)
 
-    def _small_copies(self, thumbs: np.ndarray, keys: np.ndarray) -> np.ndarray:
-        """:func:`~classifier.health.small_copies` of ``thumbs``, recalled from :attr:`memo`
-        when the same files (their cache ``keys``: size, times, device, inode) with the same
-        thumbnails were compared before (10^5 of them take 11 s on two cores: a warm start
-        would pay it every time). The keys make a remembered result as local as a cached
-        row: one from another machine's cache never matches."""
+    def _remembered(
+        self, parts: list[bytes], count: int, compute: Callable[[], np.ndarray]
+    ) -> np.ndarray:
+        """Index pairs (of ``count`` files) from ``compute()``, recalled from :attr:`memo` when
+        the same ``parts`` were seen before: the files' cache keys (size, times, device,
+        inode) and what is compared. Small images' thumbnails, 10^5 of them, take 11 s to
+        compare on two cores, the near-copy search over 10^6 hashes 4 s: a warm start would
+        pay that every time. The keys make a remembered result as local as a cached row: one
+        from another machine's cache never matches."""
         if self.memo is None:
-            return small_copies(thumbs)
-        digest = hashlib.sha256(MEMO_VERSION)
-        digest.update(np.ascontiguousarray(keys, dtype=np.int64).tobytes())
-        digest.update(np.fromiter((len(t) for t in thumbs), np.int64, len(thumbs)).tobytes())
-        digest.update(b"".join(thumbs))
+            return compute()
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(len(part).to_bytes(8, "little"))
+            digest.update(part)
         key = digest.digest()
         stored = self.memo.recall(key)
         if stored is not None and len(stored) % 16 == 0:
             pairs = np.frombuffer(stored, dtype=np.int64).reshape(-1, 2)
-            if ((pairs >= 0) & (pairs < len(thumbs))).all():
+            if ((pairs >= 0) & (pairs < count)).all():
                 return pairs.copy()
-        pairs = np.ascontiguousarray(small_copies(thumbs), dtype=np.int64)
+        pairs = np.ascontiguousarray(compute(), dtype=np.int64).reshape(-1, 2)
         self.memo.remember(key, pairs.tobytes())
         return pairs
 

@@ -7,10 +7,15 @@ when many hashes agree on those bits: photos of products on a white background, 
 share whole rows of bits, and comparing such a cell pair by pair grows with its square (a third
 of a folder in one cell: 5.9 s for 10^5 hashes, so about ten minutes for 10^6). A cell larger
 than :data:`CELL` is therefore split again the same way, on ``d + 1`` groups of the bits its
-hashes leave free: two of them within ``d`` bits still agree on one of those groups. It is
-split when that leaves fewer pairs to compare, and compared whole otherwise (hashes that are
-all near one another, which no split separates). Every pair found is checked bit by bit, so
-the result is exact whatever the split.
+hashes leave free (two of them within ``d`` bits differ only in those, so they still agree on
+one group), when that at least halves the pairs to compare; otherwise (hashes all near one
+another, which no split separates) it is compared whole. The first split, of all the hashes,
+is always made, so no input costs more than comparing each of its parts whole.
+
+Nothing is missed: by the pigeonhole, every near pair shares a part in some group of every
+split that reaches it, and each part is either compared or split again. Each pair is reported
+once: in the first group, of each split, on which its two hashes agree (later groups and their
+further splits pass over pairs that agree on an earlier one).
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ CELL = 64
 
 
 def near_pairs(hashes: Sequence[int] | np.ndarray, max_distance: int) -> np.ndarray:
-    """Index pairs ``(i, j)``, ``i < j``, sorted, linking hashes at most ``max_distance`` bits
-    apart: every such pair of distinct hashes, and each repeat of a hash with its first
-    occurrence (the same groups as all pairs give, see :func:`~classifier.health.groups_of`).
+    """Index pairs ``(i, j)``, ``i < j``, sorted and each once, linking hashes at most
+    ``max_distance`` bits apart: every pair of distinct values that close (each value by its
+    first occurrence), and each repeat of a value with its first occurrence. They make the
+    same groups as all pairs (see :func:`~classifier.health.groups_of`).
 
     Raises:
         ValueError: ``max_distance`` is not in ``[0, 63]``.
@@ -48,40 +54,58 @@ def near_pairs(hashes: Sequence[int] | np.ndarray, max_distance: int) -> np.ndar
     joined = np.concatenate(pairs)
     joined = joined[joined[:, 0] != joined[:, 1]]
     joined.sort(axis=1)
-    # One number per pair, sorted, repeats dropped: np.unique (its rows, or its hash table in
-    # NumPy 2.3) took 1.3 s for the 1.6 million pairs of 2,000 look-alike hashes, this 0.1 s.
+    # Each pair comes once; sorted as one number per pair (np.unique of the rows took 1.3 s
+    # for the 1.6 million pairs of 2,000 look-alike hashes, this 0.1 s).
     codes = np.sort(joined[:, 0] * len(values) + joined[:, 1])
-    codes = codes[np.concatenate([codes[:1] == codes[:1], codes[1:] != codes[:-1]])]
     return np.stack([codes // len(values), codes % len(values)], axis=1)
 
 
 def _distinct_pairs(values: np.ndarray, max_distance: int) -> list[np.ndarray]:
-    """Index pairs of the (distinct) ``values`` within ``max_distance`` bits, possibly
-    repeated. A task holds hashes sorted by cell, their cell numbers and the bit positions
-    their cells leave free; each of its cells is split on ``d + 1`` groups of those bits when
-    that leaves fewer pairs to compare (the sum of the squared sizes of its parts, over the
-    groups, below half its own square), else compared whole. So no cell costs more than
-    comparing it whole, and hashes that are all near one another are not split for nothing."""
+    """Index pairs of the (distinct) ``values`` within ``max_distance`` bits, each once. A
+    task holds hashes sorted by cell, their cell numbers (from 0), the bit positions their
+    cells leave free, and the masks of earlier groups whose pairs it passes over."""
     found: list[np.ndarray] = []
-    tasks = [(np.arange(len(values)), np.zeros(len(values), np.int64), np.arange(HASH_BITS))]
+    everything = np.arange(len(values))
+    tasks = [(everything, np.zeros(len(values), np.int64), np.arange(HASH_BITS), _NO_MASKS)]
+    first = True
     while tasks:
-        members, cells, free = tasks.pop()
+        members, cells, free, skip = tasks.pop()
         free = _useful(values[members], free)
-        groups = [_Parts.of(values, members, cells, bits) for bits in _groups(free, max_distance)]
+        bit_groups = _groups(free, max_distance)
+        parts = [_Parts.of(values, members, cells, bits) for bits in bit_groups]
         size = np.bincount(cells).astype(np.float64)
-        split_cost = sum(np.bincount(g.parent, g.size, len(size)) for g in groups)
-        split = split_cost < size**2 / 2
+        split_cost = sum(np.bincount(g.parent, g.size, len(size)) for g in parts)
+        split = (split_cost < size**2 / 2) | first
+        first = False
         whole = ~split[cells]
-        found += _cell_pairs(values, members[whole], cells[whole], max_distance)
-        for g, bits in zip(groups, _groups(free, max_distance), strict=True):
+        found += _cell_pairs(values, members[whole], cells[whole], max_distance, skip)
+        masks = np.array([_mask(bits) for bits in bit_groups], dtype=np.uint64)
+        for i, (g, bits) in enumerate(zip(parts, bit_groups, strict=True)):
             rest = np.setdiff1d(free, bits)
             taken = split[g.parent] & (g.size > 1)
             further = taken & (g.size > CELL) & (len(rest) > max_distance)
             now = taken & ~further
-            found += _cell_pairs(values, g.members[now], g.number[now], max_distance)
+            passed = np.concatenate([skip, masks[:i]])
+            found += _cell_pairs(values, g.members[now], g.number[now], max_distance, passed)
             if further.any():
-                tasks.append((g.members[further], g.number[further], rest))
+                tasks.append((g.members[further], _renumbered(g.number[further]), rest, passed))
     return found
+
+
+_NO_MASKS = np.zeros(0, np.uint64)
+
+
+def _mask(bits: np.ndarray) -> np.uint64:
+    """The 64-bit mask of the bit positions ``bits``."""
+    mask: np.uint64 = np.bitwise_or.reduce(np.left_shift(np.uint64(1), bits.astype(np.uint64)))
+    return mask
+
+
+def _renumbered(cells: np.ndarray) -> np.ndarray:
+    """Sorted cell numbers renumbered from 0 (so a task's counts are sized to the task)."""
+    starts = np.ones(len(cells), bool)
+    starts[1:] = cells[1:] != cells[:-1]
+    return np.cumsum(starts) - 1
 
 
 def _useful(hashes: np.ndarray, free: np.ndarray) -> np.ndarray:
@@ -120,8 +144,7 @@ class _Parts:
         cls, values: np.ndarray, members: np.ndarray, cells: np.ndarray, bits: np.ndarray
     ) -> _Parts:
         """Split the ``cells`` of ``members`` on the bit positions ``bits``."""
-        mask = np.bitwise_or.reduce(np.left_shift(np.uint64(1), bits.astype(np.uint64)))
-        key = values[members] & mask
+        key = values[members] & _mask(bits)
         order = np.lexsort((key, cells))
         parent, key = cells[order], key[order]
         starts = np.ones(len(order), bool)
@@ -130,17 +153,27 @@ class _Parts:
 
 
 def _cell_pairs(
-    values: np.ndarray, members: np.ndarray, cells: np.ndarray, max_distance: int
+    values: np.ndarray,
+    members: np.ndarray,
+    cells: np.ndarray,
+    max_distance: int,
+    skip: np.ndarray,
 ) -> list[np.ndarray]:
-    """Pairs of ``members`` (sorted by ``cells``) in one cell and within ``max_distance``
-    bits: each pass compares every member with the one ``offset`` places on, in its cell."""
+    """Pairs of ``members`` (sorted by ``cells``) in one cell, within ``max_distance`` bits and
+    differing somewhere under each mask of ``skip`` (a pair agreeing under one is reported by
+    that earlier group). Each pass compares every member with the one ``offset`` places on,
+    in its cell."""
     found = []
     live = np.flatnonzero(cells[1:] == cells[:-1])  # members with another one place on
     offset = 1
     while live.size:
         a, b = members[live], members[live + offset]
-        close = np.bitwise_count(values[a] ^ values[b]) <= max_distance
-        found.append(np.stack([a[close], b[close]], axis=1))
+        differ = values[a] ^ values[b]
+        close = np.bitwise_count(differ) <= max_distance
+        for mask in skip:
+            close[close] &= (differ[close] & mask) != 0
+        if close.any():
+            found.append(np.stack([a[close], b[close]], axis=1))
         offset += 1
         live = live[live + offset < len(cells)]
         live = live[cells[live + offset] == cells[live]]

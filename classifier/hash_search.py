@@ -27,9 +27,8 @@ import numpy as np
 #: Bits of a hash.
 HASH_BITS = 64
 #: Cells of at most this many hashes are compared pair by pair; larger ones are split again.
-#: Comparing a cell of L hashes costs L^2/2 XORs, splitting it d + 1 sorts of L: in NumPy the
-#: two cost about the same near 64 (measured on 10^6 random hashes, 4 bits: 64 took 2.3 s,
-#: 16 took 3.3 s, 256 took 3.4 s).
+#: Comparing a cell of L hashes costs L^2/2 XORs, splitting it d + 1 sorts of L; 64 is an
+#: estimate of where the two cost the same in NumPy (not tuned by measurement).
 CELL = 64
 
 

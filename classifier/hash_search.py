@@ -102,8 +102,14 @@ def _mask(bits: np.ndarray) -> np.uint64:
 
 def _renumbered(cells: np.ndarray) -> np.ndarray:
     """Sorted cell numbers renumbered from 0 (so a task's counts are sized to the task)."""
-    starts = np.ones(len(cells), bool)
-    starts[1:] = cells[1:] != cells[:-1]
+    return _numbered(cells[1:] != cells[:-1])
+
+
+def _numbered(changes: np.ndarray) -> np.ndarray:
+    """Run numbers from 0 of sorted entries, given where each entry differs from the one
+    before (``changes``, one shorter than the entries)."""
+    starts = np.ones(len(changes) + 1, bool)
+    starts[1:] = changes
     return np.cumsum(starts) - 1
 
 
@@ -146,9 +152,8 @@ class _Parts:
         key = values[members] & _mask(bits)
         order = np.lexsort((key, cells))
         parent, key = cells[order], key[order]
-        starts = np.ones(len(order), bool)
-        starts[1:] = (parent[1:] != parent[:-1]) | (key[1:] != key[:-1])
-        return cls(members[order], parent, np.cumsum(starts) - 1)
+        changes = (parent[1:] != parent[:-1]) | (key[1:] != key[:-1])
+        return cls(members[order], parent, _numbered(changes))
 
 
 def _cell_pairs(

@@ -54,6 +54,8 @@ def _vectors(blobs: Sequence[bytes]) -> tuple[np.ndarray, torch.Tensor, np.ndarr
     """The usable thumbnails' indices, their pixels centred and scaled to unit length (so a dot
     product is a correlation), and their images' shorter sides."""
     usable = [i for i, b in enumerate(blobs) if len(b) == SIZE * SIZE + 1]
+    if not usable:  # torch warns about the deviation of no rows
+        return np.empty(0, np.int64), torch.empty(0, SIZE**2), np.empty(0, np.int64)
     raw = np.frombuffer(b"".join(blobs[i] for i in usable), np.uint8).reshape(-1, SIZE**2 + 1)
     sides, pixels = raw[:, 0].astype(np.int64), torch.from_numpy(raw[:, 1:].astype(np.float32))
     centred = pixels - pixels.mean(dim=1, keepdim=True)

@@ -21,29 +21,32 @@ MIN_SIDE = 64
 MIN_EDGE_BITS = 8
 
 
-#: Rows and columns of the image the thumbnail averages (every k-th of a larger image): a
-#: 500x375 photo costs about 0.2 ms instead of the 1 ms of filtering every pixel, and resized or
-#: re-encoded copies still hash within 3 bits of each other.
-SAMPLES = 128
+#: Rows of the image the thumbnail averages: 8 evenly spaced rows in each of its 8 bands, with
+#: every column. Whole rows are read in one stride, so a 500x375 photo hashes in 0.05 ms, against
+#: 0.14-0.2 ms for the grid of 128x128 samples this replaced and 0.9 ms for its decode. On 400 of
+#: ``make bench``'s photos, 99 % of copies resized (0.5x-1.5x), re-encoded, brightened or blurred
+#: hash within 3 bits of their original (the grid: 4), and distinct photos at least 13 apart.
+ROWS = 64
 #: ITU-R 601 luma weights.
-_GREY = torch.tensor([0.299, 0.587, 0.114])
+_GREY = np.array([0.299, 0.587, 0.114])
 
 
-def dhash(image: torch.Tensor) -> int | None:
+def dhash(image: np.ndarray) -> int | None:
     """64-bit difference hash of an RGB ``uint8`` ``3xHxW`` image: a 9x8 grey thumbnail (the
-    mean of :data:`SAMPLES` rows and columns over each cell), one bit per pair of horizontal
-    neighbours (1 where the right one is brighter). Resizing, re-encoding and small colour
-    changes move few bits. ``None`` below :data:`MIN_SIDE` and for nearly flat pictures
-    (:data:`MIN_EDGE_BITS`)."""
-    import torch.nn.functional as F  # noqa: N812
-
+    mean over each cell of :data:`ROWS` evenly spaced rows, 8 per band of rows, and all
+    columns), one bit per pair of horizontal neighbours (1 where the right one is brighter).
+    Resizing, re-encoding and small colour changes move few bits. The cells' sums are exact
+    integers, so a hash does not depend on the machine. ``None`` below :data:`MIN_SIDE` and for
+    nearly flat pictures (:data:`MIN_EDGE_BITS`)."""
     height, width = image.shape[1:]
     if min(height, width) < MIN_SIDE:
         return None
-    sampled = image[:, :: max(1, height // SAMPLES), :: max(1, width // SAMPLES)].float()
-    grey = torch.tensordot(_GREY, sampled, dims=1)
-    thumbnail = F.adaptive_avg_pool2d(grey[None, None], (8, 9))[0, 0]
-    edges = (thumbnail[:, 1:] > thumbnail[:, :-1]).flatten().numpy()
+    rows = ((np.arange(ROWS) * 2 + 1) * height) // (2 * ROWS)  # each strip's middle row
+    bands = image[:, rows].reshape(3, 8, ROWS // 8, width).sum(axis=2, dtype=np.uint16)
+    starts = (np.arange(9) * width) // 9
+    cells = np.add.reduceat(bands, starts, axis=2, dtype=np.uint32)
+    grey = np.tensordot(_GREY, cells, 1) / np.diff(starts, append=width)
+    edges = (grey[:, 1:] > grey[:, :-1]).ravel()
     if not MIN_EDGE_BITS <= int(edges.sum()) <= HASH_BITS - MIN_EDGE_BITS:
         return None
     return int.from_bytes(np.packbits(edges).tobytes(), "big")
@@ -52,8 +55,8 @@ def dhash(image: torch.Tensor) -> int | None:
 def phash_of(image: torch.Tensor | np.ndarray) -> int:
     """:func:`dhash` as the pre-scan stores it: a signed 64-bit integer, or
     :data:`~classifier.scan_cache.NO_HASH` for an image too small or flat to have one."""
-    tensor = torch.as_tensor(image)
-    value = dhash(tensor)
+    pixels = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    value = dhash(pixels)
     return NO_HASH if value is None else to_signed(value)
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 #: Cache format version; bump when the checks, the hashes or the key change.
-VERSION = 8
+VERSION = 9
 #: The perceptual hash of an image not hashed yet.
 UNHASHED = -(2**63)
 #: The perceptual hash of an image too small or too flat to have one (compared byte for byte).
@@ -259,7 +259,7 @@ class ScanCache:
     def _migrate(self, folder: Path) -> None:
         """Take the reasons of the JSON caches of version 4 (their content digests and
         perceptual hashes were of other kinds and are computed again) and of the SQLite caches
-        of versions 5 to 7, then remove them."""
+        of versions 5 to 8 (whose perceptual hashes were of another kind), then remove them."""
         for old in sorted(folder.glob("scan-v4-*.json")):
             try:
                 info = os.lstat(old)
@@ -271,7 +271,7 @@ class ScanCache:
             if isinstance(entries, dict):
                 self.store(_v4_rows(entries))
             old.unlink(missing_ok=True)
-        for old in sorted(folder.glob("scan-v[5-7].sqlite")):
+        for old in sorted(folder.glob("scan-v[5-8].sqlite")):
             self.store(_sqlite_reasons(old))
             for leftover in (old, *(old.with_name(old.name + end) for end in ("-wal", "-shm"))):
                 with contextlib.suppress(OSError):  # a folder of that name stays
@@ -279,8 +279,9 @@ class ScanCache:
 
 
 def _sqlite_reasons(old: Path) -> list[Row]:
-    """The bad files' rows of an older SQLite cache (its good rows lack the format and are
-    checked again); none from a file that is not ours or not readable."""
+    """The bad files' rows of an older SQLite cache (its good rows lack the format, or hold a
+    perceptual hash of another kind, and are checked again); none from a file that is not ours
+    or not readable."""
     try:
         info = os.lstat(old)
         if not stat.S_ISREG(info.st_mode) or _unsafe(info, "it"):

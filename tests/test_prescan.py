@@ -236,35 +236,37 @@ def test_a_version_4_cache_is_migrated(image_folder: Path) -> None:
     assert (result.content[1:] != b"").all()  # digests computed again from the bytes
 
 
-def test_a_version_7_cache_keeps_its_reasons_and_goes(image_folder: Path) -> None:
-    """Its bad files stay bad without being read again; its good ones lack the format and
-    are checked again; the old database and its WAL files are removed."""
+@pytest.mark.parametrize("version", [7, 8])
+def test_an_older_sqlite_cache_keeps_its_reasons_and_goes(image_folder: Path, version: int) -> None:
+    """Its bad files stay bad without being read again; its good ones (without a format in
+    version 7, with a perceptual hash of another kind in 8) are checked again; the old
+    database and its WAL files are removed."""
     split = _split(image_folder / "train")
     folder = cache_dir()
     folder.mkdir(mode=0o700, parents=True)
-    old = folder / "scan-v7.sqlite"
+    old = folder / f"scan-v{version}.sqlite"
+    kind = ", kind TEXT" if version == 8 else ""
+    extra = (None,) if version == 8 else ()
+    marks = ",".join("?" * (10 + len(extra)))
     with sqlite3.connect(old) as db:
         db.execute(
             "CREATE TABLE files (path BLOB PRIMARY KEY, size INTEGER, mtime INTEGER, ctime "
             "INTEGER, dev INTEGER, ino INTEGER, reason TEXT, content BLOB, phash INTEGER NOT "
-            "NULL, thumb BLOB) WITHOUT ROWID"
+            f"NULL, thumb BLOB{kind}) WITHOUT ROWID"
         )
         keys = split.keys.tolist()
-        db.execute(
-            "INSERT INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (split.paths.raw(0), *keys[0], "truncated JPEG (an old verdict)", None, 0, None),
-        )
-        db.execute(
-            "INSERT INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (split.paths.raw(1), *keys[1], None, b"x" * 16, 5, None),
-        )
+        bad = (split.paths.raw(0), *keys[0], "truncated JPEG (an old verdict)", None, 0, None)
+        good = (split.paths.raw(1), *keys[1], None, b"x" * 16, 5, None)
+        db.execute(f"INSERT INTO files VALUES ({marks})", (*bad, *extra))
+        db.execute(f"INSERT INTO files VALUES ({marks})", (*good, *(b"PNG",) * len(extra)))
     db.close()
-    (folder / "scan-v7.sqlite-wal").write_bytes(b"")
+    (folder / f"scan-v{version}.sqlite-wal").write_bytes(b"")
     result = scan_split(split, ScanCache.open())
-    assert not list(folder.glob("scan-v7*"))
+    assert not list(folder.glob(f"scan-v{version}*"))
     assert result.bad == {0: "truncated JPEG (an old verdict)"}
     assert result.cached == 1  # only the bad file's verdict was kept
     assert result.kinds[1] == b"PNG" and result.content[1] != b"x" * 16
+    assert result.phash[1] != 5
 
 
 # Near copies: exact ones before training, near ones by the end of the first epoch.

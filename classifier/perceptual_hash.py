@@ -5,6 +5,8 @@ tell a near copy from a look-alike. The search for hashes a few bits apart is
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -31,6 +33,16 @@ ROWS = 64
 _GREY = np.array([0.299, 0.587, 0.114])
 
 
+@functools.lru_cache(maxsize=256)
+def _layout(height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For an image of ``height`` x ``width``: the rows read (each strip's middle), where each
+    band of columns starts, and each channel's weight over each band's width."""
+    rows = ((np.arange(ROWS) * 2 + 1) * height) // (2 * ROWS)
+    starts = (np.arange(9) * width) // 9
+    weights = _GREY[:, None, None] / np.diff(starts, append=width)
+    return rows, starts, weights
+
+
 def dhash(image: np.ndarray) -> int | None:
     """64-bit difference hash of an RGB ``uint8`` ``3xHxW`` image: a 9x8 grey thumbnail (the
     mean over each cell of :data:`ROWS` evenly spaced rows, 8 per band of rows, and all
@@ -41,15 +53,13 @@ def dhash(image: np.ndarray) -> int | None:
     height, width = image.shape[1:]
     if min(height, width) < MIN_SIDE:
         return None
-    rows = ((np.arange(ROWS) * 2 + 1) * height) // (2 * ROWS)  # each strip's middle row
+    rows, starts, weights = _layout(height, width)
     bands = image[:, rows].reshape(3, 8, ROWS // 8, width).sum(axis=2, dtype=np.uint16)
-    starts = (np.arange(9) * width) // 9
-    cells = np.add.reduceat(bands, starts, axis=2, dtype=np.uint32)
-    grey = np.tensordot(_GREY, cells, 1) / np.diff(starts, append=width)
-    edges = (grey[:, 1:] > grey[:, :-1]).ravel()
-    if not MIN_EDGE_BITS <= int(edges.sum()) <= HASH_BITS - MIN_EDGE_BITS:
+    grey = (np.add.reduceat(bands, starts, axis=2, dtype=np.uint32) * weights).sum(axis=0)
+    value = int.from_bytes(np.packbits(grey[:, 1:] > grey[:, :-1]).tobytes(), "big")
+    if not MIN_EDGE_BITS <= value.bit_count() <= HASH_BITS - MIN_EDGE_BITS:
         return None
-    return int.from_bytes(np.packbits(edges).tobytes(), "big")
+    return value
 
 
 def phash_of(image: torch.Tensor | np.ndarray) -> int:

@@ -6,7 +6,9 @@
 #      (data.decode: dali, nvJPEG) (benchmarks/input_pipeline.py);
 #   3. the recipe with each path, eager and compiled, for STEPS steps (benchmarks/probe.py:
 #      images/s, time waiting for data, peak GPU memory, host-device syncs per step);
-# on generated folders of 256 px JPEGs and of 500x375 photo-sized JPEGs (ImageNet's average).
+# on generated folders of 256 px JPEGs and of 500x375 photo-sized JPEGs (ImageNet's average);
+#   4. the first run on 10,000 photos never seen over a warm run (benchmarks/scan.py; the scan and
+#      the first epoch's hashes; BENCH_FIRST_RUN_SKIP=1 leaves it out).
 #   bash benchmarks/gpu.sh [STEPS] [BATCH] [WORKERS]
 # BENCH_FOLDERS="256 photo" and BENCH_VARIANTS="cpu dali cpu-compile dali-compile" narrow it;
 # BENCH_ARGS is added to every fit and BENCH_STEP_ARGS to the synthetic step (a CPU dry run:
@@ -55,4 +57,9 @@ for folder in ${BENCH_FOLDERS:-256 photo}; do
     echo "recipe, $folder, $variant: $(tr -d '\n ' < "$OUT/recipe-$folder-$variant.json")"
   done
 done
+# The first run on 10,000 photos never seen, over a warm run (scan and first-epoch hashes).
+if [ -z "${BENCH_FIRST_RUN_SKIP:-}" ]; then
+  $PY -m benchmarks.scan /tmp/classifier-bench-first gpu > "$OUT/first-run.json" 2> "$OUT/first-run.log" \
+    && echo "first run: $(tr -d '\n ' < "$OUT/first-run.json")" || tail -20 "$OUT/first-run.log"
+fi
 $PY -m benchmarks.gpu_summary "$OUT"

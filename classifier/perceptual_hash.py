@@ -29,34 +29,43 @@ MIN_EDGE_BITS = 8
 #: ``make bench``'s photos, 99 % of copies resized (0.5x-1.5x), re-encoded, brightened or blurred
 #: hash within 3 bits of their original (the grid: 4), and distinct photos at least 13 apart.
 ROWS = 64
-#: ITU-R 601 luma weights.
-_GREY = np.array([0.299, 0.587, 0.114])
+#: ITU-R 601 luma weights, in thousandths (integers: see :func:`dhash`).
+_GREY = np.array([299, 587, 114], dtype=np.int64)
 
 
 @functools.lru_cache(maxsize=256)
 def _layout(height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For an image of ``height`` x ``width``: the rows read (each strip's middle), where each
-    band of columns starts, and each channel's weight over each band's width."""
+    band of columns starts, and each band's width."""
     rows = ((np.arange(ROWS) * 2 + 1) * height) // (2 * ROWS)
     starts = (np.arange(9) * width) // 9
-    weights = _GREY[:, None, None] / np.diff(starts, append=width)
-    return rows, starts, weights
+    return rows, starts, np.diff(starts, append=width).astype(np.int64)
 
 
 def dhash(image: np.ndarray) -> int | None:
     """64-bit difference hash of an RGB ``uint8`` ``3xHxW`` image: a 9x8 grey thumbnail (the
     mean over each cell of :data:`ROWS` evenly spaced rows, 8 per band of rows, and all
     columns), one bit per pair of horizontal neighbours (1 where the right one is brighter).
-    Resizing, re-encoding and small colour changes move few bits. The cells' sums are exact
-    integers, so a hash does not depend on the machine. ``None`` below :data:`MIN_SIDE` and for
-    nearly flat pictures (:data:`MIN_EDGE_BITS`)."""
+    Resizing, re-encoding and small colour changes move few bits. All in integers (the means
+    compared as cross-multiplied sums), so two cells of one flat colour are equal whatever
+    their widths, and a hash does not depend on the machine. ``None`` below :data:`MIN_SIDE`
+    and for nearly flat pictures (:data:`MIN_EDGE_BITS`).
+
+    Raises:
+        ValueError: not an RGB ``uint8`` ``3xHxW`` image.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"an RGB uint8 3xHxW image is hashed, not {image.dtype} {image.shape}")
     height, width = image.shape[1:]
     if min(height, width) < MIN_SIDE:
         return None
-    rows, starts, weights = _layout(height, width)
+    rows, starts, widths = _layout(height, width)
     bands = image[:, rows].reshape(3, 8, ROWS // 8, width).sum(axis=2, dtype=np.uint16)
-    grey = (np.add.reduceat(bands, starts, axis=2, dtype=np.uint32) * weights).sum(axis=0)
-    value = int.from_bytes(np.packbits(grey[:, 1:] > grey[:, :-1]).tobytes(), "big")
+    cells = np.add.reduceat(bands, starts, axis=2, dtype=np.uint32).astype(np.int64)
+    grey = (cells * _GREY[:, None, None]).sum(axis=0)
+    # The products stay under 5e16 at the pixel limit (an int64 holds 9.2e18).
+    brighter = grey[:, 1:] * widths[:-1] > grey[:, :-1] * widths[1:]
+    value = int.from_bytes(np.packbits(brighter).tobytes(), "big")
     if not MIN_EDGE_BITS <= value.bit_count() <= HASH_BITS - MIN_EDGE_BITS:
         return None
     return value

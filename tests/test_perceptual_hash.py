@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
@@ -81,3 +82,24 @@ def test_small_and_flat_pictures_have_no_hash() -> None:
     assert dhash(gradient) is None  # every bit the same: nothing tells two gradients apart
     assert phash_of(small) == NO_HASH
     assert dhash(_chw(photo(4, MIN_SIDE, MIN_SIDE))) is not None
+
+
+def test_flat_areas_compare_equal_whatever_the_width() -> None:
+    """Blank pages have no hash at any width, and a photo beside a white margin keeps its hash
+    when resized (float means once made flat cells differ by rounding, at 702 widths of white)."""
+    for width in (96, 160, 299, 320, 375, 480, 600, 768, 1000, 1200, 1600, 2048):
+        for value in (250, 255):
+            assert dhash(np.full((3, 360, width), value, np.uint8)) is None, (width, value)
+    canvas = Image.new("RGB", (500, 375), (255, 255, 255))
+    canvas.paste(photo(7, 275, 375), (225, 0))  # the left 45 % white
+    original = dhash(_chw(canvas))
+    for width in range(300, 701, 25):
+        resized = canvas.resize((width, round(375 * width / 500)), Image.Resampling.BICUBIC)
+        assert _bits(original, dhash(_chw(_jpeg(resized, 90)))) <= 4, width
+
+
+def test_only_rgb_bytes_are_hashed() -> None:
+    pixels = _chw(photo(8))
+    for wrong in (pixels / 255.0, pixels.astype(np.uint16), pixels[:1], pixels.transpose(1, 2, 0)):
+        with pytest.raises(ValueError, match="RGB uint8"):
+            dhash(wrong)

@@ -131,6 +131,7 @@ class ScanCache:
             if target != ":memory:":
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
+            plain_tables(db)
             db.execute(_SCHEMA)
             db.execute(_MEMO_SCHEMA)
             columns = [row[1] for row in db.execute("PRAGMA table_info(files)")]
@@ -278,6 +279,25 @@ class ScanCache:
                     leftover.unlink(missing_ok=True)
 
 
+def plain_tables(db: sqlite3.Connection) -> None:
+    """Check that a database holds tables and their indexes only: a view or a virtual table in
+    a table's place, or a trigger, would run a query of the database's choosing (an endless
+    one hangs the command) on every read or write.
+
+    Raises:
+        sqlite3.DatabaseError: naming the first other object.
+    """
+    query = """
+        SELECT type, name FROM sqlite_master WHERE NOT (
+            (type = 'table' AND sql LIKE 'CREATE TABLE %')
+            OR (type = 'index' AND (sql IS NULL OR sql LIKE 'CREATE INDEX %'
+                                    OR sql LIKE 'CREATE UNIQUE INDEX %'))
+        ) LIMIT 1
+    """
+    for kind, name in db.execute(query):
+        raise sqlite3.DatabaseError(f"a {kind} {name!r} is not a plain table")
+
+
 def _sqlite_reasons(old: Path) -> list[Row]:
     """The bad files' rows of an older SQLite cache (its good rows lack the format, or hold a
     perceptual hash of another kind, and are checked again); none from a file that is not ours
@@ -287,6 +307,7 @@ def _sqlite_reasons(old: Path) -> list[Row]:
         if not stat.S_ISREG(info.st_mode) or _unsafe(info, "it"):
             return []
         with closing(sqlite3.connect(old)) as db:
+            plain_tables(db)
             query = "SELECT path, size, mtime, ctime, dev, ino, reason FROM files"
             found = db.execute(query + " WHERE reason IS NOT NULL").fetchall()
     except (OSError, sqlite3.Error):

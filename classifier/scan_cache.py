@@ -51,7 +51,6 @@ _FILE_COLUMNS = (
     ("thumb", "BLOB"),
     ("kind", "TEXT"),
 )
-_COLUMNS = [name for name, _ in _FILE_COLUMNS]
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS files ("
     + ", ".join(f"{name} {kind}" for name, kind in _FILE_COLUMNS)
@@ -64,6 +63,8 @@ _MEMO_SCHEMA = """
 CREATE TABLE IF NOT EXISTS memo (key BLOB PRIMARY KEY, value BLOB, used REAL) WITHOUT ROWID
 """
 MEMO_ROWS = 16
+#: The files SQLite keeps beside a database.
+_SIBLINGS = ("-journal", "-wal", "-shm")
 
 
 def cache_dir() -> Path:
@@ -131,12 +132,9 @@ class ScanCache:
             if target != ":memory:":
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
-            plain_tables(db)
+            _check_schema(db)
             db.execute(_SCHEMA)
             db.execute(_MEMO_SCHEMA)
-            columns = [row[1] for row in db.execute("PRAGMA table_info(files)")]
-            if columns != _COLUMNS:  # an older or foreign table under this name
-                raise sqlite3.DatabaseError(f"unexpected columns {', '.join(columns)}")
         except BaseException:
             db.close()
             raise
@@ -149,22 +147,31 @@ class ScanCache:
 
     @staticmethod
     def _prepare(path: Path) -> bool:
-        """Create the database file privately (0600), or check the one there is ours alone."""
+        """Create the database file privately (0600), or check the one there is ours alone;
+        and check that the files SQLite keeps beside it are regular files."""
+        problem = None
         try:
             fd = os.open(
                 path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), 0o600
             )
             os.close(fd)
-            return True
         except FileExistsError:
-            pass
+            info = os.lstat(path)
+            problem = _unsafe(info, "the file")
+            if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+                problem = "it is not a regular file"
         except OSError as error:
             warnings.warn(f"scan cache unused: {path}: {error.strerror}", stacklevel=4)
             return False
-        info = os.lstat(path)
-        problem = _unsafe(info, "the file")
-        if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
-            problem = "it is not a regular file"
+        for end in _SIBLINGS:  # SQLite opens these itself (a FIFO there blocks it for ever)
+            sibling = path.with_name(path.name + end)
+            try:
+                if not stat.S_ISREG(os.lstat(sibling).st_mode):
+                    problem = f"{sibling.name} is not a regular file"
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                problem = f"{sibling.name}: {error.strerror}"
         if problem:
             warnings.warn(
                 f"scan cache unused: {path} ({problem}); the scan runs without a cache.",
@@ -198,7 +205,11 @@ class ScanCache:
         # 0.25 s, a sixth of a warm start's extra on such a folder).
         missing = (-1,) * 5
         flat = chain.from_iterable(row[1:6] if row is not None else missing for row in rows)
-        cached = np.fromiter(flat, dtype=np.int64, count=5 * len(rows)).reshape(-1, 5)
+        try:  # SQLite keeps what a column was given: a planted text or NULL key
+            cached = np.fromiter(flat, dtype=np.int64, count=5 * len(rows)).reshape(-1, 5)
+        except (TypeError, ValueError, OverflowError) as error:
+            warnings.warn(f"scan cache unreadable ({error}); scanning without it", stacklevel=3)
+            return [None] * len(paths)
         same = (cached == np.asarray(keys, dtype=np.int64).reshape(-1, 5)).all(axis=1)
         return [row if keep else None for row, keep in zip(rows, same.tolist(), strict=True)]
 
@@ -259,60 +270,48 @@ class ScanCache:
 
     def _migrate(self, folder: Path) -> None:
         """Take the reasons of the JSON caches of version 4 (their content digests and
-        perceptual hashes were of other kinds and are computed again) and of the SQLite caches
-        of versions 5 to 8 (whose perceptual hashes were of another kind), then remove them."""
+        perceptual hashes were of other kinds and are computed again), then remove them. The
+        SQLite caches of versions 5 to 8 are removed unread: reading a database runs what its
+        schema says, and a bad file's verdict costs one structural check to find again."""
         for old in sorted(folder.glob("scan-v4-*.json")):
-            try:
+            with contextlib.suppress(OSError):
                 info = os.lstat(old)
                 if not stat.S_ISREG(info.st_mode) or _unsafe(info, "it"):
                     continue
-                entries = json.loads(old.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(entries, dict):
-                self.store(_v4_rows(entries))
-            old.unlink(missing_ok=True)
+            # Nothing a damaged or planted file holds stops the command (too deep, too large,
+            # or no text: it is left out).
+            with contextlib.suppress(Exception):
+                self.store(_v4_rows(json.loads(old.read_text())))
+            with contextlib.suppress(OSError):
+                old.unlink(missing_ok=True)
         for old in sorted(folder.glob("scan-v[5-8].sqlite")):
-            self.store(_sqlite_reasons(old))
-            for leftover in (old, *(old.with_name(old.name + end) for end in ("-wal", "-shm"))):
+            for leftover in (old, *(old.with_name(old.name + end) for end in _SIBLINGS)):
                 with contextlib.suppress(OSError):  # a folder of that name stays
                     leftover.unlink(missing_ok=True)
 
 
-def plain_tables(db: sqlite3.Connection) -> None:
-    """Check that a database holds tables and their indexes only: a view or a virtual table in
-    a table's place, or a trigger, would run a query of the database's choosing (an endless
-    one hangs the command) on every read or write.
+def _expected_schema() -> set[tuple[str, str, str]]:
+    """``(type, name, sql)`` of what :data:`_SCHEMA` and :data:`_MEMO_SCHEMA` create, as SQLite
+    records them."""
+    with closing(sqlite3.connect(":memory:")) as db:
+        db.execute(_SCHEMA)
+        db.execute(_MEMO_SCHEMA)
+        return set(db.execute("SELECT type, name, sql FROM sqlite_master"))
+
+
+def _check_schema(db: sqlite3.Connection) -> None:
+    """Check that a database holds this version's tables, exactly as it creates them, and
+    nothing else: a view, a trigger, a generated column, a check or an index expression would
+    run a query of the database's choosing (an endless one hangs the command) on a read or a
+    write, and another column type would change the values read back.
 
     Raises:
-        sqlite3.DatabaseError: naming the first other object.
+        sqlite3.DatabaseError: naming the first object this version does not create.
     """
-    query = """
-        SELECT type, name FROM sqlite_master WHERE NOT (
-            (type = 'table' AND sql LIKE 'CREATE TABLE %')
-            OR (type = 'index' AND (sql IS NULL OR sql LIKE 'CREATE INDEX %'
-                                    OR sql LIKE 'CREATE UNIQUE INDEX %'))
-        ) LIMIT 1
-    """
-    for kind, name in db.execute(query):
-        raise sqlite3.DatabaseError(f"a {kind} {name!r} is not a plain table")
-
-
-def _sqlite_reasons(old: Path) -> list[Row]:
-    """The bad files' rows of an older SQLite cache (its good rows lack the format, or hold a
-    perceptual hash of another kind, and are checked again); none from a file that is not ours
-    or not readable."""
-    try:
-        info = os.lstat(old)
-        if not stat.S_ISREG(info.st_mode) or _unsafe(info, "it"):
-            return []
-        with closing(sqlite3.connect(old)) as db:
-            plain_tables(db)
-            query = "SELECT path, size, mtime, ctime, dev, ino, reason FROM files"
-            found = db.execute(query + " WHERE reason IS NOT NULL").fetchall()
-    except (OSError, sqlite3.Error):
-        return []
-    return [(*row, None, UNHASHED, None, None) for row in found]
+    expected = _expected_schema()
+    for kind, name, sql in db.execute("SELECT type, name, sql FROM sqlite_master"):
+        if (kind, name, sql) not in expected:
+            raise sqlite3.DatabaseError(f"it holds a {kind} {name!r} this version does not create")
 
 
 def _v4_rows(entries: dict[str, object]) -> list[Row]:
@@ -327,8 +326,8 @@ def _v4_rows(entries: dict[str, object]) -> list[Row]:
             continue
         if len(fields) != 5 or (reason is not None and not isinstance(reason, str)):
             continue
-        if reason is None:  # nothing worth keeping: the scan reads the file anyway
-            continue
+        if reason is None or not all(-(2**63) <= v < 2**63 for v in fields):
+            continue  # nothing worth keeping (the scan reads the file anyway), or no key
         # No content digest yet: the next scan reads the file for it (cheap) and keeps the rest.
         rows.append((os.fsencode(path), *fields, reason, None, UNHASHED, None, None))  # type: ignore[arg-type]
     return rows

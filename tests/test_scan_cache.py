@@ -1,9 +1,13 @@
-"""A cache database planted in the cache folder runs no query of its own: a view in the files
-table's place or a trigger (an endless recursive query in either would hang every command)."""
+"""A cache database planted in the cache folder runs no query of its own (a view in the files
+table's place, a trigger, a generated column: an endless recursive query in any would hang every
+command), blocks nothing, and a damaged one is a warning, never a traceback."""
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+import threading
 from contextlib import closing
 from pathlib import Path
 
@@ -44,7 +48,7 @@ def _planted(plant: str, version: int = VERSION) -> Path:
 @pytest.mark.parametrize("plant", ["view", "trigger"])
 def test_a_planted_view_or_trigger_makes_the_cache_unused(plant: str) -> None:
     database = _planted(plant)
-    with pytest.warns(UserWarning, match="scan cache unused.*is not a plain table"):
+    with pytest.warns(UserWarning, match="scan cache unused.*this version does not create"):
         cache = ScanCache.open()
     assert not cache.persistent
     cache.store([_row(b"/data/train/a/1.jpg")])
@@ -61,3 +65,58 @@ def test_an_older_cache_with_a_view_gives_nothing_and_goes() -> None:
     cache = ScanCache.open()
     assert cache.persistent and not old.exists()
     assert cache.lookup([b"1"], [[1, 1, 1, 1, 1]]) == [None]
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        "CREATE TABLE files (path BLOB PRIMARY KEY, size INTEGER, mtime INTEGER, ctime INTEGER, "
+        "dev INTEGER, ino INTEGER, reason TEXT, content BLOB, phash REAL NOT NULL, thumb BLOB, "
+        "kind TEXT) WITHOUT ROWID",  # hashes would come back as floats, their low bits lost
+        "CREATE TABLE files (path BLOB PRIMARY KEY, size INTEGER, mtime INTEGER, ctime INTEGER, "
+        "dev INTEGER, ino INTEGER, reason TEXT, content BLOB, phash INTEGER NOT NULL, "
+        "thumb BLOB, kind TEXT, slow AS (length(printf('%.*c', 1000, 'x')))) WITHOUT ROWID",
+    ],
+    ids=["column-type", "generated-column"],
+)
+def test_a_files_table_of_another_make_is_not_used(schema: str) -> None:
+    folder = cache_dir()
+    folder.mkdir(mode=0o700, parents=True)
+    with closing(sqlite3.connect(folder / f"scan-v{VERSION}.sqlite")) as db:
+        db.execute(schema)
+    with pytest.warns(UserWarning, match="this version does not create"):
+        assert not ScanCache.open().persistent
+
+
+def test_a_fifo_beside_the_database_blocks_nothing() -> None:
+    ScanCache.open().close()
+    os.mkfifo(cache_dir() / f"scan-v{VERSION}.sqlite-journal")
+    opened: list[ScanCache] = []
+    with pytest.warns(UserWarning, match="sqlite-journal is not a regular file"):
+        worker = threading.Thread(target=lambda: opened.append(ScanCache.open()), daemon=True)
+        worker.start()
+        worker.join(timeout=10)
+    assert opened and not opened[0].persistent
+
+
+def test_a_damaged_version_4_cache_or_row_is_no_traceback() -> None:
+    folder = cache_dir()
+    folder.mkdir(mode=0o700, parents=True)
+    entry = ["1:2:3:4:5", "bad", None, None]
+    (folder / "scan-v4-deep.json").write_text("[" * 200_000)
+    (folder / "scan-v4-big.json").write_text(
+        json.dumps({"/a.jpg": ["1:2:3:4:" + "9" * 30, *entry[1:]]})
+    )
+    (folder / "scan-v4-text.json").write_text(
+        json.dumps({"/b.jpg": [entry[0], "\ud800", None, None]})
+    )
+    cache = ScanCache.open()
+    assert cache.persistent and not list(folder.glob("scan-v4-*"))
+    with closing(sqlite3.connect(cache.path)) as db:  # a key of another type, planted
+        db.execute(
+            "INSERT INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (b"/c/d.jpg", "x", *[1] * 4, None, None, 0, None, None),
+        )
+        db.commit()
+    with pytest.warns(UserWarning, match="scan cache unreadable"):
+        assert cache.lookup([b"/c/d.jpg"], [[1, 1, 1, 1, 1]], b"/c") == [None]

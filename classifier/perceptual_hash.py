@@ -66,9 +66,7 @@ def dhash(image: np.ndarray) -> int | None:
     # The products stay under 5e16 at the pixel limit (an int64 holds 9.2e18).
     brighter = grey[:, 1:] * widths[:-1] > grey[:, :-1] * widths[1:]
     value = int.from_bytes(np.packbits(brighter).tobytes(), "big")
-    if not MIN_EDGE_BITS <= value.bit_count() <= HASH_BITS - MIN_EDGE_BITS:
-        return None
-    return value
+    return value if informative(value) else None
 
 
 def phash_of(image: torch.Tensor | np.ndarray) -> int:

@@ -15,6 +15,7 @@ used (one warning; the scan runs uncached), and no existing folder's mode is eve
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -274,14 +275,18 @@ class ScanCache:
         SQLite caches of versions 5 to 8 are removed unread: reading a database runs what its
         schema says, and a bad file's verdict costs one structural check to find again."""
         for old in sorted(folder.glob("scan-v4-*.json")):
-            with contextlib.suppress(OSError):
+            try:
                 info = os.lstat(old)
-                if not stat.S_ISREG(info.st_mode) or _unsafe(info, "it"):
-                    continue
+            except OSError:
+                continue
+            if not stat.S_ISREG(info.st_mode) or _unsafe(info, "it"):
+                continue
             # Nothing a damaged or planted file holds stops the command (too deep, too large,
             # or no text: it is left out).
             with contextlib.suppress(Exception):
-                self.store(_v4_rows(json.loads(old.read_text())))
+                entries = json.loads(old.read_text())
+                if isinstance(entries, dict):
+                    self.store(_v4_rows(entries))
             with contextlib.suppress(OSError):
                 old.unlink(missing_ok=True)
         for old in sorted(folder.glob("scan-v[5-8].sqlite")):
@@ -290,13 +295,14 @@ class ScanCache:
                     leftover.unlink(missing_ok=True)
 
 
-def _expected_schema() -> set[tuple[str, str, str]]:
+@functools.cache
+def _expected_schema() -> frozenset[tuple[str, str, str]]:
     """``(type, name, sql)`` of what :data:`_SCHEMA` and :data:`_MEMO_SCHEMA` create, as SQLite
     records them."""
     with closing(sqlite3.connect(":memory:")) as db:
         db.execute(_SCHEMA)
         db.execute(_MEMO_SCHEMA)
-        return set(db.execute("SELECT type, name, sql FROM sqlite_master"))
+        return frozenset(db.execute("SELECT type, name, sql FROM sqlite_master"))
 
 
 def _check_schema(db: sqlite3.Connection) -> None:

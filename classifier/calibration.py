@@ -23,18 +23,22 @@ from typing_extensions import override
 
 from classifier.accept_reject import fit_rule, record_rule
 from classifier.charts import draw as render
+from classifier.checked_values import MAX_TEMPERATURE, MIN_TEMPERATURE, rule_problem
 from classifier.contract import classifier_module, image_data
+from classifier.errors import ConfigError
 from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, log_image
 from classifier.files import inside, read_json, run_dir, write_json
 from classifier.metrics import BINS
 from classifier.selective import Selector, selector_report
 from classifier.temperature import (
     MIN_IMAGES,
-    MIN_TEMPERATURE,
     diagram_data,
     fit_temperature,
     scores,
 )
+
+#: A valid rule, to check one number of a config against the rule's ranges.
+_ANY_RULE = {"confidence_threshold": 0.5, "distance_threshold": 1.0, "coverage": 1.0}
 
 
 class Calibration(PlottingCallback):
@@ -76,6 +80,10 @@ class Calibration(PlottingCallback):
         plot_time_share: float = PLOT_TIME_SHARE,
     ) -> None:
         super().__init__(plot_time_share)
+        if target_accuracy is not None:
+            found = rule_problem({**_ANY_RULE, "target_accuracy": target_accuracy})
+            if found:
+                raise ConfigError(f"Calibration: {found.removeprefix('its ')}")
         self.selective = selective
         self.target_accuracy = target_accuracy
         self.feature_images = feature_images
@@ -240,7 +248,7 @@ class Calibration(PlottingCallback):
         temperature = 1.0 if note else fit_temperature(logits, labels)
         if not math.isfinite(temperature):
             raise ValueError("the fitted temperature is not finite (NaN or infinite logits?)")
-        if not MIN_TEMPERATURE * 1.01 < temperature < 0.99 / MIN_TEMPERATURE:
+        if not MIN_TEMPERATURE * 1.01 < temperature < 0.99 * MAX_TEMPERATURE:
             warnings.warn(
                 f"the temperature {temperature:.3g} reached its bound: the validation logits "
                 "barely constrain it; a larger or harder val/ gives a meaningful temperature",

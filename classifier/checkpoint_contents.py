@@ -10,11 +10,19 @@ drops the paths.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
 import torch
+
+from classifier.checked_values import (
+    class_names_problem,
+    preprocessing_problem,
+    rule_problem,
+    side_problem,
+    statistics_problem,
+    temperature_problem,
+)
 
 #: ``ModelCheckpoint`` state entries that name files: on resume Lightning would remove (even
 #: recursively) or rewrite what they name, wherever that is.
@@ -57,10 +65,6 @@ def _finite_weights(weights: dict[str, torch.Tensor]) -> bool:
     return all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
 
 
-#: The largest image side a checkpoint's preprocessing may name.
-MAX_SIDE = 8192
-
-
 def problem(checkpoint: dict[str, Any]) -> str | None:
     """What is wrong with the parts of ``checkpoint`` classifier reads (``None``: nothing)."""
     weights = checkpoint.get("state_dict")
@@ -71,78 +75,52 @@ def problem(checkpoint: dict[str, Any]) -> str | None:
     if not _finite_weights(weights):
         return "its weights hold NaN or infinite values"
     legacy = weights.get("temperature")
-    if legacy is not None and (legacy.numel() != 1 or not 0 < float(legacy) < math.inf):
-        return "its temperature is not a positive number"
-    data = checkpoint.get("datamodule_hyper_parameters", {})
-    if isinstance(data, dict) and not _side_ok(data.get("image_size", 1)):
-        return f"its data image_size is not a whole number of 1 to {MAX_SIDE} pixels"
+    if legacy is not None:
+        found = temperature_problem(float(legacy) if legacy.numel() == 1 else None)
+        if found:
+            return found
     for key in ("hyper_parameters", "datamodule_hyper_parameters"):
         section = checkpoint.get(key, {})
         if not isinstance(section, dict) or not all(isinstance(k, str) for k in section):
             return f"its {key} are not a mapping of argument names"
+    data = checkpoint.get("datamodule_hyper_parameters", {})
+    found = side_problem(data.get("image_size", 1), "data image_size")
+    if found:
+        return found
     names = checkpoint.get("class_names", checkpoint.get("hyper_parameters", {}).get("class_names"))
-    if names is not None and not (
-        isinstance(names, list)
-        and names
-        and all(isinstance(n, str) for n in names)
-        and len(set(names)) == len(names)
-    ):
-        return "its class names are not a list of distinct strings"
+    if names is not None and class_names_problem(names):
+        return class_names_problem(names)
     temperature = checkpoint.get("temperature", 1.0)
     if isinstance(temperature, torch.Tensor) and temperature.numel() == 1:
         temperature = float(temperature)
-    if not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
-        return "its temperature is not a positive number"
+    found = temperature_problem(temperature)
+    if found:
+        return found
     selective = checkpoint.get("selective")
-    if selective is not None and _selective_problem(selective):
-        return "its selective-classification statistics are malformed"
+    if selective is not None:
+        found = _selective_problem(selective, len(names) if isinstance(names, list) else None)
+        if found:
+            return f"its accept/reject rule is malformed: {found}"
     pre = checkpoint.get("preprocessing")
-    if pre is not None:
-        return _preprocessing_problem(pre)
-    return None
+    return None if pre is None else preprocessing_problem(pre)
 
 
-def _selective_problem(stored: object) -> bool:
-    """Whether ``stored`` is not what ``Selector.to_checkpoint`` writes."""
+def _selective_problem(stored: object, classes: int | None) -> str | None:
+    """What is wrong with ``stored``, as ``Selector.to_checkpoint`` writes it for ``classes``
+    classes (``None``: unknown). Its width is checked against the network where the rule is
+    attached to one (:meth:`~classifier.selective.Selector.from_checkpoint`)."""
     if not isinstance(stored, dict):
-        return True
+        return "it is not a mapping"
+    found = rule_problem(stored)
+    if found:
+        return found
     means, precision = stored.get("means"), stored.get("precision")
-    keys = ("confidence_threshold", "distance_threshold", "target_accuracy", "coverage")
-    numbers = [stored.get(k) for k in keys]
-    if not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        for v in numbers
-    ):
-        return True
-    return not (
-        isinstance(means, torch.Tensor)
-        and isinstance(precision, torch.Tensor)
-        and means.ndim == 2
-        and precision.shape == (means.shape[1], means.shape[1])
-        and bool(torch.isfinite(means).all() and torch.isfinite(precision).all())
-    )
-
-
-def _side_ok(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_SIDE
-
-
-def _preprocessing_problem(pre: object) -> str | None:
-    if not isinstance(pre, dict):
-        return "its preprocessing is not a mapping"
-    sizes = [pre.get("image_size"), pre.get("resize_size")]
-    if not all(_side_ok(v) for v in sizes):
-        return f"its image_size and resize_size are not whole numbers of 1 to {MAX_SIDE} pixels"
-    if pre.get("interpolation") not in ("bilinear", "bicubic", "nearest"):
-        return "its interpolation is not bilinear, bicubic or nearest"
-    for key in ("mean", "std"):
-        value = pre.get(key)
-        if not (
-            isinstance(value, (list, tuple))
-            and len(value) == 3
-            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
-        ):
-            return f"its {key} is not three finite numbers"
-    if min(pre["std"]) <= 0:
-        return "its std is not positive"
+    if not isinstance(means, torch.Tensor) or not isinstance(precision, torch.Tensor):
+        return "its means and precision are not tensors"
+    rows = means.shape[0] if classes is None and means.ndim else classes
+    found = statistics_problem(means.shape, precision.shape, rows or 0)
+    if found:
+        return found
+    if not bool(torch.isfinite(means).all() and torch.isfinite(precision).all()):
+        return "its means or precision hold NaN or infinite values"
     return None

@@ -326,13 +326,15 @@ class ClassifierCLI(LightningCLI):
 
 
 def _report(run: Path, results: Path | None = None) -> None:
-    """Write ``run/report.html`` once the figures it embeds are drawn; a failure is a warning
-    (a read-only run folder, say), never a lost result."""
+    """Write ``run/report.html`` once the figures it embeds are drawn; a failure is a one-line
+    warning (a read-only run folder, a run-folder file someone damaged), never a lost result:
+    the command's own results are written before."""
     wait_for_figures()
     try:
         rank_zero_info(f"Report: {write_report(run, results)}")
-    except OSError as error:
-        warnings.warn(f"report.html not written: {error}", stacklevel=2)
+    except Exception as error:  # whatever a damaged run-folder file makes the report raise
+        message = f"{type(error).__name__}: {error}".splitlines()[0]
+        warnings.warn(f"report.html not written: {printable(message)}", stacklevel=2)
 
 
 @contextmanager

@@ -12,7 +12,7 @@ import torch
 from typing_extensions import override
 
 from classifier import rng
-from classifier.checkpoint_contents import MAX_SIDE
+from classifier.checked_values import MAX_SIDE
 from classifier.dali_pipeline import dali
 from classifier.dist import max_over_processes
 from classifier.file_table import Paths

@@ -129,13 +129,25 @@ class ExportOptions:
             raise ValueError(f"quantize must be none or int8, got {self.quantize!r}")
 
     def passed(self, report: dict[str, Any]) -> bool:
-        """The one pass rule: logits within ``atol``, and top-1 agreement (and agreement of
-        the accept decisions, with an accept/reject rule) of ``min_agreement``."""
+        """The one pass rule: logits within ``atol``, the shipped probabilities the calibrated
+        softmax of the logits, and top-1 agreement (and agreement of the accept decisions,
+        with an accept/reject rule) of ``min_agreement``. NaN or infinity anywhere fails."""
         return bool(
             report["max_abs_logit_diff"] <= self.atol
+            and probabilities_ok(report)
             and report["top1_agreement"] >= self.min_agreement
             and report.get("accepted_agreement", 1.0) >= self.min_agreement
         )
+
+
+#: How far an export's ``probabilities`` may be from ``softmax(its logits / temperature)``.
+PROBABILITY_TOLERANCE = 1e-4
+
+
+def probabilities_ok(report: dict[str, Any]) -> bool:
+    """Whether a verification report's probabilities are the calibrated softmax of its logits
+    (within :data:`PROBABILITY_TOLERANCE`)."""
+    return bool(report.get("max_abs_probability_diff", 0.0) <= PROBABILITY_TOLERANCE)
 
 
 def export_and_verify(
@@ -204,7 +216,9 @@ def _disagreement(path: Path, report: dict[str, Any], options: ExportOptions) ->
         f"ONNX export {path} disagrees with PyTorch: top-1 agreement "
         f"{report['top1_agreement']:.4f}, accept decisions' agreement "
         f"{report.get('accepted_agreement', 1.0):.4f} (min {options.min_agreement}), max "
-        f"|logit difference| {report['max_abs_logit_diff']:.2e} (atol {options.atol})."
+        f"|logit difference| {report['max_abs_logit_diff']:.2e} (atol {options.atol}), "
+        f"probabilities {report.get('max_abs_probability_diff', 0.0):.1e} from the calibrated "
+        f"softmax of its logits (at most {PROBABILITY_TOLERANCE})."
     )
 
 
@@ -235,14 +249,18 @@ def _int8(
         if images is not None:
             report |= verify_onnx(unverified, reference, *images, pre, options.uint8_input)
             if report["images"]:
-                passed = report["top1_agreement"] >= options.int8_min_agreement
+                passed = report[
+                    "top1_agreement"
+                ] >= options.int8_min_agreement and probabilities_ok(report)
                 report |= {"verified": True, "passed": passed}
         write_json(sidecar(target, "export_report.json"), report)
         if report.get("passed") is False:
             raise ExportError(
                 f"the INT8 export of {path.name} agrees with PyTorch on "
                 f"{report['top1_agreement']:.4f} of top-1 predictions (min "
-                f"{options.int8_min_agreement}); {path.name} stays, no INT8 file was written."
+                f"{options.int8_min_agreement}), probabilities "
+                f"{report.get('max_abs_probability_diff', 0.0):.1e} from the calibrated softmax "
+                f"of its logits; {path.name} stays, no INT8 file was written."
             )
         unverified.replace(target)
     finally:

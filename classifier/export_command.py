@@ -13,6 +13,7 @@ import numpy as np
 from classifier.checkpoint import CheckpointError
 from classifier.export import ExportOptions, describe, export_and_verify, sidecar
 from classifier.files import run_of_checkpoint
+from classifier.selective import rule_of
 from classifier.transforms import Preprocessing
 from classifier.verify import ExportError
 
@@ -83,7 +84,7 @@ def export_checkpoint(
         float(checkpoint["temperature"]),
         owned=True,  # a network built for this export
         calibration=calibration,
-        selector=_selector(checkpoint),
+        selector=rule_of(checkpoint, network, ckpt_path),
     )
     print(describe(path, report))
     return path
@@ -103,14 +104,6 @@ def _refuse_existing(path: Path, int8: bool) -> None:
         raise ExportError(
             f"{', '.join(existing)} exist(s); pass --overwrite true to replace, or --output FILE."
         )
-
-
-def _selector(checkpoint: dict[str, Any]) -> Any:
-    """The checkpoint's accept/reject rule, or ``None``."""
-    from classifier.selective import Selector
-
-    stored = checkpoint.get("selective")
-    return Selector.from_checkpoint(stored) if stored is not None else None
 
 
 def _network(checkpoint: dict[str, Any], ckpt_path: str) -> tuple[Any, list[str], dict[str, Any]]:

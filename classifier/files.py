@@ -6,6 +6,7 @@ import csv
 import functools
 import io
 import json
+import math
 import os
 import re
 import stat
@@ -135,8 +136,20 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Atomically write ``data`` as indented JSON."""
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """Atomically write ``data`` as indented JSON; a NaN or infinite number is written as
+    ``null`` (JSON has no such numbers: a bare ``NaN`` breaks every strict reader)."""
+    text = json.dumps(_finite_or_null(data), indent=2, ensure_ascii=False, allow_nan=False)
+    atomic_write_text(path, text + "\n")
+
+
+def _finite_or_null(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite_or_null(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite_or_null(v) for v in data]
+    return data
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

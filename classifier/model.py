@@ -19,7 +19,7 @@ from classifier.metrics import summary_metrics
 from classifier.optim import Schedule, optimization, stepping_batches
 from classifier.preflight import refuse_half_weights
 from classifier.sam import SAM, Window, check_rho, check_sam_trainer
-from classifier.selective import Selector, features_and_logits
+from classifier.selective import Selector, features_and_logits, rule_of
 from classifier.stage_metrics import StageMetrics, TrainUnreadable, warn_unreadable
 from classifier.transforms import Preprocessing, tta_log_probs
 
@@ -367,10 +367,10 @@ class ImageClassifier(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the preprocessing saved by :meth:`on_save_checkpoint`; give checkpoints
         from before calibration a temperature of 1 (also on Lightning's own loading route)."""
-        upgrade(checkpoint, "the checkpoint", source=self._checkpoint_file())
+        source = self._checkpoint_file()
+        upgrade(checkpoint, "the checkpoint", source=source)
         self.temperature = float(checkpoint.get("temperature", 1.0))
-        stored = checkpoint.get("selective")
-        self.selector = Selector.from_checkpoint(stored) if stored is not None else None
+        self.selector = rule_of(checkpoint, self.model, source or "the checkpoint")
         if "preprocessing" in checkpoint:
             self.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])
 

@@ -14,7 +14,7 @@ from typing_extensions import override
 from classifier.contract import classifier_module, optional_image_data
 from classifier.export import ExportOptions, describe, export_and_verify
 from classifier.files import run_dir
-from classifier.selective import Selector
+from classifier.selective import Selector, rule_of
 from classifier.verify import ExportError
 
 
@@ -119,6 +119,5 @@ def _load_weights(
 
     checkpoint = read_checkpoint(trainer, ckpt_path)
     network = classifier_module(pl_module).network_copy(checkpoint["state_dict"])
-    stored = checkpoint.get("selective")
-    selector = Selector.from_checkpoint(stored) if stored is not None else None
+    selector = rule_of(checkpoint, network, ckpt_path)
     return network, float(checkpoint["temperature"]), selector

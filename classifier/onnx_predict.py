@@ -17,6 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from classifier.checked_values import (
+    class_names_problem,
+    preprocessing_problem,
+    temperature_problem,
+)
 from classifier.errors import UserError
 from classifier.files import write_csv
 from classifier.pil_decode import decode_pil
@@ -29,10 +34,6 @@ _RESAMPLING = {"bilinear": 2, "bicubic": 3, "nearest": 0}  # PIL.Image.Resamplin
 
 class PredictError(UserError):
     """A problem the user can fix (missing folder, not a classifier export)."""
-
-
-#: The largest image side a contract may ask for (a larger one is a damaged or hostile file).
-MAX_SIDE = 8192
 
 
 def _contract(session: Any, model: Path) -> dict[str, Any]:
@@ -57,25 +58,16 @@ def _contract(session: Any, model: Path) -> dict[str, Any]:
 def _contract_problem(contract: dict[str, Any], session: Any) -> str | None:
     """What is wrong with ``contract`` (``None``: nothing)."""
     names = contract.get("class_names")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        return "its metadata has no class names"
-    sizes = [contract.get("image_size"), contract.get("resize_size")]
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE for v in sizes):
-        return f"image_size and resize_size must be whole numbers of 1 to {MAX_SIDE} pixels"
+    if not isinstance(names, list) or class_names_problem(names):
+        return "its metadata has no list of distinct class names"
+    uint8 = contract.get("input_dtype") == "uint8"  # normalisation is inside the graph
+    found = preprocessing_problem(contract, normalised_outside=not uint8)
+    if found:
+        return found
     if int(contract["resize_size"]) < int(contract["image_size"]):
-        return "resize_size is smaller than image_size"
-    if contract.get("interpolation") not in _RESAMPLING:
-        return f"interpolation must be one of {', '.join(_RESAMPLING)}"
-    for key in ("mean", "std"):
-        value = contract.get(key)
-        if contract.get("input_dtype") == "uint8":
-            continue  # normalisation is inside the graph
-        if not (isinstance(value, list) and len(value) == 3):
-            return f"{key} must be three numbers"
-        if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in value):
-            return f"{key} must be three finite numbers"
-        if key == "std" and min(value) <= 0:
-            return "std must be positive"
+        return "its resize_size is smaller than its image_size"
+    if "temperature" in contract and temperature_problem(contract["temperature"]):
+        return temperature_problem(contract["temperature"])
     outputs = session.get_outputs()
     width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
     if isinstance(width, int) and width != len(names):

@@ -40,6 +40,37 @@ def features_and_logits(net: nn.Module, images: torch.Tensor) -> tuple[torch.Ten
     return net.forward_head(body, pre_logits=True), net.forward_head(body)  # type: ignore[operator]
 
 
+def feature_width(net: nn.Module) -> int | None:
+    """The width of ``net``'s penultimate features (its classifier head's input), or ``None``
+    when the head does not say."""
+    head = net.get_classifier() if hasattr(net, "get_classifier") else None  # type: ignore[operator]
+    width = getattr(head, "in_features", None) or getattr(net, "head_hidden_size", None)
+    return width if isinstance(width, int) else None
+
+
+def rule_of(
+    checkpoint: dict[str, Any], net: nn.Module, path: object = "checkpoint"
+) -> Selector | None:
+    """The accept/reject rule stored in ``checkpoint`` (checked by :func:`~classifier.
+    checkpoint.upgrade`), for ``net``; ``None`` without one.
+
+    Raises:
+        CheckpointError: its class means are not as wide as ``net``'s features.
+    """
+    from classifier.checkpoint import CheckpointError
+
+    stored = checkpoint.get("selective")
+    if stored is None:
+        return None
+    width, means = feature_width(net), stored["means"]
+    if width is not None and means.shape[-1] != width:
+        raise CheckpointError(
+            f"{path}: its accept/reject rule has class means of width {means.shape[-1]} for a "
+            f"network with {width} features; a damaged checkpoint."
+        )
+    return Selector.from_checkpoint(stored)
+
+
 def target_accuracy(val_accuracy: float) -> float:
     """The default target: halve the validation error, at most 0.99."""
     return min(0.99, 1 - (1 - val_accuracy) / 2)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from classifier.checked_values import MAX_TEMPERATURE, MIN_TEMPERATURE
 from classifier.metrics import BINS, CalibrationBins
 
 
@@ -21,9 +22,6 @@ def expected_calibration_error(
 
 #: Fewest validation images a temperature is fitted on.
 MIN_IMAGES = 20
-#: Bounds of the fitted temperature (``[0.05, 20]``): a validation set without errors would
-#: drive it to 0.
-MIN_TEMPERATURE = 0.05
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> float:
@@ -44,7 +42,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100
             return loss
 
         optimizer.step(closure)  # type: ignore[no-untyped-call]
-    return float(log_t.detach().exp().clamp(MIN_TEMPERATURE, 1 / MIN_TEMPERATURE))
+    return float(log_t.detach().exp().clamp(MIN_TEMPERATURE, MAX_TEMPERATURE))
 
 
 def scores(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> dict[str, float]:

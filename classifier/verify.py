@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ def verify_onnx(
     mean, std = pre.mean_std()
     reference = reference.eval()
     limits = getattr(reference, "thresholds", None)  # Exportable's (confidence, distance)
+    temperature = getattr(reference, "temperature", None)  # Exportable's
     images_ok = list(readable(paths, labels, transform))
     totals: dict[str, float] = {}
     for start in range(0, len(images_ok), batch_size):
@@ -85,7 +87,7 @@ def verify_onnx(
         feed = images.numpy() if uint8_input else floats.numpy()
         found = [torch.from_numpy(np.asarray(o)) for o in session.run(None, {"images": feed})]
         truth = torch.tensor([label for _, label in chunk])
-        _compare(found, list(reference(floats)), truth, totals, limits)
+        _compare(found, list(reference(floats)), truth, totals, limits, temperature)
     count = max(1, len(images_ok))
     report: dict[str, Any] = {
         "images": len(images_ok),
@@ -95,6 +97,8 @@ def verify_onnx(
         "top1_pytorch": totals.get("correct_torch", 0) / count,
         "top1_onnxruntime": totals.get("correct_onnx", 0) / count,
     }
+    if "prob_diff" in totals:
+        report["max_abs_probability_diff"] = totals["prob_diff"]
     if "accepted_same" in totals:
         report["accepted_agreement"] = totals["accepted_same"] / max(1, totals["decided"])
         report["max_rel_distance_diff"] = totals["distance_diff"]
@@ -107,6 +111,7 @@ def _compare(
     truth: torch.Tensor,
     totals: dict[str, float],
     limits: torch.Tensor | None,
+    temperature: torch.Tensor | None = None,
 ) -> None:
     """Add one batch's agreement counts and largest differences to ``totals``. Accept
     decisions are compared where PyTorch's confidence and distance are not at a threshold
@@ -115,20 +120,33 @@ def _compare(
     def add(key: str, value: float, largest: bool = False) -> None:
         totals[key] = max(totals.get(key, 0.0), value) if largest else totals.get(key, 0) + value
 
-    onnx_logits, torch_logits = found[0].float(), expected[0].float()
-    add("logit_diff", float((onnx_logits - torch_logits).abs().max()), largest=True)
-    add("agree", int((onnx_logits.argmax(1) == torch_logits.argmax(1)).sum()))
-    add("correct_torch", int((torch_logits.argmax(1) == truth).sum()))
-    add("correct_onnx", int((onnx_logits.argmax(1) == truth).sum()))
+    onnx_logits, torch_logits = found[0].double(), expected[0].double()
+    # NaN or infinite anywhere is disagreement: inf - inf is NaN, and max(0, NaN) keeps 0.
+    finite = onnx_logits.isfinite().all(1) & torch_logits.isfinite().all(1)
+    add("logit_diff", _largest_difference(onnx_logits, torch_logits), largest=True)
+    add("agree", int(((onnx_logits.argmax(1) == torch_logits.argmax(1)) & finite).sum()))
+    add("correct_torch", int(((torch_logits.argmax(1) == truth) & finite).sum()))
+    add("correct_onnx", int(((onnx_logits.argmax(1) == truth) & finite).sum()))
+    if len(found) >= 2 and isinstance(temperature, torch.Tensor):
+        # What ships: the graph's probabilities must be the calibrated softmax of its logits.
+        calibrated = (onnx_logits / float(temperature)).softmax(1)
+        add("prob_diff", _largest_difference(found[1].double(), calibrated), largest=True)
     if len(found) == 4 and len(expected) == 4:
         distance, reference = found[2].double(), expected[2].double()
         relative = (distance - reference).abs() / reference.abs().clamp_min(1e-6)
-        add("distance_diff", float(relative.max()), largest=True)
+        add("distance_diff", _largest_difference(relative, torch.zeros_like(relative)), True)
         decided = torch.ones_like(reference, dtype=torch.bool)
         if isinstance(limits, torch.Tensor) and limits.numel() == 2:
             confidence = expected[1].double().max(1).values
             low, high = float(limits[0]), float(limits[1])
             decided = ((confidence - low).abs() > TIE) & ((reference - high).abs() > TIE * high)
-        same = found[3].bool() == expected[3].bool()
+        same = (found[3].bool() == expected[3].bool()) & distance.isfinite() & finite
         add("accepted_same", int((same & decided).sum()))
         add("decided", int(decided.sum()))
+
+
+def _largest_difference(found: torch.Tensor, expected: torch.Tensor) -> float:
+    """The largest absolute difference; infinite when either side holds NaN or infinity."""
+    if not bool(found.isfinite().all() and expected.isfinite().all()):
+        return math.inf
+    return float((found - expected).abs().max()) if found.numel() else 0.0

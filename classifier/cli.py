@@ -43,6 +43,7 @@ from classifier.preflight import (
     refuse_half_weights,
     refuse_spawn,
 )
+from classifier.resumed_run import continue_run, keep_earlier_files
 from classifier.safety import (
     enforce_import_policy,
     no_working_folder_imports,
@@ -118,6 +119,8 @@ class ClassifierCLI(LightningCLI):
         self.layer_ckpt = layer_ckpt
         #: The checkpoint ``--ckpt_path last`` found.
         self.found_last = found_last
+        #: The run folder a resumed ``fit`` continues in (``None``: a new run folder).
+        self.resumed_run: Path | None = None
         enforce_import_policy()
         super().__init__(*args, **kwargs)
 
@@ -169,6 +172,9 @@ class ClassifierCLI(LightningCLI):
         if not self.trainer.is_global_zero or not named:
             return
         folder = run_dir(self.trainer)
+        if self.resumed_run is not None and folder == self.resumed_run:
+            keep_earlier_files(folder, self.trainer.callbacks)  # type: ignore[attr-defined]
+            return
         check_new_run_folder(folder, Path(self.trainer.default_root_dir))
         for callback in self.trainer.callbacks:  # type: ignore[attr-defined]
             check_inside(getattr(callback, "dirpath", None), folder, type(callback).__name__)
@@ -213,6 +219,8 @@ class ClassifierCLI(LightningCLI):
         if config.data.seed is None:
             seed = config.seed_everything
             config.data.seed = 0 if isinstance(seed, bool) else int(seed)
+        if self.subcommand == "fit":
+            self.resumed_run = continue_run(config)
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

@@ -58,6 +58,8 @@ def export_checkpoint(
     checkpoint = load_checkpoint(ckpt_path)
     network, names, data = _network(checkpoint, ckpt_path)
     path = Path(output) if output else default_output(Path(ckpt_path))
+    if os.path.realpath(path) == os.path.realpath(ckpt_path):
+        raise ExportError(f"--output {path} is the checkpoint itself; choose another file.")
     if not overwrite:
         _refuse_existing(path, int8=quantize == "int8")
     folder = Path(images) if images else Path(data.get("data_dir", "data")) / "val"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ from classifier.checked_values import (
 from classifier.errors import UserError
 from classifier.files import write_csv
 from classifier.pil_decode import decode_pil
-from classifier.predictions_format import columns
+from classifier.predictions_format import NON_FINITE, columns
 from classifier.splits import DataError, read_unlabelled
 from classifier.text import printable
 
@@ -137,6 +138,7 @@ def predict(model: Path, folder: Path, output: Path, top_k: int = 5) -> int:
     except DataError as error:
         raise PredictError(str(error)) from None
     paths = split.paths
+    _refuse_inputs_as_output(output, [model, *map(Path, paths)])
     k = min(top_k, len(names))
     truth = [names[label] if label >= 0 else "" for label in split.labels]
     rows = [
@@ -148,6 +150,15 @@ def predict(model: Path, folder: Path, output: Path, top_k: int = 5) -> int:
     if rejected:
         print(f"{rejected} of {len(rows)} predictions not accepted (accepted column)")
     return len(rows)
+
+
+def _refuse_inputs_as_output(output: Path, inputs: Sequence[Path]) -> None:
+    """Refuse an ``--output`` that is the model or one of the images (links resolved): the CSV
+    would replace it."""
+    target = os.path.realpath(output)
+    clash = next((p for p in inputs if os.path.realpath(p) == target), None)
+    if clash is not None:
+        raise PredictError(f"--output {output} is {clash}, an input; choose another file")
 
 
 def _row(
@@ -163,6 +174,9 @@ def _row(
         return row
     found, accepted = _outputs(session, _input(pixels, contract))
     probs = found[0]
+    if not np.isfinite(probs).all():  # never written as numbers, never a prediction
+        row["error"] = NON_FINITE
+        return row
     order = np.argsort(-probs)[:k]
     row["predicted"], row["confidence"] = names[order[0]], round(float(probs[order[0]]), 6)
     if accepted is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from classifier.dist import gather_objects
 from classifier.errors import ConfigError
 from classifier.files import plain_name, run_dir, write_csv
 from classifier.image_dataset import UNREADABLE
-from classifier.predictions_format import columns
+from classifier.predictions_format import NON_FINITE, columns
 
 
 class PredictionWriter(Callback):
@@ -95,8 +96,13 @@ class PredictionWriter(Callback):
         self.path = run_dir(trainer) / self.filename
         write_csv(self.path, columns(k, has_truth), table)
         failed = sum(r[1] == UNREADABLE for r in rows)
+        broken = sum(r[1] != UNREADABLE and not all(map(math.isfinite, r[2])) for r in rows)
         note = f"; {failed} unreadable file(s) marked in its error column" if failed else ""
-        rejected = sum(r[3] is False for r in rows)
+        if broken:
+            note += f"; {broken} with NaN or infinite outputs marked {NON_FINITE!r}"
+        rejected = sum(
+            r[3] is False and r[1] != UNREADABLE and all(map(math.isfinite, r[2])) for r in rows
+        )
         if any(r[3] is not None for r in rows):
             note += f"; {rejected} not accepted (accepted column)"
         rank_zero_info(f"Wrote {len(table)} predictions to {self.path}{note}")
@@ -115,8 +121,9 @@ class PredictionWriter(Callback):
         """One CSV row; an unreadable file (``label`` is UNREADABLE) gets empty predictions
         and ``unreadable``, and keeps its true class."""
         known = [names[true] if true >= 0 else ""] if has_truth else []
-        if label == UNREADABLE:
-            return [str(path), "", "", "", *known] + [""] * (2 * k) + ["unreadable"]
+        if label == UNREADABLE or not all(map(math.isfinite, probs)):
+            error = "unreadable" if label == UNREADABLE else NON_FINITE
+            return [str(path), "", "", "", *known] + [""] * (2 * k) + [error]
         values, order = torch.tensor(probs).topk(k)
         verdict = "" if accepted is None else str(bool(accepted)).lower()
         line: list[Any] = [str(path), names[order[0]], round(float(values[0]), 6), verdict, *known]

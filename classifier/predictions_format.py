@@ -12,3 +12,7 @@ def columns(k: int, has_truth: bool) -> list[str]:
     for i in range(1, k + 1):
         names += [f"top{i}_class", f"top{i}_prob"]
     return [*names, "error"]
+
+
+#: The error column of an image whose outputs hold NaN or infinity (never written as numbers).
+NON_FINITE = "non-finite output"

@@ -21,7 +21,6 @@ import io
 import multiprocessing
 import os
 import signal
-import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -33,7 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from classifier.perceptual_hash import MIN_SIDE
-from classifier.pil_decode import ALLOWED_FORMATS, check_pixels, decode_pil
+from classifier.pil_decode import ALLOWED_FORMATS, check_pixels, decode_pil, read_file
 from classifier.scan_cache import NO_HASH, UNHASHED, Row, ScanCache
 from classifier.splits import Split
 
@@ -87,38 +86,6 @@ class Checked(NamedTuple):
     kind: str = ""
 
 
-#: The largest image file read (a larger one is no photo: a sparse file, or a hostile one).
-MAX_FILE_BYTES = 1 << 30
-
-
-def read_file(path: bytes | str) -> bytes:
-    """The bytes of a regular file, opened without blocking (a file swapped for a FIFO after
-    the walk cannot hang the scan).
-
-    Raises:
-        OSError: not a regular file, or larger than :data:`MAX_FILE_BYTES`.
-    """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError("not a regular file")
-        if info.st_size > MAX_FILE_BYTES:
-            raise OSError(f"larger than {MAX_FILE_BYTES >> 20} MiB")
-        # Reads of the size fstat gives (and one more byte, to see the end): a read of the
-        # largest size allowed would allocate that much each time (0.09 ms a file, not 0.015).
-        chunks, total, want = [], 0, info.st_size + 1
-        while total <= MAX_FILE_BYTES and (chunk := os.read(fd, want)):
-            chunks.append(chunk)
-            total += len(chunk)
-            want = max(want - len(chunk), 1 << 16)  # the file grew: read on to its end
-    finally:
-        os.close(fd)
-    if total > MAX_FILE_BYTES:  # it grew past the limit while read
-        raise OSError(f"larger than {MAX_FILE_BYTES >> 20} MiB")
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
 def check_file(path: bytes | str) -> Checked:
     """Whether the file at ``path`` is a usable image, its content digest and, for a small
     image (decoded fully: cheap at that size), its thumbnail."""
@@ -139,7 +106,7 @@ def check_file(path: bytes | str) -> Checked:
             return Checked(problem, b"")
         if kind in _STRUCTURAL and not small:
             return Checked(None, digest, kind=kind)
-        pixels = decode_pil(io.BytesIO(data))  # type: ignore[arg-type]  # PIL reads file objects
+        pixels = decode_pil(data)
         return Checked(None, digest, small, (thumbnail(pixels) or b"") if small else b"", kind)
     except Image.DecompressionBombError as error:
         return Checked(f"decompression bomb: {error}", b"")

@@ -17,7 +17,7 @@ import numpy as np
 
 from classifier.errors import UserError
 from classifier.file_table import Paths
-from classifier.pil_decode import is_image_name
+from classifier.pil_decode import IMAGE_EXTENSIONS, is_image_name
 from classifier.text import printable
 
 #: Folder names that are never classes (tool and OS droppings).
@@ -87,6 +87,8 @@ class Visited:
         repeats: ``(path, first path)`` of files and folders reached again (links, hard links).
         skipped: entries with an image name that are no regular file (a FIFO, a socket, a
             dangling link): left out, and named in a warning.
+        ignored: regular files without an image name (hidden, no extension, another format
+            such as ``.heic``): left out; ``predict`` names them in a warning.
     """
 
     folders: dict[FileId, Path] = field(default_factory=dict)
@@ -95,6 +97,7 @@ class Visited:
     keys: list[tuple[int, int, int, int, int]] = field(default_factory=list)
     repeats: list[tuple[Path, Path]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
 
 
 def _kind(entry: os.DirEntry[str]) -> str:
@@ -159,6 +162,8 @@ def _walk(folder: Path, visited: Visited) -> int:
                     _take(entry.path, entry.stat(follow_symlinks=True))
                 elif is_image_name(entry.name):
                     visited.skipped.append(entry.path)
+                elif kind == "file":
+                    visited.ignored.append(entry.path)
         ancestors.pop()
 
     def _take(path: str, info: os.stat_result) -> None:
@@ -340,6 +345,13 @@ def read_unlabelled(root: Path, class_names: list[str]) -> Split:
         parent = class_name(path.parent.name)
         labels.append(index.get(parent, -1) if path.parent != root else -1)
     _finish(split, visited, labels)
+    if visited.ignored:
+        listing = "; ".join(printable(p) for p in visited.ignored[:3])
+        warnings.warn(
+            f"{root}: {len(visited.ignored)} file(s) not predicted: hidden, or not named like an "
+            f"image ({', '.join(sorted(IMAGE_EXTENSIONS))}): {listing}",
+            stacklevel=2,
+        )
     if not len(split):
         raise DataError(f"no images found in {root}.")
     _warn_repeats(split)

@@ -19,6 +19,7 @@ from classifier.pil_decode import (
     check_pixels,
     decode_pil,
     is_image_file,
+    read_file,
 )
 
 __all__ = [
@@ -33,10 +34,11 @@ __all__ = [
 ]
 
 
-def load_pil(path: Path) -> torch.Tensor:
-    """Decode ``path`` fully with PIL (:func:`~classifier.pil_decode.decode_pil`) into an RGB
-    ``uint8`` ``3xHxW`` tensor (strict: a truncated file raises)."""
-    return torch.from_numpy(decode_pil(path)).permute(2, 0, 1).contiguous()
+def load_pil(source: Path | bytes) -> torch.Tensor:
+    """Decode an image file (its path or its bytes) fully with PIL
+    (:func:`~classifier.pil_decode.decode_pil`) into an RGB ``uint8`` ``3xHxW`` tensor
+    (strict: a truncated file raises)."""
+    return torch.from_numpy(decode_pil(source)).permute(2, 0, 1).contiguous()
 
 
 def load_rgb(path: str | Path) -> torch.Tensor:
@@ -52,11 +54,12 @@ def load_rgb(path: str | Path) -> torch.Tensor:
         OSError, ValueError, Image.DecompressionBombError: the file cannot be used.
     """
     path = Path(path)
+    raw = read_file(path)  # the same size limit and non-blocking open on every route
     if path.suffix.lower() in _JPEG_SUFFIXES:
-        from torchvision.io import ImageReadMode, decode_jpeg, read_file
+        from torchvision.io import ImageReadMode, decode_jpeg
 
-        data = read_file(str(path))
-        frame = jpeg_frame(data.numpy().tobytes())
+        data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+        frame = jpeg_frame(raw)
         # No frame header, or CMYK/YCCK (PIL handles Adobe's colour inversion): PIL decodes.
         if frame is not None and frame[2] != 4:
             check_pixels(frame[1], frame[0], path)
@@ -69,7 +72,7 @@ def load_rgb(path: str | Path) -> torch.Tensor:
                 return image
             except (RuntimeError, ValueError):
                 pass
-    return load_pil(path)
+    return load_pil(raw)
 
 
 _JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})

@@ -107,37 +107,3 @@ def test_a_module_without_the_contract_gets_a_message_naming_it() -> None:
 
     with pytest.raises(TypeError, match=r"class_names.*classifier\.ImageClassifier has them"):
         classifier_module(pl.LightningModule())
-
-
-MAX_MODULE_LINES = 400
-MAX_FUNCTION_LINES = 60
-
-
-def _long_functions(path: Path) -> list[str]:
-    """Functions of ``path`` whose body, docstring left out, runs over the limit."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            body = node.body
-            if ast.get_docstring(node) is not None:
-                body = body[1:]
-            start = body[0].lineno if body else node.lineno
-            length = (node.end_lineno or start) - start + 1
-            if length > MAX_FUNCTION_LINES:
-                found.append(f"{path.name}:{node.lineno} {node.name} ({length} lines)")
-    return found
-
-
-@pytest.mark.parametrize("folder", ["classifier", "benchmarks", "tests"])
-def test_modules_and_functions_are_of_a_size_to_hold_in_mind(folder: str) -> None:
-    """No module over 400 lines and no function body over 60 (docstrings aside: they are the
-    ``--help`` text)."""
-    files = sorted((PACKAGE.parent / folder).glob("*.py"))
-    assert files
-    long_modules = [
-        f"{p.name} ({n} lines)"
-        for p in files
-        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
-    ]
-    assert not long_modules
-    assert not [f for p in files for f in _long_functions(p)]

@@ -26,7 +26,7 @@ from classifier.checkpoint import CheckpointError, checkpoint_file
 from classifier.checkpoint_io import guard_checkpoint_loads
 from classifier.console import console, version_line
 from classifier.datamodule import ImageFolderDataModule
-from classifier.errors import ConfigError, one_line_errors
+from classifier.errors import ConfigError, UserError, one_line_errors
 from classifier.figure_thread import wait_for_figures
 from classifier.files import run_dir, run_of_checkpoint
 from classifier.html_report import write_report
@@ -136,6 +136,19 @@ class ClassifierCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         """Lightning's subcommands, without the ``weights_only`` argument."""
         return {name: {*skip, "weights_only"} for name, skip in LightningCLI.subcommands().items()}
+
+    @override
+    def instantiate_classes(self) -> None:
+        """Lightning's, with a :class:`~classifier.errors.UserError` that a class's
+        constructor raised (a callback refusing a value) reported as itself, in one line:
+        jsonargparse wraps it in a many-line error about the types it tried."""
+        try:
+            super().instantiate_classes()
+        except Exception as error:
+            found = _user_error_in(error)
+            if found is None:
+                raise
+            raise found from None
 
     @override
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
@@ -331,6 +344,18 @@ class ClassifierCLI(LightningCLI):
             rank_zero_info(f"Best checkpoint: {best}")
         if trainer.is_global_zero and not trainer.interrupted:
             _report(run_dir(trainer))
+
+
+def _user_error_in(error: BaseException) -> UserError | None:
+    """The :class:`~classifier.errors.UserError` among ``error``'s causes, if any."""
+    seen: set[int] = set()
+    found: BaseException | None = error
+    while found is not None and id(found) not in seen:
+        if isinstance(found, UserError):
+            return found
+        seen.add(id(found))
+        found = found.__cause__ or found.__context__
+    return None
 
 
 def _report(run: Path, results: Path | None = None) -> None:

@@ -62,6 +62,11 @@ class FigureWorker:
             except Exception as error:  # a figure must never cost the run
                 warnings.warn(f"figure {kind} could not be drawn: {error}", stacklevel=1)
             finally:
+                # Dropped before the thread waits again: a finished drawing's closure holds its
+                # callback, and through it the trainer and every callback, which this daemon
+                # thread would keep alive past the interpreter's exit (their open files were
+                # then never flushed).
+                del draw
                 with self._lock:
                     self._busy = False
                     self._lock.notify_all()

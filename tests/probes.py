@@ -154,15 +154,42 @@ class RunFiles(Callback):
 
 
 class LeaveOpen(Callback):
-    """Write to a file at the end of fit and never close it (a careless user callback)."""
+    """Write to a file at the end of fit, test or predict and never close it (a careless user
+    callback)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.handle: Any = None
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _leave(self, stage: str) -> None:
         self.handle = open(self.path, "w")  # noqa: SIM115 (left open on purpose)
-        self.handle.write("written at fit end")
+        self.handle.write(f"written at {stage} end")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._leave("fit")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._leave("test")
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._leave("predict")
+
+
+class EmaTrace(Callback):
+    """Record, after every training batch, one raw and one averaged weight tensor and the
+    global step (listed after ``classifier.EMA``, so it sees each update's result)."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        ema = next(c for c in trainer.callbacks if isinstance(c, EMA))  # type: ignore[attr-defined]
+        assert ema._average_model is not None
+        raw = next(pl_module.parameters()).detach().clone()
+        averaged = next(ema._average_model.module.parameters()).detach().clone()
+        self.steps.append((trainer.global_step, raw, averaged))
 
 
 class SpawnChild(Callback):

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -185,7 +186,7 @@ class ClassifierCLI(LightningCLI):
         if not self.trainer.is_global_zero or not named:
             return
         folder = run_dir(self.trainer)
-        if self.resumed_run is not None and folder == self.resumed_run:
+        if self.resumed_run is not None and Path(os.path.abspath(folder)) == self.resumed_run:
             keep_earlier_files(folder, self.trainer.callbacks)  # type: ignore[attr-defined]
             return
         check_new_run_folder(folder, Path(self.trainer.default_root_dir))

@@ -105,6 +105,32 @@ def private_folder(folder: Path) -> Path | None:
     return folder
 
 
+#: File system types (as /proc/mounts names them) that are shared over a network.
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "ceph", "glusterfs"}
+    | {"fuse.sshfs", "fuse.glusterfs", "fuse.ceph", "fuse.beegfs", "9p", "afs", "panfs", "wekafs"}
+)
+
+
+def network_filesystem(path: str, mounts: str = "/proc/mounts") -> str | None:
+    """The type of the network file system ``path`` lies on, or ``None`` (a local disk, or
+    no mount table to read)."""
+    try:
+        with open(mounts, encoding="utf-8", errors="replace") as table:
+            rows = [line.split() for line in table]
+    except OSError:
+        return None
+    real, best, kind = os.path.realpath(path), "", ""
+    for row in rows:
+        if len(row) < 3:
+            continue
+        point = row[1].replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, row[2]
+    return kind if kind in NETWORK_FILESYSTEMS else None
+
+
 class ScanCache:
     """The rows of the cache database (or of an in-memory one, when no private folder).
 
@@ -131,7 +157,15 @@ class ScanCache:
         db = sqlite3.connect(target, timeout=10, isolation_level=None)
         try:
             if target != ":memory:":
-                db.execute("PRAGMA journal_mode=WAL")
+                network = network_filesystem(target)
+                if network:  # SQLite: WAL needs shared memory, which network file systems lack
+                    warnings.warn(
+                        f"scan cache {target} is on a network file system ({network}), where "
+                        "SQLite's WAL journal is unsafe; using a slower rollback journal. Set "
+                        "CLASSIFIER_CACHE_DIR to a folder on a local disk.",
+                        stacklevel=4,
+                    )
+                db.execute(f"PRAGMA journal_mode={'DELETE' if network else 'WAL'}")
                 db.execute("PRAGMA synchronous=NORMAL")
             _check_schema(db)
             db.execute(_SCHEMA)

@@ -21,7 +21,7 @@ import torch
 import yaml
 from PIL import Image
 
-from tests.conftest import CONF, FULL, REPO, make_folder, run_cli, tiny
+from tests.conftest import CONF, FULL, REPO, classifier_process, make_folder, run_cli, tiny
 from tests.test_attacks import assert_one_error_line, run_entry
 from tests.test_malformed_inputs import bad_checkpoint
 
@@ -54,7 +54,7 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--trainer.callbacks+=classifier.Calibration",
             "--trainer.callbacks+=classifier.OnnxExport",
         )
-    run = Path(fit.trainer.log_dir)
+    run = root / fit.trainer.log_dir
     assert torch.load(run / "checkpoints" / "best.ckpt", weights_only=True).get("selective")
     return run
 
@@ -337,29 +337,38 @@ def _best(run: Path) -> dict[str, Any]:
 def test_a_resumed_run_continues_in_its_folder_and_keeps_its_best(
     image_folder: Path, tmp_path: Path
 ) -> None:
-    """Interrupted twice (after epochs 1 and 2), resumed with ``--ckpt_path last``: the same
-    run folder, and best.ckpt is the uninterrupted run's, bitwise."""
+    """Pre-empted twice (SIGTERM in epochs 1 and 2), resumed with ``--ckpt_path last``: the
+    same run folder, and best.ckpt is the uninterrupted run's, bitwise (the resumed run used
+    to start a new folder, drop the best score and pick a later epoch)."""
     config = tmp_path / "exp.yaml"
     settings = yaml.safe_load((CONF / "tiny.yaml").read_text())
     settings["trainer"]["logger"]["init_args"]["name"] = "exp"
-    settings["model"]["lr"] = 0.3  # an unstable rate: a later epoch can score below an earlier
+    settings["trainer"]["max_epochs"] = 4
+    settings["model"]["lr"] = 0.3  # unstable: a later epoch scores below the first
     config.write_text(yaml.safe_dump(settings))
     args = ["fit", "--config", str(config), "--data.data_dir", str(image_folder)]
-    whole: Any = run_cli(
-        *args, "--trainer.max_epochs", "4", "--trainer.logger.init_args.name", "whole"
-    )
-    first: Any = run_cli(*args, "--trainer.max_epochs", "2")
-    run = Path(first.trainer.log_dir)
-    for epochs in ("3", "4"):
-        resumed: Any = run_cli(*args, "--trainer.max_epochs", epochs, "--ckpt_path", "last")
-        assert Path(resumed.trainer.log_dir).resolve() == run.resolve()
+    whole: Any = run_cli(*args, "--trainer.logger.init_args.name", "whole")
+    for epoch in ("1", "2"):
+        stopped = classifier_process(
+            *args,
+            *([] if epoch == "1" else ["--ckpt_path", "last"]),
+            "--trainer.callbacks+=tests.probes.TermAt",
+            f"--trainer.callbacks.init_args.epoch={epoch}",
+            "--trainer.callbacks.init_args.batch=1",
+            cwd=tmp_path,
+        )
+        assert stopped.returncode == 143, stopped.stderr[-2000:]
+    resumed: Any = run_cli(*args, "--ckpt_path", "last")
+    run = tmp_path / "runs" / "exp" / "version_0"
+    assert Path(resumed.trainer.log_dir).resolve() == run.resolve()
     assert not (run.parent / "version_1").exists()
     expected, found = _best(Path(whole.trainer.log_dir)), _best(run)
+    assert expected["epoch"] < 2  # the run this test needs: its best is not its last epochs
     assert found["epoch"] == expected["epoch"]
     for key, value in expected["state_dict"].items():
         assert torch.equal(found["state_dict"][key], value), key
     assert (run / "metrics_before_resume_1.csv").is_file()  # the first start's rows are kept
-    assert (run / "config_resume_1.yaml").is_file() and (run / "config.yaml").is_file()
+    assert (run / "config_resume_2.yaml").is_file() and (run / "config.yaml").is_file()
 
 
 @pytest.mark.slow
@@ -431,3 +440,109 @@ def test_files_left_open_by_a_callback_keep_every_byte_after_each_command(
         "predict", "--ckpt_path", str(best), "--data.predict_dir", str(image_folder / "test")
     )
     assert predicted.read_text() == "written at predict end"
+
+
+# Exports' metadata, predict's inputs and outputs ------------------------------------------------
+
+
+def _with_metadata(model: Path, target: Path, **change: Any) -> Path:
+    import onnx
+
+    graph = onnx.load(str(model))
+    entries = {p.key: p.value for p in graph.metadata_props}
+    entries |= {k: json.dumps(v) for k, v in change.items()}
+    del graph.metadata_props[:]
+    for key, value in entries.items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(target))
+    return target
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"class_names": ["cat", "dog"]},  # two names for three outputs
+        {"class_names": ["cat", "cat", "fox"]},
+        {"image_size": 10**6},
+        {"mean": [0.5, math.inf, 0.5]},
+        {"temperature": 1e-300},
+    ],
+)
+def test_export_metadata_out_of_range_is_one_error_line(
+    change: dict[str, Any], exported_model: Path, tmp_path: Path
+) -> None:
+    bad = _with_metadata(exported_model, tmp_path / "bad.onnx", **change)
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (40, 40)).save(tmp_path / "in" / "a.png")
+    command = [str(EXE / "classifier-predict"), str(bad), str(tmp_path / "in")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "bad.onnx" in lines[0], lines
+
+
+def test_predict_never_writes_its_csv_over_an_input(exported_model: Path, tmp_path: Path) -> None:
+    from classifier.onnx_predict import PredictError, predict
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (40, 40)).save(folder / "a.png")
+    before = (folder / "a.png").read_bytes()
+    for output in (folder / "a.png", exported_model):
+        with pytest.raises(PredictError, match="an input"):
+            predict(exported_model, folder, output)
+    assert (folder / "a.png").read_bytes() == before and exported_model.stat().st_size > 1000
+
+
+def test_predict_names_the_files_it_does_not_read(exported_model: Path, tmp_path: Path) -> None:
+    from classifier.onnx_predict import predict
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (40, 40)).save(folder / "a.png")
+    for name in ("photo.heic", "README", ".hidden.png"):
+        (folder / name).write_bytes(b"x")
+    with pytest.warns(UserWarning, match=r"3 file\(s\) not predicted.*\.hidden\.png"):
+        assert predict(exported_model, folder, tmp_path / "p.csv") == 1
+
+
+def test_both_predict_commands_refuse_a_file_over_the_size_limit(
+    exported_model: Path, tmp_path: Path
+) -> None:
+    """A real PNG followed by 2 GiB of zeros (sparse): PIL alone decoded it."""
+    from classifier.onnx_predict import predict
+    from classifier.tensor_decode import load_rgb
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (40, 40)).save(folder / "big.png")
+    with (folder / "big.png").open("r+b") as handle:
+        handle.truncate(2 << 30)
+    predict(exported_model, folder, tmp_path / "p.csv")
+    assert _rows(tmp_path / "p.csv")["big.png"]["error"] == "unreadable"
+    with pytest.raises(OSError, match="larger than"):
+        load_rgb(folder / "big.png")
+
+
+def test_non_finite_outputs_are_never_written_as_predictions(tmp_path: Path) -> None:
+    from classifier.prediction_writer import PredictionWriter
+
+    row = PredictionWriter._row(tmp_path / "a.png", 0, -1, [math.nan, 0.5], ["a", "b"], 2, False)
+    assert row[1:4] == ["", "", ""] and row[-1] == "non-finite output"
+
+
+def test_a_cache_on_a_network_file_system_uses_a_rollback_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from classifier import scan_cache
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"server:/export {tmp_path} nfs4 rw 0 0\n/dev/sda1 / ext4 rw 0 0\n")
+    assert scan_cache.network_filesystem(str(tmp_path / "cache"), str(mounts)) == "nfs4"
+    assert scan_cache.network_filesystem("/elsewhere", str(mounts)) is None
+    monkeypatch.setattr(scan_cache, "network_filesystem", lambda path: "nfs4")
+    folder = tmp_path / "cache"
+    folder.mkdir(mode=0o700)
+    with pytest.warns(UserWarning, match="network file system.*CLASSIFIER_CACHE_DIR"):
+        cache = scan_cache.ScanCache(folder)
+    assert cache._db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"

@@ -180,7 +180,7 @@ def test_class_means_of_another_width_are_one_error_line_on_every_route(
     )
     assert_one_error_line(code, err, "width")
     with pytest.raises(SystemExit) as stop:
-        export_main([str(evil), "--output", str(tmp_path / "m.onnx"), "--verify_images", "0"])
+        export_main(["--ckpt_path", str(evil), "--output", str(tmp_path / "m.onnx")])
     assert stop.value.code == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: ") and "width" in last
@@ -309,7 +309,7 @@ def test_a_damaged_run_folder_file_costs_the_report_not_the_results(
 ) -> None:
     run = tmp_path / "run"
     shutil.copytree(calibrated, run)
-    (run / damaged).write_text(json.dumps({"parameters": "many", "gmacs": [1], "splits": 3}))
+    (run / damaged).write_text("[1, 2]")  # valid JSON, not what the report reads
     data = str(calibrated.parent.parent.parent / "data")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

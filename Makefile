@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/quickstart.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo data test test-fast test-gpu test-dali test-latest lint format bench clean
+.PHONY: help install demo data test test-fast test-gpu test-dali test-latest lint format bench docs clean
 
 help: ## Show this help.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -70,5 +70,14 @@ format: $(STAMP) ## Apply ruff's fixes and formatting.
 bench: $(STAMP) ## Print speed ratios measured side by side in one run (writes bench.json).
 	CLASSIFIER_ALLOWED_CLASS_PATHS=benchmarks. $(BIN)/python -m benchmarks.run
 
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP) ## Build the documentation site into site/ (mkdocs build --strict: a broken link fails).
+	$(BIN)/mkdocs build --strict --quiet
+
 clean: ## Remove the virtual environment, runs and caches (keeps data/).
-	rm -rf $(VENV) $(LATEST) $(DALI_VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(DALI_VENV) runs site .pytest_cache .mypy_cache .ruff_cache

@@ -546,3 +546,28 @@ def test_a_cache_on_a_network_file_system_uses_a_rollback_journal(
     with pytest.warns(UserWarning, match="network file system.*CLASSIFIER_CACHE_DIR"):
         cache = scan_cache.ScanCache(folder)
     assert cache._db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
+def test_verification_compares_the_accept_decisions(tmp_path: Path) -> None:
+    """An export that accepts everything, checked against a reference that rejects everything,
+    never agrees on a decision."""
+    from classifier.export import ExportOptions, export_and_verify
+    from classifier.exportable import Exportable
+    from classifier.selective import Selector, feature_width
+    from classifier.verify import verify_onnx
+
+    net, path, images = _network(), tmp_path / "m.onnx", _images(tmp_path / "img")
+    width = feature_width(net)
+    assert width is not None
+
+    def rule(distance: float) -> Selector:
+        return Selector(0.0, distance, 0.9, 1.0, torch.zeros(3, width), torch.eye(width))
+
+    options = ExportOptions(simplify=False)
+    names = ["cat", "dog", "fox"]
+    export_and_verify(net, path, names, _pre(), options, images, selector=rule(1e30))
+    strict = Exportable(net, _pre(), False, 1.0, rule(0.0))
+    report = verify_onnx(path, strict, *images, _pre())
+    assert report["accepted_agreement"] == 0.0
+    same = verify_onnx(path, Exportable(net, _pre(), False, 1.0, rule(1e30)), *images, _pre())
+    assert same["accepted_agreement"] == 1.0

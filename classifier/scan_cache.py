@@ -8,22 +8,21 @@ written, in transactions committed every few seconds, so a scan stopped with Ctr
 it did. The database is SQLite from the standard library (WAL journal: readers never wait).
 
 The cache decides duplicates and exclusions, so it must be private: a folder that another user
-owns or can write to, or a database file that is a link, not ours or writable by others, is not
-used (one warning; the scan runs uncached), and no existing folder's mode is ever changed.
+owns or can write to is not used (one warning; the scan runs uncached), and no existing folder's
+mode is ever changed. What is inside a private folder is the user's own and trusted: a database
+this version cannot use (damaged, or of another make) is moved aside and a new one is built,
+and the databases of older versions are removed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import os
 import sqlite3
 import stat
 import time
 import warnings
 from collections.abc import Iterable, Sequence
-from contextlib import closing
 from itertools import chain
 from pathlib import Path
 
@@ -66,6 +65,8 @@ CREATE TABLE IF NOT EXISTS memo (key BLOB PRIMARY KEY, value BLOB, used REAL) WI
 MEMO_ROWS = 16
 #: The files SQLite keeps beside a database.
 _SIBLINGS = ("-journal", "-wal", "-shm")
+#: The ``files`` table's columns as ``PRAGMA table_info`` lists them (name, declared type).
+_EXPECTED_COLUMNS = [(name, kind.split()[0]) for name, kind in _FILE_COLUMNS]
 
 
 def cache_dir() -> Path:
@@ -140,17 +141,43 @@ class ScanCache:
 
     def __init__(self, folder: Path | None) -> None:
         self.path = None if folder is None else folder / f"scan-v{VERSION}.sqlite"
-        self.persistent = self.path is not None and self._prepare(self.path)
-        if self.persistent:
-            try:
-                self._db = self._connect(str(self.path))
-            except sqlite3.Error as error:  # damaged, or locked by a stuck process
-                warnings.warn(f"scan cache unused: {self.path} ({error})", stacklevel=3)
-                self.persistent = False
+        self.persistent = False
+        if self.path is not None:
+            _remove_older_versions(self.path.parent)
+            self.persistent = self._open_or_rebuild(self.path)
         if not self.persistent:
             self._db = self._connect(":memory:")
-        if self.persistent and folder is not None:
-            self._migrate(folder)
+
+    def _open_or_rebuild(self, path: Path) -> bool:
+        """Open the database at ``path``, creating it privately (0600); one this version
+        cannot use is moved aside (``.unusable-<time>``) and built anew. ``False`` (with a
+        warning) when neither works: the scan then runs without a cache."""
+        for attempt in range(2):
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                self._db = self._connect(str(path))
+                return True
+            except (OSError, sqlite3.Error) as error:
+                # Damaged, or another make: moved aside. Locked (another run writing), or a
+                # folder that cannot be written: left alone, and this run goes uncached.
+                damaged = isinstance(error, sqlite3.DatabaseError) and not isinstance(
+                    error, sqlite3.OperationalError
+                )
+                if attempt or not damaged:
+                    warnings.warn(f"scan cache unused: {path} ({error})", stacklevel=4)
+                    return False
+                aside = path.with_name(f"{path.name}.unusable-{int(time.time())}")
+                warnings.warn(
+                    f"scan cache {path} could not be used ({error}); moved to {aside.name}, "
+                    "building a new one",
+                    stacklevel=4,
+                )
+                with contextlib.suppress(OSError):
+                    path.replace(aside)
+                    for end in _SIBLINGS:
+                        path.with_name(path.name + end).unlink(missing_ok=True)
+        return False
 
     @staticmethod
     def _connect(target: str) -> sqlite3.Connection:
@@ -163,13 +190,15 @@ class ScanCache:
                         f"scan cache {target} is on a network file system ({network}), where "
                         "SQLite's WAL journal is unsafe; using a slower rollback journal. Set "
                         "CLASSIFIER_CACHE_DIR to a folder on a local disk.",
-                        stacklevel=4,
+                        stacklevel=5,
                     )
                 db.execute(f"PRAGMA journal_mode={'DELETE' if network else 'WAL'}")
                 db.execute("PRAGMA synchronous=NORMAL")
-            _check_schema(db)
             db.execute(_SCHEMA)
             db.execute(_MEMO_SCHEMA)
+            columns = [(row[1], row[2]) for row in db.execute("PRAGMA table_info(files)")]
+            if columns != _EXPECTED_COLUMNS:
+                raise sqlite3.DatabaseError("its files table is of another version")
         except BaseException:
             db.close()
             raise
@@ -179,41 +208,6 @@ class ScanCache:
     def open(cls) -> ScanCache:
         """The user's cache (``$CLASSIFIER_CACHE_DIR``), or an uncached one with a warning."""
         return cls(private_folder(cache_dir()))
-
-    @staticmethod
-    def _prepare(path: Path) -> bool:
-        """Create the database file privately (0600), or check the one there is ours alone;
-        and check that the files SQLite keeps beside it are regular files."""
-        problem = None
-        try:
-            fd = os.open(
-                path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), 0o600
-            )
-            os.close(fd)
-        except FileExistsError:
-            info = os.lstat(path)
-            problem = _unsafe(info, "the file")
-            if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
-                problem = "it is not a regular file"
-        except OSError as error:
-            warnings.warn(f"scan cache unused: {path}: {error.strerror}", stacklevel=4)
-            return False
-        for end in _SIBLINGS:  # SQLite opens these itself (a FIFO there blocks it for ever)
-            sibling = path.with_name(path.name + end)
-            try:
-                if not stat.S_ISREG(os.lstat(sibling).st_mode):
-                    problem = f"{sibling.name} is not a regular file"
-            except FileNotFoundError:
-                continue
-            except OSError as error:
-                problem = f"{sibling.name}: {error.strerror}"
-        if problem:
-            warnings.warn(
-                f"scan cache unused: {path} ({problem}); the scan runs without a cache.",
-                stacklevel=4,
-            )
-            return False
-        return True
 
     def lookup(
         self, paths: Sequence[bytes], keys: np.ndarray, folder: bytes | None = None
@@ -240,11 +234,7 @@ class ScanCache:
         # 0.25 s, a sixth of a warm start's extra on such a folder).
         missing = (-1,) * 5
         flat = chain.from_iterable(row[1:6] if row is not None else missing for row in rows)
-        try:  # SQLite keeps what a column was given: a planted text or NULL key
-            cached = np.fromiter(flat, dtype=np.int64, count=5 * len(rows)).reshape(-1, 5)
-        except (TypeError, ValueError, OverflowError) as error:
-            warnings.warn(f"scan cache unreadable ({error}); scanning without it", stacklevel=3)
-            return [None] * len(paths)
+        cached = np.fromiter(flat, dtype=np.int64, count=5 * len(rows)).reshape(-1, 5)
         same = (cached == np.asarray(keys, dtype=np.int64).reshape(-1, 5)).all(axis=1)
         return [row if keep else None for row, keep in zip(rows, same.tolist(), strict=True)]
 
@@ -303,74 +293,14 @@ class ScanCache:
         """Close the database."""
         self._db.close()
 
-    def _migrate(self, folder: Path) -> None:
-        """Take the reasons of the JSON caches of version 4 (their content digests and
-        perceptual hashes were of other kinds and are computed again), then remove them. The
-        SQLite caches of versions 5 to 8 are removed unread: reading a database runs what its
-        schema says, and a bad file's verdict costs one structural check to find again."""
-        for old in sorted(folder.glob("scan-v4-*.json")):
-            try:
-                info = os.lstat(old)
-            except OSError:
-                continue
-            if not stat.S_ISREG(info.st_mode) or _unsafe(info, "it"):
-                continue
-            # Nothing a damaged or planted file holds stops the command (too deep, too large,
-            # or no text: it is left out).
-            with contextlib.suppress(Exception):
-                entries = json.loads(old.read_text())
-                if isinstance(entries, dict):
-                    self.store(_v4_rows(entries))
-            with contextlib.suppress(OSError):
-                old.unlink(missing_ok=True)
-        for old in sorted(folder.glob("scan-v[5-8].sqlite")):
-            for leftover in (old, *(old.with_name(old.name + end) for end in _SIBLINGS)):
-                with contextlib.suppress(OSError):  # a folder of that name stays
-                    leftover.unlink(missing_ok=True)
 
-
-@functools.cache
-def _expected_schema() -> frozenset[tuple[str, str, str]]:
-    """``(type, name, sql)`` of what :data:`_SCHEMA` and :data:`_MEMO_SCHEMA` create, as SQLite
-    records them."""
-    with closing(sqlite3.connect(":memory:")) as db:
-        db.execute(_SCHEMA)
-        db.execute(_MEMO_SCHEMA)
-        return frozenset(db.execute("SELECT type, name, sql FROM sqlite_master"))
-
-
-def _check_schema(db: sqlite3.Connection) -> None:
-    """Check that a database holds this version's tables, exactly as it creates them, and
-    nothing else: a view, a trigger, a generated column, a check or an index expression would
-    run a query of the database's choosing (an endless one hangs the command) on a read or a
-    write, and another column type would change the values read back.
-
-    Raises:
-        sqlite3.DatabaseError: naming the first object this version does not create.
-    """
-    expected = _expected_schema()
-    for kind, name, sql in db.execute("SELECT type, name, sql FROM sqlite_master"):
-        if (kind, name, sql) not in expected:
-            raise sqlite3.DatabaseError(f"it holds a {kind} {name!r} this version does not create")
-
-
-def _v4_rows(entries: dict[str, object]) -> list[Row]:
-    rows: list[Row] = []
-    for path, entry in entries.items():
-        if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], str)):
-            continue
-        key, reason, _, _ = entry
-        try:
-            fields = [int(v) for v in key.split(":")]
-        except ValueError:
-            continue
-        if len(fields) != 5 or (reason is not None and not isinstance(reason, str)):
-            continue
-        if reason is None or not all(-(2**63) <= v < 2**63 for v in fields):
-            continue  # nothing worth keeping (the scan reads the file anyway), or no key
-        # No content digest yet: the next scan reads the file for it (cheap) and keeps the rest.
-        rows.append((os.fsencode(path), *fields, reason, None, UNHASHED, None, None))  # type: ignore[arg-type]
-    return rows
+def _remove_older_versions(folder: Path) -> None:
+    """Remove the caches of earlier versions (their checks or hashes differ; a file's verdict
+    costs one structural check to find again)."""
+    for old in (*folder.glob("scan-v*.sqlite*"), *folder.glob("scan-v4-*.json")):
+        if not old.name.startswith(f"scan-v{VERSION}.sqlite"):
+            with contextlib.suppress(OSError):  # a folder of that name stays
+                old.unlink()
 
 
 def to_signed(value: int) -> int:

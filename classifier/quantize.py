@@ -56,8 +56,12 @@ def quantize_int8(source: Path, target: Path, batches: Iterable[np.ndarray]) -> 
     with tempfile.TemporaryDirectory(prefix="classifier-int8-") as scratch:
         prepared, quantized = Path(scratch) / "prepared.onnx", Path(scratch) / "int8.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        # The accept/reject rule's distance stays float: its thresholds were set on it.
-        distance = [n.name for n in onnx.load(str(prepared)).graph.node if "/distance/" in n.name]
+        # The accept/reject rule's distance stays float (its thresholds were set on it), and
+        # so does the path from the logits to the probabilities: they stay the calibrated
+        # softmax of the logits the file returns, as verification checks.
+        graph = onnx.load(str(prepared)).graph
+        float_nodes = [n.name for n in graph.node if "/distance/" in n.name]
+        float_nodes += _probability_nodes(graph)
         quantize_static(
             str(prepared),
             str(quantized),
@@ -68,7 +72,7 @@ def quantize_int8(source: Path, target: Path, batches: Iterable[np.ndarray]) -> 
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=distance,
+            nodes_to_exclude=float_nodes,
         )
         model = onnx.load(str(quantized))
     del model.metadata_props[:]
@@ -76,3 +80,22 @@ def quantize_int8(source: Path, target: Path, batches: Iterable[np.ndarray]) -> 
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     atomic_write_bytes(target, model.SerializeToString())
+
+
+def _probability_nodes(graph: Any) -> list[str]:
+    """The nodes between the ``logits`` output and the ``probabilities`` output (the
+    temperature's division and the softmax), empty without a ``probabilities`` output."""
+    outputs = [o.name for o in graph.output]
+    if "probabilities" not in outputs:
+        return []
+    producer = {out: node for node in graph.node for out in node.output}
+    names, todo, seen = [], ["probabilities"], set()
+    while todo:
+        tensor = todo.pop()
+        node = producer.get(tensor)
+        if tensor == outputs[0] or node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        names.append(node.name)
+        todo.extend(node.input)
+    return names

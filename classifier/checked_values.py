@@ -26,9 +26,20 @@ MAX_TEMPERATURE = 1 / MIN_TEMPERATURE
 _ABOVE_ONE = math.nextafter(1.0, 2.0)
 
 
+#: Bounds of a normalisation: RGB values are scaled to [0, 1] first, so a mean or a standard
+#: deviation outside these is no normalisation (a standard deviation of 1e-45 divides to inf).
+MAX_ABS_MEAN = 1e3
+STD_RANGE = (1e-3, 1e3)
+
+
 def number(value: object) -> bool:
-    """Whether ``value`` is a finite int or float (not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """Whether ``value`` is a finite int or float (not a bool; ``10**400`` is not finite)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def side_problem(value: object, name: str = "image side") -> str | None:
@@ -42,7 +53,8 @@ def temperature_problem(value: object) -> str | None:
     """A temperature: a number in ``[MIN_TEMPERATURE, MAX_TEMPERATURE]``."""
     if number(value) and MIN_TEMPERATURE <= value <= MAX_TEMPERATURE:  # type: ignore[operator]
         return None
-    return f"its temperature {value!r} is not a number from {MIN_TEMPERATURE} to {MAX_TEMPERATURE}"
+    shown = _shown(value)
+    return f"its temperature {shown} is not a number from {MIN_TEMPERATURE} to {MAX_TEMPERATURE}"
 
 
 def class_names_problem(names: object) -> str | None:
@@ -74,8 +86,10 @@ def preprocessing_problem(pre: object, normalised_outside: bool = True) -> str |
         value = pre.get(key)
         if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(map(number, value))):
             return f"its {key} is not three finite numbers"
-    if min(pre["std"]) <= 0:
-        return "its std is not positive"
+    if max(abs(v) for v in pre["mean"]) > MAX_ABS_MEAN:
+        return f"its mean is not from -{MAX_ABS_MEAN:g} to {MAX_ABS_MEAN:g}"
+    if not all(STD_RANGE[0] <= v <= STD_RANGE[1] for v in pre["std"]):
+        return f"its std is not from {STD_RANGE[0]:g} to {STD_RANGE[1]:g}"
     return None
 
 
@@ -92,7 +106,7 @@ def rule_problem(numbers: dict[str, object]) -> str | None:
     for key, (low, high) in ranges.items():
         value = numbers.get(key)
         if not (number(value) and low <= value <= high):  # type: ignore[operator]
-            return f"its {key} {value!r} is not a number from {low:g} to {high:g}"
+            return f"its {key} {_shown(value)} is not a number from {low:g} to {high:g}"
     return None
 
 
@@ -104,3 +118,17 @@ def statistics_problem(means: Sequence[int], precision: Sequence[int], classes: 
     if tuple(precision) != (means[1], means[1]):
         return f"its precision matrix has shape {tuple(precision)}, not {(means[1], means[1])}"
     return None
+
+
+def seed_problem(value: object, name: str = "data seed") -> str | None:
+    """A seed: ``None`` or a whole number from 0 to 2**63 - 1."""
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if value is None or (whole and 0 <= value < 2**63):  # type: ignore[operator]
+        return None
+    return f"its {name} is not a whole number from 0 to 2**63 - 1"
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."

@@ -10,6 +10,7 @@ drops the paths.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -19,6 +20,7 @@ from classifier.checked_values import (
     class_names_problem,
     preprocessing_problem,
     rule_problem,
+    seed_problem,
     side_problem,
     statistics_problem,
     temperature_problem,
@@ -72,6 +74,8 @@ def problem(checkpoint: dict[str, Any]) -> str | None:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
     ):
         return "its state_dict is not a mapping of names to tensors"
+    if not all(t.layout == torch.strided for t in weights.values()):
+        return "its weights include sparse or other non-dense tensors"
     if not _finite_weights(weights):
         return "its weights hold NaN or infinite values"
     legacy = weights.get("temperature")
@@ -102,7 +106,46 @@ def problem(checkpoint: dict[str, Any]) -> str | None:
         if found:
             return f"its accept/reject rule is malformed: {found}"
     pre = checkpoint.get("preprocessing")
-    return None if pre is None else preprocessing_problem(pre)
+    found = None if pre is None else preprocessing_problem(pre)
+    return found or _training_state_problem(checkpoint)
+
+
+def _training_state_problem(checkpoint: dict[str, Any]) -> str | None:
+    """What a resumed ``fit`` would take from ``checkpoint`` and cannot use: the data seed,
+    the random generators' states, NaN or infinity in the optimizer's state or the schedule."""
+    from classifier import rng
+
+    data = checkpoint.get("datamodule_hyper_parameters", {})
+    state = checkpoint.get("ImageFolderDataModule")
+    state = state if isinstance(state, dict) else {}
+    for value in (data.get("seed"), state.get("seed")):
+        found = seed_problem(value)
+        if found:
+            return found
+    for states in (state.get("rng_states"), checkpoint.get("rng_states")):
+        found = None if states is None else rng.states_problem(states)
+        if found:
+            return found
+    if not _finite_leaves(checkpoint.get("optimizer_states", [])):
+        return "its optimizer state holds NaN, infinite or non-dense values"
+    if not _finite_leaves(checkpoint.get("lr_schedulers", [])):
+        return "its learning-rate schedule holds NaN or infinite values"
+    return None
+
+
+def _finite_leaves(tree: object) -> bool:
+    """Whether every number and floating-point tensor in ``tree`` is finite (and dense)."""
+    if isinstance(tree, torch.Tensor):
+        if tree.layout != torch.strided:
+            return False
+        return not tree.is_floating_point() or bool(torch.isfinite(tree).all())
+    if isinstance(tree, float):
+        return math.isfinite(tree)
+    if isinstance(tree, dict):
+        return all(_finite_leaves(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return all(_finite_leaves(v) for v in tree)
+    return True
 
 
 def _selective_problem(stored: object, classes: int | None) -> str | None:
@@ -115,12 +158,27 @@ def _selective_problem(stored: object, classes: int | None) -> str | None:
     if found:
         return found
     means, precision = stored.get("means"), stored.get("precision")
-    if not isinstance(means, torch.Tensor) or not isinstance(precision, torch.Tensor):
-        return "its means and precision are not tensors"
+    if not (_dense_floats(means) and _dense_floats(precision)):
+        return "its means and precision are not dense real tensors"
+    assert isinstance(means, torch.Tensor) and isinstance(precision, torch.Tensor)
     rows = means.shape[0] if classes is None and means.ndim else classes
     found = statistics_problem(means.shape, precision.shape, rows or 0)
     if found:
         return found
     if not bool(torch.isfinite(means).all() and torch.isfinite(precision).all()):
         return "its means or precision hold NaN or infinite values"
+    # The distance of a few class means to the nearest mean (0): finite, or every distance
+    # overflows and every prediction is rejected (a precision of 3e38 did that).
+    from classifier.selective import Distance
+
+    if not bool(torch.isfinite(Distance(means, precision)(means[:8])).all()):
+        return "its distances overflow (means or precision too large)"
     return None
+
+
+def _dense_floats(value: object) -> bool:
+    return (
+        isinstance(value, torch.Tensor)
+        and value.layout == torch.strided
+        and value.is_floating_point()
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -125,6 +126,11 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if self.opset < OPSET_MIN:
             raise ValueError(f"opset must be >= {OPSET_MIN}, got {self.opset}")
+        limits = {"atol": self.atol, "min_agreement": self.min_agreement}
+        limits["int8_min_agreement"] = self.int8_min_agreement
+        for name, value in limits.items():
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number of 0 or more, got {value}")
         if self.quantize not in ("none", "int8"):
             raise ValueError(f"quantize must be none or int8, got {self.quantize!r}")
 

@@ -13,7 +13,7 @@ from typing_extensions import override
 from classifier.backbone import Runner, create_backbone
 from classifier.checkpoint import checkpoint_file, upgrade
 from classifier.contract import optional_image_data
-from classifier.loss_window import LossWindow, nonfinite_error
+from classifier.loss_window import LossWindow, NonFiniteLossError, nonfinite_error
 from classifier.losses import cross_entropy, mixed_cross_entropy, mixing
 from classifier.metrics import summary_metrics
 from classifier.optim import Schedule, optimization, stepping_batches
@@ -255,6 +255,11 @@ class ImageClassifier(pl.LightningModule):
     def _eval_step(self, stage: EvalStage, batch: Batch) -> dict[str, torch.Tensor]:
         images, labels, indices = batch
         logits, distance = self._eval_logits(images, tta=stage == "test")
+        if not bool(torch.isfinite(logits).all()):  # one sync a batch; evaluation syncs anyway
+            raise NonFiniteLossError(
+                f"the network's {stage} outputs are NaN or infinite: its weights overflow (a "
+                "damaged checkpoint?); no result is written from them"
+            )
         losses = self.stage_metrics(stage).update(logits, labels, self.temperature)
         out = {"logits": logits.detach(), "losses": losses.detach(), "indices": indices}
         if distance is not None:

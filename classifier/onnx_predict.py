@@ -69,10 +69,34 @@ def _contract_problem(contract: dict[str, Any], session: Any) -> str | None:
         return "its resize_size is smaller than its image_size"
     if "temperature" in contract and temperature_problem(contract["temperature"]):
         return temperature_problem(contract["temperature"])
+    found = _input_problem(contract, session)
+    if found:
+        return found
     outputs = session.get_outputs()
     width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
     if isinstance(width, int) and width != len(names):
         return f"the model has {width} outputs for {len(names)} class names"
+    return None
+
+
+def _input_problem(contract: dict[str, Any], session: Any) -> str | None:
+    """Whether the graph's ``images`` input takes what the metadata says it does: its type
+    (``uint8`` or ``float``) and, where the graph fixes them, its channels and side."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    if "images" not in inputs:
+        return "its graph has no input named images"
+    graph = inputs["images"]
+    wanted = "tensor(uint8)" if contract.get("input_dtype") == "uint8" else "tensor(float)"
+    if graph.type != wanted:
+        return f"its metadata describes a {wanted} input, but the graph takes {graph.type}"
+    size = int(contract["image_size"])
+    dims = list(graph.shape or [])
+    expected = [3, size, size]
+    clash = len(dims) != 4 or any(
+        isinstance(d, int) and d != e for d, e in zip(dims[1:], expected, strict=True)
+    )
+    if clash:
+        return f"its image_size {size} does not fit the graph's input {dims}"
     return None
 
 
@@ -138,7 +162,7 @@ def predict(model: Path, folder: Path, output: Path, top_k: int = 5) -> int:
     except DataError as error:
         raise PredictError(str(error)) from None
     paths = split.paths
-    _refuse_inputs_as_output(output, [model, *map(Path, paths)])
+    _refuse_to_replace(output)
     k = min(top_k, len(names))
     truth = [names[label] if label >= 0 else "" for label in split.labels]
     rows = [
@@ -152,13 +176,20 @@ def predict(model: Path, folder: Path, output: Path, top_k: int = 5) -> int:
     return len(rows)
 
 
-def _refuse_inputs_as_output(output: Path, inputs: Sequence[Path]) -> None:
-    """Refuse an ``--output`` that is the model or one of the images (links resolved): the CSV
-    would replace it."""
-    target = os.path.realpath(output)
-    clash = next((p for p in inputs if os.path.realpath(p) == target), None)
-    if clash is not None:
-        raise PredictError(f"--output {output} is {clash}, an input; choose another file")
+def _refuse_to_replace(output: Path) -> None:
+    """Refuse an ``--output`` that exists and is not a predictions CSV (the model, its
+    external weights, an input image, anything else): the CSV would replace it."""
+    if not os.path.lexists(output):
+        return
+    try:
+        with open(output, "rb") as handle:
+            first = handle.read(64)
+    except OSError:
+        first = b""
+    if not first.startswith(b"path,predicted,confidence,"):
+        raise PredictError(
+            f"--output {output} exists and is not a predictions CSV; choose another file"
+        )
 
 
 def _row(

@@ -22,6 +22,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_info
 
 from classifier.arguments import CKPT_KEYWORDS
+from classifier.errors import ConfigError
 from classifier.files import run_of_checkpoint
 from classifier.text import printable
 
@@ -45,9 +46,32 @@ def continue_run(config: Any) -> Path | None:
         return None
     if os.path.abspath(run.parent) != os.path.abspath(Path(save_dir) / (name or "")):
         return None
+    if run.parent.is_symlink():  # the logger's folder leads elsewhere: a new run folder there
+        return None
+    _refuse_links(run)
     args.version = run.name
     rank_zero_info(printable(f"Resuming run {run} in place"))
     return Path(os.path.abspath(run))
+
+
+def _refuse_links(run: Path) -> None:
+    """Refuse to continue in ``run`` if it (or its ``checkpoints/``) holds a symbolic link:
+    Lightning's loggers write ``hparams.yaml`` and ``metrics.csv`` through links, so a planted
+    one would make the resumed run write outside its folder.
+
+    Raises:
+        ConfigError: naming the first link.
+    """
+    for folder in (run, run / "checkpoints"):
+        links = sorted(e.name for e in os.scandir(folder) if e.is_symlink())
+        if links:
+            raise ConfigError(
+                printable(
+                    f"the run folder {run} holds a symbolic link ({folder.name}/{links[0]}), "
+                    "and a resumed run writes into that folder; remove the link, or copy the "
+                    "checkpoint out of the run folder to resume into a new one"
+                )
+            )
 
 
 def keep_earlier_files(run: Path, callbacks: Sequence[Any]) -> None:

@@ -42,3 +42,19 @@ def restore(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def states_problem(states: object) -> str | None:
+    """Why ``states`` cannot be restored (``None``: they can), found by restoring them and
+    putting the current states back, so a damaged checkpoint is refused when it is loaded, not
+    when training is about to continue."""
+    if not isinstance(states, dict):
+        return "its random generator states are not a mapping"
+    current = capture()
+    try:
+        restore(states)
+    except Exception as error:  # whatever the generators refuse
+        return f"its random generator states cannot be restored ({type(error).__name__})"
+    finally:
+        restore(current)
+    return None

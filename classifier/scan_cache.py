@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 import stat
 import time
@@ -110,6 +111,8 @@ def private_folder(folder: Path) -> Path | None:
 NETWORK_FILESYSTEMS = frozenset(
     {"nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "ceph", "glusterfs"}
     | {"fuse.sshfs", "fuse.glusterfs", "fuse.ceph", "fuse.beegfs", "9p", "afs", "panfs", "wekafs"}
+    | {"fuse.s3fs", "fuse.rclone", "fuse.gcsfuse", "fuse.juicefs", "fuse.mountpoint-s3"}
+    | {"gfs2", "ocfs2", "orangefs", "fuse.lizardfs", "fuse.moosefs", "quobyte"}
 )
 
 
@@ -125,7 +128,7 @@ def network_filesystem(path: str, mounts: str = "/proc/mounts") -> str | None:
     for row in rows:
         if len(row) < 3:
             continue
-        point = row[1].replace("\\040", " ")
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), row[1])
         inside = real == point or real.startswith(point.rstrip("/") + "/")
         if inside and len(point) >= len(best):
             best, kind = point, row[2]

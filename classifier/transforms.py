@@ -43,6 +43,24 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
+    def __post_init__(self) -> None:
+        """Refuse sizes, means and deviations that no image can go through (a ``crop_pct`` of
+        1e-4 asked for a resize to 320,000 px; a zero ``std`` for NaN results), from a config
+        or a checkpoint alike.
+
+        Raises:
+            ConfigError: naming what is out of range.
+        """
+        from classifier.checked_values import preprocessing_problem
+        from classifier.errors import ConfigError
+
+        found = preprocessing_problem(asdict(self))
+        if found:
+            raise ConfigError(
+                f"the preprocessing ({_described(self)}): {found.removeprefix('its ')}; check "
+                "data.image_size, data.crop_pct, data.mean and data.std"
+            )
+
     @classmethod
     def from_crop_pct(
         cls,
@@ -241,3 +259,10 @@ def tta_views(images: torch.Tensor, flip: bool, crops: bool) -> list[torch.Tenso
             )
             views.append(resized.to(images.dtype))
     return views
+
+
+def _described(pre: Preprocessing) -> str:
+    return (
+        f"image_size {pre.image_size}, resize_size {pre.resize_size}, mean {list(pre.mean)}, "
+        f"std {list(pre.std)}"
+    )

@@ -118,7 +118,7 @@ def test_predict_and_validate_name_an_elongated_image_and_finish(
 # 2-5. Numbers from checkpoints, exports and configs --------------------------------------------
 
 
-@pytest.mark.parametrize("temperature", [1e-300, 1e300, math.nan, 0.0, -1.0])
+@pytest.mark.parametrize("temperature", [1e-300, 1e300, math.nan, 0.0, -1.0, 10**400])
 def test_a_checkpoint_temperature_out_of_range_is_one_error_line(
     temperature: float, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -148,6 +148,10 @@ def _rule(**change: Any) -> dict[str, Any]:
         _rule(coverage=2.0),
         _rule(means=torch.zeros(1, 4)),  # one row for two classes
         _rule(precision=torch.eye(3)),
+        _rule(confidence_threshold=10**400),
+        _rule(means=torch.zeros(2, 4).to_sparse()),
+        _rule(means=torch.zeros(2, 4, dtype=torch.complex64)),
+        _rule(means=torch.ones(2, 4), precision=torch.full((4, 4), 3e38)),  # all rejected
     ],
 )
 def test_an_accept_reject_rule_out_of_range_is_one_error_line(
@@ -461,6 +465,9 @@ def _with_metadata(model: Path, target: Path, **change: Any) -> Path:
 @pytest.mark.parametrize(
     "change",
     [
+        {"image_size": 64, "resize_size": 64},  # the graph takes 32 x 32
+        {"input_dtype": "uint8"},  # the graph takes floats
+        {"mean": [10**400, 0.5, 0.5]},
         {"class_names": ["cat", "dog"]},  # two names for three outputs
         {"class_names": ["cat", "cat", "fox"]},
         {"image_size": 10**6},
@@ -481,17 +488,26 @@ def test_export_metadata_out_of_range_is_one_error_line(
     assert len(lines) == 1 and lines[0].startswith("error: ") and "bad.onnx" in lines[0], lines
 
 
-def test_predict_never_writes_its_csv_over_an_input(exported_model: Path, tmp_path: Path) -> None:
+def test_predict_replaces_nothing_but_a_predictions_csv(
+    exported_model: Path, tmp_path: Path
+) -> None:
+    """Not the model, not its external weights file, not an input image (the review replaced a
+    model's ``.onnx.data`` with the CSV)."""
     from classifier.onnx_predict import PredictError, predict
 
     folder = tmp_path / "in"
     folder.mkdir()
     Image.new("RGB", (40, 40)).save(folder / "a.png")
-    before = (folder / "a.png").read_bytes()
-    for output in (folder / "a.png", exported_model):
-        with pytest.raises(PredictError, match="an input"):
+    weights = tmp_path / "model.onnx.data"
+    weights.write_bytes(b"\0" * 4096)
+    for output in (folder / "a.png", exported_model, weights):
+        before = output.read_bytes()
+        with pytest.raises(PredictError, match="not a predictions CSV"):
             predict(exported_model, folder, output)
-    assert (folder / "a.png").read_bytes() == before and exported_model.stat().st_size > 1000
+        assert output.read_bytes() == before
+    csv_file = tmp_path / "p.csv"
+    assert predict(exported_model, folder, csv_file) == 1
+    assert predict(exported_model, folder, csv_file) == 1  # its own CSV is replaced
 
 
 def test_predict_names_the_files_it_does_not_read(exported_model: Path, tmp_path: Path) -> None:
@@ -571,3 +587,111 @@ def test_verification_compares_the_accept_decisions(tmp_path: Path) -> None:
     assert report["accepted_agreement"] == 0.0
     same = verify_onnx(path, Exportable(net, _pre(), False, 1.0, rule(1e30)), *images, _pre())
     assert same["accepted_agreement"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"datamodule_hyper_parameters": {"seed": 10**30}},
+        {"ImageFolderDataModule": {"seed": -1}},
+        {"ImageFolderDataModule": {"rng_states": {"python": (3, (1, 2), None)}}},
+        {"rng_states": {"torch": torch.zeros(5, dtype=torch.uint8)}},
+        {"optimizer_states": [{"state": {0: {"exp_avg": torch.tensor([math.nan])}}}]},
+        {"lr_schedulers": [{"base_lrs": [math.inf]}]},
+        {"state_dict": {"w": torch.zeros(2, 2).to_sparse()}},
+    ],
+    ids=["data-seed", "state-seed", "python-rng", "torch-rng", "optimizer", "schedule", "sparse"],
+)
+def test_training_state_a_resume_would_use_is_checked_at_load(
+    change: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A resumed fit used to fail after setup with a traceback (damaged generator states, a
+    seed of 10**30) or after training began (NaN optimizer state)."""
+    path = bad_checkpoint(tmp_path, change)
+    code, err = run_entry(capsys, "predict", "--ckpt_path", str(path))
+    assert_one_error_line(code, err, "bad.ckpt")
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--data.crop_pct", "0.0001"],  # a resize to 320,000 px: 307 GB
+        ["--data.std", "[0, 0, 0]"],
+        ["--data.std", "[1e-45, 1e-45, 1e-45]"],
+        ["--data.mean", "[1e9, 0, 0]"],
+    ],
+)
+def test_preprocessing_no_image_can_go_through_is_one_error_line(
+    option: list[str], image_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = run_entry(capsys, *tiny("fit", image_folder), *option)
+    assert_one_error_line(code, err, "preprocessing")
+
+
+def test_network_file_systems_are_named_whatever_their_mount_point(tmp_path: Path) -> None:
+    from classifier.scan_cache import network_filesystem
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        "server:/a /mnt/with\\011tab nfs4 rw 0 0\n"
+        "bucket /mnt/back\\134slash fuse.s3fs rw 0 0\n"
+        "/dev/sda1 / ext4 rw 0 0\n"
+    )
+    assert network_filesystem("/mnt/with\ttab/cache", str(mounts)) == "nfs4"
+    assert network_filesystem("/mnt/back\\slash/c", str(mounts)) == "fuse.s3fs"
+    assert network_filesystem("/home/me", str(mounts)) is None
+
+
+@pytest.mark.slow
+def test_a_resume_never_writes_through_links_planted_in_its_run_folder(
+    image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first: Any = run_cli(*tiny("fit", image_folder, "--trainer.max_epochs", "1"))
+    run = tmp_path / first.trainer.log_dir
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    (run / "hparams.yaml").unlink()
+    (run / "hparams.yaml").symlink_to(victim)
+    code, err = run_entry(
+        capsys,
+        *tiny("fit", image_folder, "--trainer.max_epochs", "2"),
+        "--ckpt_path",
+        str(run / "checkpoints" / "last.ckpt"),
+    )
+    assert_one_error_line(code, err, "symbolic link", "hparams.yaml")
+    assert victim.read_text() == "keep"
+
+
+@pytest.mark.slow
+def test_a_resume_through_a_linked_logger_folder_starts_a_new_run_folder(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "tiny").symlink_to(elsewhere)
+    run_cli(*tiny("fit", image_folder, "--trainer.max_epochs", "1"))
+    before = sorted(p.name for p in (elsewhere / "version_0").iterdir())
+    resumed: Any = run_cli(
+        *tiny("fit", image_folder, "--trainer.max_epochs", "2"),
+        "--ckpt_path",
+        str(tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"),
+    )
+    assert Path(resumed.trainer.log_dir).name == "version_1"
+    assert sorted(p.name for p in (elsewhere / "version_0").iterdir()) == before
+
+
+@pytest.mark.slow
+def test_outputs_that_overflow_stop_an_evaluation_in_one_line(
+    calibrated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Finite weights whose logits overflow: test wrote NaN metrics and label-issue scores."""
+    checkpoint = torch.load(calibrated / "checkpoints" / "best.ckpt", weights_only=True)
+    head = next(k for k in checkpoint["state_dict"] if k.endswith("weight") and "fc" in k)
+    checkpoint["state_dict"][head] = torch.full_like(checkpoint["state_dict"][head], 3e38)
+    checkpoint.pop("selective")
+    evil = tmp_path / "huge.ckpt"
+    torch.save(checkpoint, evil)
+    data = str(calibrated.parent.parent.parent / "data")
+    code, err = run_entry(capsys, "test", "--ckpt_path", str(evil), "--data.data_dir", data)
+    assert_one_error_line(code, err, "NaN or infinite")

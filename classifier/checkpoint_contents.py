@@ -107,6 +107,10 @@ def problem(checkpoint: dict[str, Any]) -> str | None:
             return f"its accept/reject rule is malformed: {found}"
     pre = checkpoint.get("preprocessing")
     found = None if pre is None else preprocessing_problem(pre)
+    trained = data.get("image_size")
+    # The preprocessing is made from the data's image size: another one is no training's.
+    if not found and isinstance(pre, dict) and trained not in (None, pre["image_size"]):
+        found = f"its preprocessing image_size {pre['image_size']} is not its data's {trained}"
     return found or _training_state_problem(checkpoint)
 
 

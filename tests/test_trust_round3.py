@@ -599,8 +599,18 @@ def test_verification_compares_the_accept_decisions(tmp_path: Path) -> None:
         {"optimizer_states": [{"state": {0: {"exp_avg": torch.tensor([math.nan])}}}]},
         {"lr_schedulers": [{"base_lrs": [math.inf]}]},
         {"state_dict": {"w": torch.zeros(2, 2).to_sparse()}},
+        {
+            "datamodule_hyper_parameters": {"image_size": 32},
+            "preprocessing": {
+                **{"image_size": 8192, "resize_size": 8192, "interpolation": "bilinear"},
+                **{"mean": [0.5] * 3, "std": [0.25] * 3},
+            },
+        },
     ],
-    ids=["data-seed", "state-seed", "python-rng", "torch-rng", "optimizer", "schedule", "sparse"],
+    ids=[
+        *("data-seed", "state-seed", "python-rng", "torch-rng", "optimizer", "schedule"),
+        *("sparse", "image-size"),
+    ],
 )
 def test_training_state_a_resume_would_use_is_checked_at_load(
     change: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]

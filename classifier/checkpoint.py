@@ -19,12 +19,17 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from classifier.checkpoint_contents import forget_checkpoint_paths, problem
 from classifier.errors import UserError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from classifier.selective import Selector
 
 
 class CheckpointError(UserError, ValueError):
@@ -118,3 +123,26 @@ def upgrade(
             if states == "state_dict" and isinstance(buffer, torch.Tensor):
                 checkpoint.setdefault("temperature", float(buffer))
     checkpoint.setdefault("temperature", 1.0)
+
+
+def rule_of(
+    checkpoint: dict[str, Any], net: nn.Module, path: object = "checkpoint"
+) -> Selector | None:
+    """The accept/reject rule stored in ``checkpoint`` (checked by :func:`~classifier.
+    checkpoint.upgrade`), for ``net``; ``None`` without one.
+
+    Raises:
+        CheckpointError: its class means are not as wide as ``net``'s features.
+    """
+    from classifier.selective import Selector, feature_width
+
+    stored = checkpoint.get("selective")
+    if stored is None:
+        return None
+    width, means = feature_width(net), stored["means"]
+    if width is not None and means.shape[-1] != width:
+        raise CheckpointError(
+            f"{path}: its accept/reject rule has class means of width {means.shape[-1]} for a "
+            f"network with {width} features; a damaged checkpoint."
+        )
+    return Selector.from_checkpoint(stored)

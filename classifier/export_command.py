@@ -10,10 +10,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from classifier.checkpoint import CheckpointError
+from classifier.checkpoint import CheckpointError, rule_of
 from classifier.export import ExportOptions, describe, export_and_verify, sidecar
 from classifier.files import run_of_checkpoint
-from classifier.selective import rule_of
 from classifier.transforms import Preprocessing
 from classifier.verify import ExportError
 

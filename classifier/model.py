@@ -11,7 +11,7 @@ import torch
 from typing_extensions import override
 
 from classifier.backbone import Runner, create_backbone
-from classifier.checkpoint import checkpoint_file, upgrade
+from classifier.checkpoint import checkpoint_file, rule_of, upgrade
 from classifier.contract import optional_image_data
 from classifier.loss_window import LossWindow, NonFiniteLossError, nonfinite_error
 from classifier.losses import cross_entropy, mixed_cross_entropy, mixing
@@ -19,7 +19,7 @@ from classifier.metrics import summary_metrics
 from classifier.optim import Schedule, optimization, stepping_batches
 from classifier.preflight import refuse_half_weights
 from classifier.sam import SAM, Window, check_rho, check_sam_trainer
-from classifier.selective import Selector, features_and_logits, rule_of
+from classifier.selective import Selector, features_and_logits
 from classifier.stage_metrics import StageMetrics, TrainUnreadable, warn_unreadable
 from classifier.transforms import Preprocessing, tta_log_probs
 

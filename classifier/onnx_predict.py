@@ -178,9 +178,10 @@ def predict(model: Path, folder: Path, output: Path, top_k: int = 5) -> int:
 
 def _refuse_to_replace(output: Path) -> None:
     """Refuse an ``--output`` that exists and is not a predictions CSV (the model, its
-    external weights, an input image, anything else): the CSV would replace it."""
-    if not os.path.lexists(output):
-        return
+    external weights, an input image, anything else): the CSV would replace it. A link there is
+    replaced itself (:func:`~classifier.files.write_csv`), so what it points at is safe."""
+    if not os.path.lexists(output) or os.path.islink(output):
+        return  # a link is replaced by the CSV, never written through
     try:
         with open(output, "rb") as handle:
             first = handle.read(64)

@@ -48,29 +48,6 @@ def feature_width(net: nn.Module) -> int | None:
     return width if isinstance(width, int) else None
 
 
-def rule_of(
-    checkpoint: dict[str, Any], net: nn.Module, path: object = "checkpoint"
-) -> Selector | None:
-    """The accept/reject rule stored in ``checkpoint`` (checked by :func:`~classifier.
-    checkpoint.upgrade`), for ``net``; ``None`` without one.
-
-    Raises:
-        CheckpointError: its class means are not as wide as ``net``'s features.
-    """
-    from classifier.checkpoint import CheckpointError
-
-    stored = checkpoint.get("selective")
-    if stored is None:
-        return None
-    width, means = feature_width(net), stored["means"]
-    if width is not None and means.shape[-1] != width:
-        raise CheckpointError(
-            f"{path}: its accept/reject rule has class means of width {means.shape[-1]} for a "
-            f"network with {width} features; a damaged checkpoint."
-        )
-    return Selector.from_checkpoint(stored)
-
-
 def target_accuracy(val_accuracy: float) -> float:
     """The default target: halve the validation error, at most 0.99."""
     return min(0.99, 1 - (1 - val_accuracy) / 2)

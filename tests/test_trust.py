@@ -66,7 +66,7 @@ def test_the_command_gives_its_children_a_safe_path() -> None:
     assert os.environ.get("PYTHONSAFEPATH") == before  # restored: no hidden global change
 
 
-# 2. python -m classifier: Python's own lookup comes first; the README says so and how --------
+# 2. python -m classifier: Python's own lookup comes first; the docs say so and how --------
 
 
 def test_python_m_with_a_safe_path_ignores_a_planted_classifier(tmp_path: Path) -> None:
@@ -82,9 +82,9 @@ def test_python_m_with_a_safe_path_ignores_a_planted_classifier(tmp_path: Path) 
         timeout=120,
     )
     assert result.returncode == 0 and not marker.exists()
-    readme = (REPO / "README.md").read_text()
-    assert "does not search the current folder" not in readme
-    assert "PYTHONSAFEPATH=1 python -m classifier" in readme
+    trust = (REPO / "docs" / "trust.md").read_text()  # the README's Trust section links there
+    assert "does not search the current folder" not in trust
+    assert "PYTHONSAFEPATH=1 python -m classifier" in trust
 
 
 # 3. Reading a run folder follows no link ------------------------------------------------------

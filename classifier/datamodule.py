@@ -15,7 +15,7 @@ from classifier import rng
 from classifier.checkpoint_contents import MAX_SIDE
 from classifier.dali_pipeline import dali
 from classifier.dist import max_over_processes
-from classifier.file_table import Paths
+from classifier.file_table import Paths, Texts
 from classifier.files import run_dir
 from classifier.folder_splits import FolderSplits, Processes
 from classifier.health import report_excluded, report_shared
@@ -23,8 +23,8 @@ from classifier.holdout import relative, write_manifest
 from classifier.image_dataset import ImageDataset
 from classifier.loaders import LoaderDataModule
 from classifier.sampler import EpochSampler
-from classifier.splits import DataError, Split, class_dirs
-from classifier.tensor_decode import load_rgb
+from classifier.sources import Source, SourceKind
+from classifier.splits import DataError, Split
 from classifier.transforms import (
     AutoAugment,
     Interpolation,
@@ -37,11 +37,19 @@ Stage = Literal["train", "val", "test", "predict"]
 
 
 class ImageFolderDataModule(LoaderDataModule):
-    """Images from ``data_dir/{train,val,test}/<class>/*``; classes are the folders of ``train/``.
+    """Images from ``data_dir/{train,val,test}/<class>/*``, from ``annotations.jsonl`` files or
+    from CSV manifests; classes are the folders (or sorted labels) of ``train``.
 
     Args:
-        data_dir: folder holding ``train/``, ``val/`` and optionally ``test/``, each with one
-            sub-folder per class (images may sit in nested folders below it).
+        data_dir: folder holding ``train/``, ``val/`` (or ``valid/``) and optionally ``test/``,
+            each with one sub-folder per class (images may sit in nested folders below it) or
+            with ``annotations.jsonl`` files at any depth; or holding CSV manifests
+            (``train.csv``, ``val.csv``, ... or one with a ``split`` column); or one manifest.
+        source: ``folders``, ``jsonl`` or ``csv``; ``auto`` detects it from ``data_dir``
+            (JSONL when ``train/`` or a folder in it holds ``annotations.jsonl``).
+        label_key: the label's JSONL key or CSV column; ``None``: ``suffix`` (JSONL), ``label``
+            (CSV). Rows without a usable image or label are excluded and listed like
+            unreadable images (``strict`` stops instead).
         image_size: side in pixels of the square crop the network sees.
         crop_pct: evaluation resizes the shorter side to ``image_size / crop_pct`` and then
             centre-crops; ``None`` takes the backbone's pretrained value (0.875 for most).
@@ -95,6 +103,8 @@ class ImageFolderDataModule(LoaderDataModule):
     def __init__(
         self,
         data_dir: str = "data",
+        source: SourceKind = "auto",
+        label_key: str | None = None,
         image_size: int = 224,
         crop_pct: float | None = None,
         interpolation: Interpolation | None = None,
@@ -135,6 +145,7 @@ class ImageFolderDataModule(LoaderDataModule):
         # class_names belongs to the model's hyper-parameters (it is linked from here).
         self.save_hyperparameters(ignore=["class_names"])
         self.data_dir = Path(data_dir)
+        self.source = Source(self.data_dir, source, label_key)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
@@ -157,7 +168,7 @@ class ImageFolderDataModule(LoaderDataModule):
     def folder(self) -> FolderSplits:
         """The splits of ``data_dir`` (read, scanned and held out on first use)."""
         if self._folder is None:
-            self._folder = FolderSplits(self.data_dir, self.hparams, self.class_names)
+            self._folder = FolderSplits(self.source, self.hparams, self.class_names)
         return self._folder
 
     @property
@@ -173,12 +184,11 @@ class ImageFolderDataModule(LoaderDataModule):
 
     @property
     def class_names(self) -> list[str]:
-        """Class names in label order: given, or the sorted folders of ``train/``."""
+        """Class names in label order: given, or the sorted folders (labels) of ``train``."""
         if self._class_names is None:
-            root = FolderSplits(self.data_dir, self.hparams, []).root("train")
-            self._class_names = list(class_dirs(root))
+            self._class_names = self.source.class_names()
             if not self._class_names:
-                raise DataError(f"{self.data_dir / 'train'} has no class folders.")
+                raise DataError(f"{self.source.root('train')} has no class folders.")
         return self._class_names
 
     @property
@@ -205,7 +215,8 @@ class ImageFolderDataModule(LoaderDataModule):
         if self.hparams["decode"] == "dali" and stage in ("fit", "validate"):
             dali()  # a missing install, before the scan
         self.preprocessing = self.resolve_preprocessing()
-        self._check_class_names()
+        if self._class_names is not None:
+            self.source.check_classes(self._class_names)
         if self.trainer is not None:
             strategy = self.trainer.strategy
             self.folder.processes = Processes(self.trainer.local_rank == 0, strategy.barrier)
@@ -225,16 +236,6 @@ class ImageFolderDataModule(LoaderDataModule):
     def split(self, name: Stage) -> Split | None:
         """Split ``name``, read and scanned on first use; ``None`` when its folder is absent."""
         return self.folder.get(name)
-
-    def _check_class_names(self) -> None:
-        train = self.data_dir / "train"
-        if self._class_names is not None and train.is_dir():
-            found = list(class_dirs(train))
-            if found != self._class_names:
-                raise DataError(
-                    f"the checkpoint's classes {self._class_names} differ from the folders of "
-                    f"{train}: {found}. Use the data the model was trained on."
-                )
 
     def _write_manifest(self) -> None:
         """``split.csv`` in the run folder (rank 0), when a validation share was held out."""
@@ -273,17 +274,10 @@ class ImageFolderDataModule(LoaderDataModule):
         first = self.trainer is None or self.trainer.local_rank == 0
         health.finish(
             max_over_processes,
-            self._decoded,
+            self.folder.decoded,
             self.folder.cache if first else None,
             self._rank_zero_folder(),
         )
-
-    def _decoded(self, split: str, index: int) -> Any:
-        """Image ``index`` of ``split`` decoded (``uint8`` CHW), or ``None`` if it cannot be."""
-        try:
-            return load_rgb(self.splits[split].paths[index])
-        except Exception:  # unreadable since the scan: compared by its bytes only
-            return None
 
     def _build_datasets(self) -> None:
         assert self.preprocessing is not None
@@ -316,6 +310,13 @@ class ImageFolderDataModule(LoaderDataModule):
         scanned on first use; ``None`` when the split has no folder."""
         found = self.split(split)  # type: ignore[arg-type]
         return None if found is None else (found.paths, found.labels)
+
+    def annotations(self, split: str) -> tuple[Texts, Texts] | None:
+        """Each file's ``file:line`` and attributes (JSON) for rows of annotation files."""
+        found = self.splits.get(split)
+        if found is None or found.origins is None or found.attributes is None:
+            return None
+        return found.origins, found.attributes
 
     def class_counts(self, split: str = "train") -> list[int]:
         """Images per class in ``split`` (after exclusions)."""

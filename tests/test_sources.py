@@ -1,0 +1,242 @@
+"""Three sources of the same splits: class folders (with ``valid/``), ``annotations.jsonl``
+files (the layout of ortizeg/classifier-training) and CSV manifests."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, draw, make_folder, run_cli, tiny
+
+CLASSES = ("7", "23", "9")
+
+
+def write_jsonl(
+    root: Path, counts: dict[str, int] | None = None, seed: int = 0, extra: int = 0
+) -> Path:
+    """``root/{train,valid,test}/annotations.jsonl`` with images in ``crops/`` (and, for
+    train, ``extra`` more rows in ``train/synthetic/annotations.jsonl``); the metadata's
+    ``border`` is true for every other image."""
+    rng = np.random.default_rng(seed)
+    for split, n in (counts or {"train": 8, "valid": 4, "test": 4}).items():
+        folders = [(root / split, n)]
+        if extra and split == "train":
+            folders.append((root / split / "synthetic", extra))
+        for folder, count in folders:
+            (folder / "crops").mkdir(parents=True, exist_ok=True)
+            rows = []
+            for k, label in enumerate(CLASSES):
+                for i in range(count):
+                    name = f"crops/{label}_{i}.png"
+                    draw(k, rng).save(folder / name)
+                    meta = {"jersey_color": "white", "border": i % 2 == 0}
+                    rows.append(
+                        {
+                            "image": name,
+                            "prefix": "Read the number.",
+                            "suffix": label,
+                            "metadata": meta,
+                        }
+                    )
+            write_rows(folder / "annotations.jsonl", rows)
+    return root
+
+
+def write_rows(path: Path, rows: list[Any], raw: tuple[str, ...] = ()) -> None:
+    lines = [json.dumps(r) for r in rows] + list(raw)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def module(data: Path, **kwargs: Any) -> Any:
+    from classifier.datamodule import ImageFolderDataModule
+
+    return ImageFolderDataModule(str(data), image_size=32, batch_size=4, num_workers=0, **kwargs)
+
+
+def setup(data: Path, **kwargs: Any) -> Any:
+    dm = module(data, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def test_jsonl_layout_is_detected_and_read_at_any_depth(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "data", extra=2)
+    dm = setup(data)
+    assert dm.source.kind == "jsonl"
+    assert dm.class_names == sorted(CLASSES)  # sorted labels of train, as the users' system
+    train, val = dm.splits["train"], dm.splits["val"]
+    assert len(train) == 3 * (8 + 2) and len(val) == 3 * 4
+    assert val.root == data / "valid"
+    first = train.paths[0]
+    assert first.is_file() and first.is_relative_to(data / "train")
+    # Labels follow the rows, origins name the row, the metadata is kept.
+    for i in range(len(train)):
+        label = dm.class_names[int(train.labels[i])]
+        assert Path(train.paths[i]).name.startswith(f"{label}_")
+    assert any("synthetic/annotations.jsonl:" in train.origins[i] for i in range(len(train)))
+    origin = train.origins[0]
+    path, line = origin.rsplit(":", 1)
+    row = json.loads(Path(path).read_text().splitlines()[int(line) - 1])
+    assert Path(path).parent / row["image"] == Path(train.paths[0])
+    assert json.loads(train.attributes[0]) == row["metadata"]
+    images, labels, _ = next(iter(dm.train_dataloader()))
+    assert images.shape[1:] == (3, 32, 32) and labels.max() < 3
+
+
+def test_repeated_rows_are_kept(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "data")
+    train = data / "train" / "annotations.jsonl"
+    first = train.read_text().splitlines()[0]
+    train.write_text(train.read_text() + first + "\n")
+    dm = setup(data)
+    assert len(dm.splits["train"]) == 3 * 8 + 1
+    paths = [str(p) for p in dm.splits["train"].paths]
+    assert len(set(paths)) == 3 * 8
+
+
+def test_bad_rows_are_named_by_file_and_line_and_excluded(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "data")
+    outside = tmp_path / "secret.png"
+    draw(0, np.random.default_rng(0)).save(outside)
+    os.symlink(outside, data / "valid" / "crops" / "link.png")
+    valid = data / "valid" / "annotations.jsonl"
+    good = valid.read_text()
+    bad = [
+        "{not json",
+        json.dumps({"image": "crops/7_0.png"}),  # no label
+        json.dumps({"image": "crops/gone.png", "suffix": "7"}),
+        json.dumps({"image": "../../secret.png", "suffix": "7"}),
+        json.dumps({"image": "crops/link.png", "suffix": "7"}),  # a link out of the root
+        json.dumps({"image": "crops/7_1.png", "suffix": "99"}),  # a class train lacks
+        json.dumps([1, 2]),
+    ]
+    valid.write_text(good + "\n".join(bad) + "\n")
+    first = len(good.splitlines()) + 1
+    with pytest.warns(UserWarning, match="excluded 7"):
+        dm = setup(data)
+    excluded = dm.excluded["val"]
+    reasons = {int(k.rsplit(":", 1)[1]): v for k, v in excluded.items()}
+    assert all(k.startswith(f"{valid}:") for k in excluded)
+    assert reasons[first].startswith("bad JSON")
+    assert reasons[first + 1] == "missing key 'suffix'"
+    assert reasons[first + 2].startswith("missing file crops/gone.png")
+    assert "leaves the data root" in reasons[first + 3]
+    assert "leaves the data root" in reasons[first + 4]
+    assert reasons[first + 5] == "label '99' is not a class of train"
+    assert reasons[first + 6] == "not a JSON object"
+    assert len(dm.splits["val"]) == 3 * 4
+    from classifier.splits import DataError
+
+    with pytest.raises(DataError, match=rf"(?s)7 unreadable.*{valid}:{first}: bad JSON"):
+        setup(data, strict=True)
+
+
+def test_an_unreadable_image_of_a_row_names_the_row(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "data")
+    (data / "train" / "crops" / "9_3.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match=r"excluded 1"):
+        dm = setup(data)
+    (reason,) = dm.excluded["train"].values()
+    assert f"(row {data / 'train' / 'annotations.jsonl'}:" in reason
+
+
+def test_valid_or_val_but_not_both(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from classifier.splits import DataError
+
+    data = make_folder(tmp_path / "data", counts={"train": 4, "valid": 2})
+    dm = setup(data)
+    assert dm.source.kind == "folders" and len(dm.splits["val"]) == 3 * 2
+    assert dm.source.describe() == f"Data: folders from {data} (train, valid)"
+    make_folder(data, counts={"val": 2})
+    with pytest.raises(DataError, match=r"val and .*valid both exist"):
+        setup(data)
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+
+
+def test_one_csv_manifest_with_a_split_column(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "images", counts={"all": 6})
+    rows = []
+    for k, label in enumerate(("cat", "dog", "fox")):
+        for i in range(6):
+            split = "train" if i < 4 else "valid"
+            rows.append([f"all/{label}/{label}_{i:03d}.png", label, split, "day" if k else "night"])
+    rows.append(["all/cat/cat_000.png", "cat", "holdout", "day"])
+    write_csv(data / "manifest.csv", ["path", "label", "split", "time"], rows)
+    with pytest.warns(UserWarning, match="excluded 1"):
+        dm = setup(data)
+    assert dm.source.kind == "csv" and dm.class_names == ["cat", "dog", "fox"]
+    assert len(dm.splits["train"]) == 12 and len(dm.splits["val"]) == 6
+    assert json.loads(dm.splits["val"].attributes[0]) == {"time": "night"}
+    assert dm.splits["val"].origins[0] == f"{data / 'manifest.csv'}:6"
+    (reason,) = dm.excluded["train"].values()
+    assert "'holdout' is not train" in reason
+
+
+def test_one_csv_manifest_per_split(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "d", counts={"train": 4, "val": 2})
+    for split, name in (("train", "train"), ("val", "valid")):
+        rows = [
+            [p.relative_to(data).as_posix(), p.parent.name]
+            for p in sorted((data / split).rglob("*.png"))
+        ]
+        write_csv(data / f"{name}.csv", ["path", "class"], rows)
+    dm = setup(data, source="csv", label_key="class")
+    assert len(dm.splits["train"]) == 12 and len(dm.splits["val"]) == 6
+    assert dm.splits["val"].root == data
+    bad = data / "test.csv"
+    write_csv(bad, ["file", "label"], [["train/cat/cat_000.png", "cat"]])
+    from classifier.splits import DataError
+
+    dm = module(data, source="csv", label_key="class")
+    with pytest.raises(DataError, match=r"test.csv has no 'path' column"):
+        dm.setup("test")
+
+
+def test_val_fraction_holds_out_rows_and_a_resume_gets_the_same(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "data", counts={"train": 10})
+    dm = setup(data, val_fraction=0.2, seed=1)
+    held = sorted(str(p) for p in dm.splits["val"].paths)
+    assert len(held) == 6 and dm.splits["val"].origins is not None
+    state = dm.state_dict()
+    again = module(data, val_fraction=0.2, seed=5)
+    again.setup("fit")
+    again.load_state_dict(state)
+    assert sorted(str(p) for p in again.splits["val"].paths) == held
+
+
+@pytest.mark.slow
+def test_the_users_layout_trains_with_the_quickstart_config(tmp_path: Path) -> None:
+    """``classifier fit --config configs/quickstart.yaml --data.data_dir <their folder>``,
+    nothing else; the model beats chance on the test rows."""
+    data = write_jsonl(tmp_path / "data", counts={"train": 24, "valid": 8, "test": 8}, extra=4)
+    os.chdir(tmp_path)
+    run_cli(
+        "fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--data.data_dir", str(data)
+    )
+    (run,) = (tmp_path / "runs" / "quickstart").iterdir()
+    with (run / "metrics.csv").open(newline="") as handle:
+        top1 = [float(r["test/top1"]) for r in csv.DictReader(handle) if r.get("test/top1")]
+    assert top1 and top1[-1] > 0.6  # chance: 1/3
+    assert (run / "model.onnx").is_file()
+
+
+@pytest.mark.slow
+def test_a_csv_manifest_trains(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "d", counts={"train": 6, "val": 3})
+    for split in ("train", "val"):
+        rows = [
+            [p.relative_to(data).as_posix(), p.parent.name]
+            for p in sorted((data / split).rglob("*.png"))
+        ]
+        write_csv(data / f"{split}.csv", ["path", "label"], rows)
+    run_cli(*tiny("fit", data, "--trainer.default_root_dir", str(tmp_path)))

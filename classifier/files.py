@@ -139,6 +139,11 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Atomically write one JSON object per line (``annotations.jsonl``'s format)."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """Atomically write a CSV file with a header row. Text cells that a spreadsheet would run
     as a formula (``=``, ``+``, ``-``, ``@`` first) are written as text (:func:`csv_cell`)."""

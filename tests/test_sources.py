@@ -240,3 +240,64 @@ def test_a_csv_manifest_trains(tmp_path: Path) -> None:
         ]
         write_csv(data / f"{split}.csv", ["path", "label"], rows)
     run_cli(*tiny("fit", data, "--trainer.default_root_dir", str(tmp_path)))
+
+
+def test_a_prediction_row_is_in_the_annotations_schema() -> None:
+    from classifier.image_dataset import UNREADABLE
+    from classifier.prediction_writer import json_row
+
+    paths, truth, names = [Path("a.png"), Path("b.png")], np.array([1, -1]), ["x", "y"]
+    rowed = (["f.jsonl:1", "f.jsonl:2"], ['{"border": true}', "{}"])
+    row = json_row((0, 1, [0.2, 0.8], True), paths, truth, names, rowed)
+    assert row["suffix"] == "y" and row["metadata"] == {"border": True}
+    assert row["probabilities"] == {"x": 0.2, "y": 0.8} and row["accepted"] is True
+    assert row["true"] == "y" and row["row"] == "f.jsonl:1"
+    assert Path(row["image"]).is_absolute() and row["image"].endswith("a.png")
+    bad = json_row((1, UNREADABLE, [0.5, 0.5], None), paths, truth, names, None)
+    assert bad["suffix"] is None and bad["error"] == "unreadable" and bad["true"] is None
+
+
+@pytest.mark.slow
+def test_label_issues_and_predictions_point_back_to_the_rows(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "data", counts={"train": 20, "valid": 12})
+    valid = data / "valid" / "annotations.jsonl"
+    rows = [json.loads(line) for line in valid.read_text().splitlines()]
+    for row in rows[:12:3]:  # four wrong labels among the 7s
+        row["suffix"] = "9"
+    write_rows(valid, rows)
+    cli: Any = run_cli(
+        *tiny("fit", data, "--trainer.max_epochs", "5"),
+        "--trainer.callbacks+=classifier.LabelIssues",
+    )
+    run = Path(cli.trainer.log_dir)
+    with (run / "label_issues.csv").open(newline="") as handle:
+        issues = list(csv.DictReader(handle))
+    assert issues
+    for issue in issues:  # the row named holds the image and the given label
+        path, line = issue["row"].rsplit(":", 1)
+        given = json.loads(Path(path).read_text().splitlines()[int(line) - 1])
+        assert Path(path).parent / given["image"] == Path(issue["path"])
+        assert given["suffix"] == issue["given"]
+    suggested = [json.loads(x) for x in (run / "label_issues.jsonl").read_text().splitlines()]
+    assert [s["suffix"] for s in suggested] == [i["suggested"] for i in issues]
+    assert all(s["metadata"]["jersey_color"] == "white" for s in suggested)
+    best = cli.trainer.checkpoint_callback.best_model_path
+    out = tmp_path / "predicted"
+    run_cli(
+        "predict",
+        "--ckpt_path",
+        best,
+        "--data.predict_dir",
+        str(data / "valid"),
+        "--trainer.callbacks+=classifier.PredictionWriter",
+        "--trainer.callbacks.filename",
+        "predictions.jsonl",
+        "--trainer.default_root_dir",
+        str(out),
+    )
+    (written,) = out.rglob("predictions.jsonl")
+    predicted = [json.loads(x) for x in written.read_text().splitlines()]
+    assert len(predicted) == len(rows)
+    assert [p["metadata"] for p in predicted] == [r["metadata"] for r in rows]
+    right = sum(p["suffix"] == Path(p["image"]).name.split("_")[0] for p in predicted)
+    assert right > 0.6 * len(rows)  # the images' true classes, not the flipped labels

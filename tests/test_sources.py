@@ -301,3 +301,25 @@ def test_label_issues_and_predictions_point_back_to_the_rows(tmp_path: Path) -> 
     assert [p["metadata"] for p in predicted] == [r["metadata"] for r in rows]
     right = sum(p["suffix"] == Path(p["image"]).name.split("_")[0] for p in predicted)
     assert right > 0.6 * len(rows)  # the images' true classes, not the flipped labels
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_validates_annotation_rows_as_one_process_does(tmp_path: Path) -> None:
+    from tests.conftest import FULL
+    from tests.test_ddp import DDP, _classifier
+
+    data = write_jsonl(tmp_path / "data", counts={"train": 6, "valid": 7})  # 21 rows: odd
+    os.chdir(tmp_path)
+    fit: Any = run_cli("fit", *FULL, "--data.data_dir", str(data), "--trainer.max_epochs", "1")
+    best = fit.trainer.checkpoint_callback.best_model_path
+    validate = ["validate", "--ckpt_path", best, *FULL, "--data.data_dir", str(data)]
+    alone: Any = run_cli(*validate)
+    ddp = tmp_path / "ddp"
+    ddp.mkdir()
+    _classifier([*validate, *DDP], ddp)
+    (together,) = (ddp / "runs").glob("*/version_*")
+    for name in ("confusion_matrix_val.csv", "val_per_class.csv"):
+        assert (Path(alone.trainer.log_dir) / name).read_text() == (together / name).read_text()
+    matrix = (together / "confusion_matrix_val.csv").read_text().splitlines()[1:]
+    assert sum(int(v) for row in matrix for v in row.split(",")[1:]) == 21

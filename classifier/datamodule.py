@@ -20,8 +20,10 @@ from classifier.files import run_dir
 from classifier.folder_splits import FolderSplits, Processes
 from classifier.health import report_excluded, report_shared
 from classifier.holdout import relative, write_manifest
+from classifier.image_cache import ImageCache, build_caches
 from classifier.image_dataset import ImageDataset
 from classifier.loaders import LoaderDataModule
+from classifier.losses import class_weights
 from classifier.sampler import EpochSampler
 from classifier.sources import Source, SourceKind
 from classifier.splits import DataError, Split
@@ -30,7 +32,7 @@ from classifier.transforms import (
     Interpolation,
     Preprocessing,
     eval_transform,
-    train_transform,
+    split_transform,
 )
 
 Stage = Literal["train", "val", "test", "predict"]
@@ -98,6 +100,12 @@ class ImageFolderDataModule(LoaderDataModule):
         backbone: the timm model name whose pretrained preprocessing fills ``crop_pct``,
             ``interpolation``, ``mean`` and ``std`` when they are ``None`` (the command line
             links it from ``model.model_name``; from Python, pass the model's name).
+        cache_images: ``ram`` keeps train and val images decoded (before augmentation) in
+            memory the loader workers share, filled in the first epoch; training images are
+            kept at twice ``image_size`` on the shorter side, so crops under half the image's
+            side see less detail than the file has. ``none`` decodes every epoch.
+        cache_images_gb: most memory (GB, per process) the cache may take; a larger estimate
+            stops before training.
     """
 
     def __init__(
@@ -131,12 +139,16 @@ class ImageFolderDataModule(LoaderDataModule):
         val_fraction: float = 0.0,
         seed: int | None = None,
         backbone: str | None = None,
+        cache_images: Literal["none", "ram"] = "none",
+        cache_images_gb: float = 8.0,
     ) -> None:
         super().__init__()
         if not -1 <= duplicate_bits < 64:
             raise DataError(f"duplicate_bits must be -1 (off) or 0-63, got {duplicate_bits}")
         if not 0 < image_size <= MAX_SIDE:
             raise DataError(f"image_size must be 1 to {MAX_SIDE} pixels, got {image_size}")
+        if decode == "dali" and cache_images != "none":
+            raise DataError("data.cache_images needs data.decode: cpu (DALI decodes on its own)")
         if decode == "dali" and not scan:
             raise DataError(
                 "data.decode: dali needs data.scan: true (the scan checks each file's format "
@@ -151,6 +163,8 @@ class ImageFolderDataModule(LoaderDataModule):
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         self._class_names = class_names
         self.datasets: dict[str, ImageDataset] = {}
+        #: Decoded train and val images in shared memory (``cache_images: ram``).
+        self.caches: dict[str, ImageCache] = {}
         self.preprocessing: Preprocessing | None = None
         self.train_sampler: EpochSampler | None = None
         self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -187,8 +201,6 @@ class ImageFolderDataModule(LoaderDataModule):
         """Class names in label order: given, or the sorted folders (labels) of ``train``."""
         if self._class_names is None:
             self._class_names = self.source.class_names()
-            if not self._class_names:
-                raise DataError(f"{self.source.root('train')} has no class folders.")
         return self._class_names
 
     @property
@@ -282,25 +294,23 @@ class ImageFolderDataModule(LoaderDataModule):
     def _build_datasets(self) -> None:
         assert self.preprocessing is not None
         hp = self.hparams
+        if hp["cache_images"] == "ram":  # train and val, before their datasets are made
+            new = {n: s for n, s in self.splits.items() if n not in self.datasets}
+            self.caches.update(build_caches(new, self.preprocessing, hp["cache_images_gb"]))
         for name, split in self.splits.items():
             if name in self.datasets:
                 continue
-            transform = (
-                train_transform(
-                    self.preprocessing,
-                    scale=hp["scale"],
-                    hflip=hp["hflip"],
-                    color_jitter=hp["color_jitter"],
-                    auto_augment=hp["auto_augment"],
-                    random_erasing=hp["random_erasing"],
-                )
-                if name == "train"
-                else eval_transform(self.preprocessing)
-            )
+            transform = split_transform(name, self.preprocessing, hp)
             # The first epoch's loader workers hash what they decode (train and val only).
             slot = self.folder.health.slot(name) if name in ("train", "val") else None
             self.datasets[name] = ImageDataset(
-                split.paths, split.labels, transform, name == "train", split.unusable, slot
+                split.paths,
+                split.labels,
+                transform,
+                name == "train",
+                split.unusable,
+                slot,
+                self.caches.get(name),
             )
             if name == "train":
                 self._train_as_evaluated = None
@@ -337,25 +347,17 @@ class ImageFolderDataModule(LoaderDataModule):
         if self._train_as_evaluated is None:
             assert self.preprocessing is not None
             train = self.splits["train"]
-            self._train_as_evaluated = ImageDataset(
-                train.paths, train.labels, eval_transform(self.preprocessing)
-            )
+            transform = eval_transform(self.preprocessing)
+            cache = self.caches.get("train")
+            train_eval = ImageDataset(train.paths, train.labels, transform, cache=cache)
+            self._train_as_evaluated = train_eval
         return self._train_as_evaluated
 
     def loss_weights(self) -> torch.Tensor | None:
         """Per-class loss weights from ``class_weights``, or ``None`` for uniform."""
         setting = self.hparams["class_weights"]
-        if setting == "none":
-            return None
-        if setting == "auto":
-            counts = torch.tensor(self.class_counts("train"), dtype=torch.float)
-            return counts.sum() / (len(counts) * counts.clamp(min=1))
-        if len(setting) != self.num_classes:
-            raise DataError(
-                f"class_weights has {len(setting)} values for {self.num_classes} classes "
-                f"({', '.join(self.class_names)})."
-            )
-        return torch.tensor(setting, dtype=torch.float)
+        counts = self.class_counts("train") if setting == "auto" else []
+        return class_weights(setting, counts, self.class_names)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -138,12 +138,23 @@ class Source:
         return f"Data: {self.kind} from {self.data_dir} ({', '.join(names)})"
 
     def class_names(self) -> list[str]:
-        """The class names: train's folders, or the sorted labels of train's rows."""
+        """The class names: train's folders, or the sorted labels of train's rows.
+
+        Raises:
+            DataError: train has no class folder, or no usable row.
+        """
         root = self.root("train")
         if self.kind == "folders":
-            return list(class_dirs(root))
+            if not (names := list(class_dirs(root))):
+                raise DataError(f"{root} has no class folders.")
+            return names
         self._train_rows = self._train_rows or self._rows("train", root, True)
-        return classes_of(self._train_rows)
+        if not (names := classes_of(self._train_rows)):
+            rejected = "; ".join(
+                f"{o}: {r}" for o, r in list(self._train_rows.rejected.items())[:3]
+            )
+            raise DataError(f"no usable annotation rows in {root}. {rejected}".strip())
+        return names
 
     def check_classes(self, class_names: list[str]) -> None:
         """Refuse data whose train classes differ from a checkpoint's ``class_names``.

@@ -135,6 +135,8 @@ class Source:
     def describe(self) -> str:
         """One line: the source and the split folders (or manifests) it reads."""
         names = [self._candidates(n)[0].name for n in SPLIT_NAMES if self.present(n)]
+        if self.kind == "csv" and self._single is not None:
+            names = [f"{self._single.name}: {n}" for n in SPLIT_NAMES if self.present(n)]
         return f"Data: {self.kind} from {self.data_dir} ({', '.join(names)})"
 
     def class_names(self) -> list[str]:

@@ -219,6 +219,8 @@ def test_the_users_layout_trains_with_the_quickstart_config(tmp_path: Path) -> N
     """``classifier fit --config configs/quickstart.yaml --data.data_dir <their folder>``,
     nothing else; the model beats chance on the test rows."""
     data = write_jsonl(tmp_path / "data", counts={"train": 24, "valid": 8, "test": 8}, extra=4)
+    rows = data / "train" / "synthetic" / "annotations.jsonl"
+    rows.write_text(rows.read_text() + '{"image": "crops/gone.png", "suffix": "7"}\n')
     os.chdir(tmp_path)
     run_cli(
         "fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--data.data_dir", str(data)
@@ -228,18 +230,29 @@ def test_the_users_layout_trains_with_the_quickstart_config(tmp_path: Path) -> N
         top1 = [float(r["test/top1"]) for r in csv.DictReader(handle) if r.get("test/top1")]
     assert top1 and top1[-1] > 0.6  # chance: 1/3
     assert (run / "model.onnx").is_file()
+    with (run / "excluded_files.csv").open(newline="") as handle:
+        (excluded,) = csv.DictReader(handle)
+    assert excluded["path"] == f"{rows}:13" and "missing file crops/gone.png" in excluded["reason"]
 
 
 @pytest.mark.slow
-def test_a_csv_manifest_trains(tmp_path: Path) -> None:
-    data = make_folder(tmp_path / "d", counts={"train": 6, "val": 3})
-    for split in ("train", "val"):
-        rows = [
-            [p.relative_to(data).as_posix(), p.parent.name]
-            for p in sorted((data / split).rglob("*.png"))
-        ]
-        write_csv(data / f"{split}.csv", ["path", "label"], rows)
-    run_cli(*tiny("fit", data, "--trainer.default_root_dir", str(tmp_path)))
+def test_a_csv_manifest_given_as_data_dir_trains_and_tests(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "d", counts={"train": 6, "val": 3, "test": 3})
+    rows = [
+        [p.relative_to(data).as_posix(), p.parent.name, p.parent.parent.name, "x"]
+        for p in sorted(data.rglob("*.png"))
+    ]
+    write_csv(data / "all.csv", ["path", "label", "split", "camera"], rows)
+    cli: Any = run_cli(
+        *tiny("fit", data / "all.csv", "--trainer.default_root_dir", str(tmp_path)),
+        "--test_after_fit",
+        "true",
+    )
+    run = Path(cli.trainer.log_dir)
+    assert (run / "test_per_class.csv").is_file()  # test rows of the manifest, after fit
+    assert cli.datamodule.source.describe().endswith(
+        "(all.csv: train, all.csv: val, all.csv: test)"
+    )
 
 
 def test_a_prediction_row_is_in_the_annotations_schema() -> None:

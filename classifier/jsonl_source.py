@@ -76,6 +76,9 @@ def read_jsonl(root: Path, reader: RowReader, label_key: str) -> Rows:
     if not files:
         raise DataError(f"no {ANNOTATIONS} below {root} (data.source: jsonl).")
     for path in files:
+        if not reader.inside(os.path.realpath(path)):
+            reader.reject(f"{path}:0", f"annotations file leaves the data root {reader.data_root}")
+            continue
         try:
             with open(path, "rb") as lines:
                 for number, line in enumerate(lines, 1):
@@ -92,6 +95,8 @@ def _row(reader: RowReader, path: Path, number: int, line: bytes, label_key: str
         record = json.loads(line)
     except ValueError as error:  # json.JSONDecodeError, UnicodeDecodeError
         return reader.reject(origin, f"bad JSON ({getattr(error, 'msg', error)})")
+    except RecursionError:
+        return reader.reject(origin, "bad JSON (nested too deeply)")
     if not isinstance(record, dict):
         return reader.reject(origin, "not a JSON object")
     missing = [k for k in ("image", label_key) if k not in record]

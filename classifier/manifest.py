@@ -73,6 +73,10 @@ class RowReader:
         found = self._image(folder, image)
         if isinstance(found, str):
             return self.reject(origin, found)
+        try:
+            text = json.dumps({} if attributes is None else attributes)
+        except (ValueError, TypeError, RecursionError):
+            return self.reject(origin, "attributes nested too deeply")
         path, info = found
         self.rows.paths.append(path)
         self.rows.labels.append(name)
@@ -80,15 +84,19 @@ class RowReader:
             (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_dev, info.st_ino)
         )
         self.rows.origins.append(origin)
-        self.rows.attributes.append(json.dumps({} if attributes is None else attributes))
+        self.rows.attributes.append(text)
         return None
+
+    def inside(self, real_path: str) -> bool:
+        """Whether ``real_path`` (links resolved) lies below the data root."""
+        return os.path.commonpath([real_path, self.real_root]) == self.real_root
 
     def _image(self, folder: Path, image: Any) -> tuple[str, os.stat_result] | str:
         """The row's image as a path below the data root and its ``stat``, or why not."""
         if not isinstance(image, str) or not image or "\0" in image:
             return f"image {_short(image)} is not a file path"
         target = os.path.realpath(os.path.join(folder, image))
-        if os.path.commonpath([target, self.real_root]) != self.real_root:
+        if not self.inside(target):
             return f"image {image} leaves the data root {self.data_root} (resolved: {target})"
         try:
             info = os.stat(target)

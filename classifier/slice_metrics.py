@@ -42,16 +42,16 @@ class Predictions:
     confidence: np.ndarray
 
 
-def flatten(attributes: Any, prefix: str = "") -> dict[str, str]:
-    """``{name: value}`` of a row's attributes: nested objects as ``a.b``, values as text
-    (JSON's ``true``, ``null``); lists are left out."""
-    if not isinstance(attributes, dict):
+def flatten(attributes: Any, prefix: str = "", depth: int = 0) -> dict[str, str]:
+    """``{name: value}`` of a row's attributes: nested objects as ``a.b`` (four levels deep at
+    most), values as text (JSON's ``true``, ``null``); lists are left out."""
+    if not isinstance(attributes, dict) or depth > 3:
         return {}
     found: dict[str, str] = {}
     for key, value in attributes.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            found.update(flatten(value, f"{name}."))
+            found.update(flatten(value, f"{name}.", depth + 1))
         elif not isinstance(value, list):
             found[name] = value if isinstance(value, str) else json.dumps(value)
     return found

@@ -137,6 +137,20 @@ def test_bad_rows_are_named_by_file_and_line_and_excluded(tmp_path: Path) -> Non
         setup(data, strict=True)
 
 
+def test_annotations_reached_through_a_link_out_of_the_root_are_not_read(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "data")
+    outside = write_jsonl(tmp_path / "elsewhere", counts={"x": 1}) / "x"
+    os.symlink(outside, data / "train" / "more")
+    train = data / "train" / "annotations.jsonl"
+    train.write_text(train.read_text() + "[" * 100_000 + "\n")
+    with pytest.warns(UserWarning, match="excluded 2"):
+        dm = setup(data)
+    excluded = dm.excluded["train"]
+    assert "leaves the data root" in excluded[f"{data / 'train' / 'more' / 'annotations.jsonl'}:0"]
+    assert excluded[f"{train}:25"] == "bad JSON (nested too deeply)"
+    assert len(dm.splits["train"]) == 24
+
+
 def test_an_unreadable_image_of_a_row_names_the_row(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "data")
     (data / "train" / "crops" / "9_3.png").write_bytes(b"not a png")

@@ -339,7 +339,7 @@ def test_ddp_validates_annotation_rows_as_one_process_does(tmp_path: Path) -> No
     data = write_jsonl(tmp_path / "data", counts={"train": 6, "valid": 7})  # 21 rows: odd
     os.chdir(tmp_path)
     fit: Any = run_cli("fit", *FULL, "--data.data_dir", str(data), "--trainer.max_epochs", "1")
-    best = fit.trainer.checkpoint_callback.best_model_path
+    best = str(Path(fit.trainer.checkpoint_callback.best_model_path).resolve())
     validate = ["validate", "--ckpt_path", best, *FULL, "--data.data_dir", str(data)]
     alone: Any = run_cli(*validate)
     ddp = tmp_path / "ddp"

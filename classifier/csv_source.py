@@ -1,7 +1,8 @@
 """Splits given as CSV manifests: ``path,label``, an optional ``split`` column and optional
 attribute columns (every other column). Paths are relative to the manifest. Either one file
-whose ``split`` column says where each row goes (``train``, ``val`` or ``valid``, ``test``), or
-one file per split (``train.csv``, ``val.csv`` or ``valid.csv``, ``test.csv``)."""
+whose ``split`` column says where each row goes (``train``, ``val`` or ``valid``, ``test``; no
+such column: all of them train), or one file per split (``train.csv``, ``val.csv`` or
+``valid.csv``, ``test.csv``)."""
 
 from __future__ import annotations
 
@@ -38,9 +39,10 @@ def read_table(manifest: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
 
 
 def split_names(header: list[str], rows: list[tuple[int, list[str]]]) -> set[str]:
-    """The splits a single manifest's rows name (``valid`` as ``val``)."""
+    """The splits a single manifest's rows name (``valid`` as ``val``); without a ``split``
+    column every row is a training row (``val_fraction`` can hold some out)."""
     if SPLIT not in header:
-        return set()
+        return {"train"}
     column = header.index(SPLIT)
     return {
         SPLIT_VALUES[v[column].strip()]

@@ -196,6 +196,20 @@ def test_one_csv_manifest_with_a_split_column(tmp_path: Path) -> None:
     assert "'holdout' is not train" in reason
 
 
+def test_a_manifest_without_a_split_column_is_train_and_val_fraction_holds_out(
+    tmp_path: Path,
+) -> None:
+    data = make_folder(tmp_path / "d", counts={"train": 5})
+    rows = [[p.relative_to(data).as_posix(), p.parent.name] for p in sorted(data.rglob("*.png"))]
+    write_csv(data / "labels.csv", ["path", "label"], rows)
+    dm = setup(data / "labels.csv", val_fraction=0.2)
+    assert len(dm.splits["train"]) == 12 and len(dm.splits["val"]) == 3
+    from classifier.splits import DataError
+
+    with pytest.raises(DataError, match=r"val_fraction 0.1"):
+        setup(data / "labels.csv")
+
+
 def test_one_csv_manifest_per_split(tmp_path: Path) -> None:
     data = make_folder(tmp_path / "d", counts={"train": 4, "val": 2})
     for split, name in (("train", "train"), ("val", "valid")):

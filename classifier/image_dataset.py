@@ -115,7 +115,9 @@ class ImageDataset(Dataset[Sample]):
             return self._unreadable(index)
         for attempt in range(_MAX_REPLACEMENTS + 1):
             current = (index + attempt) % len(self.paths)
-            kept = self.cache.get(current) if self.cache is not None else None
+            # An image still to be hashed is decoded in full (hashes compare full images).
+            unhashed = self.phash is not None and int(self.phash[current]) == UNHASHED
+            kept = self.cache.get(current) if self.cache is not None and not unhashed else None
             if kept is not None:
                 return self._transformed(kept, current)
             try:
@@ -129,7 +131,7 @@ class ImageDataset(Dataset[Sample]):
                     return self._unreadable(index)
                 log.warning("replacing unreadable image %s", named)
                 continue
-            if self.phash is not None and int(self.phash[current]) == UNHASHED:
+            if unhashed and self.phash is not None:
                 self.phash[current] = phash_of(image)
             if self.cache is not None:
                 image = self.cache.put(current, image)

@@ -93,3 +93,21 @@ def test_an_image_whose_size_changed_is_simply_not_kept(tmp_path: Path) -> None:
     assert image.shape == (3, 32, 32) and not bool(dm.caches["train"].filled[0])
     with pytest.raises(DataError, match="decode: cpu"):
         module(data, cache_images="ram", decode="dali")
+
+
+def test_an_image_still_to_be_hashed_is_hashed_from_the_file_not_the_kept_copy(
+    tmp_path: Path,
+) -> None:
+    from classifier.image_dataset import ImageDataset
+    from classifier.perceptual_hash import phash_of
+    from classifier.scan_cache import UNHASHED
+    from classifier.tensor_decode import load_rgb
+
+    data = big_folder(tmp_path / "data")
+    dm = module(data, cache_images="ram")
+    split, cache = dm.splits["train"], dm.caches["train"]
+    ImageDataset(split.paths, split.labels, cache=cache)[0]  # kept, reduced, not hashed
+    assert bool(cache.filled[0])
+    hashes = torch.full((len(split),), UNHASHED, dtype=torch.int64)
+    ImageDataset(split.paths, split.labels, phash=hashes, cache=cache)[0]
+    assert int(hashes[0]) == phash_of(load_rgb(split.paths[0]))

@@ -122,9 +122,10 @@ def _fit(data: Path, root: Path, cache: str, model: str) -> dict[str, Any]:
     return result
 
 
-def _loader_epochs(data: Path, cache: str) -> list[float]:
+def _loader_epochs(data: Path, cache: str) -> tuple[list[float], int, int]:
     """Seconds of each pass over the training loader alone (decode, augment, collate; no
-    model), as a GPU run that keeps up with its input sees the epoch."""
+    model), as a GPU run that keeps up with its input sees the epoch; the cache's estimate and
+    the shared memory in use after the passes (bytes)."""
     from classifier.datamodule import ImageFolderDataModule
 
     workers = min(8, os.cpu_count() or 1)
@@ -132,6 +133,7 @@ def _loader_epochs(data: Path, cache: str) -> list[float]:
         str(data), image_size=SIZE, batch_size=BATCH, num_workers=workers, seed=0,
         duplicate_bits=-1, cache_images=cache, cache_images_gb=64,
     )  # fmt: skip
+    before = _shm_used()
     module.setup("fit")
     loader = module.train_dataloader()
     times = []
@@ -140,7 +142,8 @@ def _loader_epochs(data: Path, cache: str) -> list[float]:
         for _batch in loader:
             pass
         times.append(round(time.perf_counter() - start, 2))
-    return times
+    estimate = sum(c.nbytes for c in module.caches.values())
+    return times, estimate, _shm_used() - before
 
 
 def bench_cache_images(root: Path, count: int | None = None) -> dict[str, Any]:
@@ -152,7 +155,7 @@ def bench_cache_images(root: Path, count: int | None = None) -> dict[str, Any]:
     data = make_tinted(root / f"photos{count}", count)
     runs = {cache: _fit(data, root, cache, model) for cache in ("none", "ram")}
     later = {k: statistics.median(r["epoch_s"][1:]) for k, r in runs.items()}
-    loader = {cache: _loader_epochs(data, cache) for cache in ("none", "ram")}
+    loader = {cache: _loader_epochs(data, cache)[0] for cache in ("none", "ram")}
     ram = runs["ram"]
     return {
         "images": count,

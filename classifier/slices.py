@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from classifier.contract import classifier_module, image_data, rows_of
+from classifier.contract import classifier_module, optional_image_data, rows_of
 from classifier.dist import gather_batches
 from classifier.files import run_dir
 from classifier.slice_metrics import Predictions, table, warning, write
@@ -40,11 +40,17 @@ class Slices(Callback):
         self.margin = margin
         self._batches: list[tuple[torch.Tensor, ...]] = []
         self._pending: str | None = None
+        self._active = False
 
-    def _start(self) -> None:
+    def _start(self, trainer: pl.Trainer, split: str) -> None:
+        """Collect only when the split's rows carry attributes (the same on every process)."""
         self._batches = []
+        data = optional_image_data(trainer)
+        self._active = data is not None and rows_of(data, split) is not None
 
     def _keep(self, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> None:
+        if not self._active:
+            return
         if isinstance(outputs, dict) and "logits" in outputs and "indices" in outputs:
             temperature = classifier_module(pl_module).temperature
             probs = (outputs["logits"].float() / temperature).softmax(dim=1)
@@ -54,8 +60,10 @@ class Slices(Callback):
             )
 
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> None:
+        if not self._active:
+            return
         found, self._batches = gather_batches(self._batches), []
-        rowed = rows_of(image_data(trainer), split)
+        rowed = rows_of(optional_image_data(trainer), split)
         if found is None or rowed is None or not trainer.is_global_zero:
             return
         indices, labels, predicted, confidence = (t.numpy() for t in found)
@@ -77,7 +85,7 @@ class Slices(Callback):
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start collecting the epoch's predictions."""
-        self._start()
+        self._start(trainer, "val")
 
     @override
     def on_validation_batch_end(
@@ -109,7 +117,7 @@ class Slices(Callback):
     @override
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start collecting the test predictions."""
-        self._start()
+        self._start(trainer, "test")
 
     @override
     def on_test_batch_end(

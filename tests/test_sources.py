@@ -283,6 +283,22 @@ def test_a_csv_manifest_given_as_data_dir_trains_and_tests(tmp_path: Path) -> No
     )
 
 
+def test_predict_reads_rows_with_or_without_labels(tmp_path: Path) -> None:
+    from classifier.sources import read_predict
+
+    data = make_folder(tmp_path / "d", counts={"new": 1})
+    rows = [["new/cat/cat_000.png", "cat", "a"], ["new/dog/dog_000.png", "", "b"]]
+    write_csv(data / "todo.csv", ["path", "label", "site"], rows)
+    split = read_predict(data / "todo.csv", ["cat", "dog"], None)
+    assert split.labels.tolist() == [0, -1] and split.attributes is not None
+    assert json.loads(split.attributes[1]) == {"site": "b"}
+    folder = write_jsonl(tmp_path / "j", counts={"test": 1}) / "test"
+    annotations = folder / "annotations.jsonl"
+    annotations.write_text(annotations.read_text() + '{"image": "crops/7_0.png"}\n')
+    split = read_predict(folder, ["23", "7"], None)
+    assert split.labels.tolist() == [1, 0, -1, -1]  # 9 is no class of the model's
+
+
 def test_a_prediction_row_is_in_the_annotations_schema() -> None:
     from classifier.image_dataset import UNREADABLE
     from classifier.prediction_writer import json_row
@@ -347,6 +363,7 @@ def test_label_issues_and_predictions_point_back_to_the_rows(tmp_path: Path) -> 
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_ddp_validates_annotation_rows_as_one_process_does(tmp_path: Path) -> None:
+    """Two processes (each with its own RAM cache) count each row once, as one process does."""
     from tests.conftest import FULL
     from tests.test_ddp import DDP, _classifier
 
@@ -358,7 +375,7 @@ def test_ddp_validates_annotation_rows_as_one_process_does(tmp_path: Path) -> No
     alone: Any = run_cli(*validate)
     ddp = tmp_path / "ddp"
     ddp.mkdir()
-    _classifier([*validate, *DDP], ddp)
+    _classifier([*validate, *DDP, "--data.cache_images", "ram"], ddp)  # a cache per process
     (together,) = (ddp / "runs").glob("*/version_*")
     for name in ("confusion_matrix_val.csv", "val_per_class.csv"):
         assert (Path(alone.trainer.log_dir) / name).read_text() == (together / name).read_text()

@@ -141,13 +141,16 @@ def test_annotations_reached_through_a_link_out_of_the_root_are_not_read(tmp_pat
     data = write_jsonl(tmp_path / "data")
     outside = write_jsonl(tmp_path / "elsewhere", counts={"x": 1}) / "x"
     os.symlink(outside, data / "train" / "more")
+    os.symlink(outside / "crops", data / "crops_elsewhere")
     train = data / "train" / "annotations.jsonl"
-    train.write_text(train.read_text() + "[" * 100_000 + "\n")
-    with pytest.warns(UserWarning, match="excluded 2"):
+    through = json.dumps({"image": "../crops_elsewhere/7_0.png", "suffix": "7"})
+    train.write_text(train.read_text() + "[" * 100_000 + "\n" + through + "\n")
+    with pytest.warns(UserWarning, match="excluded 3"):
         dm = setup(data)
     excluded = dm.excluded["train"]
     assert "leaves the data root" in excluded[f"{data / 'train' / 'more' / 'annotations.jsonl'}:0"]
     assert excluded[f"{train}:25"] == "bad JSON (nested too deeply)"
+    assert "leaves the data root" in excluded[f"{train}:26"]  # through a linked folder
     assert len(dm.splits["train"]) == 24
 
 

@@ -301,6 +301,7 @@ GOALS: dict[str, tuple[str, str, float]] = {
     "warm_start_100k_vs_1k": ("first_step_ratio", "<=", 1.3),
     "warm_start_100k_vs_1k.memory": ("peak_memory_ratio", "<=", 1.5),
     "cache_images": ("ratio", ">=", 2.0),
+    "cache_images.loader": ("loader_ratio", ">=", 2.0),
     "cache_images.memory": ("used_vs_estimate", "<=", 1.1),
 }
 

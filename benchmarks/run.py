@@ -239,6 +239,7 @@ def _shared_rows(rng: Any) -> tuple[float, float]:
 
 def _steps(tmp: Path, whole_epochs: list[int]) -> list[tuple[str, Callable[[], Any]]]:
     """Each measurement of ``make bench`` by name, in the order they run."""
+    from benchmarks.cache_images import bench_cache_images
     from benchmarks.fit_vs_loop import bench_fit
     from benchmarks.label_issues import bench_label_issues
     from benchmarks.make_data import make
@@ -264,6 +265,7 @@ def _steps(tmp: Path, whole_epochs: list[int]) -> list[tuple[str, Callable[[], A
         ("scan_first_run_vs_decode", lambda: bench_first_run(tmp)),
         ("warm_start_100k_vs_1k", lambda: bench_warm_start(tmp)),
         ("loader_memory_200k", bench_loader_memory),
+        ("cache_images", lambda: bench_cache_images(tmp / "cache")),
         *((f"whole_command_{e}_epochs", lambda e=e: bench_whole(tmp, e)) for e in whole_epochs),
         *(
             (
@@ -298,6 +300,9 @@ GOALS: dict[str, tuple[str, str, float]] = {
     "scan_first_run_vs_decode": ("ratio", "<=", 0.25),
     "warm_start_100k_vs_1k": ("first_step_ratio", "<=", 1.3),
     "warm_start_100k_vs_1k.memory": ("peak_memory_ratio", "<=", 1.5),
+    "cache_images": ("ratio", ">=", 2.0),
+    "cache_images.loader": ("loader_ratio", ">=", 2.0),
+    "cache_images.memory": ("used_vs_estimate", "<=", 1.1),
 }
 
 
@@ -329,6 +334,15 @@ def _print_details(results: dict[str, Any], whole_epochs: list[int]) -> None:
     if "selective_demo" in results:
         print("\nselective_demo, AUROC of each score (test digits against no-class images):")
         print(table(results["selective_demo"]))
+    cache = results.get("cache_images")
+    if cache is not None:
+        print(
+            f"\ncache_images ({cache['images']} photos, {cache['model']}): epochs none"
+            f" {cache['none_epoch_s']} s, ram {cache['ram_epoch_s']} s; val top-1 none"
+            f" {cache['none_val_top1']:.3f}, ram {cache['ram_val_top1']:.3f}; cache"
+            f" {cache['shm_used_gb']:.2f} GB used of {cache['estimate_gb']:.2f} GB estimated;"
+            f" training loader alone {cache['loader_ratio']:.2f}x faster with ram"
+        )
     fit = results.get("fit_vs_hand_loop")
     if fit is not None:
         print(

@@ -39,6 +39,7 @@ _PUBLIC = {
     "SafeCheckpointIO": "classifier.checkpoint_io",
     "SampleGrids": "classifier.sample_grids",
     "SamplerDistribution": "classifier.sampler_distribution",
+    "Slices": "classifier.slices",
     "TrainingHistory": "classifier.training_history",
 }
 __all__ = sorted(_PUBLIC)

@@ -336,9 +336,9 @@ class ClassifierCLI(LightningCLI):
         trainer = self.trainer
         checkpoint = trainer.checkpoint_callback
         best = getattr(checkpoint, "best_model_path", "") if checkpoint else ""
-        config = self.config.get(str(self.subcommand), {})
-        test_dir = Path(self.datamodule.hparams.data_dir) / "test"
-        if config.get("test_after_fit") and test_dir.is_dir() and not trainer.interrupted:
+        config, data = self.config.get(str(self.subcommand), {}), self.datamodule
+        has_test = isinstance(data, ImageFolderDataModule) and data.source.present("test")
+        if config.get("test_after_fit") and has_test and not trainer.interrupted:
             trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
         rank_zero_info(f"\nRun folder: {run_dir(trainer)}")
         if best:

@@ -121,6 +121,22 @@ class ImageData(Protocol):
         ...
 
 
+@runtime_checkable
+class AnnotatedData(Protocol):
+    """An optional part of the data side: where each file of a split read from annotation
+    files (JSONL, CSV) came from, for rows that point back to them."""
+
+    def annotations(self, split: str) -> tuple[Sequence[str], Sequence[str]] | None:
+        """``(origins, attributes)`` of ``split``'s files, in ``files`` order: each row's
+        ``file:line`` and its attributes as JSON; ``None`` for class folders."""
+        ...
+
+
+def rows_of(data: object, split: str) -> tuple[Sequence[str], Sequence[str]] | None:
+    """:meth:`AnnotatedData.annotations` of ``data``, or ``None`` when it has none."""
+    return data.annotations(split) if isinstance(data, AnnotatedData) else None
+
+
 def classifier_module(module: pl.LightningModule) -> ClassifierModule:
     """``module`` as a :class:`ClassifierModule`.
 

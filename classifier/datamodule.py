@@ -15,33 +15,43 @@ from classifier import rng
 from classifier.checked_values import MAX_SIDE
 from classifier.dali_pipeline import dali
 from classifier.dist import max_over_processes
-from classifier.file_table import Paths
+from classifier.file_table import Paths, Texts
 from classifier.files import run_dir
 from classifier.folder_splits import FolderSplits, Processes
 from classifier.health import report_excluded, report_shared
 from classifier.holdout import relative, write_manifest
+from classifier.image_cache import ImageCache, build_caches
 from classifier.image_dataset import ImageDataset
 from classifier.loaders import LoaderDataModule
+from classifier.losses import class_weights
 from classifier.sampler import EpochSampler
-from classifier.splits import DataError, Split, class_dirs
-from classifier.tensor_decode import load_rgb
+from classifier.sources import Source, SourceKind
+from classifier.splits import DataError, Split
 from classifier.transforms import (
     AutoAugment,
     Interpolation,
     Preprocessing,
     eval_transform,
-    train_transform,
+    split_transform,
 )
 
 Stage = Literal["train", "val", "test", "predict"]
 
 
 class ImageFolderDataModule(LoaderDataModule):
-    """Images from ``data_dir/{train,val,test}/<class>/*``; classes are the folders of ``train/``.
+    """Images from ``data_dir/{train,val,test}/<class>/*``, from ``annotations.jsonl`` files or
+    from CSV manifests; classes are the folders (or sorted labels) of ``train``.
 
     Args:
-        data_dir: folder holding ``train/``, ``val/`` and optionally ``test/``, each with one
-            sub-folder per class (images may sit in nested folders below it).
+        data_dir: folder holding ``train/``, ``val/`` (or ``valid/``) and optionally ``test/``,
+            each with one sub-folder per class (images may sit in nested folders below it) or
+            with ``annotations.jsonl`` files at any depth; or holding CSV manifests
+            (``train.csv``, ``val.csv``, ... or one with a ``split`` column); or one manifest.
+        source: ``folders``, ``jsonl`` or ``csv``; ``auto`` detects it from ``data_dir``
+            (JSONL when ``train/`` or a folder in it holds ``annotations.jsonl``).
+        label_key: the label's JSONL key or CSV column; ``None``: ``suffix`` (JSONL), ``label``
+            (CSV). Rows without a usable image or label are excluded and listed like
+            unreadable images (``strict`` stops instead).
         image_size: side in pixels of the square crop the network sees.
         crop_pct: evaluation resizes the shorter side to ``image_size / crop_pct`` and then
             centre-crops; ``None`` takes the backbone's pretrained value (0.875 for most).
@@ -90,11 +100,19 @@ class ImageFolderDataModule(LoaderDataModule):
         backbone: the timm model name whose pretrained preprocessing fills ``crop_pct``,
             ``interpolation``, ``mean`` and ``std`` when they are ``None`` (the command line
             links it from ``model.model_name``; from Python, pass the model's name).
+        cache_images: ``ram`` keeps train and val images decoded (before augmentation) in
+            memory the loader workers share, filled in the first epoch; training images are
+            kept at twice ``image_size`` on the shorter side, so crops under half the image's
+            side see less detail than the file has. ``none`` decodes every epoch.
+        cache_images_gb: most memory (GB, per process) the cache may take; a larger estimate
+            stops before training.
     """
 
     def __init__(
         self,
         data_dir: str = "data",
+        source: SourceKind = "auto",
+        label_key: str | None = None,
         image_size: int = 224,
         crop_pct: float | None = None,
         interpolation: Interpolation | None = None,
@@ -121,12 +139,16 @@ class ImageFolderDataModule(LoaderDataModule):
         val_fraction: float = 0.0,
         seed: int | None = None,
         backbone: str | None = None,
+        cache_images: Literal["none", "ram"] = "none",
+        cache_images_gb: float = 8.0,
     ) -> None:
         super().__init__()
         if not -1 <= duplicate_bits < 64:
             raise DataError(f"duplicate_bits must be -1 (off) or 0-63, got {duplicate_bits}")
         if not 0 < image_size <= MAX_SIDE:
             raise DataError(f"image_size must be 1 to {MAX_SIDE} pixels, got {image_size}")
+        if decode == "dali" and cache_images != "none":
+            raise DataError("data.cache_images needs data.decode: cpu (DALI decodes on its own)")
         if decode == "dali" and not scan:
             raise DataError(
                 "data.decode: dali needs data.scan: true (the scan checks each file's format "
@@ -135,11 +157,14 @@ class ImageFolderDataModule(LoaderDataModule):
         # class_names belongs to the model's hyper-parameters (it is linked from here).
         self.save_hyperparameters(ignore=["class_names"])
         self.data_dir = Path(data_dir)
+        self.source = Source(self.data_dir, source, label_key)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         self._class_names = class_names
         self.datasets: dict[str, ImageDataset] = {}
+        #: Decoded train and val images in shared memory (``cache_images: ram``).
+        self.caches: dict[str, ImageCache] = {}
         self.preprocessing: Preprocessing | None = None
         self.train_sampler: EpochSampler | None = None
         self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -157,7 +182,7 @@ class ImageFolderDataModule(LoaderDataModule):
     def folder(self) -> FolderSplits:
         """The splits of ``data_dir`` (read, scanned and held out on first use)."""
         if self._folder is None:
-            self._folder = FolderSplits(self.data_dir, self.hparams, self.class_names)
+            self._folder = FolderSplits(self.source, self.hparams, self.class_names)
         return self._folder
 
     @property
@@ -173,12 +198,9 @@ class ImageFolderDataModule(LoaderDataModule):
 
     @property
     def class_names(self) -> list[str]:
-        """Class names in label order: given, or the sorted folders of ``train/``."""
+        """Class names in label order: given, or the sorted folders (labels) of ``train``."""
         if self._class_names is None:
-            root = FolderSplits(self.data_dir, self.hparams, []).root("train")
-            self._class_names = list(class_dirs(root))
-            if not self._class_names:
-                raise DataError(f"{self.data_dir / 'train'} has no class folders.")
+            self._class_names = self.source.class_names()
         return self._class_names
 
     @property
@@ -205,7 +227,8 @@ class ImageFolderDataModule(LoaderDataModule):
         if self.hparams["decode"] == "dali" and stage in ("fit", "validate"):
             dali()  # a missing install, before the scan
         self.preprocessing = self.resolve_preprocessing()
-        self._check_class_names()
+        if self._class_names is not None:
+            self.source.check_classes(self._class_names)
         if self.trainer is not None:
             strategy = self.trainer.strategy
             self.folder.processes = Processes(self.trainer.local_rank == 0, strategy.barrier)
@@ -225,16 +248,6 @@ class ImageFolderDataModule(LoaderDataModule):
     def split(self, name: Stage) -> Split | None:
         """Split ``name``, read and scanned on first use; ``None`` when its folder is absent."""
         return self.folder.get(name)
-
-    def _check_class_names(self) -> None:
-        train = self.data_dir / "train"
-        if self._class_names is not None and train.is_dir():
-            found = list(class_dirs(train))
-            if found != self._class_names:
-                raise DataError(
-                    f"the checkpoint's classes {self._class_names} differ from the folders of "
-                    f"{train}: {found}. Use the data the model was trained on."
-                )
 
     def _write_manifest(self) -> None:
         """``split.csv`` in the run folder (rank 0), when a validation share was held out."""
@@ -273,40 +286,31 @@ class ImageFolderDataModule(LoaderDataModule):
         first = self.trainer is None or self.trainer.local_rank == 0
         health.finish(
             max_over_processes,
-            self._decoded,
+            self.folder.decoded,
             self.folder.cache if first else None,
             self._rank_zero_folder(),
         )
 
-    def _decoded(self, split: str, index: int) -> Any:
-        """Image ``index`` of ``split`` decoded (``uint8`` CHW), or ``None`` if it cannot be."""
-        try:
-            return load_rgb(self.splits[split].paths[index])
-        except Exception:  # unreadable since the scan: compared by its bytes only
-            return None
-
     def _build_datasets(self) -> None:
         assert self.preprocessing is not None
         hp = self.hparams
+        if hp["cache_images"] == "ram":  # train and val, before their datasets are made
+            new = {n: s for n, s in self.splits.items() if n not in self.datasets}
+            self.caches.update(build_caches(new, self.preprocessing, hp["cache_images_gb"]))
         for name, split in self.splits.items():
             if name in self.datasets:
                 continue
-            transform = (
-                train_transform(
-                    self.preprocessing,
-                    scale=hp["scale"],
-                    hflip=hp["hflip"],
-                    color_jitter=hp["color_jitter"],
-                    auto_augment=hp["auto_augment"],
-                    random_erasing=hp["random_erasing"],
-                )
-                if name == "train"
-                else eval_transform(self.preprocessing)
-            )
+            transform = split_transform(name, self.preprocessing, hp)
             # The first epoch's loader workers hash what they decode (train and val only).
             slot = self.folder.health.slot(name) if name in ("train", "val") else None
             self.datasets[name] = ImageDataset(
-                split.paths, split.labels, transform, name == "train", split.unusable, slot
+                split.paths,
+                split.labels,
+                transform,
+                name == "train",
+                split.unusable,
+                slot,
+                self.caches.get(name),
             )
             if name == "train":
                 self._train_as_evaluated = None
@@ -316,6 +320,13 @@ class ImageFolderDataModule(LoaderDataModule):
         scanned on first use; ``None`` when the split has no folder."""
         found = self.split(split)  # type: ignore[arg-type]
         return None if found is None else (found.paths, found.labels)
+
+    def annotations(self, split: str) -> tuple[Texts, Texts] | None:
+        """Each file's ``file:line`` and attributes (JSON) for rows of annotation files."""
+        found = self.splits.get(split)
+        if found is None or found.origins is None or found.attributes is None:
+            return None
+        return found.origins, found.attributes
 
     def class_counts(self, split: str = "train") -> list[int]:
         """Images per class in ``split`` (after exclusions)."""
@@ -336,25 +347,17 @@ class ImageFolderDataModule(LoaderDataModule):
         if self._train_as_evaluated is None:
             assert self.preprocessing is not None
             train = self.splits["train"]
-            self._train_as_evaluated = ImageDataset(
-                train.paths, train.labels, eval_transform(self.preprocessing)
-            )
+            transform = eval_transform(self.preprocessing)
+            cache = self.caches.get("train")
+            train_eval = ImageDataset(train.paths, train.labels, transform, cache=cache)
+            self._train_as_evaluated = train_eval
         return self._train_as_evaluated
 
     def loss_weights(self) -> torch.Tensor | None:
         """Per-class loss weights from ``class_weights``, or ``None`` for uniform."""
         setting = self.hparams["class_weights"]
-        if setting == "none":
-            return None
-        if setting == "auto":
-            counts = torch.tensor(self.class_counts("train"), dtype=torch.float)
-            return counts.sum() / (len(counts) * counts.clamp(min=1))
-        if len(setting) != self.num_classes:
-            raise DataError(
-                f"class_weights has {len(setting)} values for {self.num_classes} classes "
-                f"({', '.join(self.class_names)})."
-            )
-        return torch.tensor(setting, dtype=torch.float)
+        counts = self.class_counts("train") if setting == "auto" else []
+        return class_weights(setting, counts, self.class_names)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -61,7 +61,8 @@ def export_checkpoint(
         raise ExportError(f"--output {path} is the checkpoint itself; choose another file.")
     if not overwrite:
         _refuse_existing(path, int8=quantize == "int8")
-    folder = Path(images) if images else Path(data.get("data_dir", "data")) / "val"
+    val = Path(data.get("data_dir", "data")) / "val"
+    folder = Path(images) if images else val if val.is_dir() else val.with_name("valid")
     options = ExportOptions(
         opset,
         simplify,

@@ -125,3 +125,43 @@ class Paths(Sequence[Path]):
     def nbytes(self) -> int:
         """Memory the two arrays take."""
         return int(self._data.nbytes + self._offsets.nbytes)
+
+
+class Texts(Sequence[str]):
+    """Per-file strings (where a row came from, its attributes as JSON) held like
+    :class:`Paths`: one buffer, no Python object per file until one is asked for.
+
+    Args:
+        table: the strings' bytes (file system encoding).
+    """
+
+    def __init__(self, table: Paths | None = None) -> None:
+        self._table = Paths() if table is None else table
+
+    @classmethod
+    def of(cls, texts: Iterable[str]) -> Texts:
+        """The strings of ``texts``, in order."""
+        return cls(Paths.of(texts))
+
+    @override
+    def __len__(self) -> int:
+        return len(self._table)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Texts: ...
+
+    @override
+    def __getitem__(self, index: int | slice) -> str | Texts:
+        if isinstance(index, slice):
+            return self.select(range(len(self))[index])
+        return os.fsdecode(self._table.raw(index))
+
+    def select(self, indices: Iterable[int] | np.ndarray) -> Texts:
+        """The strings at ``indices``, in that order."""
+        return Texts(self._table.select(indices))
+
+    def __add__(self, other: Texts) -> Texts:
+        return Texts(self._table + other._table)

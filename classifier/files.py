@@ -152,6 +152,12 @@ def _finite_or_null(data: Any) -> Any:
     return data
 
 
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Atomically write one JSON object per line (``annotations.jsonl``'s format)."""
+    lines = (json.dumps(_finite_or_null(r), ensure_ascii=False, allow_nan=False) for r in rows)
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """Atomically write a CSV file with a header row. Text cells that a spreadsheet would run
     as a formula (``=``, ``+``, ``-``, ``@`` first) are written as text (:func:`csv_cell`)."""

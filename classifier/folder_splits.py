@@ -18,7 +18,8 @@ from classifier.health_check import HealthCheck
 from classifier.holdout import carve, draw, saved
 from classifier.prescan import hash_files, scan_split
 from classifier.scan_cache import UNHASHED, ScanCache
-from classifier.splits import DataError, Split, read_split, read_unlabelled
+from classifier.sources import Source, read_predict
+from classifier.splits import DataError, Split
 from classifier.text import printable
 
 
@@ -40,14 +41,14 @@ class FolderSplits:
     """Read, scan and hold out splits of ``data_dir``.
 
     Args:
-        data_dir: the folder with ``train/``, ``val/``, ``test/``.
+        source: where the splits come from (class folders, JSONL or CSV).
         options: the data module's arguments (``scan``, ``val_fraction``, ``duplicate_bits``,
-            ``on_leakage``, ``predict_dir``, ``seed``).
+            ``on_leakage``, ``predict_dir``, ``label_key``, ``seed``).
         class_names: the class order.
     """
 
-    def __init__(self, data_dir: Path, options: Any, class_names: list[str]) -> None:
-        self.data_dir = data_dir
+    def __init__(self, source: Source, options: Any, class_names: list[str]) -> None:
+        self.source = source
         self.options = options
         self.class_names = class_names
         self.splits: dict[str, Split] = {}
@@ -68,29 +69,18 @@ class FolderSplits:
         return self._cache
 
     def root(self, name: str) -> Path:
-        """The folder of split ``name``.
+        """The folder (or manifest) of split ``name``.
 
         Raises:
             DataError: it (or ``data_dir``) does not exist; the message says how to fix it.
         """
-        if not self.data_dir.is_dir():
-            raise DataError(f"data_dir {self.data_dir} does not exist (set --data.data_dir).")
-        root = self.data_dir / name
-        if not root.is_dir():
-            hint = (
-                " or hold out part of train/ with --data.val_fraction 0.1" if name == "val" else ""
-            )
-            raise DataError(
-                f"{root} is missing: data_dir must hold train/ and val/ (and optionally test/), "
-                f"each with one folder per class{hint}."
-            )
-        return root
+        return self.source.root(name)
 
     def get(self, name: str) -> Split | None:
         """Split ``name``, read and scanned on first use; ``None`` when its folder is absent."""
         if name not in self.splits:
             held_out = name == "val" and self.options["val_fraction"] > 0
-            if name in ("val", "test") and not held_out and not (self.data_dir / name).is_dir():
+            if name in ("val", "test") and not held_out and not self.source.present(name):
                 return None
             self.splits[name] = self._read(name)
         return self.splits[name]
@@ -101,9 +91,12 @@ class FolderSplits:
         if name == "predict":
             if self.options["predict_dir"] is None:
                 raise DataError("predict needs --data.predict_dir DIR (a folder of images).")
-            split = read_unlabelled(Path(self.options["predict_dir"]), self.class_names)
+            folder = Path(self.options["predict_dir"])
+            split = read_predict(folder, self.class_names, self.options["label_key"])
         else:
-            split = read_split(name, self.root(name), self.class_names)
+            split = self.source.read(name, self.class_names)
+        if split.rejected:
+            self.excluded.setdefault(name, {}).update(split.rejected)
         if not self.options["scan"]:
             return split
         split, hashes = self._scanned(split)
@@ -125,7 +118,9 @@ class FolderSplits:
         if self.options.get("decode") == "dali" and split.name in ("train", "val"):
             _check_dali_formats(split, result.kinds)
         if result.bad:
-            self.excluded[split.name] = {str(split.paths[i]): r for i, r in result.bad.items()}
+            self.excluded.setdefault(split.name, {}).update(
+                (str(split.paths[i]), _where(split, i, r)) for i, r in result.bad.items()
+            )
             if split.name == "predict":  # each file keeps its row in predictions.csv
                 split.unusable = set(result.bad)
             else:
@@ -141,10 +136,11 @@ class FolderSplits:
         fraction = self.options["val_fraction"]
         if not 0 < fraction < 1:
             raise DataError(f"val_fraction must be between 0 and 1, got {fraction}")
-        if (self.data_dir / "val").is_dir():
+        if self.source.present("val"):
             raise DataError(
-                f"{self.data_dir / 'val'} exists, and val_fraction holds out part of train/ only "
-                "when there is no val/ folder: drop --data.val_fraction or the folder."
+                f"{self.source.root('val')} exists, and val_fraction holds out part of train/ "
+                "only when there is no val/ folder (nor valid/, nor val rows): drop "
+                "--data.val_fraction or the validation split."
             )
         train = self.get("train")
         assert train is not None
@@ -184,6 +180,15 @@ class FolderSplits:
                 [split.paths.raw(i) for i in missing], [found[i] for i in missing]
             )
 
+    def decoded(self, split: str, index: int) -> Any:
+        """Image ``index`` of ``split`` decoded (``uint8`` CHW), or ``None`` if it cannot be."""
+        from classifier.tensor_decode import load_rgb
+
+        try:
+            return load_rgb(self.splits[split].paths[index])
+        except Exception:  # unreadable since the scan: compared by its bytes only
+            return None
+
     def apply_held_out(self, held: set[int]) -> Split:
         """Split the unsplit ``train/`` into train and the ``held`` validation images."""
         assert self.unsplit is not None
@@ -199,6 +204,11 @@ class FolderSplits:
         assert self.unsplit is not None
         self.splits["val"] = self.apply_held_out(saved(self.unsplit, names))
         return self.splits["val"]
+
+
+def _where(split: Split, index: int, reason: str) -> str:
+    """``reason``, with the annotations row of file ``index`` when the split has rows."""
+    return reason if split.origins is None else f"{reason} (row {split.origins[index]})"
 
 
 def _check_dali_formats(split: Split, kinds: np.ndarray) -> None:

@@ -8,6 +8,7 @@ on. It is written to ``split.csv`` in the run folder and carried in checkpoints,
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from collections.abc import Sequence
@@ -92,8 +93,9 @@ def carve(train: Split, held: set[int]) -> tuple[Split, Split]:
 
 
 def relative(path: Path, root: Path) -> str:
-    """``path`` as stored in the manifest: relative to the ``train/`` folder."""
-    return path.relative_to(root).as_posix()
+    """``path`` as stored in the manifest: relative to the ``train/`` folder (``../`` for an
+    annotation row's image beside it)."""
+    return Path(os.path.relpath(path, root)).as_posix()
 
 
 def write_manifest(path: Path, train: Split, val: Split, class_names: list[str]) -> None:

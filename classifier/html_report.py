@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from classifier.files import atomic_write_text, read_csv, read_json, read_regular
+from classifier.slice_metrics import section as slices_section
 
 #: ``(id, title)`` of every section, in page order.
 SECTIONS = (
@@ -23,6 +24,7 @@ SECTIONS = (
     ("curves", "Learning curves"),
     ("confusion", "Confusion matrix"),
     ("per-class", "Per class"),
+    ("slices", "Slices"),
     ("gallery", "Validation images with the highest loss"),
     ("calibration", "Calibration"),
     ("accept", "Accept or reject"),
@@ -351,6 +353,7 @@ def write_report(run: Path, results: Path | None = None) -> Path:
         ),
         "confusion": lambda: _confusion(run, results),
         "per-class": lambda: _per_class(run, results),
+        "slices": lambda: slices_section(run, results),
         "gallery": lambda: _image(run / "val_predictions.png", "highest-loss validation images"),
         "calibration": lambda: _calibration(run, results),
         "accept": lambda: _accept(run, results),

@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 from typing_extensions import override
+
+if TYPE_CHECKING:
+    from classifier.image_cache import ImageCache
 
 from classifier.perceptual_hash import phash_of
 from classifier.scan_cache import UNHASHED
@@ -59,6 +63,8 @@ class ImageDataset(Dataset[Sample]):
         phash: shared-memory perceptual hashes (one per file), where a loader worker writes the
             hash of each image it decodes whose entry is still
             :data:`~classifier.scan_cache.UNHASHED` (the health check's first epoch).
+        cache: decoded images kept in shared memory (``data.cache_images: ram``): read from
+            there once kept; a decoded file is reduced as the cache keeps it and stored.
     """
 
     def __init__(
@@ -69,6 +75,7 @@ class ImageDataset(Dataset[Sample]):
         substitute: bool = False,
         unusable: set[int] | frozenset[int] = frozenset(),
         phash: torch.Tensor | None = None,
+        cache: ImageCache | None = None,
     ) -> None:
         self.paths = paths
         self.labels = labels
@@ -76,6 +83,7 @@ class ImageDataset(Dataset[Sample]):
         self.substitute = substitute
         self.unusable = frozenset(unusable)
         self.phash = phash
+        self.cache = cache
         # Shared memory: loader workers (forked or spawned) count into the same tensor.
         self._failures = torch.zeros(_COUNTER_SLOTS, dtype=torch.long)
         self._failures.share_memory_()  # type: ignore[no-untyped-call]
@@ -107,6 +115,11 @@ class ImageDataset(Dataset[Sample]):
             return self._unreadable(index)
         for attempt in range(_MAX_REPLACEMENTS + 1):
             current = (index + attempt) % len(self.paths)
+            # An image still to be hashed is decoded in full (hashes compare full images).
+            unhashed = self.phash is not None and int(self.phash[current]) == UNHASHED
+            kept = self.cache.get(current) if self.cache is not None and not unhashed else None
+            if kept is not None:
+                return self._transformed(kept, current)
             try:
                 image = load_rgb(self.paths[current])
             except Exception as error:  # decoder errors vary by format
@@ -118,15 +131,20 @@ class ImageDataset(Dataset[Sample]):
                     return self._unreadable(index)
                 log.warning("replacing unreadable image %s", named)
                 continue
-            if self.phash is not None and int(self.phash[current]) == UNHASHED:
+            if unhashed and self.phash is not None:
                 self.phash[current] = phash_of(image)
-            if self.transform is not None:
-                image = self.transform(image)
-            return image, int(self.labels[current]), current
+            if self.cache is not None:
+                image = self.cache.put(current, image)
+            return self._transformed(image, current)
         raise RuntimeError(
             f"{_MAX_REPLACEMENTS + 1} consecutive images failed to load from "
             f"{self.paths[index]}; is the data folder still mounted?"
         )
+
+    def _transformed(self, image: torch.Tensor, index: int) -> Sample:
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index]), index
 
     def _unreadable(self, index: int) -> Sample:
         """A blank image of the transform's output size, labelled :data:`UNREADABLE`."""

@@ -15,6 +15,8 @@ evaluation steps' ``logits`` and ``indices``, the batch's labels, and
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -28,10 +30,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from classifier.contract import classifier_module, image_data
+from classifier.contract import classifier_module, image_data, rows_of
 from classifier.dist import gather_batches
 from classifier.figure_thread import submit_figure
-from classifier.files import run_dir, write_csv, write_json
+from classifier.files import run_dir, write_csv, write_json, write_jsonl
 from classifier.label_scores import (
     Margins,
     Suspects,
@@ -43,16 +45,20 @@ from classifier.label_scores import (
 from classifier.picture_grids import as_uint8, picture_grid, save_png
 from classifier.temperature import MIN_IMAGES, fit_temperature
 
-#: Columns of ``label_issues.csv``.
-COLUMNS = ("split", "path", "given", "suggested", "score")
+#: Columns of ``label_issues.csv`` (``row``: the annotations file and line, for JSONL and CSV
+#: data).
+COLUMNS = ("split", "path", "given", "suggested", "score", "row")
 #: Splits in file order.
 SPLITS = ("train", "val", "test")
 
 
 class LabelIssues(Callback):
-    """Write ``label_issues.csv`` (``split, path, given, suggested, score``; most suspect
-    first within each split), ``label_issues.json`` (counts, method, cost) and
-    ``label_issues.png`` (the top suspects with given and suggested labels) into the run folder.
+    """Write ``label_issues.csv`` (``split, path, given, suggested, score, row``; most suspect
+    first within each split; ``row``: the annotations file and line of JSONL or CSV data),
+    ``label_issues.jsonl`` (the same rows in the ``annotations.jsonl`` schema: ``image``,
+    ``suffix`` set to the suggested class, ``metadata``), ``label_issues.json`` (counts,
+    method, cost) and ``label_issues.png`` (the top suspects with given and suggested labels)
+    into the run folder.
 
     Training images: mean margin (given logit minus largest other) over every time they were
     trained on; rows with a negative mean, lowest first. Validation (the last evaluated epoch of
@@ -278,19 +284,24 @@ class LabelIssues(Callback):
         if not trainer.is_global_zero or not self._found:
             return
         data, names = image_data(trainer), classifier_module(pl_module).class_names
-        rows: list[tuple[str, str, str, str, float]] = []
+        rows: list[tuple[str, str, str, str, float, str]] = []
+        annotated: list[dict[str, Any]] = []
         summary: dict[str, dict[str, Any]] = {}
         for split in (s for s in SPLITS if s in self._found):
             files = data.files(split)
             if files is None:
                 continue
             paths, labels = files
+            origins, attributes = rows_of(data, split) or ((), ())
             found = self._found[split]
             for index, suggested, score in zip(
                 found.indices.tolist(), found.suggested.tolist(), found.scores.tolist(), strict=True
             ):
-                given = names[int(labels[index])]
-                rows.append((split, str(paths[index]), given, names[suggested], round(score, 4)))
+                given, origin = names[int(labels[index])], origins[index] if origins else ""
+                row = (split, str(paths[index]), given, names[suggested], round(score, 4), origin)
+                meta = json.loads(attributes[index]) if attributes else {}
+                rows.append(row)
+                annotated.append(suggestion(paths[index], names[suggested], meta, row))
             summary[split] = {
                 "images": len(paths),
                 "suspects": len(found),
@@ -304,6 +315,7 @@ class LabelIssues(Callback):
         summary["seconds"] = {"scoring": round(self._seconds, 3)}
         folder = run_dir(trainer)
         write_csv(folder / "label_issues.csv", COLUMNS, rows)
+        write_jsonl(folder / "label_issues.jsonl", annotated)
         write_json(folder / "label_issues.json", summary)
         draw = partial(_draw, data, names, dict(self._found), folder, self.num_images)
         submit_figure(f"label_issues@{id(self)}", draw)
@@ -315,6 +327,24 @@ class LabelIssues(Callback):
                 "(MixUp/CutMix) and not scored",
                 stacklevel=2,
             )
+
+
+def suggestion(
+    path: Path, label: str, metadata: Any, row: tuple[str, str, str, str, float, str]
+) -> dict[str, Any]:
+    """One ``label_issues.jsonl`` row: ``annotations.jsonl``'s ``image`` (absolute, so it
+    reads from anywhere), ``suffix`` (the suggested class) and ``metadata``, with the split,
+    the given label, the score and the row it came from."""
+    split, _, given, _, score, origin = row
+    return {
+        "image": os.path.abspath(path),
+        "suffix": label,
+        "metadata": metadata,
+        "split": split,
+        "given": given,
+        "score": score,
+        "row": origin,
+    }
 
 
 def _split_digest(files: tuple[Sequence[Path], Any] | None) -> str:

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from classifier.splits import DataError
+
 
 def cross_entropy(
     logits: torch.Tensor,
@@ -59,3 +61,25 @@ def mixing(mixup: float, cutmix: float, num_classes: int) -> Any:
         label_smoothing=0.0,
         num_classes=num_classes,
     )
+
+
+def class_weights(
+    setting: str | list[float], counts: list[int], class_names: list[str]
+) -> torch.Tensor | None:
+    """Per-class loss weights of ``data.class_weights``: ``None`` for ``none``, inverse
+    frequency of the train ``counts`` (mean 1) for ``auto``, else the list given.
+
+    Raises:
+        DataError: a list whose length is not the number of classes.
+    """
+    if setting == "none":
+        return None
+    if setting == "auto":
+        found = torch.tensor(counts, dtype=torch.float)
+        return found.sum() / (len(found) * found.clamp(min=1))
+    if isinstance(setting, str) or len(setting) != len(class_names):
+        raise DataError(
+            f"class_weights has {len(setting)} values for {len(class_names)} classes "
+            f"({', '.join(class_names)})."
+        )
+    return torch.tensor(setting, dtype=torch.float)

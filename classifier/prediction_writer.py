@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +15,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from classifier.contract import classifier_module, image_data
+from classifier.contract import classifier_module, image_data, rows_of
 from classifier.dist import gather_objects
 from classifier.errors import ConfigError
-from classifier.files import plain_name, run_dir, write_csv
+from classifier.files import plain_name, run_dir, write_csv, write_jsonl
 from classifier.image_dataset import UNREADABLE
 from classifier.predictions_format import NON_FINITE, columns
 
@@ -29,8 +32,16 @@ class PredictionWriter(Callback):
     appears when the images lie in folders named like the classes. A file that could not be
     read keeps its row, with empty predictions and ``unreadable`` in the ``error`` column.
 
+    A ``filename`` ending in ``.jsonl`` writes rows in the ``annotations.jsonl`` schema
+    instead, which a tool reading that schema takes as labels: ``image`` (absolute path),
+    ``suffix`` (the predicted class; ``null`` when unreadable), ``metadata`` (the input row's
+    when ``predict_dir`` holds ``annotations.jsonl`` files or is a CSV manifest, else ``{}``),
+    ``probabilities`` (class: calibrated probability), ``confidence``, ``accepted``, ``true``,
+    ``row`` (the input row's file and line) and ``error``.
+
     Args:
-        filename: CSV file name inside the results folder (a plain name: no folders).
+        filename: file name inside the results folder (a plain name: no folders); ``.jsonl``
+            writes JSON lines, anything else CSV.
         top_k: classes listed per image (all classes when there are fewer).
     """
 
@@ -79,7 +90,7 @@ class PredictionWriter(Callback):
 
     @override
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Gather every rank's rows and write the CSV on rank 0."""
+        """Gather every rank's rows and write the file on rank 0."""
         rows = sorted(r for part in gather_objects(self._rows) for r in part)
         if not trainer.is_global_zero:
             return
@@ -87,13 +98,17 @@ class PredictionWriter(Callback):
         found = image_data(trainer).files("predict")
         assert found is not None, "predict reads --data.predict_dir"
         paths, truth = found
+        self.path = run_dir(trainer) / self.filename
+        if self.filename.endswith(".jsonl"):
+            rowed = rows_of(image_data(trainer), "predict")
+            write_jsonl(self.path, [json_row(r, paths, truth, names, rowed) for r in rows])
+            return rank_zero_info(f"Wrote {len(rows)} predictions to {self.path}")
         k = min(self.top_k, len(names))
         has_truth = any(label >= 0 for label in truth)
         table = [
             self._row(paths[i], label, int(truth[i]), probs, names, k, has_truth, ok)
             for i, label, probs, ok in rows
         ]
-        self.path = run_dir(trainer) / self.filename
         write_csv(self.path, columns(k, has_truth), table)
         failed = sum(r[1] == UNREADABLE for r in rows)
         broken = sum(r[1] != UNREADABLE and not all(map(math.isfinite, r[2])) for r in rows)
@@ -105,7 +120,7 @@ class PredictionWriter(Callback):
         )
         if any(r[3] is not None for r in rows):
             note += f"; {rejected} not accepted (accepted column)"
-        rank_zero_info(f"Wrote {len(table)} predictions to {self.path}{note}")
+        return rank_zero_info(f"Wrote {len(table)} predictions to {self.path}{note}")
 
     @staticmethod
     def _row(
@@ -130,3 +145,30 @@ class PredictionWriter(Callback):
         for value, cls in zip(values.tolist(), order.tolist(), strict=True):
             line += [names[cls], round(value, 6)]
         return [*line, ""]
+
+
+def json_row(
+    row: tuple[int, int, list[float], bool | None],
+    paths: Sequence[Path],
+    truth: Any,
+    names: list[str],
+    rowed: tuple[Sequence[str], Sequence[str]] | None,
+) -> dict[str, Any]:
+    """One prediction in the ``annotations.jsonl`` schema (see :class:`PredictionWriter`)."""
+    index, label, probs, accepted = row
+    broken = label != UNREADABLE and not all(map(math.isfinite, probs))
+    unreadable = label == UNREADABLE or broken  # no prediction either way
+    best = 0 if unreadable else max(range(len(probs)), key=probs.__getitem__)
+    true = int(truth[index])
+    probabilities = zip(names, probs, strict=True)
+    return {
+        "image": os.path.abspath(paths[index]),
+        "suffix": None if unreadable else names[best],
+        "metadata": json.loads(rowed[1][index]) if rowed else {},
+        "probabilities": {} if unreadable else {n: round(p, 6) for n, p in probabilities},
+        "confidence": None if unreadable else round(probs[best], 6),
+        "true": names[true] if true >= 0 else None,
+        "row": rowed[0][index] if rowed else "",
+        "accepted": None if unreadable else accepted,
+        "error": NON_FINITE if broken else "unreadable" if unreadable else "",
+    }

@@ -156,7 +156,9 @@ def scan_split(split: Split, cache: ScanCache, progress: bool = True) -> ScanRes
     """Check every file of ``split`` not already checked in ``cache`` (by path and key)."""
     count = len(split)
     raw = split.paths.all_raw()
-    rows = cache.lookup(raw, split.keys, os.fsencode(split.root))
+    # Rows of annotation files may name images outside the split's folder: looked up by path.
+    folder = os.fsencode(split.root) if split.origins is None else None
+    rows = cache.lookup(raw, split.keys, folder)
     content = np.full(count, b"", dtype="S16")
     phash = np.full(count, UNHASHED, dtype=np.int64)
     thumbs = np.full(count, b"", dtype=object)

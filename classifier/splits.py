@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from classifier.errors import UserError
-from classifier.file_table import Paths
+from classifier.file_table import Paths, Texts
 from classifier.pil_decode import IMAGE_EXTENSIONS, is_image_name
 from classifier.text import printable
 
@@ -200,6 +200,12 @@ class Split:
         repeats: ``(path, first path)`` of files and folders the walk reached twice.
         unusable: indices of files the pre-scan found unusable that stay in the split (only
             ``predict`` keeps them: each file gets its row, marked unreadable).
+        origins: for splits read from annotation files (JSONL, CSV), ``file:line`` of each
+            row; ``None`` for class folders.
+        attributes: for such splits, each row's attributes as JSON (a JSONL row's
+            ``metadata``, a CSV row's extra columns); ``None`` for class folders.
+        rejected: ``{file:line: reason}`` of rows left out while reading (a missing file, bad
+            JSON, a missing key, a path leaving the data root, a label train lacks).
     """
 
     name: str
@@ -211,6 +217,9 @@ class Split:
     empty_classes: list[str] = field(default_factory=list)
     repeats: list[tuple[Path, Path]] = field(default_factory=list)
     unusable: set[int] = field(default_factory=set)
+    origins: Texts | None = None
+    attributes: Texts | None = None
+    rejected: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -225,6 +234,8 @@ class Split:
             self.labels[chosen],
             self.keys[chosen],
             repeats=self.repeats,
+            origins=None if self.origins is None else self.origins.select(chosen),
+            attributes=None if self.attributes is None else self.attributes.select(chosen),
         )
 
 

@@ -215,6 +215,22 @@ def train_transform(
     return v2.Compose(steps)
 
 
+def split_transform(split: str, pre: Preprocessing, options: Any) -> v2.Compose:
+    """The transform of ``split``: the training augmentation set by the data module's
+    ``options`` (``scale``, ``hflip``, ``color_jitter``, ``auto_augment``, ``random_erasing``)
+    for ``train``, the evaluation transform for every other split."""
+    if split != "train":
+        return eval_transform(pre)
+    return train_transform(
+        pre,
+        scale=options["scale"],
+        hflip=options["hflip"],
+        color_jitter=options["color_jitter"],
+        auto_augment=options["auto_augment"],
+        random_erasing=options["random_erasing"],
+    )
+
+
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """``uint8`` NCHW batch to normalised ``float32`` (mean/std shaped ``1x3x1x1``)."""
     return (images.float().div_(255.0) - mean) / std

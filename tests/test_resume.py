@@ -41,8 +41,10 @@ def _losses(run: Path) -> dict[str, str]:
         ("KillAt", -9, []),
         ("TermAt", 143, []),
         ("TermAt", 143, ["--model.optimizer", "sam", "--model.sam_base", "adamw"]),
+        # The resumed process starts with an empty cache, the whole run reads a full one.
+        ("TermAt", 143, ["--data.cache_images", "ram"]),
     ],
-    ids=["sigkill", "sigterm", "sigterm-sam"],
+    ids=["sigkill", "sigterm", "sigterm-sam", "sigterm-ram-cache"],
 )
 def test_stop_mid_epoch_then_resume_is_bitwise_equal(
     image_folder: Path, tmp_path: Path, probe: str, status: int, extra: list[str]

@@ -1,0 +1,180 @@
+"""Splits read from rows of annotation files (JSONL, CSV) instead of class folders.
+
+A reader (:mod:`classifier.jsonl_source`, :mod:`classifier.csv_source`) hands each row to
+:class:`RowReader`, which resolves its image against the annotations file's folder, keeps it
+inside the data root (links resolved), checks that the file exists and keeps its label, where it
+came from (``file:line``) and its attributes. Rows that cannot be used are rejected with a
+reason, never dropped silently. :func:`to_split` then maps labels to the train class map and
+makes the same :class:`~classifier.splits.Split` a folder walk makes, so every feature reads
+either the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classifier.file_table import Paths, Texts
+from classifier.splits import KEY_COLUMNS, DataError, Split, class_name
+from classifier.text import printable
+
+
+@dataclass
+class Rows:
+    """The usable rows of one split, labels still as text, and the rejected ones.
+
+    Attributes:
+        paths: each row's image (below the data root, links resolved).
+        labels: each row's class name (:func:`~classifier.splits.class_name`).
+        keys: ``(size, mtime_ns, ctime_ns, device, inode)`` of each image.
+        origins: ``file:line`` of each row.
+        attributes: each row's attributes as JSON (``{}`` when it has none).
+        rejected: ``{file:line: reason}`` of rows that cannot be used.
+    """
+
+    paths: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    keys: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+    origins: list[str] = field(default_factory=list)
+    attributes: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
+class RowReader:
+    """Collect rows whose images must lie below ``data_root``.
+
+    Args:
+        data_root: the folder no image may leave (its real path, links resolved, is compared).
+        label_required: a row without a label is rejected (``False`` for ``predict``, whose
+            rows may lack one: their label is then empty).
+    """
+
+    def __init__(self, data_root: Path, label_required: bool = True) -> None:
+        self.data_root = data_root
+        self.real_root = os.path.realpath(data_root)
+        self.label_required = label_required
+        self.rows = Rows()
+        self._folders: dict[str, str] = {}
+
+    def reject(self, origin: str, reason: str) -> None:
+        """Leave the row at ``origin`` out, for ``reason``."""
+        self.rows.rejected[origin] = printable(reason)
+
+    def add(self, origin: str, folder: Path, image: Any, label: Any, attributes: Any) -> None:
+        """Take the row at ``origin`` (its image relative to ``folder``), or reject it."""
+        name = _label(label, self.label_required)
+        if name is None:
+            return self.reject(origin, f"label {_short(label)} is not a string or integer")
+        found = self._image(folder, image)
+        if isinstance(found, str):
+            return self.reject(origin, found)
+        try:
+            text = json.dumps({} if attributes is None else attributes)
+        except (ValueError, TypeError, RecursionError):
+            return self.reject(origin, "attributes nested too deeply")
+        path, info = found
+        self.rows.paths.append(path)
+        self.rows.labels.append(name)
+        self.rows.keys.append(
+            (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_dev, info.st_ino)
+        )
+        self.rows.origins.append(origin)
+        self.rows.attributes.append(text)
+        return None
+
+    def inside(self, real_path: str) -> bool:
+        """Whether ``real_path`` (links resolved) lies below the data root."""
+        return os.path.commonpath([real_path, self.real_root]) == self.real_root
+
+    def _resolved(self, joined: str) -> str:
+        """``os.path.realpath(joined)``, with each folder resolved once (a million rows in a
+        few folders: one ``lstat`` a row instead of one per path component)."""
+        head, name = os.path.split(joined)
+        if name in ("", ".", ".."):
+            return os.path.realpath(joined)
+        real = self._folders.get(head)
+        if real is None:
+            real = self._folders[head] = os.path.realpath(head)
+        target = os.path.join(real, name)
+        try:
+            if stat.S_ISLNK(os.lstat(target).st_mode):  # a link: where it points
+                return os.path.realpath(target)
+        except OSError:
+            pass  # missing: reported by the stat that follows
+        return target
+
+    def _image(self, folder: Path, image: Any) -> tuple[str, os.stat_result] | str:
+        """The row's image as a path below the data root and its ``stat``, or why not."""
+        if not isinstance(image, str) or not image or "\0" in image:
+            return f"image {_short(image)} is not a file path"
+        target = self._resolved(os.path.join(folder, image))
+        if not self.inside(target):
+            return f"image {image} leaves the data root {self.data_root} (resolved: {target})"
+        try:
+            info = os.stat(target)
+        except OSError as error:
+            return f"missing file {image} ({error.strerror})"
+        if not stat.S_ISREG(info.st_mode):
+            return f"image {image} is not a regular file"
+        return os.path.join(self.data_root, os.path.relpath(target, self.real_root)), info
+
+
+def _label(value: Any, required: bool) -> str | None:
+    """The class name of a label value (text or an integer), ``""`` for a missing one that
+    is not ``required``, else ``None``."""
+    if value in (None, "") and not required:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    name = class_name(str(value))
+    return name if name else None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def classes_of(rows: Rows) -> list[str]:
+    """The sorted class names of ``rows`` (train's rows make the class map)."""
+    return sorted(set(rows.labels))
+
+
+def to_split(name: str, root: Path, rows: Rows, class_names: list[str]) -> Split:
+    """``rows`` as a :class:`~classifier.splits.Split` labelled in ``class_names``; a row whose
+    label train lacks is rejected (``predict`` keeps it, label -1).
+
+    Raises:
+        DataError: no usable row is left (naming a few rejected ones).
+    """
+    index = {c: i for i, c in enumerate(class_names)}
+    rejected = dict(rows.rejected)
+    keep, labels = [], []
+    for i, label in enumerate(rows.labels):
+        if label in index or name == "predict":
+            keep.append(i)
+            labels.append(index.get(label, -1))
+        else:
+            rejected[rows.origins[i]] = f"label {label!r} is not a class of train"
+    if not keep:
+        listing = "; ".join(f"{o}: {r}" for o, r in list(rejected.items())[:3])
+        raise DataError(f"no usable annotation rows for {name} in {root}. {listing}".strip())
+    keys = np.asarray([rows.keys[i] for i in keep], dtype=np.int64).reshape(-1, KEY_COLUMNS)
+    present = set(labels)
+    return Split(
+        name,
+        root,
+        Paths.of(rows.paths[i] for i in keep),
+        np.asarray(labels, dtype=np.int64),
+        keys,
+        missing_classes=[c for i, c in enumerate(class_names) if i not in present],
+        origins=Texts.of(rows.origins[i] for i in keep),
+        attributes=Texts.of(rows.attributes[i] for i in keep),
+        rejected=rejected,
+    )

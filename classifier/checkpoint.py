@@ -19,9 +19,11 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
+import lightning.pytorch as pl
 import torch
+from typing_extensions import override
 
 from classifier.checkpoint_contents import forget_checkpoint_paths, problem
 from classifier.errors import UserError
@@ -118,3 +120,30 @@ def upgrade(
             if states == "state_dict" and isinstance(buffer, torch.Tensor):
                 checkpoint.setdefault("temperature", float(buffer))
     checkpoint.setdefault("temperature", 1.0)
+
+
+class SafeLoading(pl.LightningModule):
+    """``load_from_checkpoint`` through :func:`load_checkpoint`'s rules (for the model)."""
+
+    @override
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | Path,
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """Lightning's loader restricted to local files and ``weights_only=True`` (a
+        ``weights_only`` argument is ignored: a checkpoint never runs code)."""
+        loaded: Self = super().load_from_checkpoint(
+            checkpoint_file(checkpoint_path),
+            map_location=map_location,
+            hparams_file=hparams_file,
+            strict=strict,
+            weights_only=True,
+            **kwargs,
+        )
+        return loaded

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any, Literal, cast
 
-import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
 from classifier.backbone import Runner, create_backbone
-from classifier.checkpoint import checkpoint_file, upgrade
+from classifier.checkpoint import SafeLoading, upgrade
 from classifier.contract import optional_image_data
 from classifier.loss_window import LossWindow, nonfinite_error
 from classifier.losses import cross_entropy, mixed_cross_entropy, mixing
@@ -29,7 +27,7 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 EvalStage = Literal["val", "test"]
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(SafeLoading):
     """Single-label image classifier on a timm backbone.
 
     Args:
@@ -42,6 +40,9 @@ class ImageClassifier(pl.LightningModule):
             from random weights.
         drop_rate: dropout before the classifier head.
         drop_path_rate: stochastic depth rate (ConvNeXt/ViT/ResNet in timm).
+        image_size: the side of the training images, linked from ``data.image_size``: models
+            built for one size (ViT, DINOv2, EVA02, Swin, ...) are created for it, their
+            position embeddings resampled; ``None`` keeps the model's native size.
         label_smoothing: cross-entropy label smoothing (0.1 is a common choice).
         optimizer: ``adamw``, ``sgd`` (with Nesterov momentum) or ``sam`` (sharpness-aware
             steps of ``sam_base``); bias and norm weights get no weight decay.
@@ -100,6 +101,7 @@ class ImageClassifier(pl.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         tta: Literal["none", "flip", "crops", "flip+crops"] = "none",
+        image_size: int | None = None,
     ) -> None:
         super().__init__()
         check_rho(optimizer, sam_rho)
@@ -109,7 +111,7 @@ class ImageClassifier(pl.LightningModule):
         self.class_names = list(class_names)
         self.num_classes = len(class_names)
         self.model = create_backbone(
-            model_name, len(class_names), pretrained, drop_rate, drop_path_rate
+            model_name, len(class_names), pretrained, drop_rate, drop_path_rate, image_size
         )
         self.preprocessing: Preprocessing | None = None  # from the data; in checkpoints
         self.register_buffer("class_weights", torch.ones(self.num_classes), persistent=False)
@@ -327,29 +329,6 @@ class ImageClassifier(pl.LightningModule):
         if self._sam is not None:
             check_sam_trainer(self.trainer)
         return found
-
-    @override
-    @classmethod
-    def load_from_checkpoint(  # type: ignore[override]
-        cls,
-        checkpoint_path: str | Path,
-        map_location: Any = None,
-        hparams_file: str | Path | None = None,
-        strict: bool | None = None,
-        weights_only: bool | None = None,
-        **kwargs: Any,
-    ) -> ImageClassifier:
-        """Lightning's loader restricted to local files and ``weights_only=True`` (a
-        ``weights_only`` argument is ignored: a checkpoint never runs code)."""
-        loaded: ImageClassifier = super().load_from_checkpoint(
-            checkpoint_file(checkpoint_path),
-            map_location=map_location,
-            hparams_file=hparams_file,
-            strict=strict,
-            weights_only=True,
-            **kwargs,
-        )
-        return loaded
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from typing_extensions import override
 from classifier.backbone import Runner, create_backbone
 from classifier.checkpoint import SafeLoading, upgrade
 from classifier.contract import optional_image_data
+from classifier.finetune import FineTuning, check_finetuning
 from classifier.loss_window import LossWindow, nonfinite_error
 from classifier.losses import cross_entropy, mixed_cross_entropy, mixing
 from classifier.metrics import summary_metrics
@@ -27,7 +28,7 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 EvalStage = Literal["val", "test"]
 
 
-class ImageClassifier(SafeLoading):
+class ImageClassifier(FineTuning, SafeLoading):
     """Single-label image classifier on a timm backbone.
 
     Args:
@@ -43,6 +44,15 @@ class ImageClassifier(SafeLoading):
         image_size: the side of the training images, linked from ``data.image_size``: models
             built for one size (ViT, DINOv2, EVA02, Swin, ...) are created for it, their
             position embeddings resampled; ``None`` keeps the model's native size.
+        freeze_backbone_epochs: train only the classifier head (timm's ``get_classifier()``)
+            for this many epochs, then the whole network (LP-FT); ``-1`` keeps the backbone
+            frozen for the whole run (a linear probe). Frozen, the backbone's weights and
+            normalisation statistics stay unchanged and no backward pass runs through it.
+        train_bn: while the backbone is frozen, train its normalisation layers (fastai).
+        backbone_lr_scale: the backbone's learning rate as a fraction of the head's.
+        layer_decay: layer-wise learning-rate decay over timm's layer groups: a layer ``k``
+            groups below the head trains at ``layer_decay ** k`` (0.65-0.9 for ViTs); ``None``
+            is off. Every group's rate is ``lr`` x schedule x its scale, at every step.
         label_smoothing: cross-entropy label smoothing (0.1 is a common choice).
         optimizer: ``adamw``, ``sgd`` (with Nesterov momentum) or ``sam`` (sharpness-aware
             steps of ``sam_base``); bias and norm weights get no weight decay.
@@ -102,9 +112,14 @@ class ImageClassifier(SafeLoading):
         compile: bool = False,
         tta: Literal["none", "flip", "crops", "flip+crops"] = "none",
         image_size: int | None = None,
+        freeze_backbone_epochs: int = 0,
+        train_bn: bool = False,
+        backbone_lr_scale: float = 1.0,
+        layer_decay: float | None = None,
     ) -> None:
         super().__init__()
         check_rho(optimizer, sam_rho)
+        check_finetuning(freeze_backbone_epochs, backbone_lr_scale, layer_decay)
         if not class_names:
             raise ValueError("class_names is empty: it comes from the data's train/ folders.")
         self.save_hyperparameters()

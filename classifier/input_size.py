@@ -110,3 +110,13 @@ def resample_for(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, 
         if isinstance(value, torch.Tensor) and value.shape == own[key].shape:
             out[key] = value
     return out
+
+
+def resample_checkpoint(model: nn.Module, state: dict[str, Any], prefix: str = "model.") -> None:
+    """Adapt, in place, the tensors of ``model`` in a checkpoint's ``state`` (under
+    ``prefix``) that were saved for another input size (:func:`resample_for`): a ViT trained
+    at 224 px evaluates at ``--data.image_size 256``."""
+    inner = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    for key, value in resample_for(model, inner).items():
+        if value is not inner[key]:
+            state[prefix + key] = value

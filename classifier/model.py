@@ -12,6 +12,7 @@ from classifier.backbone import Runner, create_backbone
 from classifier.checkpoint import SafeLoading, upgrade
 from classifier.contract import optional_image_data
 from classifier.finetune import FineTuning, check_finetuning
+from classifier.input_size import resample_checkpoint
 from classifier.loss_window import LossWindow, nonfinite_error
 from classifier.losses import cross_entropy, mixed_cross_entropy, mixing
 from classifier.metrics import summary_metrics
@@ -360,8 +361,11 @@ class ImageClassifier(FineTuning, SafeLoading):
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the preprocessing saved by :meth:`on_save_checkpoint`; give checkpoints
-        from before calibration a temperature of 1 (also on Lightning's own loading route)."""
+        from before calibration a temperature of 1 (also on Lightning's own loading route);
+        resample position embeddings saved for another input size."""
         upgrade(checkpoint, "the checkpoint", source=self._checkpoint_file())
+        if isinstance(checkpoint.get("state_dict"), dict):  # saved at another data.image_size
+            resample_checkpoint(self.model, checkpoint["state_dict"])
         self.temperature = float(checkpoint.get("temperature", 1.0))
         stored = checkpoint.get("selective")
         self.selector = Selector.from_checkpoint(stored) if stored is not None else None

@@ -178,6 +178,13 @@ def test_a_checkpoint_rebuilds_the_network_at_its_training_size(
     folder = str(image_folder / "test")
     predicted: Any = run_cli("predict", "--ckpt_path", best, "--data.predict_dir", folder)
     assert predicted.model.hparams["image_size"] == 64
+    # Evaluated at another size, its position embeddings are resampled from the checkpoint's.
+    larger: Any = run_cli(
+        *["test", "--ckpt_path", best, "--data.data_dir", str(image_folder)],
+        *["--data.image_size", "96"],
+    )
+    assert larger.model.model.pos_embed.shape[1] == 1 + 6 * 6
+    assert "test/top1" in larger.trainer.callback_metrics
     out = export_checkpoint(best, output=str(tmp_path / "m.onnx"))
     report = json.loads((tmp_path / "m.export_report.json").read_text())
     assert report["passed"] and out.is_file()

@@ -249,10 +249,12 @@ def test_ddp_freezes_then_thaws_and_plain_ddp_is_refused_in_one_line(
     args = [*tiny("fit", image_folder, *ddp), "--model.freeze_backbone_epochs", "1"]
     refused = classifier_process(*args, "--trainer.strategy", "ddp", cwd=tmp_path)
     assert refused.returncode == 1
-    assert refused.stderr.strip().splitlines()[-1] == (
+    # Each process prints it (both stop at once; their lines may interleave): no traceback.
+    assert "Traceback" not in refused.stderr
+    assert (
         "error: model.freeze_backbone_epochs under DDP needs trainer.strategy "
         "ddp_find_unused_parameters_true (frozen parameters get no gradient)"
-    )
+    ) in refused.stderr
     out = tmp_path / "probe.json"
     args += ["--trainer.strategy", "ddp_find_unused_parameters_true", PROBE]
     done = classifier_process(*args, f"--trainer.callbacks.init_args.out={out}", cwd=tmp_path)

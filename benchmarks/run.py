@@ -247,6 +247,7 @@ def _steps(tmp: Path, whole_epochs: list[int]) -> list[tuple[str, Callable[[], A
     from benchmarks.scan import bench_first_run, bench_loader_memory, bench_warm_start
     from benchmarks.selective import bench_selective
     from benchmarks.small_copies import bench_small_copies
+    from benchmarks.transfer import bench_transfer
     from benchmarks.whole import bench_whole
 
     data = make(tmp / "jpeg", 384, 256, val=96)
@@ -258,6 +259,7 @@ def _steps(tmp: Path, whole_epochs: list[int]) -> list[tuple[str, Callable[[], A
         ("int8_vs_fp32", lambda: bench_int8(tmp)),
         ("selective_demo", lambda: bench_selective(tmp / "selective")),
         ("label_issues_demo", lambda: bench_label_issues(tmp / "labels")),
+        ("transfer", lambda: bench_transfer(tmp / "transfer")),
         ("help_vs_import", bench_help),
         ("duplicates", bench_duplicates),
         ("small_copies", bench_small_copies),
@@ -292,6 +294,9 @@ GOALS: dict[str, tuple[str, str, float]] = {
     "label_issues_demo": ("train_precision_top_k", ">=", 0.6),
     "label_issues_demo.val": ("val_recall_top_2k", ">=", 0.6),
     "label_issues_demo.cost": ("cost_share", "<=", 0.02),
+    "transfer": ("min_gain_over_scratch", ">=", 0.10),
+    "transfer.lp_ft": ("lp_ft_minus_full_ft", ">=", 0.0),
+    "transfer.frozen_epoch": ("frozen_epoch_ratio", "<=", 0.6),
     "help_vs_import": ("ratio", "<=", 1.15),
     "duplicates": ("hashes_100k_s", "<=", 10.0),
     "duplicates.shared": ("shared_rows_vs_even_1m", "<=", 2.0),
@@ -321,6 +326,7 @@ def _print_goals(results: dict[str, Any], whole_epochs: list[int]) -> None:
 def _print_details(results: dict[str, Any], whole_epochs: list[int]) -> None:
     """What a ratio alone does not say: whole-command times, AUROCs, the end-of-fit share."""
     from benchmarks.selective import table
+    from benchmarks.transfer import table as transfer_table
 
     for e in whole_epochs:
         whole = results.get(f"whole_command_{e}_epochs")
@@ -343,6 +349,8 @@ def _print_details(results: dict[str, Any], whole_epochs: list[int]) -> None:
             f" {cache['shm_used_gb']:.2f} GB used of {cache['estimate_gb']:.2f} GB estimated;"
             f" training loader alone {cache['loader_ratio']:.2f}x faster with ram"
         )
+    if "transfer" in results:
+        print("\n" + transfer_table(results["transfer"]))
     fit = results.get("fit_vs_hand_loop")
     if fit is not None:
         print(

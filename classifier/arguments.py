@@ -108,6 +108,7 @@ def checkpoint_layer(args: list[str]) -> Iterator[tuple[list[str], str | None]]:
         yield args, None
         return
     layer = config_from_checkpoint(ckpt)
+    layer["model"].pop("image_size", None)  # linked from data.image_size
     run = run_of_checkpoint(Path(ckpt))
     # Results go beside the run they evaluate, unless a config or option chooses the logger
     # (jsonargparse would merge their logger arguments into this one, not replace it).
@@ -173,6 +174,7 @@ def checkpoint_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str,
             section.pop(key, None)
     _drop_retired(model, data, path)
     model["pretrained"] = False
+    model.setdefault("image_size", data.get("image_size"))  # the size it was trained at
     data["class_names"] = list(class_names)
     return {"model": model, "data": data}
 

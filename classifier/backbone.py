@@ -10,11 +10,9 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from classifier.errors import UserError
+from classifier.input_size import BackboneError, check_size, resample_for, size_arguments
 
-
-class BackboneError(UserError, ValueError):
-    """The backbone cannot be created; the message says what to change."""
+__all__ = ["BackboneError", "Runner", "check_model_name", "create_backbone", "read_weights"]
 
 
 def check_model_name(name: str) -> None:
@@ -69,11 +67,14 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 def load_local_weights(model: nn.Module, path: Path) -> list[str]:
     """Load matching tensors from ``path`` into ``model``; the new head stays random.
 
+    Position embeddings saved for another input size are resampled to the model's (see
+    :func:`~classifier.input_size.resample_for`).
+
     Returns:
         Names of the model's tensors that were not loaded (the classifier head, normally).
     """
     own = model.state_dict()
-    state = read_weights(path)
+    state = resample_for(model, read_weights(path))
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
         raise BackboneError(f"no tensor in {path} matches the model's names and shapes.")
@@ -87,8 +88,9 @@ def create_backbone(
     pretrained: bool | str,
     drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
+    image_size: int | None = None,
 ) -> nn.Module:
-    """Create timm model ``name`` with a ``num_classes`` head.
+    """Create timm model ``name`` with a ``num_classes`` head, for ``image_size`` inputs.
 
     Args:
         name: a timm model name (``timm.list_models()``).
@@ -97,11 +99,16 @@ def create_backbone(
             ``.safetensors``/``.pth`` file, ``False`` starts from random weights.
         drop_rate: dropout before the classifier head.
         drop_path_rate: stochastic depth rate.
+        image_size: the side of the square inputs; a model with a fixed input size (ViT,
+            Swin, ...) is created for it, its hub weights' position embeddings resampled by
+            timm. ``None``: the model's own size.
     """
     import timm
 
     check_model_name(name)
-    kwargs: dict[str, Any] = {"drop_rate": drop_rate}
+    kwargs: dict[str, Any] = {"drop_rate": drop_rate, **size_arguments(name, image_size)}
+    if image_size is not None:
+        check_size(name, image_size, kwargs)  # before any download
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
     if isinstance(pretrained, str):

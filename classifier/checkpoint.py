@@ -19,9 +19,11 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
+import lightning.pytorch as pl
 import torch
+from typing_extensions import override
 
 from classifier.checkpoint_contents import forget_checkpoint_paths, problem
 from classifier.errors import UserError
@@ -146,3 +148,30 @@ def rule_of(
             f"network with {width} features; a damaged checkpoint."
         )
     return Selector.from_checkpoint(stored)
+
+
+class SafeLoading(pl.LightningModule):
+    """``load_from_checkpoint`` through :func:`load_checkpoint`'s rules (for the model)."""
+
+    @override
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | Path,
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """Lightning's loader restricted to local files and ``weights_only=True`` (a
+        ``weights_only`` argument is ignored: a checkpoint never runs code)."""
+        loaded: Self = super().load_from_checkpoint(
+            checkpoint_file(checkpoint_path),
+            map_location=map_location,
+            hparams_file=hparams_file,
+            strict=strict,
+            weights_only=True,
+            **kwargs,
+        )
+        return loaded

@@ -238,10 +238,10 @@ class ClassifierCLI(LightningCLI):
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Link ``data.class_names`` to ``model.class_names`` and ``model.model_name`` to
-        ``data.backbone``; add ``tune`` and ``test_after_fit``."""
+        """Link ``data.class_names`` and ``data.image_size`` (the network's size) to the model,
+        ``model.model_name`` to ``data.backbone`` (its preprocessing); add tune, test_after_fit."""
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
-        # The data module takes the backbone's pretrained preprocessing by name.
+        parser.link_arguments("data.image_size", "model.image_size")
         parser.link_arguments("model.model_name", "data.backbone")
         parser.add_argument(
             "--tune.batch_size",

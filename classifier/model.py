@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any, Literal, cast
 
-import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
 from classifier.backbone import Runner, create_backbone
-from classifier.checkpoint import checkpoint_file, rule_of, upgrade
+from classifier.checkpoint import SafeLoading, rule_of, upgrade
 from classifier.contract import optional_image_data
+from classifier.finetune import FineTuning, check_finetuning
+from classifier.input_size import resample_checkpoint
 from classifier.loss_window import LossWindow, NonFiniteLossError, nonfinite_error
 from classifier.losses import cross_entropy, mixed_cross_entropy, mixing
 from classifier.metrics import summary_metrics
@@ -29,7 +29,7 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 EvalStage = Literal["val", "test"]
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(FineTuning, SafeLoading):
     """Single-label image classifier on a timm backbone.
 
     Args:
@@ -42,6 +42,18 @@ class ImageClassifier(pl.LightningModule):
             from random weights.
         drop_rate: dropout before the classifier head.
         drop_path_rate: stochastic depth rate (ConvNeXt/ViT/ResNet in timm).
+        image_size: the side of the training images, linked from ``data.image_size``: models
+            built for one size (ViT, DINOv2, EVA02, Swin, ...) are created for it, their
+            position embeddings resampled; ``None`` keeps the model's native size.
+        freeze_backbone_epochs: train only the classifier head (timm's ``get_classifier()``)
+            for this many epochs, then the whole network (LP-FT); ``-1`` keeps the backbone
+            frozen for the whole run (a linear probe). Frozen, the backbone's weights and
+            normalisation statistics stay unchanged and no backward pass runs through it.
+        train_bn: while the backbone is frozen, train its normalisation layers (fastai).
+        backbone_lr_scale: the backbone's learning rate as a fraction of the head's.
+        layer_decay: layer-wise learning-rate decay over timm's layer groups: a layer ``k``
+            groups below the head trains at ``layer_decay ** k`` (0.65-0.9 for ViTs); ``None``
+            is off. Every group's rate is ``lr`` x schedule x its scale, at every step.
         label_smoothing: cross-entropy label smoothing (0.1 is a common choice).
         optimizer: ``adamw``, ``sgd`` (with Nesterov momentum) or ``sam`` (sharpness-aware
             steps of ``sam_base``); bias and norm weights get no weight decay.
@@ -100,16 +112,22 @@ class ImageClassifier(pl.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         tta: Literal["none", "flip", "crops", "flip+crops"] = "none",
+        image_size: int | None = None,
+        freeze_backbone_epochs: int = 0,
+        train_bn: bool = False,
+        backbone_lr_scale: float = 1.0,
+        layer_decay: float | None = None,
     ) -> None:
         super().__init__()
         check_rho(optimizer, sam_rho)
+        check_finetuning(freeze_backbone_epochs, backbone_lr_scale, layer_decay)
         if not class_names:
             raise ValueError("class_names is empty: it comes from the data's train/ folders.")
         self.save_hyperparameters()
         self.class_names = list(class_names)
         self.num_classes = len(class_names)
         self.model = create_backbone(
-            model_name, len(class_names), pretrained, drop_rate, drop_path_rate
+            model_name, len(class_names), pretrained, drop_rate, drop_path_rate, image_size
         )
         self.preprocessing: Preprocessing | None = None  # from the data; in checkpoints
         self.register_buffer("class_weights", torch.ones(self.num_classes), persistent=False)
@@ -334,29 +352,6 @@ class ImageClassifier(pl.LightningModule):
         return found
 
     @override
-    @classmethod
-    def load_from_checkpoint(  # type: ignore[override]
-        cls,
-        checkpoint_path: str | Path,
-        map_location: Any = None,
-        hparams_file: str | Path | None = None,
-        strict: bool | None = None,
-        weights_only: bool | None = None,
-        **kwargs: Any,
-    ) -> ImageClassifier:
-        """Lightning's loader restricted to local files and ``weights_only=True`` (a
-        ``weights_only`` argument is ignored: a checkpoint never runs code)."""
-        loaded: ImageClassifier = super().load_from_checkpoint(
-            checkpoint_file(checkpoint_path),
-            map_location=map_location,
-            hparams_file=hparams_file,
-            strict=strict,
-            weights_only=True,
-            **kwargs,
-        )
-        return loaded
-
-    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store class names and preprocessing so the checkpoint describes itself."""
         if self.trainer.training:
@@ -371,9 +366,12 @@ class ImageClassifier(pl.LightningModule):
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the preprocessing saved by :meth:`on_save_checkpoint`; give checkpoints
-        from before calibration a temperature of 1 (also on Lightning's own loading route)."""
+        from before calibration a temperature of 1 (also on Lightning's own loading route);
+        resample position embeddings saved for another input size."""
         source = self._checkpoint_file()
         upgrade(checkpoint, "the checkpoint", source=source)
+        if isinstance(checkpoint.get("state_dict"), dict):  # saved at another data.image_size
+            resample_checkpoint(self.model, checkpoint["state_dict"])
         self.temperature = float(checkpoint.get("temperature", 1.0))
         self.selector = rule_of(checkpoint, self.model, source or "the checkpoint")
         if "preprocessing" in checkpoint:

@@ -66,10 +66,12 @@ def stepping_batches(trainer: Any, batches_per_epoch: int | None) -> tuple[int, 
 def optimization(
     net: Any, hparams: Mapping[str, Any], steps_per_epoch: int, total_steps: int
 ) -> dict[str, Any]:
-    """Lightning's ``configure_optimizers`` answer for ``net``: timm's optimizer factory (no
-    weight decay on norms and biases; ``sgd`` is SGD with Nesterov momentum; ``sam`` wraps
-    ``sam_base`` in :class:`~classifier.sam.SAM`) and
-    :func:`lr_multiplier` stepped every optimizer step, from the model's ``hparams``."""
+    """Lightning's ``configure_optimizers`` answer for ``net``: timm's optimizer factory over
+    :func:`parameter_groups` (``sgd`` is SGD with Nesterov momentum; ``sam`` wraps
+    ``sam_base`` in :class:`~classifier.sam.SAM`) and :func:`lr_multiplier` stepped every
+    optimizer step, from the model's ``hparams``. Each group starts at ``lr`` times its
+    ``lr_scale``, which the multiplier then scales: at every step a group's rate is
+    ``lr x multiplier(step) x lr_scale``."""
     from timm.optim import create_optimizer_v2
     from torch.optim.lr_scheduler import LambdaLR
 
@@ -77,12 +79,14 @@ def optimization(
 
     sam = hparams["optimizer"] == "sam"
     optimizer = create_optimizer_v2(
-        net,
+        parameter_groups(net, hparams),
         opt=hparams["sam_base"] if sam else hparams["optimizer"],
         lr=hparams["lr"],
         weight_decay=hparams["weight_decay"],
         momentum=hparams["momentum"],
     )
+    for group in optimizer.param_groups:  # the scale applied here: LambdaLR ignores lr_scale
+        group["lr"] = hparams["lr"] * group.get("lr_scale", 1.0)
     if sam:
         optimizer = SAM(optimizer, hparams["sam_rho"])
     factor = lr_multiplier(
@@ -96,3 +100,42 @@ def optimization(
     )
     scheduler = LambdaLR(optimizer, factor)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def parameter_groups(net: Any, hparams: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups, named for ``LearningRateMonitor``: no weight decay on
+    norms, biases and the model's ``no_weight_decay()`` names (``*_no_decay`` groups); with a
+    ``backbone_lr_scale`` or a ``layer_decay`` the classifier head (``head``, scale 1) apart
+    from the backbone (``backbone``, or ``backbone_d{k}`` for the layer group ``k`` below the
+    top, scale ``layer_decay ** k``), each times ``backbone_lr_scale``. Every parameter is in a
+    group from the first step, frozen or not."""
+    from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+
+    skip = set(net.no_weight_decay()) if hasattr(net, "no_weight_decay") else set()
+    decay, scale = hparams.get("layer_decay"), float(hparams.get("backbone_lr_scale", 1.0))
+    wd = hparams["weight_decay"]
+    if decay is None:
+        groups = param_groups_weight_decay(net, wd, no_weight_decay_list=skip)
+    else:
+        groups = param_groups_layer_decay(net, wd, no_weight_decay_list=skip, layer_decay=decay)
+    if decay is None and scale == 1.0:
+        return [{**g, "name": _suffix("network", g)} for g in groups]
+    head = {id(p) for p in net.get_classifier().parameters()}
+    out: list[dict[str, Any]] = []
+    for group in groups:
+        below = round(math.log(group.get("lr_scale", 1.0)) / math.log(decay)) if decay else 0
+        part = f"backbone_d{below}" if decay else "backbone"
+        mine = [p for p in group["params"] if id(p) not in head]
+        heads = [p for p in group["params"] if id(p) in head]
+        for name, params, lr_scale in (
+            (part, mine, group.get("lr_scale", 1.0) * scale),
+            ("head", heads, 1.0),
+        ):
+            if params:
+                out.append({**group, "params": params, "lr_scale": lr_scale})
+                out[-1]["name"] = _suffix(name, out[-1])
+    return out
+
+
+def _suffix(name: str, group: Mapping[str, Any]) -> str:
+    return name if group["weight_decay"] else f"{name}_no_decay"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +101,7 @@ class TrainingHistory(PlottingCallback):
             "val_top1": value("val/top1"),
             "val_balanced_acc": value("val/balanced_acc"),
             "val_f1_macro": value("val/f1_macro"),
-            "lr": trainer.optimizers[0].param_groups[0]["lr"]
-            if trainer.optimizers
-            else float("nan"),
+            "lr": _head_lr(trainer.optimizers[0].param_groups) if trainer.optimizers else math.nan,
         }
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
         if trainer.is_global_zero:
@@ -134,3 +133,10 @@ class TrainingHistory(PlottingCallback):
         loss = state_dict.get("loss_sum")
         self._loss_sum = None if loss is None else torch.tensor(loss, dtype=torch.float64)
         self._steps = int(state_dict.get("steps", 0))
+
+
+def _head_lr(groups: list[dict[str, Any]]) -> float:
+    """The rate of the classifier head's group (``lr`` x schedule; backbone groups may be
+    scaled below it), or of the first group."""
+    named = [g for g in groups if g.get("name") in ("head", "network")]
+    return float((named or groups)[0]["lr"])

@@ -246,8 +246,8 @@ def test_the_full_run_covers_every_callback_the_shipped_configs_use(
 def test_the_shipped_warm_up_and_schedule_reach_the_optimizer(full_run: dict[str, Any]) -> None:
     # callbacks.yaml sets warmup_epochs 0.5 like the shipped configs; LearningRateMonitor
     # logs every step: 16 images x 3 classes / batch 8 = 6 steps per epoch, so 3 warm-up steps.
-    rows = [r for r in _csv(full_run["run"] / "metrics.csv") if r.get("lr-AdamW/pg1")]
-    lrs = [float(r["lr-AdamW/pg1"]) for r in rows]  # pg2: no weight decay, same rate
+    rows = [r for r in _csv(full_run["run"] / "metrics.csv") if r.get("lr-AdamW/network_no_decay")]
+    lrs = [float(r["lr-AdamW/network_no_decay"]) for r in rows]  # "network": the same rate
     assert len(lrs) == 6 * EPOCHS
     base = 0.01  # tiny.yaml
     assert lrs[:4] == pytest.approx([base / 4, 2 * base / 4, 3 * base / 4, base])

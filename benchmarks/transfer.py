@@ -1,0 +1,287 @@
+"""Transfer from a backbone pretrained here: scratch, full fine-tuning, linear probe, LP-FT and
+layer decay on a task with few labels, with the same epochs, over three seeds.
+
+The source task is the demo digits 0-4 (all of their training split): resnet10t trained from
+scratch, its weights (head left out) saved as a local ``.safetensors`` file, as a user without
+internet would pass one. The target task is the digits 5-9 with ``LABELS`` training images per
+class (a different draw per seed), validated on 20 per class and tested on their whole test
+split (375 images): new classes, so what transfers is the features. Each recipe runs the whole
+``classifier fit`` in-process (``test_after_fit`` on the best checkpoint).
+
+The frozen epoch's cost is measured side by side, on the source training split at 64 px
+(``frozen_vs_full_epoch``): an epoch of the few-label task is 4 steps, where fixed costs hide the
+compute. Run alone: ``python -m benchmarks.transfer``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import yaml
+from lightning.pytorch.callbacks import Callback
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL, SIZE, EPOCHS, LABELS, SEEDS = "resnet10t", 32, 20, 15, (0, 1, 2)
+#: Each recipe's model arguments beyond the shared ones (the weights file is added to all but
+#: scratch).
+RECIPES: dict[str, dict[str, Any]] = {
+    "scratch": {"pretrained": False},
+    "full_ft": {},
+    "linear_probe": {"freeze_backbone_epochs": -1},
+    "lp_ft": {"freeze_backbone_epochs": EPOCHS // 4},
+    "layer_decay": {"layer_decay": 0.7},
+}
+
+
+class EpochTimes(Callback):
+    """Wall seconds of each epoch's training batches (validation left out), and whether its
+    backbone was frozen."""
+
+    def __init__(self) -> None:
+        self.epochs: list[tuple[bool, float]] = []
+        self._start = self._last = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = self._last = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        self._last = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        frozen = bool(getattr(pl_module, "backbone_frozen", lambda: False)())
+        self.epochs.append((frozen, self._last - self._start))
+
+
+def _split(
+    digits: Path, root: Path, classes: range, counts: dict[str, int | None], seed: int
+) -> Path:
+    """``root/{train,val,test}/<digit>/`` with ``counts[split]`` images per class (``None``:
+    all), drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    for split, count in counts.items():
+        for digit in classes:
+            files = sorted((digits / split / str(digit)).glob("*.png"))
+            chosen = (
+                files if count is None else [files[i] for i in rng.permutation(len(files))[:count]]
+            )
+            folder = root / split / str(digit)
+            folder.mkdir(parents=True, exist_ok=True)
+            for path in chosen:
+                shutil.copyfile(path, folder / path.name)
+    return root
+
+
+def _config(root: Path, epochs: int, name: str = "transfer") -> Path:
+    """The shared run settings: best checkpoint by val/top1, tested after fit, no files a
+    benchmark does not read."""
+    config = {
+        "test_after_fit": True,
+        "trainer": {
+            "max_epochs": epochs,
+            "accelerator": "cpu",
+            "devices": 1,
+            "enable_progress_bar": False,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(root / "runs"), "name": "transfer"},
+            },
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"filename": "best", "monitor": "val/top1", "mode": "max"},
+                },
+                {"class_path": "benchmarks.transfer.EpochTimes"},
+            ],
+        },
+        "model": {"model_name": MODEL, "lr": 0.002, "warmup_epochs": 1, "label_smoothing": 0.1},
+        "data": {
+            "image_size": SIZE,
+            "crop_pct": 1.0,
+            "scale": [0.7, 1.0],
+            "hflip": 0.0,
+            "batch_size": 16,
+            "num_workers": 0,
+            "duplicate_bits": -1,
+        },
+    }
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _fit(config: Path, data: Path, seed: int, *extra: str) -> tuple[Any, float]:
+    """``classifier fit`` in-process; the CLI object and its wall seconds."""
+    from classifier.cli import main
+
+    start = time.perf_counter()
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--data.data_dir",
+            str(data),
+            "--seed_everything",
+            str(seed),
+            *extra,
+        ]
+    )
+    return cli, time.perf_counter() - start
+
+
+def _pretrain(digits: Path, root: Path) -> Path:
+    """resnet10t on the digits 0-4; its weights without the head, as a local file."""
+    from safetensors.torch import save_file
+
+    source = _split(
+        digits, root / "source", range(5), {"train": None, "val": None, "test": None}, 0
+    )
+    config = _config(root, 6, "pretrain")
+    cli, seconds = _fit(config, source, 0, "--model.pretrained", "false", "--data.batch_size", "64")
+    net = cli.model.model
+    head = {id(p) for p in net.get_classifier().parameters()}
+    heads = {name for name, param in net.named_parameters() if id(param) in head}
+    keep = {k: v.contiguous() for k, v in net.state_dict().items() if k not in heads}
+    path = root / "pretrained_0-4.safetensors"
+    save_file(keep, str(path))
+    print(
+        f"[transfer] pretrained on 0-4 in {seconds:.0f} s: test/top1 "
+        f"{float(cli.trainer.callback_metrics['test/top1']):.3f}",
+        flush=True,
+    )
+    return path
+
+
+def frozen_vs_full_epoch(
+    config: Path, data: Path, weights: Path, repeats: int = 2
+) -> dict[str, float]:
+    """Median seconds of a one-epoch fit (12 batches of 64 source images at 64 px), frozen
+    and not, alternately."""
+    times: dict[str, list[float]] = {"frozen": [], "full": []}
+    for _ in range(repeats):
+        for name, freeze in (("frozen", "-1"), ("full", "0")):
+            cli, _ = _fit(
+                config,
+                data,
+                0,
+                "--model.pretrained",
+                str(weights),
+                "--trainer.max_epochs",
+                "1",
+                "--data.image_size",
+                "64",
+                "--data.batch_size",
+                "64",
+                "--model.freeze_backbone_epochs",
+                freeze,
+                "--trainer.limit_train_batches",
+                "12",
+                "--test_after_fit",
+                "false",
+            )
+            times[name].append(_epoch_times(cli)[0][1])
+    frozen, full = statistics.median(times["frozen"]), statistics.median(times["full"])
+    return {"frozen_epoch_s": frozen, "full_epoch_s": full, "ratio": frozen / full}
+
+
+def _epoch_times(cli: Any) -> list[tuple[bool, float]]:
+    probe = next(c for c in cli.trainer.callbacks if isinstance(c, EpochTimes))
+    return list(probe.epochs)
+
+
+def bench_transfer(root: Path) -> dict[str, Any]:
+    """The table's numbers: per recipe, test top-1 and fit wall seconds for each seed and
+    their means; the gaps the goals name; the frozen epoch's cost."""
+    from classifier.demo_data import write_mnist
+
+    digits = write_mnist(REPO / "data" / "mnist")
+    weights = _pretrain(digits, root)
+    config = _config(root, EPOCHS)
+    rows: dict[str, dict[str, list[float]]] = {r: {"top1": [], "seconds": []} for r in RECIPES}
+    epochs: dict[str, list[float]] = {"frozen": [], "full": []}
+    for seed in SEEDS:
+        counts = {"train": LABELS, "val": 20, "test": None}
+        target = _split(digits, root / f"target{seed}", range(5, 10), counts, seed)
+        for recipe, arguments in RECIPES.items():
+            extra = [f"--model.{k}={str(v).lower()}" for k, v in arguments.items()]
+            if "pretrained" not in arguments:
+                extra.append(f"--model.pretrained={weights}")
+            cli, seconds = _fit(config, target, seed, *extra)
+            top1 = float(cli.trainer.callback_metrics["test/top1"])
+            rows[recipe]["top1"].append(top1)
+            rows[recipe]["seconds"].append(seconds)
+            for frozen, spent in _epoch_times(cli)[1:]:  # the first epoch also warms up
+                epochs["frozen" if frozen else "full"].append(spent)
+            print(
+                f"[transfer] seed {seed} {recipe}: test/top1 {top1:.3f}, {seconds:.1f} s",
+                flush=True,
+            )
+    result: dict[str, Any] = {
+        r: {
+            "top1": statistics.mean(v["top1"]),
+            "seconds": statistics.mean(v["seconds"]),
+            "top1_per_seed": v["top1"],
+        }
+        for r, v in rows.items()
+    }
+    scratch = result["scratch"]["top1"]
+    result["min_gain_over_scratch"] = min(
+        result[r]["top1"] - scratch for r in RECIPES if r != "scratch"
+    )
+    result["lp_ft_minus_full_ft"] = result["lp_ft"]["top1"] - result["full_ft"]["top1"]
+    result["few_label_frozen_vs_full_epoch"] = statistics.median(
+        epochs["frozen"]
+    ) / statistics.median(epochs["full"])
+    source = root / "source"
+    result["frozen_vs_full_epoch"] = frozen_vs_full_epoch(_config(root, 1, "cost"), source, weights)
+    result["frozen_epoch_ratio"] = result["frozen_vs_full_epoch"]["ratio"]
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    """The printed table: one row per recipe, means over the seeds."""
+    lines = [
+        f"transfer 0-4 -> 5-9, {LABELS} labels per class, {EPOCHS} epochs, {len(SEEDS)} seeds:",
+        f"{'recipe':14s} {'test top-1':>10s} {'vs scratch':>11s} {'fit s':>7s}   per seed",
+    ]
+    scratch = result["scratch"]["top1"]
+    for recipe in RECIPES:
+        row = result[recipe]
+        seeds = " ".join(f"{t:.3f}" for t in row["top1_per_seed"])
+        lines.append(
+            f"{recipe:14s} {row['top1']:10.3f} {row['top1'] - scratch:+11.3f} "
+            f"{row['seconds']:7.1f}   {seeds}"
+        )
+    cost = result["frozen_vs_full_epoch"]
+    lines.append(
+        f"frozen epoch {cost['frozen_epoch_s']:.2f} s vs full {cost['full_epoch_s']:.2f} s "
+        f"(12 batches of 64 at 64 px): {cost['ratio']:.2f}x; in the few-label runs "
+        f"{result['few_label_frozen_vs_full_epoch']:.2f}x"
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Run alone, print the table and write ``bench_transfer.json``."""
+    import tempfile
+
+    os.environ.setdefault("CLASSIFIER_ALLOWED_CLASS_PATHS", "benchmarks.")
+    with tempfile.TemporaryDirectory(prefix="classifier-transfer-") as tmp:
+        result = bench_transfer(Path(tmp))
+    print(table(result))
+    Path("bench_transfer.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -78,8 +78,27 @@ def load_local_weights(model: nn.Module, path: Path) -> list[str]:
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
         raise BackboneError(f"no tensor in {path} matches the model's names and shapes.")
+    head = _head_names(model)
+    lacking = [n for n, _ in model.named_parameters() if n not in usable and n not in head]
+    if lacking:  # a learned tensor left random under a "pretrained" backbone: say so, stop
+        found, wanted = state.get(lacking[0]), tuple(own[lacking[0]].shape)
+        detail = "not in the file"
+        if found is not None:
+            detail = f"shape {tuple(found.shape)} in the file, {wanted} in the model"
+        raise BackboneError(
+            f"{path} does not hold {len(lacking)} of the backbone's learned tensors "
+            f"({lacking[0]}: {detail}); a file of another model, or a damaged one."
+        )
     model.load_state_dict(usable, strict=False)
     return sorted(set(own) - set(usable))
+
+
+def _head_names(model: nn.Module) -> set[str]:
+    """The names of the classifier head's parameters (a new head is random by design)."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    ids = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+    return {name for name, p in model.named_parameters() if id(p) in ids}
 
 
 def create_backbone(
@@ -116,12 +135,14 @@ def create_backbone(
             name, pretrained=False, num_classes=num_classes, **kwargs
         )
         missing = load_local_weights(model, Path(pretrained).expanduser())
-        if len(missing) > 4:
+        buffers = [n for n in missing if not n.endswith("num_batches_tracked")]
+        buffers = [n for n in buffers if n not in dict(model.named_parameters())]
+        if buffers:  # statistics such as BatchNorm's running means: a warning, not an error
             import warnings
 
             warnings.warn(
-                f"{len(missing)} tensors were not in {pretrained} and stay random: "
-                f"{', '.join(missing[:6])} ...",
+                f"{len(buffers)} buffer(s) were not in {pretrained} and keep their initial "
+                f"values: {', '.join(buffers[:4])}{' ...' if len(buffers) > 4 else ''}",
                 stacklevel=2,
             )
         return model

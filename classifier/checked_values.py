@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 #: The largest image side a checkpoint, an export or a config may name.
 MAX_SIDE = 8192
+#: The smallest training size (an antialiased resize to 1 px fails inside torch).
+MIN_IMAGE_SIZE = 8
 #: Bounds of a temperature: what the fit allows (a validation set without errors would drive
 #: it to 0), and what a loaded one may be (outside them probabilities are all but one-hot, or
 #: uniform; 1e-300 gave NaN).

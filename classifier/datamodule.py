@@ -12,7 +12,7 @@ import torch
 from typing_extensions import override
 
 from classifier import rng
-from classifier.checked_values import MAX_SIDE
+from classifier.checked_values import MAX_SIDE, MIN_IMAGE_SIZE
 from classifier.dali_pipeline import dali
 from classifier.dist import max_over_processes
 from classifier.file_table import Paths, Texts
@@ -145,8 +145,10 @@ class ImageFolderDataModule(LoaderDataModule):
         super().__init__()
         if not -1 <= duplicate_bits < 64:
             raise DataError(f"duplicate_bits must be -1 (off) or 0-63, got {duplicate_bits}")
-        if not 0 < image_size <= MAX_SIDE:
-            raise DataError(f"image_size must be 1 to {MAX_SIDE} pixels, got {image_size}")
+        if not MIN_IMAGE_SIZE <= image_size <= MAX_SIDE:  # under 8 px, resizing breaks
+            raise DataError(
+                f"image_size must be {MIN_IMAGE_SIZE} to {MAX_SIDE} pixels, got {image_size}"
+            )
         if decode == "dali" and cache_images != "none":
             raise DataError("data.cache_images needs data.decode: cpu (DALI decodes on its own)")
         if decode == "dali" and not scan:

@@ -54,8 +54,8 @@ def check_finetuning(
         )
     if layer_decay is not None and not (math.isfinite(layer_decay) and 0 < layer_decay < 1):
         raise ConfigError(
-            f"model.layer_decay must be between 0 and 1 (0.65-0.9 is usual), or null to turn it "
-            f"off, got {layer_decay}"
+            f"model.layer_decay must be above 0 and below 1 (0.65-0.9 is usual; null, not 1, "
+            f"turns it off), got {layer_decay}"
         )
 
 

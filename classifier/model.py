@@ -6,10 +6,11 @@ import copy
 from typing import Any, Literal, cast
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from classifier.backbone import Runner, create_backbone
-from classifier.checkpoint import SafeLoading, rule_of, upgrade
+from classifier.checkpoint import CheckpointError, SafeLoading, rule_of, upgrade
 from classifier.contract import optional_image_data
 from classifier.finetune import FineTuning, check_finetuning
 from classifier.input_size import resample_checkpoint
@@ -371,11 +372,36 @@ class ImageClassifier(FineTuning, SafeLoading):
         source = self._checkpoint_file()
         upgrade(checkpoint, "the checkpoint", source=source)
         if isinstance(checkpoint.get("state_dict"), dict):  # saved at another data.image_size
-            resample_checkpoint(self.model, checkpoint["state_dict"])
+            self._adapt_size(checkpoint, source or "the checkpoint")
         self.temperature = float(checkpoint.get("temperature", 1.0))
         self.selector = rule_of(checkpoint, self.model, source or "the checkpoint")
         if "preprocessing" in checkpoint:
             self.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])
+
+    def _adapt_size(self, checkpoint: dict[str, Any], source: str) -> None:
+        """Resample position embeddings saved for another input size, when this model was
+        asked for another size than the checkpoint's (``--data.image_size``), with a note;
+        a checkpoint whose weights contradict its own size is refused.
+
+        Raises:
+            CheckpointError: the weights were saved for another size than the checkpoint says.
+        """
+        state = checkpoint["state_dict"]
+        before = {k: tuple(v.shape) for k, v in state.items()}
+        resample_checkpoint(self.model, state)
+        changed = [k for k, v in state.items() if tuple(v.shape) != before[k]]
+        if not changed:
+            return
+        saved = checkpoint.get("hyper_parameters", {}).get("image_size")
+        if saved == self.hparams.get("image_size"):
+            raise CheckpointError(
+                f"{source}: its {changed[0]} has shape {before[changed[0]]}, not what its "
+                f"image_size {saved} gives; a damaged checkpoint."
+            )
+        rank_zero_warn(
+            f"trained at {saved} px, evaluated at {self.hparams.get('image_size')} px: "
+            f"{', '.join(changed)} resampled"
+        )
 
     def _checkpoint_file(self) -> str | None:
         """The file the trainer restores from (``None``: no trainer, or none given)."""

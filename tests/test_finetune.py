@@ -94,8 +94,8 @@ PROBE = "--trainer.callbacks+=tests.test_finetune.FreezeProbe"
         ({"backbone_lr_scale": 0.0}, r"backbone_lr_scale must be a finite number above 0"),
         ({"backbone_lr_scale": math.nan}, r"backbone_lr_scale .* got nan"),
         ({"backbone_lr_scale": math.inf}, r"backbone_lr_scale .* got inf"),
-        ({"layer_decay": 1.5}, r"layer_decay must be between 0 and 1"),
-        ({"layer_decay": 0.0}, r"layer_decay must be between 0 and 1"),
+        ({"layer_decay": 1.5}, r"layer_decay must be above 0 and below 1"),
+        ({"layer_decay": 0.0}, r"layer_decay must be above 0 and below 1"),
         ({"layer_decay": math.nan}, r"layer_decay .* got nan"),
     ],
 )

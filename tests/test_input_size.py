@@ -188,3 +188,35 @@ def test_a_checkpoint_rebuilds_the_network_at_its_training_size(
     out = export_checkpoint(best, output=str(tmp_path / "m.onnx"))
     report = json.loads((tmp_path / "m.export_report.json").read_text())
     assert report["passed"] and out.is_file()
+    # A checkpoint claiming another size than its weights were saved for is refused, not
+    # quietly resampled (a review's tampered image_size tested at the claimed size).
+    checkpoint = torch.load(best, weights_only=True)
+    checkpoint["hyper_parameters"]["image_size"] = 96
+    checkpoint["datamodule_hyper_parameters"]["image_size"] = 96
+    checkpoint["preprocessing"] |= {"image_size": 96, "resize_size": 96}
+    tampered = tmp_path / "tampered.ckpt"
+    torch.save(checkpoint, tampered)
+    from classifier.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"pos_embed has shape .* not what its image_size"):
+        run_cli("test", "--ckpt_path", str(tampered), "--data.data_dir", str(image_folder))
+
+
+def test_a_weights_file_lacking_a_backbone_tensor_is_refused(tmp_path: Path) -> None:
+    """A missing or reshaped learned tensor stayed random under a "pretrained" backbone."""
+    import timm
+
+    source = timm.create_model("test_vit", pretrained=False, num_classes=3).state_dict()
+    for name, change in (("missing", None), ("reshaped", torch.zeros(10, 10))):
+        state = dict(source)
+        if change is None:
+            del state["blocks.0.attn.qkv.weight"]
+        else:
+            state["blocks.0.attn.qkv.weight"] = change
+        path = tmp_path / f"{name}.pth"
+        torch.save(state, path)
+        with pytest.raises(BackboneError, match=r"blocks\.0\.attn\.qkv\.weight"):
+            create_backbone("test_vit", 3, str(path))
+    headless = {k: v for k, v in source.items() if not k.startswith("head.")}
+    torch.save(headless, tmp_path / "headless.pth")
+    assert create_backbone("test_vit", 5, str(tmp_path / "headless.pth")) is not None

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from classifier.manifest import RowReader, Rows
+from classifier.manifest import RowReader, Rows, physical_lines, short, too_long
 from classifier.splits import IGNORED_DIRS, MAX_FOLDERS, DataError
 
 #: The annotation files' name.
@@ -81,8 +81,10 @@ def read_jsonl(root: Path, reader: RowReader, label_key: str) -> Rows:
             continue
         try:
             with open(path, "rb") as lines:
-                for number, line in enumerate(lines, 1):
-                    if line.strip():
+                for number, line in enumerate(physical_lines(lines), 1):
+                    if line is None:
+                        reader.reject(f"{path}:{number}", too_long())
+                    elif line.strip():
                         _row(reader, path, number, line, label_key)
         except OSError as error:
             raise DataError(f"cannot read {path}: {error.strerror}") from error
@@ -102,6 +104,8 @@ def _row(reader: RowReader, path: Path, number: int, line: bytes, label_key: str
     missing = [k for k in ("image", label_key) if k not in record]
     if missing and (missing != [label_key] or reader.label_required):
         return reader.reject(origin, f"missing key {missing[0]!r}")
+    if not isinstance(record.get("metadata", {}), dict):
+        return reader.reject(origin, f"metadata {short(record['metadata'])} is not an object")
     return reader.add(
         origin, path.parent, record["image"], record.get(label_key), record.get("metadata")
     )

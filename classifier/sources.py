@@ -85,7 +85,8 @@ class Source:
     @cached_property
     def _single_splits(self) -> set[str]:
         assert self._single is not None
-        return split_names(*read_table(self._single))
+        header, rows, _ = read_table(self._single)
+        return split_names(header, rows)
 
     def _candidates(self, name: str) -> list[Path]:
         """The paths that hold split ``name``, existing ones only."""

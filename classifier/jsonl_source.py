@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from classifier.manifest import RowReader, Rows, physical_lines, short, too_long
+from classifier.pil_decode import is_image_name
 from classifier.splits import IGNORED_DIRS, MAX_FOLDERS, DataError
 
 #: The annotation files' name.
@@ -109,3 +110,16 @@ def _row(reader: RowReader, path: Path, number: int, line: bytes, label_key: str
     return reader.add(
         origin, path.parent, record["image"], record.get(label_key), record.get("metadata")
     )
+
+
+def unreferenced(root: Path, named: set[str]) -> tuple[int, str]:
+    """How many image files below ``root`` (links not followed) no row names, and one of
+    them (``""`` when none)."""
+    count, example = 0, ""
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in IGNORED_DIRS)
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            if is_image_name(name) and os.path.normpath(path) not in named:
+                count, example = count + 1, example or path
+    return count, example

@@ -86,6 +86,8 @@ class RowReader:
         self.rows = Rows()
         self._folders: dict[str, str] = {}
         self._spellings: dict[str, tuple[str, str]] = {}
+        #: The image paths rows name (joined to their folder, normalised), used or not.
+        self.named: set[str] = set()
 
     def reject(self, origin: str, reason: str) -> None:
         """Leave the row at ``origin`` out, for ``reason``."""
@@ -93,6 +95,8 @@ class RowReader:
 
     def add(self, origin: str, folder: Path, image: Any, label: Any, attributes: Any) -> None:
         """Take the row at ``origin`` (its image relative to ``folder``), or reject it."""
+        if isinstance(image, str):
+            self.named.add(os.path.normpath(os.path.join(folder, image)))
         name = _label(label, self.label_required)
         if name is None:
             return self.reject(origin, f"label {short(label)} is not a string or integer")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_folder
-from tests.test_sources import setup, write_jsonl
+from tests.test_sources import setup, write_jsonl, write_rows
 
 
 def manifest_lines(data: Path) -> list[bytes]:
@@ -126,3 +126,51 @@ def test_labels_differing_only_by_case_or_unicode_form_are_refused(
     message = str(raised.value)
     assert f"labels {a} ({train}:{first}) and {b} ({train}:{first + 1}) differ only" in message
     assert "\n" not in message  # one error: line
+
+
+def one_class_data(root: Path, source: str) -> Path:
+    """Data of the class ``cat`` only, as ``source``."""
+    if source == "jsonl":
+        data = write_jsonl(root)
+        for split in ("train", "valid", "test"):
+            path = data / split / "annotations.jsonl"
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+            path.write_text("".join(json.dumps({**r, "suffix": "cat"}) + "\n" for r in rows))
+        return data
+    data = make_folder(root, classes=("cat",), counts={"train": 6})
+    if source == "csv":
+        rows = [f"{p.relative_to(data).as_posix()},cat" for p in sorted(data.rglob("*.png"))]
+        (data / "train.csv").write_text("\n".join(["path,label", *rows]) + "\n")
+    return data
+
+
+@pytest.mark.parametrize("source", ["folders", "jsonl", "csv"])
+def test_a_single_class_is_one_error_before_any_work(tmp_path: Path, source: str) -> None:
+    from classifier.splits import DataError
+
+    data = one_class_data(tmp_path / "d", source)
+    with pytest.raises(DataError, match=r"^train has one class, 'cat' \(.*\); a classifier needs"):
+        setup(data, source=source, val_fraction=0.5 if source != "jsonl" else 0.0)
+
+
+def test_a_stray_annotations_file_does_not_silently_replace_a_folder_dataset(
+    tmp_path: Path,
+) -> None:
+    from classifier.splits import DataError
+
+    data = make_folder(tmp_path / "d", counts={"train": 4, "val": 2})  # 12 + 6 images
+    for split, names in (("train", ("cat", "dog")), ("val", ("cat", "dog"))):
+        rows = [{"image": f"../{c}/{c}_00{i}.png", "suffix": c} for c in names for i in (0, 1)]
+        write_rows(data / split / "cat" / "annotations.jsonl", rows)
+    with pytest.raises(DataError, match=r"and 8 image\(s\) that no row names \(e\.g\. .*\.png\)"):
+        setup(data)  # auto
+    with pytest.warns(UserWarning) as caught:
+        dm = setup(data, source="jsonl")
+    assert len(dm.splits["train"]) == 4 and len(dm.splits["val"]) == 4
+    messages = [str(w.message) for w in caught]
+    assert f"{data / 'train'}: 8 image(s) that no annotations.jsonl row names are not used" in (
+        messages
+    )
+    assert f"{data / 'val'}: 2 image(s) that no annotations.jsonl row names are not used" in (
+        messages
+    )

@@ -102,6 +102,8 @@ def _row(reader: RowReader, path: Path, number: int, line: bytes, label_key: str
         return reader.reject(origin, "bad JSON (nested too deeply)")
     if not isinstance(record, dict):
         return reader.reject(origin, "not a JSON object")
+    if b"\\u" in line and not _encodable(record):
+        return reader.reject(origin, "not UTF-8 text (a lone surrogate escape such as \\ud800)")
     missing = [k for k in ("image", label_key) if k not in record]
     if missing and (missing != [label_key] or reader.label_required):
         return reader.reject(origin, f"missing key {missing[0]!r}")
@@ -123,3 +125,12 @@ def unreferenced(root: Path, named: set[str]) -> tuple[int, str]:
             if is_image_name(name) and os.path.normpath(path) not in named:
                 count, example = count + 1, example or path
     return count, example
+
+
+def _encodable(record: dict[str, object]) -> bool:
+    """Whether ``record`` holds no lone surrogate (text no file or terminal can hold)."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -95,15 +95,20 @@ def test_labels_are_never_merged_by_escaping_and_an_integer_is_its_text(tmp_path
             {"image": "crops/7_0.png", "suffix": "x\ny"},  # a real newline: a bad row
             {"image": "crops/7_1.png", "suffix": "x\\ny"},  # the text x\ny: a class
             {"image": "crops/7_2.png", "suffix": "\ud800"},  # a lone surrogate: a bad row
+            {"image": "crops/\udcff.png", "suffix": "7"},  # in a path: a bad row
+            {"image": "crops/7_3.png", "suffix": "7", "metadata": {"a": "\udcff"}},
             {"image": "crops/23_0.png", "suffix": 23},  # the integer 23 is the label "23"
         ],
     )
-    with pytest.warns(UserWarning, match="excluded 2"):
+    with pytest.warns(UserWarning, match="excluded 4"):
         dm = setup(data)
     assert dm.class_names == ["23", "7", "9", "x\\ny"]
+    surrogate = "not UTF-8 text (a lone surrogate escape such as \\ud800)"
     assert dm.excluded["train"] == {
         f"{train}:{first}": "label 'x\\ny' holds a control character",
-        f"{train}:{first + 2}": "label '\\ud800' holds a control character",
+        f"{train}:{first + 2}": surrogate,
+        f"{train}:{first + 3}": surrogate,
+        f"{train}:{first + 4}": surrogate,
     }
     assert len(dm.splits["train"]) == 3 * 8 + 2
 

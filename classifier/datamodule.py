@@ -243,7 +243,8 @@ class ImageFolderDataModule(LoaderDataModule):
         checked = stage == "fit" and self._check_health()
         self._build_datasets()
         if self.excluded:
-            report_excluded(self.excluded, self.hparams["strict"], self._rank_zero_folder())
+            rows = self.source.kind != "folders"
+            report_excluded(self.excluded, self.hparams["strict"], self._rank_zero_folder(), rows)
         if not checked:
             report_shared(self.splits)
 

@@ -219,6 +219,21 @@ def safe_name(name: str, max_len: int = 64) -> str:
     return cleaned[:max_len]
 
 
+def unique_safe_names(names: list[str]) -> list[str]:
+    """:func:`safe_name` of each of ``names``, made unique by a ``_2``, ``_3`` ... suffix
+    (``a/b`` and ``a_b``, ``cat`` and ``cat `` would otherwise share one metric column)."""
+    taken: set[str] = set()
+    found = []
+    for name in names:
+        base = candidate = safe_name(name)
+        number = 2
+        while candidate in taken:
+            candidate, number = f"{base}_{number}", number + 1
+        taken.add(candidate)
+        found.append(candidate)
+    return found
+
+
 def run_of_checkpoint(ckpt_path: Path) -> Path | None:
     """The run folder a checkpoint belongs to (``<run>/checkpoints/x.ckpt``, where ``<run>``
     holds ``config.yaml``, ``hparams.yaml`` or ``metrics.csv``), else ``None``.

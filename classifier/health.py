@@ -275,21 +275,23 @@ def report_shared(splits: dict[str, Split]) -> None:
         )
 
 
-def report_excluded(excluded: dict[str, dict[str, str]], strict: bool, folder: Path | None) -> None:
-    """Warn about (``strict``: stop on) the files the pre-scan excluded; list them all in
-    ``folder/excluded_files.csv`` when a folder is given (rank 0)."""
-    rows = [(s, p, r) for s, bad in excluded.items() for p, r in sorted(bad.items())]
-    listing = "\n".join(f"  {p}: {r}" for _, p, r in rows[:20])
-    more = f"\n  ... and {len(rows) - 20} more" if len(rows) > 20 else ""
+def report_excluded(
+    excluded: dict[str, dict[str, str]], strict: bool, folder: Path | None, rows: bool = False
+) -> None:
+    """Warn about (``strict``: stop on) the files the pre-scan excluded (and, when ``rows``,
+    the annotation rows left out); list them all in ``folder/excluded_files.csv`` when a
+    folder is given (rank 0)."""
+    what = "unusable image(s) or row(s)" if rows else "unreadable image(s)"
+    found = [(s, p, r) for s, bad in excluded.items() for p, r in sorted(bad.items())]
+    listing = "\n".join(f"  {p}: {r}" for _, p, r in found[:20])
+    more = f"\n  ... and {len(found) - 20} more" if len(found) > 20 else ""
     if strict:
-        raise DataError(f"{len(rows)} unreadable image(s) (strict: true):\n{listing}{more}")
+        raise DataError(f"{len(found)} {what} (strict: true):\n{listing}{more}")
     report = ""
     if folder is not None:
-        write_csv(folder / "excluded_files.csv", ["split", "path", "reason"], rows)
+        write_csv(folder / "excluded_files.csv", ["split", "path", "reason"], found)
         report = f" (list in {folder / 'excluded_files.csv'})"
-    warnings.warn(
-        f"excluded {len(rows)} unreadable image(s){report}:\n{listing}{more}", stacklevel=3
-    )
+    warnings.warn(f"excluded {len(found)} {what}{report}:\n{listing}{more}", stacklevel=3)
 
 
 def _one_line(report: dict[str, Any]) -> str:

@@ -12,7 +12,8 @@ import json
 import os
 from pathlib import Path
 
-from classifier.manifest import RowReader, Rows
+from classifier.manifest import RowReader, Rows, physical_lines, short, too_long
+from classifier.pil_decode import is_image_name
 from classifier.splits import IGNORED_DIRS, MAX_FOLDERS, DataError
 
 #: The annotation files' name.
@@ -81,8 +82,10 @@ def read_jsonl(root: Path, reader: RowReader, label_key: str) -> Rows:
             continue
         try:
             with open(path, "rb") as lines:
-                for number, line in enumerate(lines, 1):
-                    if line.strip():
+                for number, line in enumerate(physical_lines(lines), 1):
+                    if line is None:
+                        reader.reject(f"{path}:{number}", too_long())
+                    elif line.strip():
                         _row(reader, path, number, line, label_key)
         except OSError as error:
             raise DataError(f"cannot read {path}: {error.strerror}") from error
@@ -99,9 +102,35 @@ def _row(reader: RowReader, path: Path, number: int, line: bytes, label_key: str
         return reader.reject(origin, "bad JSON (nested too deeply)")
     if not isinstance(record, dict):
         return reader.reject(origin, "not a JSON object")
+    if b"\\u" in line and not _encodable(record):
+        return reader.reject(origin, "not UTF-8 text (a lone surrogate escape such as \\ud800)")
     missing = [k for k in ("image", label_key) if k not in record]
     if missing and (missing != [label_key] or reader.label_required):
         return reader.reject(origin, f"missing key {missing[0]!r}")
+    if not isinstance(record.get("metadata", {}), dict):
+        return reader.reject(origin, f"metadata {short(record['metadata'])} is not an object")
     return reader.add(
         origin, path.parent, record["image"], record.get(label_key), record.get("metadata")
     )
+
+
+def unreferenced(root: Path, named: set[str]) -> tuple[int, str]:
+    """How many image files below ``root`` (links not followed) no row names, and one of
+    them (``""`` when none)."""
+    count, example = 0, ""
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in IGNORED_DIRS)
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            if is_image_name(name) and os.path.normpath(path) not in named:
+                count, example = count + 1, example or path
+    return count, example
+
+
+def _encodable(record: dict[str, object]) -> bool:
+    """Whether ``record`` holds no lone surrogate (text no file or terminal can hold)."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -14,15 +14,39 @@ from __future__ import annotations
 import json
 import os
 import stat
+import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from classifier.file_table import Paths, Texts
 from classifier.splits import KEY_COLUMNS, DataError, Split, class_name
 from classifier.text import printable
+
+#: What :func:`_label` gives for a label holding a control character.
+CONTROL = "\x00"
+#: Longest line (in bytes) of an annotations file or manifest; a longer one is a bad row.
+MAX_LINE = 1 << 20
+
+
+def physical_lines(binary: IO[bytes]) -> Iterator[bytes | None]:
+    """The lines of ``binary``, each read with at most :data:`MAX_LINE` bytes in memory;
+    ``None`` stands for a longer line (skipped to its end)."""
+    while line := binary.readline(MAX_LINE + 1):
+        if len(line) <= MAX_LINE:
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):
+            line = binary.readline(MAX_LINE)
+        yield None
+
+
+def too_long() -> str:
+    """The reason a line over :data:`MAX_LINE` is left out."""
+    return f"line longer than {MAX_LINE} bytes"
 
 
 @dataclass
@@ -61,6 +85,9 @@ class RowReader:
         self.label_required = label_required
         self.rows = Rows()
         self._folders: dict[str, str] = {}
+        self._spellings: dict[str, tuple[str, str]] = {}
+        #: The image paths rows name (joined to their folder, normalised), used or not.
+        self.named: set[str] = set()
 
     def reject(self, origin: str, reason: str) -> None:
         """Leave the row at ``origin`` out, for ``reason``."""
@@ -68,9 +95,14 @@ class RowReader:
 
     def add(self, origin: str, folder: Path, image: Any, label: Any, attributes: Any) -> None:
         """Take the row at ``origin`` (its image relative to ``folder``), or reject it."""
+        if isinstance(image, str):
+            self.named.add(os.path.normpath(os.path.join(folder, image)))
         name = _label(label, self.label_required)
         if name is None:
-            return self.reject(origin, f"label {_short(label)} is not a string or integer")
+            return self.reject(origin, f"label {short(label)} is not a string or integer")
+        if name == CONTROL:
+            return self.reject(origin, f"label {short(label)} holds a control character")
+        self._check_spelling(origin, str(label), name)
         found = self._image(folder, image)
         if isinstance(found, str):
             return self.reject(origin, found)
@@ -87,6 +119,22 @@ class RowReader:
         self.rows.origins.append(origin)
         self.rows.attributes.append(text)
         return None
+
+    def _check_spelling(self, origin: str, text: str, name: str) -> None:
+        """Refuse two labels that differ only by case or Unicode form (as two class folders
+        are refused); ``23`` and ``"23"`` are one label.
+
+        Raises:
+            DataError: naming both labels and a row of each.
+        """
+        if not name:
+            return
+        first = self._spellings.setdefault(name.casefold(), (text, origin))
+        if first[0] != text:
+            raise DataError(
+                f"labels {first[0]!r} ({first[1]}) and {text!r} ({origin}) differ only by case "
+                "or Unicode form; make them one label or rename one of them."
+            )
 
     def inside(self, real_path: str) -> bool:
         """Whether ``real_path`` (links resolved) lies below the data root."""
@@ -112,7 +160,7 @@ class RowReader:
     def _image(self, folder: Path, image: Any) -> tuple[str, os.stat_result] | str:
         """The row's image as a path below the data root and its ``stat``, or why not."""
         if not isinstance(image, str) or not image or "\0" in image:
-            return f"image {_short(image)} is not a file path"
+            return f"image {short(image)} is not a file path"
         target = self._resolved(os.path.join(folder, image))
         if not self.inside(target):
             return f"image {image} leaves the data root {self.data_root} (resolved: {target})"
@@ -127,16 +175,20 @@ class RowReader:
 
 def _label(value: Any, required: bool) -> str | None:
     """The class name of a label value (text or an integer), ``""`` for a missing one that
-    is not ``required``, else ``None``."""
+    is not ``required``, :data:`CONTROL` for one holding a control character or a lone
+    surrogate (escaping it could make it another label's name), else ``None``."""
     if value in (None, "") and not required:
         return ""
-    if isinstance(value, bool) or not isinstance(value, str | int):
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
         return None
-    name = class_name(str(value))
-    return name if name else None
+    text = str(value)
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
+        return CONTROL
+    return class_name(text)
 
 
-def _short(value: Any) -> str:
+def short(value: Any) -> str:
+    """``repr(value)``, cut to 60 characters."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

@@ -11,7 +11,7 @@ from typing_extensions import override
 from classifier.charts import draw as render
 from classifier.contract import image_data
 from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, last_epoch, log_image
-from classifier.files import run_dir, safe_name, write_json
+from classifier.files import run_dir, unique_safe_names, write_json
 
 
 def gather_drawn(drawn: torch.Tensor) -> torch.Tensor:
@@ -23,12 +23,20 @@ def gather_drawn(drawn: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def logged_shares(names: list[str], shares: dict[str, float]) -> dict[str, float]:
+    """``{sampler/<column>: share}`` of each class, one column per class
+    (:func:`~classifier.files.unique_safe_names`)."""
+    columns = unique_safe_names(names)
+    return {f"sampler/{c}": shares[n] for n, c in zip(names, columns, strict=True)}
+
+
 class SamplerDistribution(PlottingCallback):
     """Compare the class distribution of ``train/`` with what the sampler drew each epoch.
 
     With ``sampler: weighted`` the drawn distribution should be much flatter than the folder's;
     with plain shuffling it equals it. Prints a table (first and last epoch), logs
-    ``sampler/<class>`` (drawn share) to the logger, and writes ``sampler_distribution.json``
+    ``sampler/<class>`` (drawn share; a class name made safe, with ``_2`` when two names
+    would share a column) to the logger, and writes ``sampler_distribution.json``
     (every epoch) and ``sampler_distribution.png`` (latest epoch, redrawn while that stays within
     ``plot_time_share`` of the run's time, and at the end of fit) into the run folder. Under DDP
     the draws of all processes are gathered first.
@@ -75,7 +83,7 @@ class SamplerDistribution(PlottingCallback):
         write_json(folder / "sampler_distribution.json", self.epochs)
         if trainer.logger is not None:
             trainer.logger.log_metrics(
-                {f"sampler/{safe_name(n)}": v for n, v in record["effective"].items()},
+                logged_shares(names, record["effective"]),
                 step=trainer.global_step,
             )
         series: dict[str, list[float]] = {

@@ -25,6 +25,8 @@ COLUMNS = ("attribute", "value", "images", "top1", "balanced_acc", "ece", "warni
 BINS = 15
 #: Most distinct values one attribute may have and still be sliced (an ID is no attribute).
 MAX_VALUES = 100
+#: Most attributes sliced (the first by name); the others are named in a warning.
+MAX_ATTRIBUTES = 100
 
 
 @dataclass
@@ -57,9 +59,10 @@ def flatten(attributes: Any, prefix: str = "", depth: int = 0) -> dict[str, str]
     return found
 
 
-def groups(attributes: Sequence[str]) -> dict[tuple[str, str], list[int]]:
-    """The rows (indices) of each ``(attribute, value)``; attributes with more than
-    :data:`MAX_VALUES` values are left out."""
+def groups(attributes: Sequence[str]) -> tuple[dict[tuple[str, str], list[int]], list[str]]:
+    """The rows (indices) of each ``(attribute, value)``, and the attributes left out: those
+    with more than :data:`MAX_VALUES` values and those past the first :data:`MAX_ATTRIBUTES`
+    (by name), so no metadata can make the report huge."""
     found: dict[tuple[str, str], list[int]] = {}
     for index, text in enumerate(attributes):
         for name, value in flatten(json.loads(text)).items():
@@ -67,7 +70,20 @@ def groups(attributes: Sequence[str]) -> dict[tuple[str, str], list[int]]:
     values: dict[str, int] = {}
     for name, _ in found:
         values[name] = values.get(name, 0) + 1
-    return {k: v for k, v in found.items() if values[k[0]] <= MAX_VALUES}
+    kept = set(sorted(n for n, count in values.items() if count <= MAX_VALUES)[:MAX_ATTRIBUTES])
+    left_out = sorted(n for n in values if n not in kept)
+    return {k: v for k, v in found.items() if k[0] in kept}, left_out
+
+
+def left_out_note(split: str, left_out: list[str]) -> str | None:
+    """One message naming the attributes that were not sliced, or ``None``."""
+    if not left_out:
+        return None
+    more = f" and {len(left_out) - 5} more" if len(left_out) > 5 else ""
+    return (
+        f"{split}: {len(left_out)} attribute(s) not sliced (more than {MAX_VALUES} values, or "
+        f"past the first {MAX_ATTRIBUTES} attributes): {', '.join(left_out[:5])}{more}"
+    )
 
 
 def _balanced(labels: np.ndarray, right: np.ndarray) -> float:
@@ -90,15 +106,17 @@ def table(
     calibrated: bool,
     min_images: int = 20,
     margin: float = 0.1,
-) -> tuple[list[list[Any]], float]:
-    """``slices_<split>.csv`` rows (worst top-1 first) and the split's top-1. A slice of
+) -> tuple[list[list[Any]], float, list[str]]:
+    """``slices_<split>.csv`` rows (worst top-1 first), the split's top-1 and the attributes
+    left out (:func:`groups`). A slice of
     ``min_images`` or more whose top-1 is more than ``margin`` below the split's is marked
     ``warning``; ECE only when ``calibrated``."""
     readable = found.labels >= 0
     right = found.predicted == found.labels
     overall = float(right[readable].mean()) if readable.any() else float("nan")
     rows: list[tuple[str, str, int, float, float, float | str, bool]] = []
-    for (name, value), members in groups(attributes).items():
+    sliced, left_out = groups(attributes)
+    for (name, value), members in sliced.items():
         chosen = np.asarray(members)
         chosen = chosen[readable[chosen]]
         if not len(chosen):
@@ -109,7 +127,8 @@ def table(
         balanced = _balanced(found.labels[chosen], right[chosen])
         rows.append((name, value, len(chosen), top1, balanced, ece, far))
     rows.sort(key=lambda r: (r[3], -r[2], r[0], r[1]))
-    return [[*r[:3], *(_round(v) for v in r[3:6]), str(r[6]).lower()] for r in rows], overall
+    shown = [[*r[:3], *(_round(v) for v in r[3:6]), str(r[6]).lower()] for r in rows]
+    return shown, overall, left_out
 
 
 def _round(value: float | str) -> float | str:

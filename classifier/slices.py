@@ -16,7 +16,7 @@ from typing_extensions import override
 from classifier.contract import classifier_module, optional_image_data, rows_of
 from classifier.dist import gather_batches
 from classifier.files import run_dir
-from classifier.slice_metrics import Predictions, table, warning, write
+from classifier.slice_metrics import Predictions, left_out_note, table, warning, write
 
 
 class Slices(Callback):
@@ -72,11 +72,13 @@ class Slices(Callback):
         model = classifier_module(pl_module)
         calibrated = model.temperature != 1.0 or model.selector is not None
         predictions = Predictions(labels[first], predicted[first], confidence[first])
-        rows, overall = table(predictions, attributes, calibrated, self.min_images, self.margin)
-        if not rows:
-            return
-        write(run_dir(trainer) / f"slices_{split}.csv", rows)
-        message = warning(split, rows, overall, self.margin)
+        rows, overall, left_out = table(
+            predictions, attributes, calibrated, self.min_images, self.margin
+        )
+        notes = [warning(split, rows, overall, self.margin), left_out_note(split, left_out)]
+        message = "\n".join(n for n in notes if n) or None
+        if rows:
+            write(run_dir(trainer) / f"slices_{split}.csv", rows)
         if trainer.state.fn == "fit":
             self._pending = message
         elif message:

@@ -9,6 +9,7 @@ validation split may be called ``val`` or ``valid`` (not both).
 
 from __future__ import annotations
 
+import warnings
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -16,7 +17,7 @@ from typing import Literal
 from lightning.pytorch.utilities import rank_zero_info
 
 from classifier.csv_source import read_csv, read_table, split_names
-from classifier.jsonl_source import holds_annotations, read_jsonl
+from classifier.jsonl_source import holds_annotations, read_jsonl, unreferenced
 from classifier.manifest import RowReader, Rows, classes_of, to_split
 from classifier.splits import DataError, Split, class_dirs, read_split, read_unlabelled
 
@@ -85,7 +86,8 @@ class Source:
     @cached_property
     def _single_splits(self) -> set[str]:
         assert self._single is not None
-        return split_names(*read_table(self._single))
+        header, rows, _ = read_table(self._single)
+        return split_names(header, rows)
 
     def _candidates(self, name: str) -> list[Path]:
         """The paths that hold split ``name``, existing ones only."""
@@ -143,19 +145,23 @@ class Source:
         """The class names: train's folders, or the sorted labels of train's rows.
 
         Raises:
-            DataError: train has no class folder, or no usable row.
+            DataError: train has no class folder, no usable row, or one class only.
         """
         root = self.root("train")
         if self.kind == "folders":
             if not (names := list(class_dirs(root))):
                 raise DataError(f"{root} has no class folders.")
-            return names
-        self._train_rows = self._train_rows or self._rows("train", root, True)
-        if not (names := classes_of(self._train_rows)):
-            rejected = "; ".join(
-                f"{o}: {r}" for o, r in list(self._train_rows.rejected.items())[:3]
+        else:
+            self._train_rows = self._train_rows or self._rows("train", root, True)
+            if not (names := classes_of(self._train_rows)):
+                rejected = "; ".join(
+                    f"{o}: {r}" for o, r in list(self._train_rows.rejected.items())[:3]
+                )
+                raise DataError(f"no usable annotation rows in {root}. {rejected}".strip())
+        if len(names) == 1:
+            raise DataError(
+                f"train has one class, {names[0]!r} ({root}); a classifier needs two or more."
             )
-            raise DataError(f"no usable annotation rows in {root}. {rejected}".strip())
         return names
 
     def check_classes(self, class_names: list[str]) -> None:
@@ -173,9 +179,32 @@ class Source:
     def _rows(self, name: str, root: Path, required: bool) -> Rows:
         reader = RowReader(self.data_dir if self.data_dir.is_dir() else root.parent, required)
         if self.kind == "jsonl":
-            return read_jsonl(root, reader, self.key)
+            rows = read_jsonl(root, reader, self.key)
+            self._check_unreferenced(root, reader.named)
+            return rows
         single = self._single is not None
         return read_csv(root, name if single else None, reader, self.key)
+
+    def _check_unreferenced(self, root: Path, named: set[str]) -> None:
+        """Refuse (``auto``) or warn about (``jsonl``) images of a split that no row names:
+        a stray ``annotations.jsonl`` must not silently replace a folder dataset.
+
+        Raises:
+            DataError: ``data.source`` is ``auto`` and some images are named by no row.
+        """
+        count, example = unreferenced(root, named)
+        if not count:
+            return
+        if self.requested == "auto":
+            raise DataError(
+                f"{root} holds annotations.jsonl files and {count} image(s) that no row names "
+                f"(e.g. {example}); set data.source: folders (class folders) or jsonl (the "
+                "rows only)."
+            )
+        warnings.warn(
+            f"{root}: {count} image(s) that no annotations.jsonl row names are not used",
+            stacklevel=2,
+        )
 
     def read(self, name: str, class_names: list[str]) -> Split:
         """Split ``name`` labelled in ``class_names``.

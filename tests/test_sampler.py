@@ -79,3 +79,17 @@ def test_weighted_sampler_flattens_an_imbalanced_folder(folder_factory: Any) -> 
     assert baseline["common"] / baseline["rare"] == pytest.approx(10)
     assert max(drawn.values()) / min(drawn.values()) < 3
     assert drawn["common"] < 0.6 < baseline["common"]
+
+
+def test_each_class_gets_its_own_sampler_column() -> None:
+    from classifier.sampler_distribution import logged_shares
+
+    names = ["a/b", "a_b", "a_b_2", "cat", "cat "]
+    shares = {n: float(i) for i, n in enumerate(names)}
+    assert logged_shares(names, shares) == {
+        "sampler/a_b": 0.0,
+        "sampler/a_b_2": 1.0,
+        "sampler/a_b_2_2": 2.0,
+        "sampler/cat": 3.0,
+        "sampler/cat_2": 4.0,
+    }

@@ -28,7 +28,7 @@ def test_a_slice_far_below_the_split_is_warned_about_a_small_one_only_shown() ->
     predicted[90:] = 1 - labels[90:]
     attributes = [json.dumps({"time": t}) for t in times]
     found = Predictions(labels, predicted, np.full(100, 0.9))
-    rows, overall = table(found, attributes, calibrated=False)
+    rows, overall, _ = table(found, attributes, calibrated=False)
     assert overall == pytest.approx(0.7)
     assert [r[1] for r in rows] == ["dusk", "night", "day"]  # worst first
     dusk, night, day = rows
@@ -38,7 +38,7 @@ def test_a_slice_far_below_the_split_is_warned_about_a_small_one_only_shown() ->
     message = warning("val", rows, overall, 0.1)
     assert message is not None and "time=night: 0.500 on 40 images" in message
     assert "dusk" not in message
-    calibrated, _ = table(found, attributes, calibrated=True)
+    calibrated, *_ = table(found, attributes, calibrated=True)
     assert calibrated[2][5] == pytest.approx(0.1)  # day: 0.9 confident, all right
 
 
@@ -46,8 +46,24 @@ def test_unreadable_images_are_left_out_and_balanced_accuracy_is_per_class() -> 
     labels = np.array([0, 0, 0, 1, -2])
     predicted = np.array([0, 0, 0, 0, 0])
     attributes = [json.dumps({"a": "x"})] * 5
-    rows, overall = table(Predictions(labels, predicted, np.ones(5)), attributes, False)
+    rows, overall, _ = table(Predictions(labels, predicted, np.ones(5)), attributes, False)
     assert rows[0][2:5] == [4, 0.75, 0.5] and overall == 0.75
+
+
+def test_only_attributes_of_few_values_and_the_first_hundred_are_sliced() -> None:
+    from classifier.slice_metrics import MAX_ATTRIBUTES, left_out_note
+
+    # 150 rows, each with 300 keys of one value and an ID of 150 values.
+    keys = {f"k{i:03d}": "v" for i in range(300)}
+    attributes = [json.dumps({**keys, "id": str(n)}) for n in range(150)]
+    found = Predictions(np.zeros(150, int), np.zeros(150, int), np.ones(150))
+    rows, _, left_out = table(found, attributes, calibrated=False)
+    assert len(rows) == MAX_ATTRIBUTES == 100
+    assert {r[0] for r in rows} == {f"k{i:03d}" for i in range(100)}
+    assert len(left_out) == 201 and "id" in left_out
+    note = left_out_note("val", left_out)
+    assert note is not None and note.startswith("val: 201 attribute(s) not sliced")
+    assert note.count("\n") == 0 and note.endswith("and 196 more")
 
 
 def test_the_report_section_lists_the_file_and_marks_warnings(tmp_path: Path) -> None:

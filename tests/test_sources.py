@@ -133,7 +133,9 @@ def test_bad_rows_are_named_by_file_and_line_and_excluded(tmp_path: Path) -> Non
     assert len(dm.splits["val"]) == 3 * 4
     from classifier.splits import DataError
 
-    with pytest.raises(DataError, match=rf"(?s)7 unreadable.*{valid}:{first}: bad JSON"):
+    with pytest.raises(
+        DataError, match=rf"(?s)7 unusable image\(s\) or row\(s\).*{valid}:{first}: bad JSON"
+    ):
         setup(data, strict=True)
 
 

@@ -2,14 +2,36 @@
 layer decay on a task with few labels, with the same epochs, over three seeds.
 
 The source task is the demo digits 0-4 (all of their training split): resnet10t trained from
-scratch, its weights (head left out) saved as a local ``.safetensors`` file, as a user without
-internet would pass one. The target task is the digits 5-9 with ``LABELS`` training images per
-class (a different draw per seed), validated on 20 per class and tested on their whole test
-split (375 images): new classes, so what transfers is the features. Each recipe runs the whole
-``classifier fit`` in-process (``test_after_fit`` on the best checkpoint).
+scratch for ``PRETRAIN_EPOCHS``, its weights (head left out) saved as a local ``.safetensors``
+file, as a user without internet would pass one. The target task is the digits 5-9 with
+``LABELS`` training images per class (a different draw per seed), validated on 20 per class and
+tested on their whole test split (375 images): new classes, so what transfers is the features.
+Each recipe runs the whole ``classifier fit`` in-process (``test_after_fit`` on the best
+checkpoint), with the same ``EPOCHS`` and the same shared settings (lr, batch, augmentation).
+
+The design is a user's fine-tuning, not a contest scratch can win:
+
+- ``LABELS = 10`` per class, the issue's lower end: few labels are why one fine-tunes.
+- ``EPOCHS = 8``, a short fine-tuning budget as fine-tuning usually is (3 steps an epoch here).
+  The first design ran 20 epochs on 15 labels; there 75 MNIST digits gave scratch 92 % and no
+  recipe could beat it by 10 points, so it measured MNIST's ease, not transfer. 6 epochs were
+  also tried (scratch 34 %, one seed at chance, 20.8 %); 8 keeps scratch off chance while
+  short, and gives the unfrozen phase of LP-FT three times its frozen one.
+- LP-FT is the shipped recipe, ``configs/finetune.yaml``'s ``freeze_backbone_epochs`` (2) and
+  ``backbone_lr_scale`` (0.1), read from that file: what a user gets, not a variant tuned here.
+  Layer decay is 0.7; no recipe is tuned beyond its own knob.
+
+Measured (2026-12-07, 2 cores, 3 seeds), test top-1 over scratch's 51.6 %: full FT
++28.8, linear probe +15.5, LP-FT +21.2, layer decay +28.9 points. LP-FT loses to full FT by
+7.6 points: the source saw 5 classes, its features alone give 67 % (the linear probe), and at a
+tenth of the head's rate for 6 epochs the backbone moves little from them (+5.7 over the
+probe). Kumar et al. measured LP-FT's gain from features a linear probe already does well on;
+with a source this far from the target, a user should raise ``backbone_lr_scale`` or use layer
+decay (which matched full FT here). Wall time per fit, machine idle: 2.6 s scratch and full FT,
+1.6 s linear probe, 2.4 s LP-FT, 2.5 s layer decay; a frozen epoch 0.58x a full one.
 
 The frozen epoch's cost is measured side by side, on the source training split at 64 px
-(``frozen_vs_full_epoch``): an epoch of the few-label task is 4 steps, where fixed costs hide the
+(``frozen_vs_full_epoch``): an epoch of the few-label task is 3 steps, where fixed costs hide the
 compute. Run alone: ``python -m benchmarks.transfer``.
 """
 
@@ -30,7 +52,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 REPO = Path(__file__).resolve().parent.parent
-MODEL, SIZE, EPOCHS, LABELS, SEEDS = "resnet10t", 32, 6, 10, (0, 1, 2)
+MODEL, SIZE, EPOCHS, LABELS, SEEDS = "resnet10t", 32, 8, 10, (0, 1, 2)
 #: Epochs of the source model on the digits 0-4.
 PRETRAIN_EPOCHS = 6
 #: LP-FT as ``configs/finetune.yaml`` ships it: its frozen epochs and its backbone scale.
@@ -200,7 +222,9 @@ def frozen_vs_full_epoch(
 
 
 def _epoch_times(cli: Any) -> list[tuple[bool, float]]:
-    probe = next(c for c in cli.trainer.callbacks if isinstance(c, EpochTimes))
+    # By name: run as ``python -m benchmarks.transfer`` this module is ``__main__``, while the
+    # config builds ``benchmarks.transfer.EpochTimes``.
+    probe = next(c for c in cli.trainer.callbacks if type(c).__name__ == "EpochTimes")
     return list(probe.epochs)
 
 

@@ -246,10 +246,9 @@ def _finish(split: Split, visited: Visited, labels: list[int]) -> None:
     split.keys = np.asarray(visited.keys, dtype=np.int64).reshape(-1, KEY_COLUMNS)
     split.repeats = visited.repeats
     if visited.skipped:
-        listing = "; ".join(printable(p) for p in visited.skipped[:3])
         warnings.warn(
             f"{split.name}/: {len(visited.skipped)} entr(ies) named like images are no regular "
-            f"files (FIFOs, sockets, dangling links) and are left out: {listing}",
+            f"files (FIFOs, sockets, dangling links) and are left out: {_some(visited.skipped)}",
             stacklevel=3,
         )
 
@@ -357,13 +356,17 @@ def read_unlabelled(root: Path, class_names: list[str]) -> Split:
         labels.append(index.get(parent, -1) if path.parent != root else -1)
     _finish(split, visited, labels)
     if visited.ignored:
-        listing = "; ".join(printable(p) for p in visited.ignored[:3])
         warnings.warn(
             f"{root}: {len(visited.ignored)} file(s) not predicted: hidden, or not named like an "
-            f"image ({', '.join(sorted(IMAGE_EXTENSIONS))}): {listing}",
+            f"image ({', '.join(sorted(IMAGE_EXTENSIONS))}): {_some(visited.ignored)}",
             stacklevel=2,
         )
     if not len(split):
         raise DataError(f"no images found in {root}.")
     _warn_repeats(split)
     return split
+
+
+def _some(paths: list[str]) -> str:
+    """The first three of ``paths``, escaped, for a warning."""
+    return "; ".join(printable(p) for p in paths[:3])

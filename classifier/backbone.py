@@ -93,11 +93,17 @@ def load_local_weights(model: nn.Module, path: Path) -> list[str]:
     return sorted(set(own) - set(usable))
 
 
+def classifier_head(net: nn.Module) -> nn.Module | None:
+    """The network's classifier head (timm's ``get_classifier()``), or ``None``."""
+    get = getattr(net, "get_classifier", None)
+    head = get() if callable(get) else None
+    return head if isinstance(head, nn.Module) else None
+
+
 def _head_names(model: nn.Module) -> set[str]:
     """The names of the classifier head's parameters (a new head is random by design)."""
-    get = getattr(model, "get_classifier", None)
-    head = get() if callable(get) else None
-    ids = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+    head = classifier_head(model)
+    ids = {id(p) for p in head.parameters()} if head is not None else set()
     return {name for name, p in model.named_parameters() if id(p) in ids}
 
 

@@ -63,10 +63,6 @@ def _same_folder(path: object, folder: str | None) -> bool:
     return folder is not None and isinstance(path, str) and os.path.realpath(path) == folder
 
 
-def _finite_weights(weights: dict[str, torch.Tensor]) -> bool:
-    return all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
-
-
 def problem(checkpoint: dict[str, Any]) -> str | None:
     """What is wrong with the parts of ``checkpoint`` classifier reads (``None``: nothing)."""
     weights = checkpoint.get("state_dict")
@@ -74,10 +70,8 @@ def problem(checkpoint: dict[str, Any]) -> str | None:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
     ):
         return "its state_dict is not a mapping of names to tensors"
-    if not all(t.layout == torch.strided for t in weights.values()):
-        return "its weights include sparse or other non-dense tensors"
-    if not _finite_weights(weights):
-        return "its weights hold NaN or infinite values"
+    if not _finite_leaves(weights):
+        return "its weights hold NaN or infinite values, or non-dense tensors"
     legacy = weights.get("temperature")
     if legacy is not None:
         found = temperature_problem(float(legacy) if legacy.numel() == 1 else None)
@@ -92,8 +86,9 @@ def problem(checkpoint: dict[str, Any]) -> str | None:
     if found:
         return found
     names = checkpoint.get("class_names", checkpoint.get("hyper_parameters", {}).get("class_names"))
-    if names is not None and class_names_problem(names):
-        return class_names_problem(names)
+    found = None if names is None else class_names_problem(names)
+    if found:
+        return found
     temperature = checkpoint.get("temperature", 1.0)
     if isinstance(temperature, torch.Tensor) and temperature.numel() == 1:
         temperature = float(temperature)
@@ -155,7 +150,7 @@ def _finite_leaves(tree: object) -> bool:
 def _selective_problem(stored: object, classes: int | None) -> str | None:
     """What is wrong with ``stored``, as ``Selector.to_checkpoint`` writes it for ``classes``
     classes (``None``: unknown). Its width is checked against the network where the rule is
-    attached to one (:meth:`~classifier.selective.Selector.from_checkpoint`)."""
+    attached to one (:func:`~classifier.checkpoint.rule_of`)."""
     if not isinstance(stored, dict):
         return "it is not a mapping"
     found = rule_problem(stored)

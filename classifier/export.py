@@ -126,8 +126,11 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if self.opset < OPSET_MIN:
             raise ValueError(f"opset must be >= {OPSET_MIN}, got {self.opset}")
-        limits = {"atol": self.atol, "min_agreement": self.min_agreement}
-        limits["int8_min_agreement"] = self.int8_min_agreement
+        limits = {
+            "atol": self.atol,
+            "min_agreement": self.min_agreement,
+            "int8_min_agreement": self.int8_min_agreement,
+        }
         for name, value in limits.items():
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number of 0 or more, got {value}")
@@ -255,9 +258,8 @@ def _int8(
         if images is not None:
             report |= verify_onnx(unverified, reference, *images, pre, options.uint8_input)
             if report["images"]:
-                passed = report[
-                    "top1_agreement"
-                ] >= options.int8_min_agreement and probabilities_ok(report)
+                agrees = report["top1_agreement"] >= options.int8_min_agreement
+                passed = agrees and probabilities_ok(report)
                 report |= {"verified": True, "passed": passed}
         write_json(sidecar(target, "export_report.json"), report)
         if report.get("passed") is False:

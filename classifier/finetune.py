@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 from torch import nn
 from typing_extensions import override
 
+from classifier.backbone import classifier_head
 from classifier.errors import ConfigError
 
 #: Layers whose weights ``train_bn`` keeps training while the backbone is frozen.
@@ -61,9 +62,8 @@ def check_finetuning(
 
 def _head(net: nn.Module) -> nn.Module:
     """The classifier head (timm's ``get_classifier()``)."""
-    get = getattr(net, "get_classifier", None)
-    head = get() if callable(get) else None
-    if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
+    head = classifier_head(net)
+    if head is None or not any(True for _ in head.parameters()):
         raise ConfigError(
             f"{type(net).__name__} has no classifier head with weights (timm's get_classifier()); "
             "model.freeze_backbone_epochs, backbone_lr_scale and layer_decay need one"

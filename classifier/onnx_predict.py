@@ -67,9 +67,8 @@ def _contract_problem(contract: dict[str, Any], session: Any) -> str | None:
         return found
     if int(contract["resize_size"]) < int(contract["image_size"]):
         return "its resize_size is smaller than its image_size"
-    if "temperature" in contract and temperature_problem(contract["temperature"]):
-        return temperature_problem(contract["temperature"])
-    found = _input_problem(contract, session)
+    found = temperature_problem(contract["temperature"]) if "temperature" in contract else None
+    found = found or _input_problem(contract, session)
     if found:
         return found
     outputs = session.get_outputs()

@@ -102,7 +102,8 @@ class PredictionWriter(Callback):
         if self.filename.endswith(".jsonl"):
             rowed = rows_of(image_data(trainer), "predict")
             write_jsonl(self.path, [json_row(r, paths, truth, names, rowed) for r in rows])
-            return rank_zero_info(f"Wrote {len(rows)} predictions to {self.path}")
+            rank_zero_info(f"Wrote {len(rows)} predictions to {self.path}")
+            return
         k = min(self.top_k, len(names))
         has_truth = any(label >= 0 for label in truth)
         table = [
@@ -110,17 +111,15 @@ class PredictionWriter(Callback):
             for i, label, probs, ok in rows
         ]
         write_csv(self.path, columns(k, has_truth), table)
-        failed = sum(r[1] == UNREADABLE for r in rows)
-        broken = sum(r[1] != UNREADABLE and not all(map(math.isfinite, r[2])) for r in rows)
+        errors = [error_of(label, probs) for _, label, probs, _ in rows]
+        failed, broken = errors.count("unreadable"), errors.count(NON_FINITE)
         note = f"; {failed} unreadable file(s) marked in its error column" if failed else ""
         if broken:
             note += f"; {broken} with NaN or infinite outputs marked {NON_FINITE!r}"
-        rejected = sum(
-            r[3] is False and r[1] != UNREADABLE and all(map(math.isfinite, r[2])) for r in rows
-        )
+        rejected = sum(r[3] is False and not e for r, e in zip(rows, errors, strict=True))
         if any(r[3] is not None for r in rows):
             note += f"; {rejected} not accepted (accepted column)"
-        return rank_zero_info(f"Wrote {len(table)} predictions to {self.path}{note}")
+        rank_zero_info(f"Wrote {len(table)} predictions to {self.path}{note}")
 
     @staticmethod
     def _row(
@@ -136,8 +135,8 @@ class PredictionWriter(Callback):
         """One CSV row; an unreadable file (``label`` is UNREADABLE) gets empty predictions
         and ``unreadable``, and keeps its true class."""
         known = [names[true] if true >= 0 else ""] if has_truth else []
-        if label == UNREADABLE or not all(map(math.isfinite, probs)):
-            error = "unreadable" if label == UNREADABLE else NON_FINITE
+        error = error_of(label, probs)
+        if error:
             return [str(path), "", "", "", *known] + [""] * (2 * k) + [error]
         values, order = torch.tensor(probs).topk(k)
         verdict = "" if accepted is None else str(bool(accepted)).lower()
@@ -145,6 +144,15 @@ class PredictionWriter(Callback):
         for value, cls in zip(values.tolist(), order.tolist(), strict=True):
             line += [names[cls], round(value, 6)]
         return [*line, ""]
+
+
+def error_of(label: int, probs: list[float]) -> str:
+    """What keeps an image from having a prediction: ``unreadable`` (its file), the
+    :data:`~classifier.predictions_format.NON_FINITE` mark (NaN or infinite outputs), or
+    ``""`` (nothing)."""
+    if label == UNREADABLE:
+        return "unreadable"
+    return "" if all(map(math.isfinite, probs)) else NON_FINITE
 
 
 def json_row(
@@ -156,19 +164,19 @@ def json_row(
 ) -> dict[str, Any]:
     """One prediction in the ``annotations.jsonl`` schema (see :class:`PredictionWriter`)."""
     index, label, probs, accepted = row
-    broken = label != UNREADABLE and not all(map(math.isfinite, probs))
-    unreadable = label == UNREADABLE or broken  # no prediction either way
-    best = 0 if unreadable else max(range(len(probs)), key=probs.__getitem__)
+    error = error_of(label, probs)
+    no_prediction = bool(error)
+    best = 0 if no_prediction else max(range(len(probs)), key=probs.__getitem__)
     true = int(truth[index])
     probabilities = zip(names, probs, strict=True)
     return {
         "image": os.path.abspath(paths[index]),
-        "suffix": None if unreadable else names[best],
+        "suffix": None if no_prediction else names[best],
         "metadata": json.loads(rowed[1][index]) if rowed else {},
-        "probabilities": {} if unreadable else {n: round(p, 6) for n, p in probabilities},
-        "confidence": None if unreadable else round(probs[best], 6),
+        "probabilities": {} if no_prediction else {n: round(p, 6) for n, p in probabilities},
+        "confidence": None if no_prediction else round(probs[best], 6),
         "true": names[true] if true >= 0 else None,
         "row": rowed[0][index] if rowed else "",
-        "accepted": None if unreadable else accepted,
-        "error": NON_FINITE if broken else "unreadable" if unreadable else "",
+        "accepted": None if no_prediction else accepted,
+        "error": error,
     }

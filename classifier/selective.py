@@ -43,7 +43,9 @@ def features_and_logits(net: nn.Module, images: torch.Tensor) -> tuple[torch.Ten
 def feature_width(net: nn.Module) -> int | None:
     """The width of ``net``'s penultimate features (its classifier head's input), or ``None``
     when the head does not say."""
-    head = net.get_classifier() if hasattr(net, "get_classifier") else None  # type: ignore[operator]
+    from classifier.backbone import classifier_head
+
+    head = classifier_head(net)
     width = getattr(head, "in_features", None) or getattr(net, "head_hidden_size", None)
     return width if isinstance(width, int) else None
 

@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torchvision.transforms import v2
 
+from classifier.checked_values import preprocessing_problem
+from classifier.errors import ConfigError
+
 #: ImageNet statistics, used when a backbone's pretrained config has none.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,9 +54,6 @@ class Preprocessing:
         Raises:
             ConfigError: naming what is out of range.
         """
-        from classifier.checked_values import preprocessing_problem
-        from classifier.errors import ConfigError
-
         found = preprocessing_problem(asdict(self))
         if found:
             raise ConfigError(

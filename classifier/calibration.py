@@ -23,7 +23,7 @@ from typing_extensions import override
 
 from classifier.accept_reject import fit_rule, record_rule
 from classifier.charts import draw as render
-from classifier.checked_values import MAX_TEMPERATURE, MIN_TEMPERATURE, rule_problem
+from classifier.checked_values import MAX_TEMPERATURE, MIN_TEMPERATURE, rule_value_problem
 from classifier.contract import classifier_module, image_data
 from classifier.errors import ConfigError
 from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, log_image
@@ -36,9 +36,6 @@ from classifier.temperature import (
     fit_temperature,
     scores,
 )
-
-#: A valid rule, to check one number of a config against the rule's ranges.
-_ANY_RULE = {"confidence_threshold": 0.5, "distance_threshold": 1.0, "coverage": 1.0}
 
 
 class Calibration(PlottingCallback):
@@ -81,7 +78,7 @@ class Calibration(PlottingCallback):
     ) -> None:
         super().__init__(plot_time_share)
         if target_accuracy is not None:
-            found = rule_problem({**_ANY_RULE, "target_accuracy": target_accuracy})
+            found = rule_value_problem("target_accuracy", target_accuracy)
             if found:
                 raise ConfigError(f"Calibration: {found.removeprefix('its ')}")
         self.selective = selective

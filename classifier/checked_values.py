@@ -95,20 +95,31 @@ def preprocessing_problem(pre: object, normalised_outside: bool = True) -> str |
     return None
 
 
+#: The accept/reject rule's numbers and their ranges: a confidence threshold from 0 to 1 (or
+#: just above: accept nothing), a distance threshold of 0 or more, a target accuracy above 0
+#: and at most 1, a coverage from 0 to 1. Any other value rejects or accepts everything.
+RULE_RANGES = {
+    "confidence_threshold": (0.0, _ABOVE_ONE),
+    "distance_threshold": (0.0, math.inf),
+    "target_accuracy": (math.ulp(0.0), 1.0),
+    "coverage": (0.0, 1.0),
+}
+
+
+def rule_value_problem(key: str, value: object) -> str | None:
+    """One of the accept/reject rule's numbers (:data:`RULE_RANGES`)."""
+    low, high = RULE_RANGES[key]
+    if number(value) and low <= value <= high:  # type: ignore[operator]
+        return None
+    return f"its {key} {_shown(value)} is not a number from {low:g} to {high:g}"
+
+
 def rule_problem(numbers: dict[str, object]) -> str | None:
-    """The accept/reject rule's numbers: a confidence threshold from 0 to 1 (or just above:
-    accept nothing), a distance threshold of 0 or more, a target accuracy above 0 and at most
-    1, a coverage from 0 to 1. Any other value rejects or accepts everything silently."""
-    ranges = {
-        "confidence_threshold": (0.0, _ABOVE_ONE),
-        "distance_threshold": (0.0, math.inf),
-        "target_accuracy": (math.ulp(0.0), 1.0),
-        "coverage": (0.0, 1.0),
-    }
-    for key, (low, high) in ranges.items():
-        value = numbers.get(key)
-        if not (number(value) and low <= value <= high):  # type: ignore[operator]
-            return f"its {key} {_shown(value)} is not a number from {low:g} to {high:g}"
+    """Every number of the accept/reject rule (:func:`rule_value_problem`)."""
+    for key in RULE_RANGES:
+        found = rule_value_problem(key, numbers.get(key))
+        if found:
+            return found
     return None
 
 

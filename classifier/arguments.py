@@ -1,6 +1,9 @@
 """Reading the raw command line before LightningCLI parses it: which subcommand, which
 checkpoint, where earlier runs are; and turning a checkpoint's own arguments into the first
-config layer of an evaluation command (:func:`checkpoint_config`)."""
+config layer of an evaluation command (:func:`checkpoint_config`).
+
+The raw reading (:func:`subcommand` and friends) needs neither torch nor Lightning.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +17,38 @@ from typing import Any
 import yaml
 from lightning.pytorch.utilities import rank_zero_info
 
-from classifier.argv import subcommand
 from classifier.checkpoint import CheckpointError, load_checkpoint
 from classifier.files import read_regular, run_of_checkpoint
 from classifier.safety import MAX_CONFIG_CHARS, refuse_foreign_class_paths
 from classifier.text import printable
+
+#: Options that end a command before it runs (help, printed config, version).
+NO_RUN_OPTIONS = ("-h", "--help", "--print_config", "--version")
+
+
+def subcommand(args: list[str]) -> str | None:
+    """The subcommand: the first argument that is neither an option nor an option's value
+    (``classifier -c run.yaml test ...`` is ``test``)."""
+    skip = False
+    for arg in args:
+        if skip or arg.startswith("-"):
+            skip = arg in {"-c", "--config"}
+            continue
+        return arg
+    return None
+
+
+def runs(args: list[str]) -> bool:
+    """Whether the command will run, rather than print help, a config or the version (also
+    the per-group help such as ``--trainer.help``, and abbreviations such as ``--print_c``)."""
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if name in NO_RUN_OPTIONS or name.endswith(".help"):
+            return False
+        if name.startswith("--") and len(name) > 3 and "--print_config".startswith(name):
+            return False
+    return True
+
 
 #: Subcommands that evaluate a checkpoint.
 EVAL_COMMANDS = {"validate", "test", "predict"}

@@ -20,8 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from classifier.arguments import CKPT_KEYWORDS, checkpoint_layer, resolve_last
-from classifier.argv import subcommand
+from classifier.arguments import CKPT_KEYWORDS, checkpoint_layer, resolve_last, subcommand
 from classifier.calibration import Calibration
 from classifier.checkpoint import CheckpointError, checkpoint_file
 from classifier.checkpoint_io import guard_checkpoint_loads

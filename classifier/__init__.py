@@ -36,7 +36,7 @@ _PUBLIC = {
     "OnnxExport": "classifier.onnx_export",
     "PerClassReport": "classifier.per_class_report",
     "PredictionWriter": "classifier.prediction_writer",
-    "SafeCheckpointIO": "classifier.checkpoint_io",
+    "SafeCheckpointIO": "classifier.checkpoint",
     "SampleGrids": "classifier.sample_grids",
     "SamplerDistribution": "classifier.sampler_distribution",
     "Slices": "classifier.slices",

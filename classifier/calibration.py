@@ -149,7 +149,7 @@ class Calibration(PlottingCallback):
         temperature stays 1), never a lost run; a failed checkpoint write stays the run's
         error. The model's temperature is a number beside its weights, so the EMA's copy of
         its weights at the end of training leaves it alone."""
-        from classifier.checkpoint_io import amend_checkpoint, read_checkpoint
+        from classifier.checkpoint import amend_checkpoint, read_checkpoint
 
         self._promote(trainer)
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")

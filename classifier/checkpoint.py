@@ -5,33 +5,281 @@ Every checkpoint this process reads goes through :func:`load_checkpoint`: the co
 ``last``), the test after fit, ONNX export and ``ImageClassifier.load_from_checkpoint``.
 It reads only a local regular file, always with ``torch.load(weights_only=True)``, so a pickled
 payload in a checkpoint is refused instead of run.
-:class:`~classifier.checkpoint_io.SafeCheckpointIO` puts it under the trainer: Lightning's own
+:class:`~classifier.checkpoint.SafeCheckpointIO` puts it under the trainer: Lightning's own
 loader would otherwise unpickle ``http(s)://`` checkpoints and any checkpoint given
 ``weights_only=False`` with the full (code-running) unpickler.
 
 ``classifier test|validate|predict --ckpt_path X`` needs no ``--config``: the model and data
 arguments stored in the checkpoint become the first config layer, under any ``--config`` and
 command-line overrides the user gives.
+
+The trainer's checkpoint I/O: safe loads, atomic writes, one file per training state.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
+from lightning.pytorch.strategies import Strategy
+from lightning_utilities.core.apply_func import apply_to_collection
 from typing_extensions import override
 
 from classifier.checkpoint_contents import forget_checkpoint_paths, problem
 from classifier.errors import UserError
+from classifier.files import atomic_write
 
 if TYPE_CHECKING:
     from torch import nn
 
     from classifier.selective import Selector
+
+
+class SafeCheckpointIO(CheckpointIO):
+    """Loads through :func:`~classifier.checkpoint.load_checkpoint`; writes every file
+    atomically; writes one file where two callbacks save the same training state.
+
+    Every ``classifier`` command puts it under the trainer (wrapping a checkpoint plugin the
+    config chose). Name it in the config to write in the background::
+
+        trainer:
+          plugins:
+            - class_path: classifier.SafeCheckpointIO
+              init_args: {asynchronous: true}
+
+    Loading: ``weights_only`` and ``map_location`` requests are ignored; loads are always
+    weights-only, onto the CPU, after any write in flight has finished.
+
+    Saving (local files): ``torch.save`` into an exclusively created temporary file in the
+    target folder, synced to disk, then renamed over the target, so a file is never
+    half-written, not even on SIGKILL. When a save has exactly the training state and contents
+    of the previous one (same keys, epoch, step and loop progress: ``best.ckpt`` and
+    ``last.ckpt`` after one validation) the file is hard-linked (or copied) instead of written
+    twice; a later write replaces the link, never the shared file. Remote paths and custom
+    plugins write through the wrapped plugin.
+
+    Args:
+        inner: the plugin for remote paths and custom storage (default: Lightning's).
+        asynchronous: write on a background thread from a CPU copy of the tensors taken at
+            the save (training goes on meanwhile; at most one more copy waits while a write
+            runs, and none is kept once written). Lightning's teardown (end of a run, SIGTERM,
+            Ctrl-C, an error) and every load wait for the writes.
+    """
+
+    def __init__(self, inner: CheckpointIO | None = None, asynchronous: bool = False) -> None:
+        self.inner = inner if inner is not None else TorchCheckpointIO()
+        self.asynchronous = asynchronous
+        #: Lightning's plain writer is replaced by ours (atomic in the target folder, links).
+        self.own_writes = type(self.inner) is TorchCheckpointIO
+        self._executor: ThreadPoolExecutor | None = None
+        self._error: BaseException | None = None
+        #: (training-state key, path) of the last checkpoint saved.
+        self._last: tuple[str, str] | None = None
+
+    @override
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        """Write ``checkpoint`` (or link the identical previous one)."""
+        self._raise_error()
+        target = str(path)
+        local = self.own_writes and "://" not in target
+        key = _state_key(checkpoint) if local else ""
+        previous, self._last = self._last, ((key, target) if key else None)
+        if key and previous and previous[0] == key and previous[1] != target:
+            self._submit(_link_or_copy, previous[1], target)
+        elif not local:
+            self._submit(self.inner.save_checkpoint, checkpoint, path, storage_options)
+        elif self.asynchronous:
+            self.wait_for_writes()  # at most one snapshot waits while another is written
+            snapshot = apply_to_collection(checkpoint, torch.Tensor, _snapshot)
+            self._submit(save_file, snapshot, target)
+        else:
+            save_file(checkpoint, target)
+
+    @override
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Load with :func:`~classifier.checkpoint.load_checkpoint` (never the full unpickler)."""
+        self.wait()
+        return load_checkpoint(path)
+
+    @override
+    def remove_checkpoint(self, path: Any) -> None:
+        """Remove a checkpoint file, after the writes queued before. Only a regular file (or a
+        link) ending in ``.ckpt`` is removed, never a folder (Lightning's own removal is
+        recursive, and the path may have come from a checkpoint's callback state)."""
+        target = str(path)
+        if "://" in target:
+            self._submit(self.inner.remove_checkpoint, path)
+            return
+        self._submit(_remove_file, target)
+
+    def forget(self, path: str) -> None:
+        """Never link a later save to ``path`` (its file was changed outside this writer)."""
+        if self._last is not None and os.path.abspath(self._last[1]) == os.path.abspath(path):
+            self._last = None
+
+    def wait(self) -> None:
+        """Block until every queued write is done; raise the first write error."""
+        self.wait_for_writes()
+        self._raise_error()
+
+    def wait_for_writes(self) -> None:
+        """Block until every queued write is done (errors wait for the next call)."""
+        if self._executor is not None:
+            self._executor.submit(lambda: None).result()
+
+    @override
+    def teardown(self) -> None:
+        """Finish the queued writes (end of a run, SIGTERM, Ctrl-C, error)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self._last = None
+        self.inner.teardown()
+        self._raise_error()
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        if not self.asynchronous:
+            fn(*args)
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="classifier-checkpoint")
+
+        def run() -> None:
+            try:
+                fn(*args)
+            except BaseException as error:  # raised on the training thread at the next call
+                self._error = self._error or error
+
+        self._executor.submit(run)
+
+    def _raise_error(self) -> None:
+        """Raise a failed write's error; while another exception is being handled (SIGTERM,
+        Ctrl-C), warn instead, so that one still decides how the run ends."""
+        error, self._error = self._error, None
+        if error is None:
+            return
+        if sys.exc_info()[0] is not None:
+            warnings.warn(f"a checkpoint write failed: {error!r}", stacklevel=3)
+            return
+        raise error
+
+
+def _remove_file(path: str) -> None:
+    """Unlink ``path`` if it is a ``.ckpt`` file or link; anything else stays (with a warning)."""
+    try:
+        kind = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not path.endswith(".ckpt") or not (stat.S_ISREG(kind) or stat.S_ISLNK(kind)):
+        warnings.warn(f"not removing {path}: not a checkpoint file", stacklevel=2)
+        return
+    os.unlink(path)
+
+
+def _snapshot(tensor: torch.Tensor) -> torch.Tensor:
+    """A point-in-time copy in CPU memory (GPU memory is not held by queued writes)."""
+    return tensor.detach().to("cpu", copy=True)
+
+
+def _state_key(checkpoint: dict[str, Any]) -> str:
+    """What identifies a checkpoint's contents and training state (empty: never linked)."""
+    if "loops" not in checkpoint or "global_step" not in checkpoint:
+        return ""
+    state = (sorted(checkpoint), checkpoint.get("epoch"), checkpoint["global_step"])
+    return repr((*state, checkpoint["loops"]))
+
+
+def save_file(checkpoint: dict[str, Any], target: str | Path) -> None:
+    """``torch.save`` into a new temporary file beside ``target``, synced, then renamed."""
+    atomic_write(Path(target), lambda handle: torch.save(checkpoint, handle), sync=True)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """Make ``target`` hold the file ``source`` (hard link, else copy), atomically."""
+    folder = os.path.dirname(target) or "."
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".link.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:  # another file system, or no hard links
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _refuse_own_loader(strategy: Strategy) -> Callable[..., dict[str, Any]]:
+    def refuse(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise CheckpointError(
+            f"{type(strategy).__name__} reads checkpoints with its own loader, which cannot be "
+            "restricted to weights; resume or evaluate with a single device or DDP instead."
+        )
+
+    return refuse
+
+
+def guard_checkpoint_loads(strategy: Strategy) -> None:
+    """Route every checkpoint the trainer loads through the safe loader, and its writes
+    through :class:`SafeCheckpointIO`.
+
+    Strategies that load sharded checkpoints their own way (FSDP, DeepSpeed) are refused at
+    load time with a one-line error instead of unpickling unchecked.
+    """
+    io = strategy.checkpoint_io
+    if not isinstance(io, SafeCheckpointIO):
+        strategy.checkpoint_io = SafeCheckpointIO(io)
+    if type(strategy).load_checkpoint is not Strategy.load_checkpoint:
+        strategy.load_checkpoint = _refuse_own_loader(strategy)  # type: ignore[method-assign]
+
+
+def _writer(trainer: Any) -> SafeCheckpointIO | None:
+    """The trainer's checkpoint I/O when it is ours (every classifier command installs it)."""
+    io = getattr(trainer.strategy, "checkpoint_io", None)
+    return io if isinstance(io, SafeCheckpointIO) else None
+
+
+def read_checkpoint(trainer: Any, path: str) -> dict[str, Any]:
+    """A checkpoint this run saved at ``path``, once the writes queued so far are on disk."""
+    if (io := _writer(trainer)) is not None:
+        io.wait()
+    return load_checkpoint(path)
+
+
+def amend_checkpoint(
+    trainer: Any,
+    path: str,
+    change: Callable[[dict[str, Any]], dict[str, Any]],
+    loaded: dict[str, Any] | None = None,
+) -> None:
+    """Rewrite the checkpoint at ``path`` (``loaded``: as already read) with ``change`` applied
+    (atomically, at once). A file it shared with a twin (``last.ckpt`` linked to ``best.ckpt``)
+    is replaced, not changed: the twin keeps its contents, and no later save is linked to the
+    amended file."""
+    amended = change(loaded if loaded is not None else read_checkpoint(trainer, path))
+    if (io := _writer(trainer)) is not None:
+        io.forget(path)
+        if not io.own_writes or "://" in path:
+            io.inner.save_checkpoint(amended, path)
+            return
+    save_file(amended, path)
 
 
 class CheckpointError(UserError, ValueError):

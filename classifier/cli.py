@@ -22,8 +22,7 @@ from typing_extensions import override
 
 from classifier.arguments import CKPT_KEYWORDS, checkpoint_layer, resolve_last, subcommand
 from classifier.calibration import Calibration
-from classifier.checkpoint import CheckpointError, checkpoint_file
-from classifier.checkpoint_io import guard_checkpoint_loads
+from classifier.checkpoint import CheckpointError, checkpoint_file, guard_checkpoint_loads
 from classifier.console import console, version_line
 from classifier.datamodule import ImageFolderDataModule
 from classifier.errors import ConfigError, UserError, one_line_errors

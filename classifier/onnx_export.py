@@ -116,7 +116,7 @@ def _load_weights(
 ) -> tuple[nn.Module, float, Selector | None]:
     """A copy of the network with the weights of ``ckpt_path`` (once this run's writes are on
     disk), its temperature and its accept/reject rule."""
-    from classifier.checkpoint_io import read_checkpoint
+    from classifier.checkpoint import read_checkpoint
 
     checkpoint = read_checkpoint(trainer, ckpt_path)
     network = classifier_module(pl_module).network_copy(checkpoint["state_dict"])

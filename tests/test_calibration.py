@@ -115,7 +115,8 @@ def test_every_rank_gets_the_temperature_before_a_failed_write_fails_the_run(
     ranks wait in (or they would hang until the process group times out), then raises."""
     from types import SimpleNamespace
 
-    from classifier import calibration, checkpoint_io
+    from classifier import calibration
+    from classifier import checkpoint as checkpoint_module
 
     events: list[str] = []
 
@@ -128,8 +129,8 @@ def test_every_rank_gets_the_temperature_before_a_failed_write_fails_the_run(
         raise OSError("No space left on device")
 
     checkpoint = {"state_dict": {"w": torch.zeros(1)}}
-    monkeypatch.setattr(checkpoint_io, "read_checkpoint", lambda trainer, path: checkpoint)
-    monkeypatch.setattr(checkpoint_io, "amend_checkpoint", amend)
+    monkeypatch.setattr(checkpoint_module, "read_checkpoint", lambda trainer, path: checkpoint)
+    monkeypatch.setattr(checkpoint_module, "amend_checkpoint", amend)
     monkeypatch.setattr(calibration.Calibration, "_calibrate", lambda *a: 0.5)
     monkeypatch.setattr(calibration.Calibration, "_select", lambda *a: None)
     trainer: Any = SimpleNamespace(

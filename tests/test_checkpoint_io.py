@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from classifier.checkpoint_io import SafeCheckpointIO, amend_checkpoint, read_checkpoint
+from classifier.checkpoint import SafeCheckpointIO, amend_checkpoint, read_checkpoint
 
 
 def _checkpoint(step: int, weight: torch.Tensor) -> dict[str, object]:
@@ -128,12 +128,12 @@ def test_a_failed_background_write_is_raised_by_the_next_read(
 ) -> None:
     """Calibration and export read best.ckpt back; if writing it failed (a full disk), the
     read raises, so the run fails instead of calibrating a checkpoint that is not on disk."""
-    from classifier import checkpoint_io
+    from classifier import checkpoint as checkpoint_module
 
     def failing(checkpoint: dict[str, object], target: str) -> None:
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(checkpoint_io, "save_file", failing)
+    monkeypatch.setattr(checkpoint_module, "save_file", failing)
     io = SafeCheckpointIO(asynchronous=True)
     best = str(tmp_path / "best.ckpt")
     io.save_checkpoint(_checkpoint(4, torch.ones(3)), best)

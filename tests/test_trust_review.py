@@ -64,7 +64,7 @@ def test_callback_paths_in_a_resumed_checkpoint_delete_and_rewrite_nothing(
 
 
 def test_a_checkpoint_file_removal_never_removes_a_folder(tmp_path: Path) -> None:
-    from classifier.checkpoint_io import SafeCheckpointIO
+    from classifier.checkpoint import SafeCheckpointIO
 
     folder = tmp_path / "keep.ckpt"
     folder.mkdir()

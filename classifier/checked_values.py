@@ -2,7 +2,7 @@
 
 A checkpoint, an ONNX file's metadata and a config all carry numbers that decide results: the
 preprocessing, the class names, the temperature, the accept/reject rule. Each kind is checked
-here, once, by every route that reads it (:mod:`classifier.checkpoint_contents` for checkpoints,
+here, once, by every route that reads it (:mod:`classifier.checkpoint` for checkpoints,
 :mod:`classifier.onnx_predict` for ONNX metadata, the callbacks' constructors for configs), so a
 value that would give NaN or silently wrong probabilities is refused where it enters.
 

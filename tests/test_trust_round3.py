@@ -259,8 +259,7 @@ def test_logits_that_overflow_fail_the_export(tmp_path: Path) -> None:
 def test_verification_compares_the_onnx_file_with_pytorch(tmp_path: Path) -> None:
     """A reference whose classes are rotated never agrees on top-1 (caught a comparison of
     PyTorch with itself)."""
-    from classifier.export import ExportOptions, export_and_verify
-    from classifier.exportable import Exportable
+    from classifier.export import Exportable, ExportOptions, export_and_verify
     from classifier.verify import verify_onnx
 
     net, path = _network(), tmp_path / "m.onnx"
@@ -282,7 +281,7 @@ def test_verification_compares_the_onnx_file_with_pytorch(tmp_path: Path) -> Non
 def test_an_export_whose_probabilities_ignore_the_temperature_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from classifier import exportable
+    from classifier import export
     from classifier.export import ExportOptions, export_and_verify
     from classifier.verify import ExportError
 
@@ -290,7 +289,7 @@ def test_an_export_whose_probabilities_ignore_the_temperature_fails(
         logits: torch.Tensor = self.net(images)
         return logits, logits.softmax(dim=1)
 
-    monkeypatch.setattr(exportable.Exportable, "forward", uncalibrated)
+    monkeypatch.setattr(export.Exportable, "forward", uncalibrated)
     with pytest.raises(ExportError, match="calibrated softmax"):
         export_and_verify(
             _network(),
@@ -567,8 +566,7 @@ def test_a_cache_on_a_network_file_system_uses_a_rollback_journal(
 def test_verification_compares_the_accept_decisions(tmp_path: Path) -> None:
     """An export that accepts everything, checked against a reference that rejects everything,
     never agrees on a decision."""
-    from classifier.export import ExportOptions, export_and_verify
-    from classifier.exportable import Exportable
+    from classifier.export import Exportable, ExportOptions, export_and_verify
     from classifier.selective import Selector, feature_width
     from classifier.verify import verify_onnx
 

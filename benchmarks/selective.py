@@ -77,7 +77,7 @@ class Scorer:
 
     def __init__(self, ckpt: Path) -> None:
         from classifier.checkpoint import load_checkpoint
-        from classifier.export_command import _network, _selector
+        from classifier.export import _network, _selector
         from classifier.transforms import Preprocessing
 
         checkpoint = load_checkpoint(str(ckpt))

@@ -170,7 +170,7 @@ def test_fifo_or_folder_checkpoint_fails_at_once(
 def test_export_and_python_api_refuse_pickles(
     evil_ckpt: Path, marker: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from classifier.export_command import main as export_main
+    from classifier.export import main as export_main
     from classifier.model import ImageClassifier
 
     with pytest.raises(SystemExit):

@@ -91,7 +91,7 @@ def test_an_int8_export_is_verified_like_the_fp32_one(
 ) -> None:
     import onnxruntime as ort
 
-    from classifier.export_command import export_checkpoint
+    from classifier.export import export_checkpoint
 
     out = tmp_path / "out" / "m.onnx"
     out.parent.mkdir()
@@ -113,7 +113,7 @@ def test_an_int8_export_is_verified_like_the_fp32_one(
 def test_an_int8_export_that_fails_its_check_leaves_the_fp32_one(
     trained: dict[str, Any], tmp_path: Path
 ) -> None:
-    from classifier.export_command import export_checkpoint
+    from classifier.export import export_checkpoint
     from classifier.verify import ExportError
 
     out = tmp_path / "m.onnx"

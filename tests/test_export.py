@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from classifier.export_command import export_checkpoint
+from classifier.export import export_checkpoint
 from classifier.verify import ExportError
 from tests.conftest import CONF, run_cli
 

@@ -156,7 +156,7 @@ def test_a_checkpoint_rebuilds_the_network_at_its_training_size(
 ) -> None:
     """test_vit is built for 160 px; trained at 64, a checkpoint is tested, predicted and
     exported at 64 with no config."""
-    from classifier.export_command import export_checkpoint
+    from classifier.export import export_checkpoint
     from classifier.model import ImageClassifier
     from tests.conftest import run_cli, tiny
 

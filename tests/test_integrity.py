@@ -143,7 +143,7 @@ def test_a_last_batch_of_one_image_trains(folder_factory: Any, sampler: str) -> 
 def test_export_stays_beside_its_run_and_never_overwrites(
     image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from classifier.export_command import main as export_main
+    from classifier.export import main as export_main
 
     cli: Any = _fit(image_folder)
     run = Path(cli.trainer.log_dir)
@@ -230,7 +230,7 @@ def test_two_exports_in_one_folder_keep_their_own_descriptions(
 ) -> None:
     import json
 
-    from classifier.export_command import main as export_main
+    from classifier.export import main as export_main
 
     best = str(Path(_fit(image_folder).trainer.log_dir) / "checkpoints" / "best.ckpt")
     out = tmp_path / "exports"

@@ -166,7 +166,7 @@ def test_an_accept_reject_rule_out_of_range_is_one_error_line(
 def test_class_means_of_another_width_are_one_error_line_on_every_route(
     calibrated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from classifier.export_command import main as export_main
+    from classifier.export import main as export_main
 
     checkpoint = torch.load(calibrated / "checkpoints" / "best.ckpt", weights_only=True)
     rule = checkpoint["selective"]

@@ -49,8 +49,7 @@ def bench_int8(tmp: Path) -> dict[str, float]:
     import onnxruntime as ort
     import timm
 
-    from classifier.export import export_onnx
-    from classifier.quantize import quantize_int8
+    from classifier.export import export_onnx, quantize_int8
     from classifier.transforms import Preprocessing
 
     net = timm.create_model("resnet50", pretrained=False, num_classes=10).eval()

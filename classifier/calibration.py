@@ -5,7 +5,7 @@ Label smoothing, MixUp and EMA leave a model under-confident (a correct predicti
 overfitting leaves it over-confident. One temperature ``T`` fitted on the best checkpoint's
 validation logits (:mod:`classifier.temperature`) fixes most of either without changing a
 prediction. The callback fits it when training ends, with the accept/reject rule
-(:mod:`classifier.accept_reject`), stores both in ``best.ckpt`` (so ``test``, ``predict`` and
+(:mod:`classifier.selective`), stores both in ``best.ckpt`` (so ``test``, ``predict`` and
 exports use them), and reports them in ``calibration.json`` with a reliability diagram and a
 risk-coverage curve per split.
 """
@@ -21,7 +21,6 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
-from classifier.accept_reject import fit_rule, record_rule
 from classifier.charts import draw as render
 from classifier.checked_values import MAX_TEMPERATURE, MIN_TEMPERATURE, rule_value_problem
 from classifier.contract import classifier_module, image_data
@@ -29,7 +28,7 @@ from classifier.errors import ConfigError
 from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, log_image
 from classifier.files import inside, read_json, run_dir, write_json
 from classifier.metrics import BINS
-from classifier.selective import Selector, selector_report
+from classifier.selective import Selector, fit_rule, record_rule, selector_report
 from classifier.temperature import (
     MIN_IMAGES,
     diagram_data,

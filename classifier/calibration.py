@@ -3,7 +3,7 @@ each prediction.
 
 Label smoothing, MixUp and EMA leave a model under-confident (a correct prediction at 0.4);
 overfitting leaves it over-confident. One temperature ``T`` fitted on the best checkpoint's
-validation logits (:mod:`classifier.temperature`) fixes most of either without changing a
+validation logits (:mod:`classifier.selective`) fixes most of either without changing a
 prediction. The callback fits it when training ends, with the accept/reject rule
 (:mod:`classifier.selective`), stores both in ``best.ckpt`` (so ``test``, ``predict`` and
 exports use them), and reports them in ``calibration.json`` with a reliability diagram and a
@@ -28,12 +28,15 @@ from classifier.errors import ConfigError
 from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, log_image
 from classifier.files import inside, read_json, run_dir, write_json
 from classifier.metrics import BINS
-from classifier.selective import Selector, fit_rule, record_rule, selector_report
-from classifier.temperature import (
+from classifier.selective import (
     MIN_IMAGES,
+    Selector,
     diagram_data,
+    fit_rule,
     fit_temperature,
+    record_rule,
     scores,
+    selector_report,
 )
 
 

@@ -43,7 +43,7 @@ from classifier.label_scores import (
     margins_problem,
 )
 from classifier.picture_grids import as_uint8, picture_grid, save_png
-from classifier.temperature import MIN_IMAGES, fit_temperature
+from classifier.selective import MIN_IMAGES, fit_temperature
 
 #: Columns of ``label_issues.csv`` (``row``: the annotations file and line, for JSONL and CSV
 #: data).

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from classifier.metrics import CalibrationBins
-from classifier.temperature import expected_calibration_error, fit_temperature, scores
+from classifier.selective import expected_calibration_error, fit_temperature, scores
 
 
 def _overconfident(scale: float) -> tuple[torch.Tensor, torch.Tensor]:

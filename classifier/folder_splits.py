@@ -1,7 +1,7 @@
 """The splits of an image folder, as :class:`~classifier.datamodule.ImageFolderDataModule` uses
 them: each read on first use and pre-scanned (through the cache), unusable files left out (kept,
 marked, for ``predict``), a validation share held out of ``train/`` when asked, and the data
-health check (:class:`~classifier.health_check.HealthCheck`) fed as they are read."""
+health check (:class:`~classifier.health.HealthCheck`) fed as they are read."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 
 from classifier.dali_pipeline import DALI_REFUSED
-from classifier.health import Hashes
-from classifier.health_check import HealthCheck
+from classifier.health import Hashes, HealthCheck
 from classifier.holdout import carve, draw, saved
 from classifier.prescan import hash_files, scan_split
 from classifier.scan_cache import UNHASHED, ScanCache

@@ -99,7 +99,7 @@ def test_a_warm_start_recalls_the_small_image_comparison(
 ) -> None:
     """Comparing 10^5 thumbnails takes 11 s on two cores: a second run on the same images
     recalls the pairs from the scan cache; a changed image compares again."""
-    from classifier import health_check
+    from classifier import health
     from classifier.datamodule import ImageFolderDataModule
     from tests.conftest import make_folder
 
@@ -107,8 +107,8 @@ def test_a_warm_start_recalls_the_small_image_comparison(
     with Image.open(data / "train" / "cat" / "cat_000.png") as image:  # found by thumbnail only
         image.resize((48, 48), Image.Resampling.BICUBIC).save(data / "val" / "cat" / "copy.png")
     calls: list[int] = []
-    real = health_check.small_copies
-    monkeypatch.setattr(health_check, "small_copies", lambda t: calls.append(len(t)) or real(t))
+    real = health.small_copies
+    monkeypatch.setattr(health, "small_copies", lambda t: calls.append(len(t)) or real(t))
 
     def leaked() -> int:
         module = ImageFolderDataModule(str(data), image_size=32)
@@ -159,7 +159,7 @@ def test_a_warm_start_recalls_the_near_copy_search(
     """The near-copy search over 10^6 hashes takes seconds: a second check of the same files
     with the same hashes recalls the pairs from the scan cache; a changed hash searches again
     (and what it finds is what the search finds)."""
-    from classifier import health_check
+    from classifier import health
     from classifier.health import Hashes
     from classifier.scan_cache import ScanCache
     from classifier.splits import read_split
@@ -168,13 +168,11 @@ def test_a_warm_start_recalls_the_near_copy_search(
     data = make_folder(tmp_path / "data", counts={"train": 4, "val": 2})
     names = ["cat", "dog", "fox"]
     calls: list[int] = []
-    real = health_check.near_hash_pairs
-    monkeypatch.setattr(
-        health_check, "near_hash_pairs", lambda p, d: calls.append(len(p)) or real(p, d)
-    )
+    real = health.near_hash_pairs
+    monkeypatch.setattr(health, "near_hash_pairs", lambda p, d: calls.append(len(p)) or real(p, d))
 
     def leaked(val_hash: int) -> int:
-        check = health_check.HealthCheck(names, 4, "warn")
+        check = health.HealthCheck(names, 4, "warn")
         check.memo = ScanCache.open()
         for name in ("train", "val"):
             split = read_split(name, data / name, names)

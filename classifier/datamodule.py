@@ -17,9 +17,8 @@ from classifier.dali_pipeline import dali
 from classifier.dist import max_over_processes
 from classifier.file_table import Paths, Texts
 from classifier.files import run_dir
-from classifier.folder_splits import FolderSplits, Processes
+from classifier.folder_splits import FolderSplits, Processes, relative, write_manifest
 from classifier.health import report_excluded, report_shared
-from classifier.holdout import relative, write_manifest
 from classifier.image_cache import ImageCache, build_caches
 from classifier.image_dataset import ImageDataset
 from classifier.loaders import LoaderDataModule

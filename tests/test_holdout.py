@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from classifier.holdout import hold_out
+from classifier.folder_splits import hold_out
 from classifier.splits import DataError
 from tests.conftest import draw, make_folder, run_cli, tiny
 

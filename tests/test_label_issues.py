@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from classifier.label_issues import COLUMNS
-from classifier.label_scores import confident_suspects, margin_suspects, margins
+from classifier.label_issues import COLUMNS, confident_suspects, margin_suspects, margins
 from tests.conftest import make_folder, run_cli, tiny
 
 
@@ -126,7 +125,7 @@ def test_planted_wrong_labels_are_found_in_train_and_val(tmp_path: Path) -> None
 
 
 def test_a_checkpoint_with_foreign_sums_is_not_trusted() -> None:
-    from classifier.label_scores import margins_problem
+    from classifier.label_issues import margins_problem
 
     good = {
         "sum": torch.zeros(3, dtype=torch.float64),

@@ -21,8 +21,7 @@ from typing_extensions import override
 
 from classifier import rng
 from classifier.checked_values import MAX_SIDE, MIN_IMAGE_SIZE
-from classifier.dali_loader import DaliLoader, DaliTrainLoader
-from classifier.dali_pipeline import Augment, dali
+from classifier.dali_loader import Augment, DaliLoader, DaliTrainLoader, dali
 from classifier.dist import max_over_processes
 from classifier.file_table import Paths, Texts
 from classifier.files import run_dir

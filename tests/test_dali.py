@@ -66,7 +66,7 @@ def _extent(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 def test_random_resized_crops_match_the_cpu_path_in_area_and_aspect(
     tmp_path: Path, scale: tuple[float, float]
 ) -> None:
-    from classifier.dali_pipeline import Augment
+    from classifier.dali_loader import Augment
 
     ramp = np.linspace(0, 255, 256).astype(np.uint8)
     pixels = np.stack([np.tile(ramp, (256, 1)), np.tile(ramp[:, None], (1, 256))], -1)
@@ -86,7 +86,7 @@ def test_random_resized_crops_match_the_cpu_path_in_area_and_aspect(
 
 @pytest.mark.parametrize("probability", [0.0, 0.5, 0.8])
 def test_horizontal_flips_happen_at_the_configured_rate(tmp_path: Path, probability: float) -> None:
-    from classifier.dali_pipeline import Augment
+    from classifier.dali_loader import Augment
 
     pixels = np.zeros((64, 64, 3), np.uint8)
     pixels[:, :32] = 255

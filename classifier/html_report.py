@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from classifier.files import atomic_write_text, read_csv, read_json, read_regular
-from classifier.slice_metrics import section as slices_section
+from classifier.slices import section as slices_section
 
 #: ``(id, title)`` of every section, in page order.
 SECTIONS = (

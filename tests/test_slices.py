@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from classifier.slice_metrics import Predictions, flatten, section, table, warning, write
+from classifier.slices import Predictions, flatten, section, table, warning, write
 from tests.conftest import CONF, draw, run_cli, tiny
 
 
@@ -51,7 +51,7 @@ def test_unreadable_images_are_left_out_and_balanced_accuracy_is_per_class() -> 
 
 
 def test_only_attributes_of_few_values_and_the_first_hundred_are_sliced() -> None:
-    from classifier.slice_metrics import MAX_ATTRIBUTES, left_out_note
+    from classifier.slices import MAX_ATTRIBUTES, left_out_note
 
     # 150 rows, each with 300 keys of one value and an ID of 150 values.
     keys = {f"k{i:03d}": "v" for i in range(300)}

@@ -137,7 +137,7 @@ def bench_auroc() -> dict[str, float]:
     with and without the AUROC, and torchmetrics' per-class loop for the same AUROC."""
     from torchmetrics.classification import MulticlassAUROC
 
-    from classifier.stage_metrics import StageMetrics
+    from classifier.metrics import StageMetrics
 
     classes, images, batch = 1000, 5000, 250
     generator = torch.Generator().manual_seed(0)

@@ -25,8 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 if TYPE_CHECKING:
+    from classifier.metrics import StageMetrics
     from classifier.selective import Selector
-    from classifier.stage_metrics import StageMetrics
     from classifier.transforms import Preprocessing
 
 

@@ -26,8 +26,8 @@ from typing_extensions import override
 from classifier.contract import classifier_module, image_data
 from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, log_image
 from classifier.files import run_dir
+from classifier.metrics import hardness
 from classifier.picture_grids import save_png
-from classifier.stage_metrics import hardness
 
 
 def _token_layer(net: nn.Module) -> nn.Module | None:

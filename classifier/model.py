@@ -16,12 +16,11 @@ from classifier.finetune import FineTuning, check_finetuning
 from classifier.input_size import resample_checkpoint
 from classifier.loss_window import LossWindow, NonFiniteLossError, nonfinite_error
 from classifier.losses import cross_entropy, mixed_cross_entropy, mixing
-from classifier.metrics import summary_metrics
+from classifier.metrics import StageMetrics, TrainUnreadable, summary_metrics, warn_unreadable
 from classifier.optim import Schedule, optimization, stepping_batches
 from classifier.preflight import refuse_half_weights
 from classifier.sam import SAM, Window, check_rho, check_sam_trainer
 from classifier.selective import Selector, features_and_logits
-from classifier.stage_metrics import StageMetrics, TrainUnreadable, warn_unreadable
 from classifier.transforms import Preprocessing, tta_log_probs
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

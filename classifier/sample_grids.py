@@ -20,8 +20,8 @@ from classifier.figure_thread import (
     submit_figure,
 )
 from classifier.files import run_dir
+from classifier.metrics import hardness
 from classifier.picture_grids import as_uint8, picture_grid, save_png
-from classifier.stage_metrics import hardness
 from classifier.transforms import denormalize
 
 

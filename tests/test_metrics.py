@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from classifier.metrics import per_class, summary_metrics, write_per_class_csv
-from classifier.stage_metrics import StageMetrics
+from classifier.metrics import StageMetrics, per_class, summary_metrics, write_per_class_csv
 
 #: Rows are true classes, columns predictions.
 CONFMAT = torch.tensor([[5, 1, 0], [2, 6, 2], [0, 0, 0]])

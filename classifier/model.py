@@ -14,8 +14,14 @@ from classifier.checkpoint import CheckpointError, SafeLoading, rule_of, upgrade
 from classifier.contract import optional_image_data
 from classifier.finetune import FineTuning, check_finetuning
 from classifier.input_size import resample_checkpoint
-from classifier.loss_window import LossWindow, NonFiniteLossError, nonfinite_error
-from classifier.losses import cross_entropy, mixed_cross_entropy, mixing
+from classifier.losses import (
+    LossWindow,
+    NonFiniteLossError,
+    cross_entropy,
+    mixed_cross_entropy,
+    mixing,
+    nonfinite_error,
+)
 from classifier.metrics import StageMetrics, TrainUnreadable, summary_metrics, warn_unreadable
 from classifier.optim import Schedule, optimization, stepping_batches
 from classifier.preflight import refuse_half_weights
@@ -243,7 +249,7 @@ class ImageClassifier(FineTuning, SafeLoading):
         self.log("loss", torch.tensor(mean), prog_bar=True, logger=False)
 
     def check_finite(self, finite: bool | None = None) -> None:
-        """Raise :class:`~classifier.loss_window.NonFiniteLossError` if a loss since the start
+        """Raise :class:`~classifier.losses.NonFiniteLossError` if a loss since the start
         was NaN/inf (``finite``: already read back; ``None``: read it)."""
         if not (self.loss_window.all_finite() if finite is None else finite):
             best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")

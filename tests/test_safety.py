@@ -14,7 +14,7 @@ import yaml
 
 from classifier.arguments import config_from_checkpoint
 from classifier.checkpoint import CheckpointError
-from classifier.loss_window import NonFiniteLossError
+from classifier.losses import NonFiniteLossError
 from classifier.safety import UnsafeConfigError
 from tests.conftest import CONF, classifier_process, run_cli, tiny
 

@@ -27,8 +27,7 @@ from classifier.file_table import Paths, Texts
 from classifier.files import run_dir
 from classifier.folder_splits import FolderSplits, Processes, relative, write_manifest
 from classifier.health import report_excluded, report_shared
-from classifier.image_cache import ImageCache, build_caches
-from classifier.image_dataset import ImageDataset
+from classifier.image_dataset import ImageCache, ImageDataset, build_caches
 from classifier.losses import class_weights
 from classifier.resume import EpochResume, ResumableLoader, consumed_batches, next_epoch
 from classifier.sampler import EpochSampler, ShardSampler

@@ -1,24 +1,150 @@
-"""The torch ``Dataset`` over a :class:`~classifier.splits.Split`."""
+"""The torch ``Dataset`` over a :class:`~classifier.splits.Split`.
+
+``data.cache_images: ram``: the train and val images held decoded in one shared buffer.
+
+Each image is kept as decoded, before any random augmentation, so every epoch still draws new
+crops and flips. Before caching, each image's stored size is read from its header and the total
+is checked against ``data.cache_images_gb``; the buffer is then allocated once, in shared
+memory, before the loader workers start, so they all fill and read the same bytes (not a copy
+each). The first epoch decodes each file and stores it; later epochs read it back.
+
+What is lost: a training image is kept with its shorter side at most
+:data:`TRAIN_SIDE` x ``image_size`` (a validation image at the evaluation resize, which is
+exact), so a RandomResizedCrop smaller than half the image's side is upsampled from the kept
+pixels instead of taken from the full-size file. The first epoch's input is the same reduced
+image, so an exact resume gives the same batches whether the cache was filled or not.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset, get_worker_info
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F  # noqa: N812 (torchvision's name)
 from typing_extensions import override
-
-if TYPE_CHECKING:
-    from classifier.image_cache import ImageCache
 
 from classifier.perceptual_hash import phash_of
 from classifier.scan_cache import UNHASHED
+from classifier.splits import DataError, Split
 from classifier.tensor_decode import load_rgb
 from classifier.text import printable
+from classifier.transforms import Preprocessing
+
+#: A training image's shorter side is kept at most this many times ``image_size``.
+TRAIN_SIDE = 2
+#: EXIF orientations that swap width and height.
+_TURNED = (5, 6, 7, 8)
+
+
+def _reduced(height: int, width: int, side: int) -> tuple[int, int]:
+    """The size torchvision's resize of the shorter side to ``side`` gives (unchanged when it
+    is already that small)."""
+    short, long = min(height, width), max(height, width)
+    if short <= side:
+        return height, width
+    new_long = int(side * long / short)
+    return (side, new_long) if height <= width else (new_long, side)
+
+
+def stored_shape(path: Path, side: int) -> tuple[int, int]:
+    """``(height, width)`` the cache keeps ``path`` at, from its header (``(0, 0)``: not kept)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if image.getexif().get(0x0112, 1) in _TURNED:
+                width, height = height, width
+    except Exception:  # unreadable now: decoded (and refused) as without a cache
+        return 0, 0
+    return _reduced(height, width, side)
+
+
+class ImageCache:
+    """Decoded images of one split in one shared ``uint8`` buffer.
+
+    Args:
+        shapes: ``(height, width)`` kept per image (``(0, 0)``: never kept).
+        side: the shorter side images are reduced to before they are kept.
+        interpolation: the resize's interpolation (the evaluation's).
+    """
+
+    def __init__(self, shapes: np.ndarray, side: int, interpolation: str) -> None:
+        self.side = side
+        self.interpolation = interpolation
+        self.shapes = torch.as_tensor(shapes, dtype=torch.int64).reshape(-1, 2)
+        sizes = 3 * self.shapes[:, 0] * self.shapes[:, 1]
+        self.offsets = torch.zeros(len(sizes) + 1, dtype=torch.int64)
+        torch.cumsum(sizes, 0, out=self.offsets[1:])
+        # Shared before the loader workers fork: they fill and read the same pages.
+        self.buffer = torch.empty(int(self.offsets[-1]), dtype=torch.uint8).share_memory_()  # type: ignore[no-untyped-call]
+        self.filled = torch.zeros(len(sizes), dtype=torch.bool).share_memory_()  # type: ignore[no-untyped-call]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the buffer holds."""
+        return int(self.offsets[-1])
+
+    def get(self, index: int) -> torch.Tensor | None:
+        """Image ``index`` as kept (a copy), or ``None`` when it is not kept yet."""
+        if not bool(self.filled[index]):
+            return None
+        start, end = int(self.offsets[index]), int(self.offsets[index + 1])
+        height, width = (int(v) for v in self.shapes[index])
+        kept: torch.Tensor = self.buffer[start:end].view(3, height, width).clone()
+        return kept
+
+    def put(self, index: int, image: torch.Tensor) -> torch.Tensor:
+        """``image`` reduced as the cache keeps it, stored when its size is the one reserved
+        (a file changed since, or an orientation the header hid, is simply not kept)."""
+        height, width = _reduced(image.shape[-2], image.shape[-1], self.side)
+        if (height, width) != (image.shape[-2], image.shape[-1]):
+            mode = InterpolationMode(self.interpolation)
+            image = F.resize(image, [self.side], interpolation=mode, antialias=True)
+        start, end = int(self.offsets[index]), int(self.offsets[index + 1])
+        if tuple(int(v) for v in self.shapes[index]) == tuple(image.shape[-2:]) and end > start:
+            self.buffer[start:end] = image.reshape(-1)
+            self.filled[index] = True
+        return image
+
+
+def build_caches(
+    splits: Mapping[str, Split], pre: Preprocessing, limit_gb: float
+) -> dict[str, ImageCache]:
+    """One cache for each of ``train`` and ``val`` among ``splits`` (``train``: shorter side
+    :data:`TRAIN_SIDE` x ``image_size``; ``val``: the evaluation resize), after checking their
+    total size against ``limit_gb``.
+
+    Raises:
+        DataError: the estimate exceeds the limit (one line naming both).
+    """
+    sides = {"train": max(TRAIN_SIDE * pre.image_size, pre.resize_size), "val": pre.resize_size}
+    paths = {n: s.paths for n, s in splits.items() if n in sides}
+    if not paths:
+        return {}
+    shapes = {
+        name: np.asarray([stored_shape(p, sides[name]) for p in files], np.int64).reshape(-1, 2)
+        for name, files in paths.items()
+    }
+    total = sum(int((3 * s[:, 0] * s[:, 1]).sum()) for s in shapes.values())
+    count = sum(len(s) for s in shapes.values())
+    if total > limit_gb * 1e9:
+        raise DataError(
+            f"data.cache_images: ram needs {total / 1e9:.3g} GB for {count} images, over "
+            f"data.cache_images_gb {limit_gb:g}: raise the limit or set data.cache_images none"
+        )
+    rank_zero_info(
+        f"Caching {count} decoded images in RAM: {total / 1e9:.3g} GB (limit {limit_gb:g} GB); "
+        f"training crops come from images kept at {sides['train']} px on the shorter side"
+    )
+    return {n: ImageCache(shapes[n], sides[n], pre.interpolation) for n in paths}
+
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,15 @@ from typing import Literal
 from lightning.pytorch.utilities import rank_zero_info
 
 from classifier.csv_source import read_csv, read_table, split_names
-from classifier.jsonl_source import holds_annotations, read_jsonl, unreferenced
-from classifier.manifest import RowReader, Rows, classes_of, to_split
+from classifier.manifest import (
+    RowReader,
+    Rows,
+    classes_of,
+    holds_annotations,
+    read_jsonl,
+    to_split,
+    unreferenced,
+)
 from classifier.splits import DataError, Split, class_dirs, read_split, read_unlabelled
 
 SourceKind = Literal["auto", "folders", "jsonl", "csv"]

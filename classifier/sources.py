@@ -16,13 +16,15 @@ from typing import Literal
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from classifier.csv_source import read_csv, read_table, split_names
 from classifier.manifest import (
     RowReader,
     Rows,
     classes_of,
     holds_annotations,
+    read_csv,
     read_jsonl,
+    read_table,
+    split_names,
     to_split,
     unreferenced,
 )

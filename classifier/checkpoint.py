@@ -150,7 +150,7 @@ def problem(checkpoint: dict[str, Any]) -> str | None:
 def _training_state_problem(checkpoint: dict[str, Any]) -> str | None:
     """What a resumed ``fit`` would take from ``checkpoint`` and cannot use: the data seed,
     the random generators' states, NaN or infinity in the optimizer's state or the schedule."""
-    from classifier import rng
+    from classifier import resume
 
     data = checkpoint.get("datamodule_hyper_parameters", {})
     state = checkpoint.get("ImageFolderDataModule")
@@ -160,7 +160,7 @@ def _training_state_problem(checkpoint: dict[str, Any]) -> str | None:
         if found:
             return found
     for states in (state.get("rng_states"), checkpoint.get("rng_states")):
-        found = None if states is None else rng.states_problem(states)
+        found = None if states is None else resume.states_problem(states)
         if found:
             return found
     if not _finite_leaves(checkpoint.get("optimizer_states", [])):

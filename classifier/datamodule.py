@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from typing_extensions import override
 
-from classifier import rng
+from classifier import resume
 from classifier.checked_values import MAX_SIDE, MIN_IMAGE_SIZE
 from classifier.dali_loader import Augment, DaliLoader, DaliTrainLoader, dali
 from classifier.dist import max_over_processes
@@ -562,7 +562,7 @@ class ImageFolderDataModule(LoaderDataModule):
     def state_dict(self) -> dict[str, Any]:
         """The random generators' states (for exact resume) and the held-out validation
         images (``val_fraction``), saved in every checkpoint."""
-        state: dict[str, Any] = {"rng_states": rng.capture(), "seed": self.hparams["seed"] or 0}
+        state: dict[str, Any] = {"rng_states": resume.capture(), "seed": self.hparams["seed"] or 0}
         unsplit = self.folder.unsplit
         if unsplit is not None and "val" in self.splits:
             state["held_out"] = [relative(p, unsplit.root) for p in self.splits["val"].paths]

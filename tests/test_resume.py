@@ -84,12 +84,12 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path: Path)
 
     import numpy as np
 
-    from classifier import rng
+    from classifier import resume
 
     torch.manual_seed(1)
-    states = rng.capture()
+    states = resume.capture()
     first = (random.random(), float(np.random.rand()), float(torch.rand(())))
     torch.save({"rng_states": states}, tmp_path / "states.pt")
     random.random(), np.random.rand(), torch.rand(3)  # move every generator on
-    rng.restore(torch.load(tmp_path / "states.pt", weights_only=True)["rng_states"])
+    resume.restore(torch.load(tmp_path / "states.pt", weights_only=True)["rng_states"])
     assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == first

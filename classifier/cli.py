@@ -33,7 +33,6 @@ from classifier.label_issues import LabelIssues
 from classifier.model import ImageClassifier
 from classifier.per_class_report import PerClassReport
 from classifier.prediction_writer import PredictionWriter
-from classifier.preemption_checkpoint import SIGTERM_EXIT_CODE, PreemptionCheckpoint
 from classifier.preflight import (
     check_config_files,
     check_inside,
@@ -42,6 +41,7 @@ from classifier.preflight import (
     refuse_half_weights,
     refuse_spawn,
 )
+from classifier.resume import SIGTERM_EXIT_CODE, PreemptionCheckpoint
 from classifier.resumed_run import continue_run, keep_earlier_files
 from classifier.safety import (
     enforce_import_policy,

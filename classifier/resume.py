@@ -6,21 +6,28 @@ Saving and restoring every random number generator, for bitwise-exact resume.
 Lightning does not checkpoint RNG states; dropout, drop-path and MixUp draw from them in the
 training process, so a resumed run diverges unless they are restored. States are stored as
 tensors and plain tuples so checkpoints still load with ``weights_only=True``.
+
+Saving a checkpoint when the process is told to stop (SIGTERM: pre-emption, ``scancel``).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from classifier import resume
+from classifier.files import run_dir
 from classifier.sampler import EpochSampler
 
 
@@ -171,3 +178,32 @@ def next_epoch(trainer: pl.Trainer | None) -> int:
         return 0
     current: Any = trainer.fit_loop.epoch_progress.current
     return int(current.processed)
+
+
+#: The exit status of a process stopped by SIGTERM (128 + 15), which schedulers expect.
+SIGTERM_EXIT_CODE = 143
+
+
+class PreemptionCheckpoint(Callback):
+    """On SIGTERM, write ``checkpoints/last.ckpt`` at the current step, then let the run stop.
+
+    Lightning stops after the current batch when it receives SIGTERM but saves nothing and
+    exits 0; with this callback (added by ``classifier fit`` automatically) the run resumes
+    with ``--ckpt_path last`` from the exact step, and ``classifier`` exits 143.
+    """
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """Save on SIGTERM (every rank takes part; rank 0 writes)."""
+        if not isinstance(exception, SIGTERMException):
+            return
+        checkpoint = trainer.checkpoint_callback
+        folder = getattr(checkpoint, "dirpath", None) or run_dir(trainer) / "checkpoints"
+        self.path = Path(folder) / "last.ckpt"
+        trainer.save_checkpoint(self.path)
+        rank_zero_info(f"SIGTERM: saved {self.path}; resume with --ckpt_path last")

@@ -26,7 +26,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from classifier import resume
 from classifier.files import run_dir
 from classifier.sampler import EpochSampler
 
@@ -126,7 +125,7 @@ class EpochResume:
         if self.before_epoch is not None:  # every process, before the epoch's first batch
             self.before_epoch(sampler.resume_at[0] if sampler.resume_at else sampler.epoch)
         if self._rng_states is not None:
-            resume.restore(self._rng_states)
+            restore(self._rng_states)
             self._rng_states = None
 
     def state_dict(self) -> dict[str, int]:

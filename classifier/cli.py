@@ -25,7 +25,7 @@ from classifier.calibration import Calibration
 from classifier.checkpoint import CheckpointError, checkpoint_file, guard_checkpoint_loads
 from classifier.console import console, version_line
 from classifier.datamodule import ImageFolderDataModule
-from classifier.errors import ConfigError, UserError, one_line_errors
+from classifier.errors import ConfigError, UserError, one_line_errors, printable
 from classifier.figure_thread import wait_for_figures
 from classifier.files import run_dir, run_of_checkpoint
 from classifier.html_report import write_report
@@ -51,7 +51,6 @@ from classifier.safety import (
     unsafe_error,
 )
 from classifier.sam import check_sam_trainer
-from classifier.text import printable
 from classifier.tune import TuneError, find
 
 

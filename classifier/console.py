@@ -14,7 +14,7 @@ from typing import Any
 from typing_extensions import override
 
 from classifier.arguments import EVAL_COMMANDS
-from classifier.text import printable
+from classifier.errors import printable
 
 
 def version_line() -> str:

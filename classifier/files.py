@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from classifier.text import csv_cell, printable
+from classifier.errors import csv_cell, printable
 
 if TYPE_CHECKING:  # torch-free at run time: classifier-predict uses it
     import lightning.pytorch as pl

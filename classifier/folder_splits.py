@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 
 from classifier.dali_loader import DALI_REFUSED
+from classifier.errors import printable
 from classifier.files import write_csv
 from classifier.health import Hashes, HealthCheck, copy_groups, small_copies
 from classifier.prescan import hash_files, scan_split
 from classifier.scan_cache import UNHASHED, ScanCache
 from classifier.sources import Source, read_predict
 from classifier.splits import DataError, Split
-from classifier.text import printable
 
 
 def hold_out(

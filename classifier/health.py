@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from classifier.errors import printable
 from classifier.files import write_csv, write_json
 from classifier.hash_search import HASH_BITS, near_pairs
 from classifier.perceptual_hash import MIN_EDGE_BITS, MIN_SIDE, informative, informative_mask
 from classifier.prescan import hash_files
 from classifier.scan_cache import NO_HASH, UNHASHED, ScanCache, to_signed
 from classifier.splits import DataError, Split, shared_files
-from classifier.text import printable
 from classifier.thumbnails import MIN_STD, SIZE, SMALL_THRESHOLD, THRESHOLD, compared, similar_pairs
 
 

@@ -29,11 +29,11 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F  # noqa: N812 (torchvision's name)
 from typing_extensions import override
 
+from classifier.errors import printable
 from classifier.perceptual_hash import phash_of
 from classifier.scan_cache import UNHASHED
 from classifier.splits import DataError, Split
 from classifier.tensor_decode import load_rgb
-from classifier.text import printable
 from classifier.transforms import Preprocessing
 
 #: A training image's shorter side is kept at most this many times ``image_size``.

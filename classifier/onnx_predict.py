@@ -23,12 +23,11 @@ from classifier.checked_values import (
     preprocessing_problem,
     temperature_problem,
 )
-from classifier.errors import UserError
+from classifier.errors import UserError, printable
 from classifier.files import write_csv
 from classifier.pil_decode import decode_pil
 from classifier.predictions_format import NON_FINITE, columns
 from classifier.splits import DataError, read_unlabelled
-from classifier.text import printable
 
 _RESAMPLING = {"bilinear": 2, "bicubic": 3, "nearest": 0}  # PIL.Image.Resampling values
 

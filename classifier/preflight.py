@@ -26,9 +26,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from classifier.arguments import CKPT_KEYWORDS
 from classifier.checkpoint import CheckpointError, load_checkpoint
-from classifier.errors import ConfigError
+from classifier.errors import ConfigError, printable
 from classifier.files import run_of_checkpoint
-from classifier.text import printable
 
 
 def check_new_run_folder(folder: Path, default_root: Path) -> None:

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier.errors import UserError
+from classifier.errors import UserError, printable
 from classifier.file_table import Paths, Texts
 from classifier.pil_decode import IMAGE_EXTENSIONS, is_image_name
-from classifier.text import printable
 
 #: Folder names that are never classes (tool and OS droppings).
 IGNORED_DIRS = frozenset({"__MACOSX", "__pycache__", "@eaDir", "$RECYCLE.BIN"})

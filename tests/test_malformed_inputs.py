@@ -101,8 +101,8 @@ def test_csv_cells_that_start_a_formula_are_written_as_text(tmp_path: Path) -> N
 
 
 def test_control_characters_in_names_never_reach_the_terminal(tmp_path: Path) -> None:
+    from classifier.errors import printable
     from classifier.splits import class_name
-    from classifier.text import printable
 
     assert class_name("cat\x1b[31m") == "cat\\x1b[31m"
     assert printable("a\x1b]0;title\x07b\rc") == "a\\x1b]0;title\\x07b\\x0dc"

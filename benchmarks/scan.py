@@ -69,7 +69,7 @@ def _fit(data: Path, *extra: str) -> list[str]:
 
 def decode_pass(folder: Path) -> float:
     """Seconds to decode every image under ``folder`` once, on one thread per core."""
-    from classifier.tensor_decode import load_rgb
+    from classifier.image_dataset import load_rgb
 
     files = sorted(folder.rglob("*.jpg"))
     start = time.perf_counter()

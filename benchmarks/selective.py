@@ -115,7 +115,7 @@ class Scorer:
 
 def test_digits(folder: Path, names: list[str]) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The test split's images and labels."""
-    from classifier.tensor_decode import load_rgb
+    from classifier.image_dataset import load_rgb
 
     images, labels = [], []
     for label, name in enumerate(names):

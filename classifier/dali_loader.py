@@ -39,11 +39,10 @@ import torch
 from typing_extensions import override
 
 from classifier.errors import printable
-from classifier.image_dataset import UNREADABLE, ImageDataset, sample_seed
+from classifier.image_dataset import UNREADABLE, ImageDataset, load_rgb, sample_seed
 from classifier.resume import EpochResume
 from classifier.sampler import EpochSampler, ShardSampler
 from classifier.splits import DataError
-from classifier.tensor_decode import load_rgb
 from classifier.transforms import AutoAugment, Preprocessing
 
 #: torchvision's RandomResizedCrop aspect ratios and RandomErasing's area and aspect ranges.

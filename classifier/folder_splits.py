@@ -260,7 +260,7 @@ class FolderSplits:
     def _hash_now(self, split: Split, hashes: Hashes) -> None:
         """Hash the images of ``split`` whose perceptual hash is not known yet (here, on
         threads, not in the first epoch's workers), and cache them."""
-        from classifier.tensor_decode import load_rgb
+        from classifier.image_dataset import load_rgb
 
         missing = np.flatnonzero(hashes.phash == UNHASHED).tolist()
         if not missing:
@@ -281,7 +281,7 @@ class FolderSplits:
 
     def decoded(self, split: str, index: int) -> Any:
         """Image ``index`` of ``split`` decoded (``uint8`` CHW), or ``None`` if it cannot be."""
-        from classifier.tensor_decode import load_rgb
+        from classifier.image_dataset import load_rgb
 
         try:
             return load_rgb(self.splits[split].paths[index])

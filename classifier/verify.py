@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from classifier.errors import UserError
-from classifier.tensor_decode import load_rgb
+from classifier.image_dataset import load_rgb
 from classifier.transforms import Preprocessing, eval_transform, normalize
 
 

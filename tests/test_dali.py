@@ -20,9 +20,8 @@ from PIL import Image
 
 from classifier.datamodule import ImageFolderDataModule
 from classifier.file_table import Paths
-from classifier.image_dataset import UNREADABLE, ImageDataset
+from classifier.image_dataset import UNREADABLE, ImageDataset, load_rgb
 from classifier.sampler import EpochSampler, ShardSampler
-from classifier.tensor_decode import load_rgb
 from classifier.transforms import Preprocessing, eval_transform, train_transform
 from tests.conftest import CONF, classifier_process, demo_digits, make_folder, run_cli
 

@@ -12,9 +12,8 @@ import torch
 from PIL import Image
 
 from classifier.datamodule import ImageFolderDataModule
-from classifier.image_dataset import ImageDataset
+from classifier.image_dataset import ImageDataset, load_rgb
 from classifier.splits import DataError
-from classifier.tensor_decode import load_rgb
 from tests.conftest import CONF, run_cli
 from tests.hostile import BAD, ODD, add_symlink_cycle, make_hostile
 

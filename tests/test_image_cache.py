@@ -98,10 +98,9 @@ def test_an_image_whose_size_changed_is_simply_not_kept(tmp_path: Path) -> None:
 def test_an_image_still_to_be_hashed_is_hashed_from_the_file_not_the_kept_copy(
     tmp_path: Path,
 ) -> None:
-    from classifier.image_dataset import ImageDataset
+    from classifier.image_dataset import ImageDataset, load_rgb
     from classifier.perceptual_hash import phash_of
     from classifier.scan_cache import UNHASHED
-    from classifier.tensor_decode import load_rgb
 
     data = big_folder(tmp_path / "data")
     dm = module(data, cache_images="ram")

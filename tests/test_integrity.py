@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from classifier.datamodule import ImageFolderDataModule
+from classifier.image_dataset import load_rgb
 from classifier.splits import Visited, walk_images
-from classifier.tensor_decode import load_rgb
 from tests.conftest import draw, make_folder, run_cli, tiny
 
 GARBAGE = b"this is not an image any more"

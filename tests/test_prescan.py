@@ -274,9 +274,8 @@ def test_a_warm_start_stops_a_near_copy_leak_before_training(
 
 
 def test_the_workers_hash_what_they_decode(tmp_path: Path) -> None:
-    from classifier.image_dataset import ImageDataset
+    from classifier.image_dataset import ImageDataset, load_rgb
     from classifier.perceptual_hash import phash_of
-    from classifier.tensor_decode import load_rgb
 
     data = _photos(tmp_path / "data", {})
     split = _split(data / "train")

@@ -65,9 +65,9 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_an_elongated_image_is_refused_from_its_header_on_every_reader(tmp_path: Path) -> None:
     import resource
 
+    from classifier.image_dataset import load_rgb
     from classifier.pil_decode import ImageShapeError, decode_pil
     from classifier.prescan import check_file
-    from classifier.tensor_decode import load_rgb
 
     path = _elongated(tmp_path / "strip.png", 4_000_000)
     assert path.stat().st_size < 20_000
@@ -525,8 +525,8 @@ def test_both_predict_commands_refuse_a_file_over_the_size_limit(
     exported_model: Path, tmp_path: Path
 ) -> None:
     """A real PNG followed by 2 GiB of zeros (sparse): PIL alone decoded it."""
+    from classifier.image_dataset import load_rgb
     from classifier.onnx_predict import predict
-    from classifier.tensor_decode import load_rgb
 
     folder = tmp_path / "in"
     folder.mkdir()

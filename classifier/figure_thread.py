@@ -2,7 +2,7 @@
 
 The training thread hands a drawing of plain data to :class:`FigureWorker`, one background
 thread, and goes on. The thread draws the matplotlib figures (:mod:`classifier.charts`) and
-picture grids (:mod:`classifier.picture_grids`) and sends the written files to the loggers.
+picture grids (:mod:`classifier.charts`) and sends the written files to the loggers.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+from classifier.charts import as_uint8, picture_grid, save_png
 from classifier.contract import ImageData, classifier_module, image_data
 from classifier.dist import gather_objects
 from classifier.figure_thread import (
@@ -21,7 +22,6 @@ from classifier.figure_thread import (
 )
 from classifier.files import run_dir
 from classifier.metrics import hardness
-from classifier.picture_grids import as_uint8, picture_grid, save_png
 from classifier.transforms import denormalize
 
 

@@ -183,7 +183,7 @@ def bench_loader_memory(files: int = 200_000) -> dict[str, float]:
 import os, sys, torch
 sys.path.insert(0, {str(REPO)!r})
 from pathlib import Path
-from classifier.file_table import Paths
+from classifier.splits import Paths
 from classifier.image_dataset import ImageDataset
 names = [f"/data/train/class{{i % 1000}}/image_{{i:07d}}.JPEG" for i in range({files})]
 paths = Paths.of(names) if sys.argv[1] == "paths" else [Path(n) for n in names]

@@ -23,7 +23,6 @@ from classifier import resume
 from classifier.checked_values import MAX_SIDE, MIN_IMAGE_SIZE
 from classifier.dali_loader import Augment, DaliLoader, DaliTrainLoader, dali
 from classifier.dist import max_over_processes
-from classifier.file_table import Paths, Texts
 from classifier.files import run_dir
 from classifier.folder_splits import FolderSplits, Processes, relative, write_manifest
 from classifier.health import report_excluded, report_shared
@@ -32,7 +31,7 @@ from classifier.losses import class_weights
 from classifier.resume import EpochResume, ResumableLoader, consumed_batches, next_epoch
 from classifier.sampler import EpochSampler, ShardSampler
 from classifier.sources import Source, SourceKind
-from classifier.splits import DataError, Split
+from classifier.splits import DataError, Paths, Split, Texts
 from classifier.transforms import (
     AutoAugment,
     Interpolation,

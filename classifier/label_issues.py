@@ -512,7 +512,7 @@ def _split_digest(files: tuple[Sequence[Path], Any] | None) -> str:
     renamed, added or removed change it)."""
     if files is None:
         return ""
-    from classifier.file_table import Paths
+    from classifier.splits import Paths
 
     paths = files[0] if isinstance(files[0], Paths) else Paths.of(files[0])
     digest = hashlib.sha256(paths.digest().encode())

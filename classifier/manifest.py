@@ -37,9 +37,17 @@ from typing import IO, Any
 import numpy as np
 
 from classifier.errors import printable
-from classifier.file_table import Paths, Texts
 from classifier.pil_decode import is_image_name
-from classifier.splits import IGNORED_DIRS, KEY_COLUMNS, MAX_FOLDERS, DataError, Split, class_name
+from classifier.splits import (
+    IGNORED_DIRS,
+    KEY_COLUMNS,
+    MAX_FOLDERS,
+    DataError,
+    Paths,
+    Split,
+    Texts,
+    class_name,
+)
 
 #: The column of each row's image.
 PATH = "path"

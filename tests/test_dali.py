@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 
 from classifier.datamodule import ImageFolderDataModule
-from classifier.file_table import Paths
 from classifier.image_dataset import UNREADABLE, ImageDataset, load_rgb
 from classifier.sampler import EpochSampler, ShardSampler
+from classifier.splits import Paths
 from classifier.transforms import Preprocessing, eval_transform, train_transform
 from tests.conftest import CONF, classifier_process, demo_digits, make_folder, run_cli
 

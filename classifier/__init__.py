@@ -34,7 +34,7 @@ _PUBLIC = {
     "LabelIssues": "classifier.label_issues",
     "ModelInfo": "classifier.model_info",
     "OnnxExport": "classifier.onnx_export",
-    "PerClassReport": "classifier.per_class_report",
+    "PerClassReport": "classifier.metrics",
     "PredictionWriter": "classifier.prediction_writer",
     "SafeCheckpointIO": "classifier.checkpoint",
     "SampleGrids": "classifier.sample_grids",

@@ -30,8 +30,8 @@ from classifier.figure_thread import wait_for_figures
 from classifier.files import run_dir, run_of_checkpoint
 from classifier.html_report import write_report
 from classifier.label_issues import LabelIssues
+from classifier.metrics import PerClassReport
 from classifier.model import ImageClassifier
-from classifier.per_class_report import PerClassReport
 from classifier.prediction_writer import PredictionWriter
 from classifier.preflight import (
     check_config_files,

@@ -6,6 +6,8 @@ images), ``balanced_acc`` is macro recall (mean of per-class accuracies), ``f1_m
 unweighted mean of per-class F1.
 
 The metrics of one evaluation stage (``val`` or ``test``), updated without host syncs.
+
+``PerClassReport``: support, precision, recall, F1 and AUROC of every class, as CSV.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F  # noqa: N812
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric, Metric, MetricCollection, SumMetric
@@ -28,7 +31,8 @@ from torchmetrics.classification import (
 from torchmetrics.utilities import dim_zero_cat
 from typing_extensions import override
 
-from classifier.files import write_csv
+from classifier.contract import classifier_module
+from classifier.files import run_dir, write_csv
 from classifier.image_dataset import UNREADABLE
 
 #: Confidence bins of the expected calibration error and the reliability diagram.
@@ -351,3 +355,35 @@ def hardness(losses: torch.Tensor, predicted: torch.Tensor, labels: torch.Tensor
     files (label < 0) ``-inf``, never shown. The galleries of the hardest images rank by it."""
     wrong = (predicted != labels).float()
     return torch.where(labels >= 0, losses.float() + wrong * 1e6, -torch.inf)
+
+
+class PerClassReport(Callback):
+    """Write ``val_per_class.csv`` after every validation and ``test_per_class.csv`` after
+    test: support, predicted count, accuracy (= recall), precision, recall, F1 and one-vs-rest
+    AUROC per class,
+    from the counts the model accumulated (synchronised across processes).
+
+    ``classifier`` adds this callback to ``fit``, ``validate`` and ``test`` when the config
+    has none.
+    """
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write ``val_per_class.csv`` (not for sanity-check batches)."""
+        if not trainer.sanity_checking:
+            self._write(trainer, pl_module, "val")
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write ``test_per_class.csv``."""
+        self._write(trainer, pl_module, "test")
+
+    @staticmethod
+    def _write(trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        module = classifier_module(pl_module)
+        metrics = module.stage_metrics(stage)
+        confmat = metrics.confmat.compute()  # every rank takes part
+        auroc = metrics.auroc.compute()
+        if trainer.is_global_zero:
+            path = run_dir(trainer) / f"{stage}_per_class.csv"
+            write_per_class_csv(path, confmat, list(module.class_names), auroc)

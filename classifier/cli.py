@@ -38,12 +38,11 @@ from classifier.preflight import (
     check_inside,
     check_new_run_folder,
     check_resume,
-    continue_run,
-    keep_earlier_files,
     refuse_half_weights,
     refuse_spawn,
 )
 from classifier.resume import SIGTERM_EXIT_CODE, PreemptionCheckpoint
+from classifier.resumed_run import continue_run, keep_earlier_files
 from classifier.safety import (
     enforce_import_policy,
     no_working_folder_imports,

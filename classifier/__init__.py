@@ -38,7 +38,7 @@ _PUBLIC = {
     "PredictionWriter": "classifier.prediction_writer",
     "SafeCheckpointIO": "classifier.checkpoint",
     "SampleGrids": "classifier.sample_grids",
-    "SamplerDistribution": "classifier.sampler_distribution",
+    "SamplerDistribution": "classifier.sampler",
     "Slices": "classifier.slices",
     "TrainingHistory": "classifier.training_history",
 }

@@ -82,7 +82,7 @@ def test_weighted_sampler_flattens_an_imbalanced_folder(folder_factory: Any) -> 
 
 
 def test_each_class_gets_its_own_sampler_column() -> None:
-    from classifier.sampler_distribution import logged_shares
+    from classifier.sampler import logged_shares
 
     names = ["a/b", "a_b", "a_b_2", "cat", "cat "]
     shares = {n: float(i) for i, n in enumerate(names)}

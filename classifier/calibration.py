@@ -21,11 +21,11 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
-from classifier.charts import draw as render
 from classifier.checked_values import MAX_TEMPERATURE, MIN_TEMPERATURE, rule_value_problem
 from classifier.contract import classifier_module, image_data
 from classifier.errors import ConfigError
 from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, log_image
+from classifier.figure_thread import draw as render
 from classifier.files import inside, read_json, run_dir, write_json
 from classifier.metrics import BINS
 from classifier.selective import (

@@ -9,9 +9,8 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
-from classifier.charts import draw
 from classifier.contract import classifier_module
-from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, epoch_due, log_image
+from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, draw, epoch_due, log_image
 from classifier.files import run_dir, write_csv
 
 

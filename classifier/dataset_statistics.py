@@ -10,9 +10,8 @@ from typing import Any
 import lightning.pytorch as pl
 from typing_extensions import override
 
-from classifier.charts import draw
 from classifier.contract import image_data
-from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, log_image
+from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, draw, log_image
 from classifier.files import run_dir, write_json
 
 SPLITS = ("train", "val", "test")

@@ -23,9 +23,8 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from typing_extensions import override
 
-from classifier.charts import save_png
 from classifier.contract import classifier_module, image_data
-from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, log_image
+from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, log_image, save_png
 from classifier.files import run_dir
 from classifier.metrics import hardness
 
@@ -243,7 +242,7 @@ def _grid(
     stage: str,
 ) -> Any:
     """Rows of three panels: the picture, and the maps of the predicted and the true class."""
-    from classifier.charts import as_uint8, heat_overlay, picture_grid
+    from classifier.figure_thread import as_uint8, heat_overlay, picture_grid
 
     panels, captions = [], []
     for row in range(len(pictures)):

@@ -10,14 +10,16 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
-from classifier.charts import as_uint8, picture_grid, save_png
 from classifier.contract import ImageData, classifier_module, image_data
 from classifier.dist import gather_objects
 from classifier.figure_thread import (
     PLOT_TIME_SHARE,
     PlottingCallback,
+    as_uint8,
     epoch_due,
     log_image,
+    picture_grid,
+    save_png,
     submit_figure,
 )
 from classifier.files import run_dir

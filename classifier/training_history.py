@@ -10,9 +10,8 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
-from classifier.charts import draw
 from classifier.contract import classifier_module
-from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, log_image
+from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, draw, log_image
 from classifier.files import run_dir, write_csv
 
 COLUMNS = (

@@ -16,8 +16,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.tuner.tuning import Tuner
 
-from classifier.charts import draw
 from classifier.errors import UserError
+from classifier.figure_thread import draw
 
 
 class TuneError(UserError, ValueError):

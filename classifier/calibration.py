@@ -24,8 +24,8 @@ from typing_extensions import override
 from classifier.checked_values import MAX_TEMPERATURE, MIN_TEMPERATURE, rule_value_problem
 from classifier.contract import classifier_module, image_data
 from classifier.errors import ConfigError
-from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, log_image
-from classifier.figure_thread import draw as render
+from classifier.figures import PLOT_TIME_SHARE, PlottingCallback, log_image
+from classifier.figures import draw as render
 from classifier.files import inside, read_json, run_dir, write_json
 from classifier.metrics import BINS
 from classifier.selective import (
@@ -68,7 +68,7 @@ class Calibration(PlottingCallback):
             halves the validation error (at most 0.99).
         feature_images: training images whose features give the class statistics (spread over
             the classes; all when there are fewer).
-        plot_time_share: see :class:`~classifier.figure_thread.PlottingCallback`.
+        plot_time_share: see :class:`~classifier.figures.PlottingCallback`.
     """
 
     def __init__(

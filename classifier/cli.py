@@ -36,7 +36,7 @@ from classifier.calibration import Calibration
 from classifier.checkpoint import CheckpointError, checkpoint_file, guard_checkpoint_loads
 from classifier.datamodule import ImageFolderDataModule
 from classifier.errors import ConfigError, UserError, one_line_errors, printable
-from classifier.figure_thread import wait_for_figures
+from classifier.figures import wait_for_figures
 from classifier.files import run_dir, run_of_checkpoint
 from classifier.html_report import write_report
 from classifier.label_issues import LabelIssues

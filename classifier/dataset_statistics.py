@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 from typing_extensions import override
 
 from classifier.contract import image_data
-from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, draw, log_image
+from classifier.figures import PLOT_TIME_SHARE, PlottingCallback, draw, log_image
 from classifier.files import run_dir, write_json
 
 SPLITS = ("train", "val", "test")
@@ -38,7 +38,7 @@ class DatasetStatistics(PlottingCallback):
 
     Args:
         plots: also write the bar charts.
-        plot_time_share: see :class:`~classifier.figure_thread.PlottingCallback`.
+        plot_time_share: see :class:`~classifier.figures.PlottingCallback`.
     """
 
     def __init__(self, plots: bool = True, plot_time_share: float = PLOT_TIME_SHARE) -> None:

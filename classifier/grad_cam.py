@@ -24,7 +24,7 @@ from torch import nn
 from typing_extensions import override
 
 from classifier.contract import classifier_module, image_data
-from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, log_image, save_png
+from classifier.figures import PLOT_TIME_SHARE, PlottingCallback, log_image, save_png
 from classifier.files import run_dir
 from classifier.metrics import hardness
 
@@ -124,7 +124,7 @@ class GradCam(PlottingCallback):
 
     Args:
         num_images: rows in each grid.
-        plot_time_share: see :class:`~classifier.figure_thread.PlottingCallback`.
+        plot_time_share: see :class:`~classifier.figures.PlottingCallback`.
     """
 
     def __init__(self, num_images: int = 8, plot_time_share: float = PLOT_TIME_SHARE) -> None:
@@ -242,7 +242,7 @@ def _grid(
     stage: str,
 ) -> Any:
     """Rows of three panels: the picture, and the maps of the predicted and the true class."""
-    from classifier.figure_thread import as_uint8, heat_overlay, picture_grid
+    from classifier.figures import as_uint8, heat_overlay, picture_grid
 
     panels, captions = [], []
     for row in range(len(pictures)):

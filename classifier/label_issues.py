@@ -53,7 +53,7 @@ from typing_extensions import override
 
 from classifier.contract import classifier_module, image_data, rows_of
 from classifier.dist import gather_batches
-from classifier.figure_thread import as_uint8, picture_grid, save_png, submit_figure
+from classifier.figures import as_uint8, picture_grid, save_png, submit_figure
 from classifier.files import run_dir, write_csv, write_json, write_jsonl
 from classifier.selective import MIN_IMAGES, fit_temperature
 

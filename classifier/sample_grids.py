@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from classifier.contract import ImageData, classifier_module, image_data
 from classifier.dist import gather_objects
-from classifier.figure_thread import (
+from classifier.figures import (
     PLOT_TIME_SHARE,
     PlottingCallback,
     as_uint8,

@@ -19,8 +19,8 @@ from torch.utils.data import Sampler
 from typing_extensions import override
 
 from classifier.contract import image_data
-from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, last_epoch, log_image
-from classifier.figure_thread import draw as render
+from classifier.figures import PLOT_TIME_SHARE, PlottingCallback, last_epoch, log_image
+from classifier.figures import draw as render
 from classifier.files import run_dir, unique_safe_names, write_json
 
 #: What the training sampler yields: (dataset index, seed, epoch, position in the epoch).

@@ -11,7 +11,7 @@ import torch
 from typing_extensions import override
 
 from classifier.contract import classifier_module
-from classifier.figure_thread import PLOT_TIME_SHARE, PlottingCallback, draw, log_image
+from classifier.figures import PLOT_TIME_SHARE, PlottingCallback, draw, log_image
 from classifier.files import run_dir, write_csv
 
 COLUMNS = (

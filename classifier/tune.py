@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.tuner.tuning import Tuner
 
 from classifier.errors import UserError
-from classifier.figure_thread import draw
+from classifier.figures import draw
 
 
 class TuneError(UserError, ValueError):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from classifier.figure_thread import CELL, as_uint8, heat_overlay, picture_grid, save_png
+from classifier.figures import CELL, as_uint8, heat_overlay, picture_grid, save_png
 
 
 def _square(colour: tuple[int, int, int], side: int = 32) -> np.ndarray:

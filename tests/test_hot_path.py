@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from classifier.figure_thread import DrawBudget
+from classifier.figures import DrawBudget
 from tests.conftest import full, run_cli, tiny
 from tests.probes import HostReads, RunFiles
 
@@ -60,7 +60,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr("classifier.figure_thread.time.monotonic", fake)
+    monkeypatch.setattr("classifier.figures.time.monotonic", fake)
     return fake
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from classifier.figure_thread import epoch_due, last_epoch
+from classifier.figures import epoch_due, last_epoch
 
 
 def _trainer(epoch: int, max_epochs: int | None, sanity: bool = False) -> Any:

@@ -21,7 +21,7 @@ from typing_extensions import override
 
 from classifier import resume
 from classifier.checked_values import MAX_SIDE, MIN_IMAGE_SIZE
-from classifier.dali_loader import Augment, DaliLoader, DaliTrainLoader, dali
+from classifier.dali import Augment, DaliLoader, DaliTrainLoader, dali
 from classifier.dist import max_over_processes
 from classifier.files import run_dir
 from classifier.folder_splits import FolderSplits, Processes, relative, write_manifest
@@ -138,7 +138,7 @@ class LoaderDataModule(pl.LightningDataModule):
         )
 
     def _dali_kwargs(self, name: str) -> dict[str, Any]:
-        """What :class:`~classifier.dali_loader.DaliLoader` takes for split ``name``, but its
+        """What :class:`~classifier.dali.DaliLoader` takes for split ``name``, but its
         sampler."""
         assert self.preprocessing is not None
         hp = self.hparams

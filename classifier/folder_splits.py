@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from classifier.dali_loader import DALI_REFUSED
+from classifier.dali import DALI_REFUSED
 from classifier.errors import printable
 from classifier.files import write_csv
 from classifier.health import Hashes, HealthCheck, copy_groups, small_copies
@@ -311,7 +311,7 @@ def _where(split: Split, index: int, reason: str) -> str:
 
 
 def _check_dali_formats(split: Split, kinds: np.ndarray) -> None:
-    """Refuse a split DALI would decode wrongly (:data:`~classifier.dali_loader.DALI_REFUSED`).
+    """Refuse a split DALI would decode wrongly (:data:`~classifier.dali.DALI_REFUSED`).
 
     Raises:
         DataError: naming how many files, their formats and one of them.

@@ -42,7 +42,7 @@ def _dali_images(
     paths: list[Path], augment: object | None, count: int, pre: Preprocessing = PRE
 ) -> torch.Tensor:
     """``count`` DALI outputs over ``paths`` (repeated), in order."""
-    from classifier.dali_loader import DaliLoader
+    from classifier.dali import DaliLoader
 
     files = [paths[i % len(paths)] for i in range(count)]
     dataset = ImageDataset(Paths.of(files), np.zeros(count, np.int64))
@@ -65,7 +65,7 @@ def _extent(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 def test_random_resized_crops_match_the_cpu_path_in_area_and_aspect(
     tmp_path: Path, scale: tuple[float, float]
 ) -> None:
-    from classifier.dali_loader import Augment
+    from classifier.dali import Augment
 
     ramp = np.linspace(0, 255, 256).astype(np.uint8)
     pixels = np.stack([np.tile(ramp, (256, 1)), np.tile(ramp[:, None], (1, 256))], -1)
@@ -85,7 +85,7 @@ def test_random_resized_crops_match_the_cpu_path_in_area_and_aspect(
 
 @pytest.mark.parametrize("probability", [0.0, 0.5, 0.8])
 def test_horizontal_flips_happen_at_the_configured_rate(tmp_path: Path, probability: float) -> None:
-    from classifier.dali_loader import Augment
+    from classifier.dali import Augment
 
     pixels = np.zeros((64, 64, 3), np.uint8)
     pixels[:, :32] = 255
@@ -256,7 +256,7 @@ def test_a_file_truncated_while_dali_reads_ahead_never_kills_the_process(tmp_pat
 
 
 def test_dali_errors_are_shown_by_their_cause() -> None:
-    from classifier.dali_loader import dali_cause
+    from classifier.dali import dali_cause
 
     error = RuntimeError(
         "Critical error in pipeline:\nError in CPU operator `nvidia.dali.fn.decoders.image`,\n"

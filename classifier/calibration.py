@@ -21,8 +21,8 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+from classifier.callback_contract import classifier_module, image_data
 from classifier.checked_values import MAX_TEMPERATURE, MIN_TEMPERATURE, rule_value_problem
-from classifier.contract import classifier_module, image_data
 from classifier.errors import ConfigError
 from classifier.figures import PLOT_TIME_SHARE, PlottingCallback, log_image
 from classifier.figures import draw as render

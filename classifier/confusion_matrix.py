@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
-from classifier.contract import classifier_module
+from classifier.callback_contract import classifier_module
 from classifier.figures import PLOT_TIME_SHARE, PlottingCallback, draw, epoch_due, log_image
 from classifier.files import run_dir, write_csv
 

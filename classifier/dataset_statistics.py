@@ -10,7 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 from typing_extensions import override
 
-from classifier.contract import image_data
+from classifier.callback_contract import image_data
 from classifier.figures import PLOT_TIME_SHARE, PlottingCallback, draw, log_image
 from classifier.files import run_dir, write_json
 

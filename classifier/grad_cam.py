@@ -23,7 +23,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from typing_extensions import override
 
-from classifier.contract import classifier_module, image_data
+from classifier.callback_contract import classifier_module, image_data
 from classifier.figures import PLOT_TIME_SHARE, PlottingCallback, log_image, save_png
 from classifier.files import run_dir
 from classifier.metrics import hardness

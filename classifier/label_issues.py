@@ -9,7 +9,7 @@ the device and a few matrix operations per evaluation epoch.
 Reads, through the documented contract: ``training_step``'s output ``{"loss", "logits"}``
 (``logits`` absent for batches mixed by MixUp/CutMix, which are skipped and counted), the
 evaluation steps' ``logits`` and ``indices``, the batch's labels, and
-:meth:`~classifier.contract.ImageData.files` / ``eval_image`` for the rows and pictures.
+:meth:`~classifier.callback_contract.ImageData.files` / ``eval_image`` for the rows and pictures.
 
 Scores that find images whose given label is probably wrong.
 
@@ -51,7 +51,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from classifier.contract import classifier_module, image_data, rows_of
+from classifier.callback_contract import classifier_module, image_data, rows_of
 from classifier.dist import gather_batches
 from classifier.figures import as_uint8, picture_grid, save_png, submit_figure
 from classifier.files import run_dir, write_csv, write_json, write_jsonl

@@ -31,7 +31,7 @@ from torchmetrics.classification import (
 from torchmetrics.utilities import dim_zero_cat
 from typing_extensions import override
 
-from classifier.contract import classifier_module
+from classifier.callback_contract import classifier_module
 from classifier.files import run_dir, write_csv
 from classifier.image_dataset import UNREADABLE
 

@@ -10,8 +10,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from classifier.backbone import Runner, create_backbone, resample_checkpoint
+from classifier.callback_contract import optional_image_data
 from classifier.checkpoint import CheckpointError, SafeLoading, rule_of, upgrade
-from classifier.contract import optional_image_data
 from classifier.finetune import FineTuning, check_finetuning
 from classifier.losses import (
     LossWindow,

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from classifier.contract import classifier_module
+from classifier.callback_contract import classifier_module
 from classifier.files import run_dir, write_json
 
 

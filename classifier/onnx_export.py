@@ -11,8 +11,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
+from classifier.callback_contract import classifier_module, optional_image_data
 from classifier.checkpoint import rule_of
-from classifier.contract import classifier_module, optional_image_data
 from classifier.export import ExportOptions, describe, export_and_verify
 from classifier.files import run_dir
 from classifier.selective import Selector

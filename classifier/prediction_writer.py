@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from classifier.contract import classifier_module, image_data, rows_of
+from classifier.callback_contract import classifier_module, image_data, rows_of
 from classifier.dist import gather_objects
 from classifier.errors import ConfigError
 from classifier.files import plain_name, run_dir, write_csv, write_jsonl

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
-from classifier.contract import ImageData, classifier_module, image_data
+from classifier.callback_contract import ImageData, classifier_module, image_data
 from classifier.dist import gather_objects
 from classifier.figures import (
     PLOT_TIME_SHARE,

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Sampler
 from typing_extensions import override
 
-from classifier.contract import image_data
+from classifier.callback_contract import image_data
 from classifier.figures import PLOT_TIME_SHARE, PlottingCallback, last_epoch, log_image
 from classifier.figures import draw as render
 from classifier.files import run_dir, unique_safe_names, write_json

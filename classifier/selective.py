@@ -34,8 +34,8 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from typing_extensions import override
 
+from classifier.callback_contract import classifier_module, image_data
 from classifier.checked_values import MAX_TEMPERATURE, MIN_TEMPERATURE
-from classifier.contract import classifier_module, image_data
 from classifier.files import read_json, write_json
 from classifier.metrics import BINS, CalibrationBins
 from classifier.verify import spread

@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from classifier.contract import classifier_module, optional_image_data, rows_of
+from classifier.callback_contract import classifier_module, optional_image_data, rows_of
 from classifier.dist import gather_batches
 from classifier.files import read_csv, run_dir, write_csv
 

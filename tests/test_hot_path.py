@@ -150,7 +150,7 @@ def test_figures_wait_for_the_end_of_fit_when_over_budget(
 ) -> None:
     """CSV files follow every epoch; PNGs follow within the budget (drawn in the background,
     so only the share-0 case can be checked mid-run), and at the end of fit."""
-    from classifier import figure_thread as plots
+    from classifier import figures as plots
 
     kinds: list[str] = []
     submit = plots._WORKER.submit

@@ -77,8 +77,8 @@ def _callback_modules() -> list[Path]:
 
 
 def test_callbacks_use_the_contract_not_the_concrete_classes() -> None:
-    """Callbacks read the model and the data module through ``classifier.contract``; the model
-    and the data module do not import each other."""
+    """Callbacks read the model and the data module through ``classifier.callback_contract``;
+    the model and the data module do not import each other."""
     concrete = {"classifier.model", "classifier.datamodule"}
     callbacks = _callback_modules()
     assert len(callbacks) >= 12, [p.name for p in callbacks]
@@ -90,7 +90,7 @@ def test_callbacks_use_the_contract_not_the_concrete_classes() -> None:
 
 
 def test_the_shipped_classes_keep_the_contract(image_folder: Path) -> None:
-    from classifier.contract import ClassifierModule, ImageData
+    from classifier.callback_contract import ClassifierModule, ImageData
     from classifier.datamodule import ImageFolderDataModule
     from classifier.model import ImageClassifier
 
@@ -103,7 +103,7 @@ def test_the_shipped_classes_keep_the_contract(image_folder: Path) -> None:
 def test_a_module_without_the_contract_gets_a_message_naming_it() -> None:
     import lightning.pytorch as pl
 
-    from classifier.contract import classifier_module
+    from classifier.callback_contract import classifier_module
 
     with pytest.raises(TypeError, match=r"class_names.*classifier\.ImageClassifier has them"):
         classifier_module(pl.LightningModule())

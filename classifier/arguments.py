@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from classifier.checkpoint import CheckpointError, load_checkpoint
 from classifier.errors import printable
-from classifier.files import read_regular, run_of_checkpoint
+from classifier.file_io import read_regular, run_of_checkpoint
 from classifier.safety import MAX_CONFIG_CHARS, refuse_foreign_class_paths
 
 #: Options that end a command before it runs (help, printed config, version).

@@ -26,7 +26,7 @@ from classifier.checked_values import MAX_TEMPERATURE, MIN_TEMPERATURE, rule_val
 from classifier.errors import ConfigError
 from classifier.figures import PLOT_TIME_SHARE, PlottingCallback, log_image
 from classifier.figures import draw as render
-from classifier.files import inside, read_json, run_dir, write_json
+from classifier.file_io import inside, read_json, run_dir, write_json
 from classifier.metrics import BINS
 from classifier.selective import (
     MIN_IMAGES,

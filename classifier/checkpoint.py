@@ -56,7 +56,7 @@ from classifier.checked_values import (
     temperature_problem,
 )
 from classifier.errors import UserError
-from classifier.files import atomic_write
+from classifier.file_io import atomic_write
 
 if TYPE_CHECKING:
     from torch import nn

@@ -37,7 +37,7 @@ from classifier.checkpoint import CheckpointError, checkpoint_file, guard_checkp
 from classifier.datamodule import ImageFolderDataModule
 from classifier.errors import ConfigError, UserError, one_line_errors, printable
 from classifier.figures import wait_for_figures
-from classifier.files import run_dir, run_of_checkpoint
+from classifier.file_io import run_dir, run_of_checkpoint
 from classifier.html_report import write_report
 from classifier.label_issues import LabelIssues
 from classifier.metrics import PerClassReport
@@ -134,7 +134,7 @@ def console(command: str | None) -> Iterator[None]:
 
 
 class RunConfig(SaveConfigCallback):
-    """Save the resolved ``config.yaml`` into the run folder (:func:`~classifier.files.run_dir`).
+    """Save the resolved ``config.yaml`` into the run folder (:func:`~classifier.file_io.run_dir`).
 
     Lightning's own callback writes to ``trainer.log_dir``, which for WandB is the shared
     ``save_dir``: a second run there would stop on the first run's config.yaml.

@@ -23,7 +23,7 @@ from classifier import resume
 from classifier.checked_values import MAX_SIDE, MIN_IMAGE_SIZE
 from classifier.dali import Augment, DaliLoader, DaliTrainLoader, dali
 from classifier.dist import max_over_processes
-from classifier.files import run_dir
+from classifier.file_io import run_dir
 from classifier.folder_splits import FolderSplits, Processes, relative, write_manifest
 from classifier.health import report_excluded, report_shared
 from classifier.image_dataset import ImageCache, ImageDataset, build_caches

@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from classifier.callback_contract import image_data
 from classifier.figures import PLOT_TIME_SHARE, PlottingCallback, draw, log_image
-from classifier.files import run_dir, write_json
+from classifier.file_io import run_dir, write_json
 
 SPLITS = ("train", "val", "test")
 

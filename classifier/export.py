@@ -39,7 +39,7 @@ from torch import nn
 from typing_extensions import override
 
 from classifier.checkpoint import CheckpointError, rule_of
-from classifier.files import atomic_write_bytes, run_of_checkpoint, write_json
+from classifier.file_io import atomic_write_bytes, run_of_checkpoint, write_json
 from classifier.selective import Selector, features_and_logits
 from classifier.transforms import Preprocessing
 from classifier.verify import ExportError, spread, verify_onnx

@@ -34,7 +34,7 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from classifier.files import atomic_write_bytes
+from classifier.file_io import atomic_write_bytes
 
 
 def new_figure(

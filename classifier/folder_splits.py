@@ -25,7 +25,7 @@ import numpy as np
 
 from classifier.dali import DALI_REFUSED
 from classifier.errors import printable
-from classifier.files import write_csv
+from classifier.file_io import write_csv
 from classifier.health import Hashes, HealthCheck, copy_groups, small_copies
 from classifier.prescan import hash_files, scan_split
 from classifier.scan_cache import UNHASHED, ScanCache

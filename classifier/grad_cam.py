@@ -25,7 +25,7 @@ from typing_extensions import override
 
 from classifier.callback_contract import classifier_module, image_data
 from classifier.figures import PLOT_TIME_SHARE, PlottingCallback, log_image, save_png
-from classifier.files import run_dir
+from classifier.file_io import run_dir
 from classifier.metrics import hardness
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from classifier.errors import printable
-from classifier.files import write_csv, write_json
+from classifier.file_io import write_csv, write_json
 from classifier.hash_search import HASH_BITS, near_pairs
 from classifier.perceptual_hash import MIN_EDGE_BITS, MIN_SIDE, informative, informative_mask
 from classifier.prescan import hash_files

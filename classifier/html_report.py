@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from classifier.files import atomic_write_text, read_csv, read_json, read_regular
+from classifier.file_io import atomic_write_text, read_csv, read_json, read_regular
 from classifier.slices import section as slices_section
 
 #: ``(id, title)`` of every section, in page order.

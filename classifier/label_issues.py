@@ -54,7 +54,7 @@ from typing_extensions import override
 from classifier.callback_contract import classifier_module, image_data, rows_of
 from classifier.dist import gather_batches
 from classifier.figures import as_uint8, picture_grid, save_png, submit_figure
-from classifier.files import run_dir, write_csv, write_json, write_jsonl
+from classifier.file_io import run_dir, write_csv, write_json, write_jsonl
 from classifier.selective import MIN_IMAGES, fit_temperature
 
 

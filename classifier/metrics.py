@@ -32,7 +32,7 @@ from torchmetrics.utilities import dim_zero_cat
 from typing_extensions import override
 
 from classifier.callback_contract import classifier_module
-from classifier.files import run_dir, write_csv
+from classifier.file_io import run_dir, write_csv
 from classifier.image_dataset import UNREADABLE
 
 #: Confidence bins of the expected calibration error and the reliability diagram.

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from classifier.callback_contract import classifier_module
-from classifier.files import run_dir, write_json
+from classifier.file_io import run_dir, write_json
 
 
 def count_macs(net: torch.nn.Module, image_size: int, device: torch.device) -> float | None:

@@ -14,7 +14,7 @@ from typing_extensions import override
 from classifier.callback_contract import classifier_module, optional_image_data
 from classifier.checkpoint import rule_of
 from classifier.export import ExportOptions, describe, export_and_verify
-from classifier.files import run_dir
+from classifier.file_io import run_dir
 from classifier.selective import Selector
 from classifier.verify import ExportError
 

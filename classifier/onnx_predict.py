@@ -24,7 +24,7 @@ from classifier.checked_values import (
     temperature_problem,
 )
 from classifier.errors import UserError, printable
-from classifier.files import write_csv
+from classifier.file_io import write_csv
 from classifier.pil_decode import decode_pil
 from classifier.predictions_format import NON_FINITE, columns
 from classifier.splits import DataError, read_unlabelled
@@ -177,7 +177,7 @@ def predict(model: Path, folder: Path, output: Path, top_k: int = 5) -> int:
 def _refuse_to_replace(output: Path) -> None:
     """Refuse an ``--output`` that exists and is not a predictions CSV (the model, its
     external weights, an input image, anything else): the CSV would replace it. A link there is
-    replaced itself (:func:`~classifier.files.write_csv`), so what it points at is safe."""
+    replaced itself (:func:`~classifier.file_io.write_csv`), so what it points at is safe."""
     if not os.path.lexists(output) or os.path.islink(output):
         return  # a link is replaced by the CSV, never written through
     try:

@@ -18,7 +18,7 @@ from typing_extensions import override
 from classifier.callback_contract import classifier_module, image_data, rows_of
 from classifier.dist import gather_objects
 from classifier.errors import ConfigError
-from classifier.files import plain_name, run_dir, write_csv, write_jsonl
+from classifier.file_io import plain_name, run_dir, write_csv, write_jsonl
 from classifier.image_dataset import UNREADABLE
 from classifier.predictions_format import NON_FINITE, columns
 

@@ -26,7 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from classifier.files import run_dir
+from classifier.file_io import run_dir
 from classifier.sampler import EpochSampler
 
 

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from classifier.arguments import CKPT_KEYWORDS
 from classifier.errors import ConfigError, printable
-from classifier.files import run_of_checkpoint
+from classifier.file_io import run_of_checkpoint
 
 
 def continue_run(config: Any) -> Path | None:

@@ -22,7 +22,7 @@ from classifier.figures import (
     save_png,
     submit_figure,
 )
-from classifier.files import run_dir
+from classifier.file_io import run_dir
 from classifier.metrics import hardness
 from classifier.transforms import denormalize
 

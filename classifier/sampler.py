@@ -21,7 +21,7 @@ from typing_extensions import override
 from classifier.callback_contract import image_data
 from classifier.figures import PLOT_TIME_SHARE, PlottingCallback, last_epoch, log_image
 from classifier.figures import draw as render
-from classifier.files import run_dir, unique_safe_names, write_json
+from classifier.file_io import run_dir, unique_safe_names, write_json
 
 #: What the training sampler yields: (dataset index, seed, epoch, position in the epoch).
 #: The dataset seeds each sample's augmentation from it, so augmentation does not depend on
@@ -143,7 +143,7 @@ def gather_drawn(drawn: torch.Tensor) -> torch.Tensor:
 
 def logged_shares(names: list[str], shares: dict[str, float]) -> dict[str, float]:
     """``{sampler/<column>: share}`` of each class, one column per class
-    (:func:`~classifier.files.unique_safe_names`)."""
+    (:func:`~classifier.file_io.unique_safe_names`)."""
     columns = unique_safe_names(names)
     return {f"sampler/{c}": shares[n] for n, c in zip(names, columns, strict=True)}
 

@@ -36,7 +36,7 @@ from typing_extensions import override
 
 from classifier.callback_contract import classifier_module, image_data
 from classifier.checked_values import MAX_TEMPERATURE, MIN_TEMPERATURE
-from classifier.files import read_json, write_json
+from classifier.file_io import read_json, write_json
 from classifier.metrics import BINS, CalibrationBins
 from classifier.verify import spread
 

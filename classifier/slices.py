@@ -28,7 +28,7 @@ from typing_extensions import override
 
 from classifier.callback_contract import classifier_module, optional_image_data, rows_of
 from classifier.dist import gather_batches
-from classifier.files import read_csv, run_dir, write_csv
+from classifier.file_io import read_csv, run_dir, write_csv
 
 #: Columns of ``slices_<split>.csv``.
 COLUMNS = ("attribute", "value", "images", "top1", "balanced_acc", "ece", "warning")

@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from classifier.callback_contract import classifier_module
 from classifier.figures import PLOT_TIME_SHARE, PlottingCallback, draw, log_image
-from classifier.files import run_dir, write_csv
+from classifier.file_io import run_dir, write_csv
 
 COLUMNS = (
     "epoch",

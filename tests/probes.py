@@ -146,7 +146,7 @@ class RunFiles(Callback):
         self.at_epoch_start: dict[int, set[str]] = {}
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from classifier.files import run_dir
+        from classifier.file_io import run_dir
 
         folder = run_dir(trainer)
         files = {p.name for p in folder.iterdir()} if folder.is_dir() else set()

@@ -124,7 +124,7 @@ def test_environment_variables_are_checked_too(
 
 @pytest.mark.parametrize(
     "target",
-    ["lightning.pytorch.cli.os.system", "classifier.files.os.umask", "classifier.cli.sys.exit"],
+    ["lightning.pytorch.cli.os.system", "classifier.file_io.os.umask", "classifier.cli.sys.exit"],
 )
 def test_attribute_chains_leaving_an_allowed_package_are_refused(
     target: str, image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

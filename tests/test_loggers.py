@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from classifier.files import run_dir
+from classifier.file_io import run_dir
 from tests.conftest import CONF, run_cli
 
 

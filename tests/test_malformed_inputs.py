@@ -91,7 +91,7 @@ def test_absurd_onnx_metadata_is_one_error_line(
 def test_csv_cells_that_start_a_formula_are_written_as_text(tmp_path: Path) -> None:
     import csv
 
-    from classifier.files import write_csv
+    from classifier.file_io import write_csv
 
     path = tmp_path / "x.csv"
     write_csv(path, ["name", "value"], [["=HYPERLINK(1)", -1.5], ["+cmd", 2], ["@x", 3], ["ok", 4]])

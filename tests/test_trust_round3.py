@@ -202,7 +202,7 @@ def test_a_nan_target_accuracy_in_a_config_stops_before_training(
 
 
 def test_json_files_never_hold_a_bare_nan(tmp_path: Path) -> None:
-    from classifier.files import write_json
+    from classifier.file_io import write_json
 
     write_json(tmp_path / "a.json", {"nll": math.nan, "curve": [1.0, math.inf], "n": 3})
     text = (tmp_path / "a.json").read_text()

@@ -1,6 +1,6 @@
 """ONNX export with the preprocessing contract in its metadata, verified on real images: the
 one routine (:func:`export_and_verify`) behind the ``OnnxExport`` callback and the
-``classifier-export`` command (:mod:`classifier.export`).
+``classifier-export`` command (:func:`main`).
 
 The module an ONNX export traces: the network with its outputs (:data:`OUTPUTS`) and,
 optionally, its normalisation inside the graph. Verification runs the same module in PyTorch,
@@ -477,7 +477,7 @@ def export_and_verify(
 ) -> dict[str, Any]:
     """Export ``net`` to ``path``, describe it, verify it on ``images`` and report; with
     ``options.quantize == "int8"`` also an INT8 model (``model_int8.onnx`` beside
-    ``model.onnx``, :mod:`classifier.export`), calibrated on ``calibration`` images and
+    ``model.onnx``, :func:`export_onnx`), calibrated on ``calibration`` images and
     verified on the same ``images`` (its report is ``report["int8"]``).
 
     ``net`` is copied first, so the caller's model stays where it is, unless ``owned``: a

@@ -1,12 +1,12 @@
 """Figures for the callbacks, drawn off the training thread.
 
 The training thread hands a drawing of plain data to :class:`FigureWorker`, one background
-thread, and goes on. The thread draws the matplotlib figures (:mod:`classifier.figures`) and
-picture grids (:mod:`classifier.figures`) and sends the written files to the loggers.
+thread, and goes on. The thread draws the matplotlib figures and
+picture grids (both below) and sends the written files to the loggers.
 
 The matplotlib figures: plain data (NumPy arrays, lists, strings) in, a PNG file out.
 
-They are drawn on the figure thread (:mod:`classifier.figures`), so they use matplotlib's
+They are drawn on the figure thread, so they use matplotlib's
 object-oriented API on the Agg canvas, never ``pyplot``'s global state. Each drawing in
 :data:`DRAWINGS` returns a figure; :func:`draw` writes it.
 

@@ -230,7 +230,7 @@ class FolderSplits:
         return split, hashes
 
     def _hold_out(self) -> Split:
-        """A validation split carved from ``train/`` (see :mod:`classifier.folder_splits`); its
+        """A validation split carved from ``train/`` (see :func:`carve`); its
         duplicate groups need every training image's perceptual hash first."""
         fraction = self.options["val_fraction"]
         if not 0 < fraction < 1:

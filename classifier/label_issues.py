@@ -2,7 +2,7 @@
 
 Training images are scored by their area under the margin, accumulated from the logits
 ``training_step`` computes anyway; validation and test images by confident learning on the
-calibrated probabilities of the epoch's evaluation (:mod:`classifier.label_issues`). No second
+calibrated probabilities of the epoch's evaluation (the scores below). No second
 training run and no extra pass over the data: the cost is an ``index_add`` per training batch on
 the device and a few matrix operations per evaluation epoch.
 

@@ -1,6 +1,6 @@
 """Splits read from rows of annotation files (JSONL, CSV) instead of class folders.
 
-A reader (:mod:`classifier.manifest`, :mod:`classifier.manifest`) hands each row to
+A reader (JSONL or CSV, below) hands each row to
 :class:`RowReader`, which resolves its image against the annotations file's folder, keeps it
 inside the data root (links resolved), checks that the file exists and keeps its label, where it
 came from (``file:line``) and its attributes. Rows that cannot be used are rejected with a

@@ -11,7 +11,7 @@ predictions reach a target accuracy, and the distance that 99 % of validation im
 within. A prediction is accepted when it passes both. The same arithmetic runs in PyTorch
 (``predict``) and inside the exported ONNX graph (an ``accepted`` and a ``distance`` output).
 
-The accept/reject rule of a run (:mod:`classifier.selective`): fitted on the best weights'
+The accept/reject rule of a run: fitted on the best weights'
 features of training and validation images when training ends, and recorded with its
 coverage and risk-coverage curve per split in ``calibration.json``.
 

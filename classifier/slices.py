@@ -1,6 +1,6 @@
 """``Slices``: metrics per attribute value of the evaluated rows (JSONL ``metadata``, extra CSV
 columns), in ``slices_val.csv`` (fit's last validation, ``validate``) and ``slices_test.csv``,
-and in ``report.html``'s *Slices* section (:mod:`classifier.slices`).
+and in ``report.html``'s *Slices* section.
 
 Metrics per attribute value ("slices"): for rows that carry attributes (a JSONL row's
 ``metadata``, a CSV row's extra columns), the images, top-1, balanced accuracy and ECE of each

@@ -107,3 +107,14 @@ def test_a_module_without_the_contract_gets_a_message_naming_it() -> None:
 
     with pytest.raises(TypeError, match=r"class_names.*classifier\.ImageClassifier has them"):
         classifier_module(pl.LightningModule())
+
+
+def test_the_module_map_names_every_module() -> None:
+    """docs/maintaining.md's map names each module of the package, and no module that is gone."""
+    import re
+
+    text = (PACKAGE.parent / "docs" / "maintaining.md").read_text()
+    table = text[text.index("| step |") : text.index("`callback_contract.py` is what")]
+    named = set(re.findall(r"`(\w+)\.py`", table))
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
+    assert named == modules, (sorted(modules - named), sorted(named - modules))

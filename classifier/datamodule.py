@@ -567,6 +567,12 @@ class ImageFolderDataModule(LoaderDataModule):
             state["held_out"] = [relative(p, unsplit.root) for p in self.splits["val"].paths]
         return state
 
+    def forget_restored_state(self) -> None:
+        """Drop generator states a checkpoint restore handed over and not yet used: the batch-size
+        and learning-rate finders restore their own checkpoints, which must not decide the real
+        run's random draws."""
+        self._rng_states = None
+
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep the checkpoint's generator states for the training loader to restore; hold out

@@ -80,7 +80,7 @@ def find(
             if finder is not None:
                 _plot(finder.results, found_lr, folder / "lr_finder.png")
     # The finders' own checkpoint restores must not decide the real run's random draws.
-    datamodule._rng_states = None
+    datamodule.forget_restored_state()
     return Found(found_size, found_lr)
 
 

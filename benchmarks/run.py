@@ -7,7 +7,6 @@ to stdout and ``bench.json``.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import statistics
@@ -75,44 +74,12 @@ def bench_pipeline(data: Path) -> dict[str, float]:
     return {"ours_images_per_s": mine, "pil_float_images_per_s": theirs, "ratio": mine / theirs}
 
 
-def bench_ema() -> dict[str, float]:
-    """EMA update time as a fraction of a resnet50 training step (fused vs per-tensor)."""
-    import timm
+def bench_ema() -> dict[str, Any]:
+    """EMA update per optimizer step, resnet50 on the CPU: the shipped path, the fused one it
+    replaced and Lightning's public path, side by side (:mod:`benchmarks.ema_step`)."""
+    from benchmarks.ema_step import bench_ema_step
 
-    from classifier.ema import EMA
-
-    model = timm.create_model("resnet50", pretrained=False, num_classes=10)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    images, labels = torch.randn(8, 3, 224, 224), torch.randint(0, 10, (8,))
-
-    def step() -> None:
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(images), labels).backward()
-        optimizer.step()
-
-    average = copy.deepcopy(model)
-    ema = EMA(decay=0.999)
-    averaged = [t for t in average.state_dict().values() if t.is_floating_point()]
-    current = [t for t in model.state_dict().values() if t.is_floating_point()]
-
-    def fused() -> None:
-        ema._update(averaged, current, torch.tensor(1))
-
-    def per_tensor() -> None:  # torch's default get_ema_avg_fn path, one tensor at a time
-        for a, c in zip(averaged, current, strict=True):
-            a.copy_(0.999 * a + 0.001 * c)
-
-    step()
-    step_time = median_time(step)
-    fused_time = median_time(fused, 10)
-    loop_time = median_time(per_tensor, 10)
-    return {
-        "train_step_s": step_time,
-        "fused_update_s": fused_time,
-        "per_tensor_update_s": loop_time,
-        "fraction_of_step": fused_time / step_time,
-        "fused_speedup": loop_time / fused_time,
-    }
+    return bench_ema_step()
 
 
 def bench_help() -> dict[str, float]:

@@ -4,7 +4,17 @@ Lightning's callback already does the hard parts right: validation runs on the a
 checkpoints store them as ``state_dict`` (so ``best.ckpt`` holds the weights its score came from,
 and ``classifier test --ckpt_path best.ckpt`` evaluates them) with the raw weights beside them
 for resume, and updates happen once per optimizer step. This subclass adds timm-style decay
-warm-up and a fused update (one ``torch._foreach_lerp_`` per dtype instead of a Python loop).
+warm-up (``n`` is ``trainer.global_step``) and a cadence (``should_update``); the averaging
+itself is torch's public ``get_ema_multi_avg_fn`` (one fused lerp per dtype).
+
+Why not Lightning's public update path (``WeightAveraging.on_train_batch_end``, which
+``EMAWeightAveraging`` uses too): ``AveragedModel.update_parameters`` reads ``n_averaged`` back
+from the device twice per update (``bool(n_averaged == 0)``, ``n_averaged > 0``), a host-device
+sync per optimizer step on a GPU, and the training loop keeps none between log intervals
+(``tests/test_hot_path.py`` fails with it). On the CPU it costs the same as this path
+(``python -m benchmarks.ema_step``, docs/benchmarks.md). So :meth:`EMA.on_train_batch_end`
+updates the average itself, which needs two private names of ``WeightAveraging``
+(``_average_model``, ``_latest_update_step``; listed in docs/maintaining.md).
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from typing_extensions import override
 
 #: ((averaged floats, current floats), (averaged others, current others)).
@@ -79,16 +90,18 @@ class EMA(WeightAveraging):
         if not averaged:
             return
         floats = averaged[0].is_floating_point()
-        weight = 1.0 - self.current_decay(self._step)
+        decay = self.current_decay(self._step)
         if not self._same_device:  # EMA(device="cpu") on a GPU run: fused ops refuse the mix
             # Blocking copies: a non-blocking GPU-to-CPU copy could be read before it lands.
             for avg, cur in zip(averaged, current, strict=True):
                 moved = cur.to(avg.device)
-                avg.lerp_(moved, weight) if floats else avg.copy_(moved)
-        elif floats:
-            torch._foreach_lerp_(averaged, current, weight)
-        else:  # integer buffers such as BatchNorm's num_batches_tracked
-            torch._foreach_copy_(averaged, current)
+                avg.lerp_(moved, 1.0 - decay) if floats else avg.copy_(moved)
+        elif floats:  # one fused lerp over the list (torch._foreach_lerp_ inside)
+            average = get_ema_multi_avg_fn(decay)  # type: ignore[no-untyped-call]  # torch: untyped
+            average(averaged, current, _n)
+        else:  # integer buffers such as num_batches_tracked: copied (a lerp would truncate)
+            for avg, cur in zip(averaged, current, strict=True):
+                avg.copy_(cur)
 
     @override
     def on_train_batch_end(
@@ -101,8 +114,9 @@ class EMA(WeightAveraging):
     ) -> None:
         """Update once per optimizer step, without a host-device sync.
 
-        ``AveragedModel.update_parameters`` checks ``n_averaged == 0`` on the device every step
-        (a sync on GPUs); here the first update is known from the step count instead.
+        ``AveragedModel.update_parameters`` (Lightning's path) checks ``n_averaged`` on the
+        device every step (a sync on GPUs); here the first update is known from the step count
+        instead, and the tensors are paired once per fit.
         """
         self._step = trainer.global_step
         if trainer.global_step <= self._latest_update_step:

@@ -12,6 +12,16 @@ from lightning.pytorch.callbacks import Callback
 from classifier.ema import EMA
 
 
+def averaged_state(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
+    """The EMA's averaged weights as it saves them (through its public ``on_save_checkpoint``,
+    which puts them in ``state_dict``), by the model's own names; the tensors, not copies."""
+    ema = next(c for c in trainer.callbacks if isinstance(c, EMA))  # type: ignore[attr-defined]
+    checkpoint: dict[str, Any] = {"state_dict": pl_module.state_dict()}
+    ema.on_save_checkpoint(trainer, pl_module, checkpoint)
+    assert "current_model_state" in checkpoint, "the EMA holds no average"
+    return checkpoint["state_dict"]  # type: ignore[no-any-return]
+
+
 class StateProbe(Callback):
     """Snapshot raw and EMA weights when training (re)starts."""
 
@@ -21,9 +31,7 @@ class StateProbe(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.raw = {k: v.clone() for k, v in pl_module.state_dict().items()}
-        ema = next(c for c in trainer.callbacks if isinstance(c, EMA))  # type: ignore[attr-defined]
-        assert ema._average_model is not None
-        self.ema = {k: v.clone() for k, v in ema._average_model.module.state_dict().items()}
+        self.ema = {k: v.clone() for k, v in averaged_state(trainer, pl_module).items()}
 
 
 def probe(cli: Any) -> StateProbe:
@@ -185,10 +193,9 @@ class EmaTrace(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
-        ema = next(c for c in trainer.callbacks if isinstance(c, EMA))  # type: ignore[attr-defined]
-        assert ema._average_model is not None
-        raw = next(pl_module.parameters()).detach().clone()
-        averaged = next(ema._average_model.module.parameters()).detach().clone()
+        name, parameter = next(iter(pl_module.named_parameters()))
+        raw = parameter.detach().clone()
+        averaged = averaged_state(trainer, pl_module)[name].clone()
         self.steps.append((trainer.global_step, raw, averaged))
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
 
 from classifier.ema import EMA
 from tests.conftest import CONF, FULL, run_cli
-from tests.probes import probe
+from tests.probes import HOST_READS, probe
 
 
 def _monitor_loss(folder: Path) -> list[str]:
@@ -50,6 +52,50 @@ def test_average_on_another_device_updates_without_fused_ops() -> None:
     ema._same_device = False
     ema._update(averaged, current, None)
     assert averaged[0].device.type == "meta" and averaged[0].shape == (3,)
+
+
+class _Net(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 3)
+        self.norm = torch.nn.BatchNorm1d(3)  # with an integer buffer: num_batches_tracked
+
+
+def test_an_update_reads_nothing_back_and_follows_the_optimizer_steps() -> None:
+    """Lightning's public update path (``AveragedModel.update_parameters``) reads
+    ``n_averaged`` back twice per update, a sync on a GPU; EMA's own path reads nothing."""
+    ema, net = EMA(decay=0.9), _Net()
+    trainer: Any = SimpleNamespace(global_step=0, callbacks=[ema])
+    ema.setup(trainer, net, "fit")
+    reads: list[str] = []
+
+    def step(global_step: int) -> dict[str, torch.Tensor]:
+        trainer.global_step = global_step
+        with pytest.MonkeyPatch.context() as patch:  # count host reads during the update only
+            for name in HOST_READS:
+                method = getattr(torch.Tensor, name)
+                patch.setattr(
+                    torch.Tensor,
+                    name,
+                    lambda t, *a, _n=name, _m=method, **k: reads.append(_n) or _m(t, *a, **k),
+                )
+            ema.on_train_batch_end(trainer, net, None, None, 0)
+        checkpoint: dict[str, Any] = {"state_dict": net.state_dict()}
+        ema.on_save_checkpoint(trainer, net, checkpoint)
+        return {k: v.clone() for k, v in checkpoint["state_dict"].items()}
+
+    first = step(1)
+    assert torch.equal(first["layer.weight"], net.layer.weight)  # starts from the weights
+    with torch.no_grad():
+        net.layer.weight.add_(1.0)
+        net.norm.num_batches_tracked.fill_(7)
+    assert torch.equal(step(1)["layer.weight"], first["layer.weight"])  # accumulating: no step
+    second = step(2)
+    weight = 1 - ema.current_decay(2)  # the warm-up's n is the optimizer step
+    expected = first["layer.weight"] + weight * (net.layer.weight - first["layer.weight"])
+    assert torch.allclose(second["layer.weight"], expected)
+    assert int(second["norm.num_batches_tracked"]) == 7  # integers are copied, not averaged
+    assert reads == []
 
 
 @pytest.mark.gpu

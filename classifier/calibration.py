@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+from classifier import report_items
 from classifier.callback_contract import classifier_module, image_data
 from classifier.checked_values import MAX_TEMPERATURE, MIN_TEMPERATURE, rule_value_problem
 from classifier.errors import ConfigError
@@ -215,11 +216,27 @@ class Calibration(PlottingCallback):
         """Add ``stage``'s part to ``calibration.json``; draw ``risk_coverage_<stage>.png``."""
         folder, step = run_dir(trainer), trainer.global_step
         record_rule(folder / "calibration.json", stage, found, selector)
+        rule = selector.summary()
+        report_items.note(
+            folder,
+            "accept",
+            "accept/rule",
+            "A prediction is accepted when its calibrated confidence is at least "
+            f"{rule['reject_threshold']:.4g} (the lowest at which accepted validation "
+            f"predictions reach {rule['target_accuracy']:.4g}) and its feature distance to the "
+            f"nearest training class at most {rule['distance_threshold']:.4g} (what 99% of "
+            "validation images stay within; images of no known class lie further).",
+        )
+        header = ("", "images", "accepted", "accuracy of accepted", "accuracy of all")
+        keys = ("images", "coverage", "accuracy_accepted", "accuracy_all")
+        rows = [[stage, *(found[k] for k in keys)]]
+        report_items.table(folder, "accept", f"accept/{stage}", header, rows)
 
         def draw() -> None:
             path = folder / f"risk_coverage_{stage}.png"
             render("risk_coverage", path, found, selector.target_accuracy, stage)
-            log_image(trainer, f"{stage}/risk_coverage", path, step)
+            alt = f"{'validation' if stage == 'val' else stage} risk-coverage"
+            log_image(trainer, f"{stage}/risk_coverage", path, step, "accept", alt)
 
         self.draws.request(trainer, f"risk_coverage_{stage}", draw)
 
@@ -266,6 +283,7 @@ class Calibration(PlottingCallback):
         if note:
             report["note"] = note
         write_json(folder / "calibration.json", report)
+        _hand_report(folder, report, "val")
         self._draw(trainer, logits, labels, temperature, "val")
         return temperature
 
@@ -278,7 +296,8 @@ class Calibration(PlottingCallback):
             curves, counts = diagram_data(logits, labels, t)
             path = folder / f"calibration_{stage}.png"
             render("reliability_diagram", path, curves, counts, f"{stage}: reliability")
-            log_image(trainer, f"{stage}/calibration", path, step)
+            alt = f"{'validation' if stage == 'val' else stage} reliability diagram"
+            log_image(trainer, f"{stage}/calibration", path, step, "calibration", alt)
 
         self.draws.request(trainer, f"calibration_{stage}", draw)
 
@@ -323,10 +342,23 @@ class Calibration(PlottingCallback):
             "after": scores(logits, labels, temperature),
         }
         write_json(path, report)
+        _hand_report(path.parent, report, "test")
         if model.selector is not None and distance is not None:
             found = selector_report(model.selector, distance, logits, labels, temperature)
             self._report_rule("test", found, model.selector, trainer)
         self._draw(trainer, logits, labels, temperature, "test")
+
+
+def _hand_report(folder: Path, report: dict[str, Any], stage: str) -> None:
+    """Hand ``report.html`` the temperature and ``stage``'s ECE and NLL before and after."""
+    temperature = float(report.get("temperature", 1.0))
+    text = f"temperature {temperature:.4g}: probabilities = softmax(logits / T)"
+    report_items.note(folder, "calibration", "calibration/temperature", text)
+    rows = [
+        [f"{stage}, {when}", report[stage][when]["ece"], report[stage][when]["nll"]]
+        for when in ("before", "after")
+    ]
+    report_items.table(folder, "calibration", f"calibration/{stage}", ("", "ECE", "NLL"), rows)
 
 
 def _gathered(

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+from classifier import report_items
 from classifier.callback_contract import classifier_module
 from classifier.figures import PLOT_TIME_SHARE, PlottingCallback, draw, epoch_due, log_image
 from classifier.file_io import run_dir, write_csv
@@ -101,11 +102,13 @@ class ConfusionMatrix(PlottingCallback):
             ["true \\ predicted", *names],
             [[name, *row] for name, row in zip(names, confmat.tolist(), strict=True)],
         )
-        write_csv(
-            folder / f"most_confused_{stage}.csv",
-            ["true", "predicted", "count", "share_of_true"],
-            most_confused(confmat, names, self.top_pairs),
-        )
+        pairs = most_confused(confmat, names, self.top_pairs)
+        header = ["true", "predicted", "count", "share_of_true"]
+        write_csv(folder / f"most_confused_{stage}.csv", header, pairs)
+        if stage == "val":
+            header = ["true", "predicted as", "images", "share of true class"]
+            heading = "Most confused (validation)"
+            report_items.table(folder, "confusion", "confused/val", header, pairs[:10], heading)
         epoch = f", epoch {trainer.current_epoch + 1}" if stage == "val" else ""
         step = trainer.global_step
         self.draws.request(
@@ -136,4 +139,6 @@ class ConfusionMatrix(PlottingCallback):
             title = f"{stage} confusion matrix{kind}{epoch}{note}"
             path = folder / f"confusion_matrix_{stage}{suffix}.png"
             draw("heatmap", path, matrix.numpy(), names, title, is_norm)
-            log_image(trainer, f"{stage}/confusion_matrix{suffix}", path, step)
+            shown_in = "" if is_norm else "confusion"  # the report shows the counts
+            alt = f"{'validation' if stage == 'val' else stage} confusion matrix"
+            log_image(trainer, f"{stage}/confusion_matrix{suffix}", path, step, shown_in, alt)

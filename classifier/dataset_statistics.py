@@ -10,6 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 from typing_extensions import override
 
+from classifier import report_items
 from classifier.callback_contract import image_data
 from classifier.figures import PLOT_TIME_SHARE, PlottingCallback, draw, log_image
 from classifier.file_io import run_dir, write_json
@@ -63,6 +64,11 @@ class DatasetStatistics(PlottingCallback):
             excluded = len(data.excluded.get(name, {}))
             self.stats[name] = split_statistics(counts[name], names, excluded)
         write_json(folder / "dataset_stats.json", self.stats)
+        per_class = {split: dict(zip(names, found, strict=True)) for split, found in counts.items()}
+        if per_class:
+            rows = [[c, *(per_class[s].get(c, 0) for s in per_class)] for c in sorted(names)]
+            header = ("class", *per_class)
+            report_items.table(folder, "data", "data/classes", header, rows)
         self._print(names)
         if self.plots:
             charts = partial(self._plot, trainer, names, counts, folder)
@@ -82,7 +88,8 @@ class DatasetStatistics(PlottingCallback):
             except Exception as error:  # a figure must never cost the run
                 warnings.warn(f"figure {path.name} could not be drawn: {error}", stacklevel=2)
                 continue
-            log_image(trainer, f"data/class_distribution_{split}", path, 0)
+            shown = ("data", "training class distribution") if split == "train" else ("", "")
+            log_image(trainer, f"data/class_distribution_{split}", path, 0, *shown)
 
     def _print(self, names: list[str]) -> None:
         from rich.console import Console

@@ -34,6 +34,7 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from classifier import report_items
 from classifier.file_io import atomic_write_bytes
 
 
@@ -534,9 +535,15 @@ class PlottingCallback(Callback):
         wait_for_figures()
 
 
-def log_image(trainer: pl.Trainer, key: str, path: Path, step: int) -> None:
+def log_image(
+    trainer: pl.Trainer, key: str, path: Path, step: int, section: str = "", alt: str = ""
+) -> None:
     """Send a PNG to every logger that takes images (TensorBoard, WandB), at ``step``: the step
-    the figure shows, taken when it was requested (it is drawn later, in the background)."""
+    the figure shows, taken when it was requested (it is drawn later, in the background).
+    With ``section`` the figure is also handed to ``report.html``'s section of that id
+    (:func:`classifier.report_items.figure`), ``alt`` its text."""
+    if section:
+        report_items.figure(path, section, alt)
     for logger in trainer.loggers:
         name = type(logger).__name__
         target: Any = logger

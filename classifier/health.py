@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from classifier import report_items
 from classifier.errors import printable
 from classifier.file_io import write_csv, write_json
 from classifier.hash_search import HASH_BITS, near_pairs
@@ -255,6 +256,25 @@ def duplicates(
     return _report(groups, len(content), hashed, pending, max_distance, small)
 
 
+def _hand_report(folder: Path, report: dict[str, Any]) -> None:
+    """Hand ``report.html`` the duplicate counts and the first groups' images."""
+    rows = [(k, v["groups"], v["images"]) for k, v in report["summary"].items()]
+    report_items.table(folder, "data", "data/duplicates", ("duplicates", "groups", "images"), rows)
+    shown = [
+        (
+            ", ".join(g["kinds"]),
+            "exact" if g["exact"] else "near",
+            i["split"],
+            i["class"],
+            i["path"],
+        )
+        for g in report["groups"][:10]
+        for i in g["images"]
+    ]
+    header = ("kind", "copy", "split", "class", "path")
+    report_items.table(folder, "data", "data/groups", header, shown)
+
+
 def check_duplicates(
     report: dict[str, Any],
     on_leakage: str,
@@ -268,6 +288,7 @@ def check_duplicates(
     message = leakage(report)
     if folder is not None:
         write_json(folder / "data_health.json", report)
+        _hand_report(folder, report)
         if announce:
             shown = _one_line(report) if brief else describe(report)
             print(printable(f"{shown}\n  every group: {folder / 'data_health.json'}"))

@@ -51,6 +51,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from classifier import report_items
 from classifier.callback_contract import classifier_module, image_data, rows_of
 from classifier.dist import gather_batches
 from classifier.figures import as_uint8, picture_grid, save_png, submit_figure
@@ -475,6 +476,7 @@ class LabelIssues(Callback):
         write_csv(folder / "label_issues.csv", COLUMNS, rows)
         write_jsonl(folder / "label_issues.jsonl", annotated)
         write_json(folder / "label_issues.json", summary)
+        _hand_report(folder, summary, rows)
         draw = partial(_draw, data, names, dict(self._found), folder, self.num_images)
         submit_figure(f"label_issues@{id(self)}", draw)
         mixed = self._batches["mixed"]
@@ -485,6 +487,40 @@ class LabelIssues(Callback):
                 "(MixUp/CutMix) and not scored",
                 stacklevel=2,
             )
+
+
+def _hand_report(
+    folder: Path, summary: dict[str, Any], rows: list[tuple[str, str, str, str, float, str]]
+) -> None:
+    """Hand ``report.html`` each split's counts and its most suspect images."""
+    report_items.note(
+        folder,
+        "labels",
+        "labels/note",
+        "Images whose given label the model disagrees with, most suspect first (train: mean "
+        "margin of the given class over training, negative; val/test: calibrated probability of "
+        "the given label, with confident learning's estimate of how many labels are wrong). "
+        "Every row is in label_issues.csv.",
+    )
+    batches = summary.get("train", {}).get("batches", {})
+    if batches.get("mixed"):
+        mixed, used = int(batches["mixed"]), int(batches.get("used", 0))
+        text = (
+            f"{mixed} of {mixed + used} training batches were mixed by MixUp/CutMix and not scored."
+        )
+        report_items.note(folder, "labels", "labels/mixed", text)
+    for split in (s for s in SPLITS if s in summary):
+        counts = summary[split]
+        row = [split, counts["images"], counts["suspects"], counts.get("estimated_wrong", "")]
+        counted = ("split", "images", "suspects", "estimated wrong")
+        report_items.table(folder, "labels", f"labels/{split}", counted, [row])
+        top = [r[:5] for r in rows if r[0] == split][:SHOWN]
+        listed = ("split", "path", "given", "suggested", "score")
+        report_items.table(folder, "labels", f"labels/{split}/top", listed, top)
+
+
+#: Most suspect images of each split listed in ``report.html``.
+SHOWN = 10
 
 
 def suggestion(
@@ -541,4 +577,7 @@ def _draw(
         return
     title = "Probably mislabelled: given label, and the likelier class"
     grid = picture_grid(pictures, captions, ["red"] * len(pictures), title)
-    save_png(grid, folder / "label_issues.png")
+    path = save_png(grid, folder / "label_issues.png")
+    evaluated = "fit" if {"train", "val"} & set(found) else "test"  # a later test: beside fit's
+    alt = "suspect labels" if evaluated == "fit" else "suspect test labels"
+    report_items.figure(path, "labels", alt, key=f"labels/figure/{evaluated}")

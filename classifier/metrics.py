@@ -12,6 +12,7 @@ The metrics of one evaluation stage (``val`` or ``test``), updated without host 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from torchmetrics.classification import (
 from torchmetrics.utilities import dim_zero_cat
 from typing_extensions import override
 
+from classifier import report_items
 from classifier.callback_contract import classifier_module
 from classifier.file_io import run_dir, write_csv
 from classifier.image_dataset import UNREADABLE
@@ -38,6 +40,8 @@ from classifier.image_dataset import UNREADABLE
 #: Confidence bins of the expected calibration error and the reliability diagram.
 BINS = 15
 
+#: The metrics of a test that ``report.html``'s summary shows.
+SUMMARY = ("top1", "top5", "balanced_acc", "f1_macro", "auroc", "ece", "nll", "loss")
 PER_CLASS_HEADER = (
     "class",
     "support",
@@ -105,9 +109,9 @@ def _rounded(value: float | str) -> float | str:
 
 def write_per_class_csv(
     path: Path, confmat: torch.Tensor, class_names: list[str], auroc: torch.Tensor | None = None
-) -> None:
+) -> list[list[Any]]:
     """Write the per-class report as a CSV a person can open in a spreadsheet (``auroc``
-    empty where it is undefined or not given)."""
+    empty where it is undefined or not given); its rows."""
     stats = {k: v.tolist() for k, v in per_class(confmat.cpu()).items()}
     areas = [float("nan")] * len(class_names) if auroc is None else auroc.cpu().tolist()
     stats["auroc"] = ["" if a != a else a for a in areas]
@@ -124,6 +128,7 @@ def write_per_class_csv(
         for i, name in enumerate(class_names)
     ]
     write_csv(path, PER_CLASS_HEADER, rows)
+    return rows
 
 
 class OneVsRestAUROC(Metric):
@@ -386,4 +391,23 @@ class PerClassReport(Callback):
         auroc = metrics.auroc.compute()
         if trainer.is_global_zero:
             path = run_dir(trainer) / f"{stage}_per_class.csv"
-            write_per_class_csv(path, confmat, list(module.class_names), auroc)
+            rows = write_per_class_csv(path, confmat, list(module.class_names), auroc)
+            shown = [i for i, h in enumerate(PER_CLASS_HEADER) if h != "accuracy"]
+            f1 = PER_CLASS_HEADER.index("f1")
+            rows.sort(key=lambda r: -math.inf if r[f1] == "" or r[f1] != r[f1] else r[f1])
+            report_items.table(
+                path.parent,
+                "per-class",
+                f"per-class/{stage}",
+                [PER_CLASS_HEADER[i] for i in shown],
+                ([r[i] for i in shown] for r in rows),
+                f"{stage} (worst F1 first)",
+            )
+
+    @override
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Hand the report the test's headline metrics (logged at the end of the epoch)."""
+        logged = trainer.callback_metrics
+        found = {n: float(logged[f"test/{n}"]) for n in SUMMARY if f"test/{n}" in logged}
+        if trainer.is_global_zero and found:
+            report_items.cards(run_dir(trainer), "summary", "summary/test", found, "Test")

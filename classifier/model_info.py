@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from classifier import report_items
 from classifier.callback_contract import classifier_module
 from classifier.file_io import run_dir, write_json
 
@@ -121,6 +122,14 @@ class ModelInfo(Callback):
         net.train(was_training)
         folder = run_dir(trainer)
         write_json(folder / "model_info.json", info)
+        keys = ("model_name", "num_classes", "parameters", "weights_mb", "gmacs")
+        rows = [(k, info[k]) for k in keys if k in info]
+        rows += [
+            (f"latency, batch {b}", f"{v['ms']} ms ({v['images_per_s']} img/s)")
+            for b, v in info["latency"].items()
+        ]
+        report_items.table(folder, "model", "model", ("", ""), rows)
+        report_items.note(folder, "summary", "summary/model", f"model {info['model_name']}")
         self._print(info)
 
     @staticmethod

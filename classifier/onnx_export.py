@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
@@ -11,9 +12,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
+from classifier import report_items
 from classifier.callback_contract import classifier_module, optional_image_data
 from classifier.checkpoint import rule_of
-from classifier.export import ExportOptions, describe, export_and_verify
+from classifier.export import ExportOptions, contract, describe, export_and_verify
 from classifier.file_io import run_dir
 from classifier.selective import Selector
 from classifier.verify import ExportError
@@ -109,6 +111,57 @@ class OnnxExport(Callback):
                 selector,
             )
             rank_zero_info(describe(path, report))
+            for shown in (report, report.get("int8")):
+                if isinstance(shown, dict):
+                    _hand_report(folder, shown)
+            if name == targets[0][0]:
+                described = contract(
+                    model.preprocessing,
+                    model.class_names,
+                    self.options.uint8_input,
+                    temperature,
+                    selector,
+                )
+                rows = [(k, described[k]) for k in CONTRACT_SHOWN if k in described]
+                heading = "Preprocessing contract"
+                report_items.table(folder, "export", "export/contract", ("", ""), rows, heading)
+
+
+#: What ``report.html`` shows of an export's verification and of its preprocessing contract.
+REPORT_SHOWN = (
+    "images",
+    "top1_agreement",
+    "max_abs_logit_diff",
+    "top1_pytorch",
+    "top1_onnxruntime",
+    "accepted_agreement",
+    "max_rel_distance_diff",
+)
+CONTRACT_SHOWN = (
+    "image_size",
+    "resize_size",
+    "interpolation",
+    "mean",
+    "std",
+    "input_dtype",
+    "input_range",
+    "output",
+    "reject_threshold",
+    "distance_threshold",
+)
+
+
+def _hand_report(folder: Path, report: dict[str, Any]) -> None:
+    """Hand ``report.html`` one exported file's verification."""
+    verdict = (
+        "passed"
+        if report.get("passed")
+        else ("not verified" if not report.get("verified") else "FAILED")
+    )
+    rows = [(k, report[k]) for k in REPORT_SHOWN if k in report]
+    heading = f"{report.get('file', '')}: {verdict}"
+    key = f"export/{report.get('file', '')}"
+    report_items.table(folder, "export", key, ("", ""), rows, heading)
 
 
 def _load_weights(

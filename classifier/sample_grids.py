@@ -40,7 +40,9 @@ def _save_grid(
     loggers (on the figure thread)."""
     pictures = [as_uint8(image) for image in images]
     save_png(picture_grid(pictures, captions, colours, title), path)
-    log_image(trainer, f"samples/{path.stem}", path, step)
+    gallery = path.name == "val_predictions.png"  # the report shows the highest-loss images
+    alt = "highest-loss validation images" if gallery else ""
+    log_image(trainer, f"samples/{path.stem}", path, step, "gallery" if gallery else "", alt)
 
 
 class SampleGrids(PlottingCallback):

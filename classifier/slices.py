@@ -6,13 +6,12 @@ Metrics per attribute value ("slices"): for rows that carry attributes (a JSONL 
 ``metadata``, a CSV row's extra columns), the images, top-1, balanced accuracy and ECE of each
 value of each attribute, worst first, and which slices fall far below the split's accuracy.
 
-NumPy only: :class:`~classifier.slices.Slices` collects the predictions, ``report.html`` reads
-the CSV back through :func:`section`.
+NumPy only: :class:`~classifier.slices.Slices` collects the predictions and hands the report
+its tables through :mod:`~classifier.report_items`.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import warnings
 from collections.abc import Sequence
@@ -26,9 +25,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from classifier import report_items
 from classifier.callback_contract import classifier_module, optional_image_data, rows_of
 from classifier.dist import gather_batches
-from classifier.file_io import read_csv, run_dir, write_csv
+from classifier.file_io import run_dir, write_csv
 
 #: Columns of ``slices_<split>.csv``.
 COLUMNS = ("attribute", "value", "images", "top1", "balanced_acc", "ece", "warning")
@@ -147,8 +147,20 @@ def _round(value: float | str) -> float | str:
 
 
 def write(path: Path, rows: list[list[Any]]) -> None:
-    """Write ``slices_<split>.csv``."""
+    """Write ``slices_<split>.csv`` and hand the report its *Slices* table, slices far below
+    the split's accuracy marked."""
     write_csv(path, COLUMNS, rows)
+    split = path.stem.removeprefix("slices_")
+    report_items.note(
+        path.parent,
+        "slices",
+        "slices/note",
+        "Metrics per attribute value of the rows (JSONL metadata, CSV columns). Slices too "
+        "small to judge are shown, never warned about.",
+    )
+    marked = [i for i, r in enumerate(rows) if r[6] == "true"]
+    heading = f"{split} (worst top-1 first)"
+    report_items.table(path.parent, "slices", f"slices/{split}", COLUMNS, rows, heading, marked)
 
 
 def warning(split: str, rows: list[list[Any]], overall: float, margin: float) -> str | None:
@@ -162,35 +174,6 @@ def warning(split: str, rows: list[list[Any]], overall: float, margin: float) ->
         f"{split}: {len(far)} attribute slice(s) more than {margin:.0%} below the split's top-1 "
         f"{overall:.3f}: {listing}{more} (slices_{split}.csv)"
     )
-
-
-def section(run: Path, results: Path) -> str:
-    """The *Slices* section of ``report.html``: each split's table, worst first, slices far
-    below the split's accuracy marked."""
-    parts = []
-    for split, folder in (("val", run), ("test", results)):
-        rows = read_csv(folder / f"slices_{split}.csv")
-        if not rows:
-            continue
-        body = "".join(
-            f"<tr{' class=bad' if r.get('warning') == 'true' else ''}>"
-            + "".join(f"<td>{html.escape(r.get(c, ''))}</td>" for c in COLUMNS)
-            + "</tr>"
-            for r in rows
-        )
-        head = "".join(f"<th>{c}</th>" for c in COLUMNS)
-        parts.append(
-            f"<h3>{split} (worst top-1 first)</h3>"
-            f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
-        )
-    if parts:
-        parts.insert(
-            0,
-            "<p>Metrics per attribute value of the rows (JSONL metadata, CSV "
-            "columns). Slices too small to judge are shown, never warned about."
-            "</p>",
-        )
-    return "".join(parts)
 
 
 class Slices(Callback):

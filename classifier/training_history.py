@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+from classifier import report_items
 from classifier.callback_contract import classifier_module
 from classifier.figures import PLOT_TIME_SHARE, PlottingCallback, draw, log_image
 from classifier.file_io import run_dir, write_csv
@@ -109,6 +110,13 @@ class TrainingHistory(PlottingCallback):
     def _write(self, trainer: pl.Trainer) -> None:
         folder = run_dir(trainer)
         write_csv(folder / "history.csv", COLUMNS, [[r[c] for c in COLUMNS] for r in self.rows])
+        best = max(
+            self.rows, key=lambda r: -math.inf if r["val_top1"] != r["val_top1"] else r["val_top1"]
+        )
+        shown = {k: best[f"val_{k}"] for k in ("top1", "balanced_acc", "f1_macro", "loss")}
+        heading = f"Validation, best epoch {int(best['epoch']) + 1}"
+        report_items.cards(folder, "summary", "summary/val", shown, heading)
+        report_items.note(folder, "summary", "summary/epochs", f"{len(self.rows)} epoch(s)")
         if self.plots:
             rows, step = [dict(r) for r in self.rows], trainer.global_step
             self.draws.request(trainer, "history", lambda: self._plot(trainer, rows, folder, step))
@@ -117,7 +125,7 @@ class TrainingHistory(PlottingCallback):
     def _plot(trainer: pl.Trainer, rows: list[dict[str, float]], folder: Path, step: int) -> None:
         for name, key in (("loss_history", "loss"), ("metrics_history", "metrics")):
             path = draw(name, folder / f"{name}.png", rows)
-            log_image(trainer, f"history/{key}", path, step)
+            log_image(trainer, f"history/{key}", path, step, "curves", key)
 
     @override
     def state_dict(self) -> dict[str, Any]:

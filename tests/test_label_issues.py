@@ -150,21 +150,24 @@ def test_a_class_the_split_lacks_can_still_be_the_suggestion() -> None:
 
 
 def test_the_report_section_escapes_and_survives_a_foreign_run_folder(tmp_path: Path) -> None:
-    from classifier.html_report import _labels
+    from classifier.html_report import write_report
+    from classifier.label_issues import _hand_report
+    from classifier.report_items import MANIFEST
 
     script = "<script>alert(1)</script>"
     run = tmp_path / "run"
     run.mkdir()
-    summary = {"train": {"images": 1, "suspects": 1, "batches": {"mixed": script, "used": 1}}}
-    (run / "label_issues.json").write_text(json.dumps(summary))
-    assert "<script>" not in _labels(run, run)
-    (run / "label_issues.json").write_text(json.dumps({"val": {"images": script, "suspects": 1}}))
-    (run / "label_issues.csv").write_text(f"split,path,given,suggested,score\nval,{script},a,b,0\n")
-    page = _labels(run, run)
-    assert "<script>" not in page and "&lt;script&gt;" in page
-    for broken in ('{"train": {}}', '{"train": {"images": 1, "suspects": 0, "batches": []}}', "[]"):
-        (run / "label_issues.json").write_text(broken)
-        assert _labels(run, run) == ""
+    summary = {"train": {"images": 1, "suspects": 1, "batches": {"mixed": 2, "used": 1}}}
+    _hand_report(run, summary, [("train", script, "a", "b", 0.0, "")])
+    assert "<script>" not in write_report(run).read_text()
+    manifest = (run / MANIFEST).read_text().replace("mixed by", script)
+    (run / MANIFEST).write_text(manifest)
+    page = write_report(run).read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page and "Label issues" in page
+    for broken in ('{"section": "labels", "kind": "table"}', "[]", '{"section": "x"}'):
+        (run / MANIFEST).write_text(manifest + broken + "\n")
+        with pytest.raises(ValueError):
+            write_report(run)
 
 
 def test_sums_are_kept_only_for_the_same_training_files_and_labels() -> None:

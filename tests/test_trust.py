@@ -91,6 +91,7 @@ def test_python_m_with_a_safe_path_ignores_a_planted_classifier(tmp_path: Path) 
 
 
 def test_the_report_embeds_no_file_a_planted_link_points_at(tmp_path: Path) -> None:
+    from classifier import report_items
     from classifier.html_report import write_report
 
     secret = tmp_path / "id_rsa"
@@ -98,15 +99,22 @@ def test_the_report_embeds_no_file_a_planted_link_points_at(tmp_path: Path) -> N
     run = tmp_path / "run"
     run.mkdir()
     (run / "loss_history.png").symlink_to(secret)
-    (run / "model_info.json").symlink_to(tmp_path / "info.json")
-    (tmp_path / "info.json").write_text(json.dumps({"model_name": "LEAKED-NAME"}))
-    (run / "history.csv").symlink_to(tmp_path / "history.csv")
-    (tmp_path / "history.csv").write_text("epoch,val_top1\n0,0.123456789\n")
     os.mkfifo(run / "metrics_history.png")  # a FIFO: never opened for a blocking read
-    page = write_report(run).read_text()
+    report_items.figure(run / "loss_history.png", "curves", "loss")
+    report_items.figure(run / "metrics_history.png", "curves", "metrics")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    report_items.note(elsewhere, "summary", "summary/model", "model LEAKED-NAME")
+    report_items.cards(elsewhere, "summary", "summary/val", {"top1": 0.123456789}, "Validation")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / report_items.MANIFEST).symlink_to(elsewhere / report_items.MANIFEST)
     import base64
 
+    page = write_report(run).read_text()
     assert base64.b64encode(secret.read_bytes())[:24].decode() not in page
+    assert 'id="curves"' not in page  # neither image was read
+    page = write_report(linked).read_text()  # a linked manifest is not read
     assert "LEAKED-NAME" not in page and "0.1235" not in page
 
 

@@ -306,13 +306,13 @@ def test_an_export_whose_probabilities_ignore_the_temperature_fails(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damaged", ["model_info.json", "data_health.json"])
+@pytest.mark.parametrize("damaged", ["report_items.jsonl"])
 def test_a_damaged_run_folder_file_costs_the_report_not_the_results(
     calibrated: Path, tmp_path: Path, damaged: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
     shutil.copytree(calibrated, run)
-    (run / damaged).write_text("[1, 2]")  # valid JSON, not what the report reads
+    (run / damaged).write_text("[1, 2]\n")  # valid JSON, not what the report reads
     data = str(calibrated.parent.parent.parent / "data")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -22,10 +22,9 @@ from typing_extensions import override
 from classifier import resume
 from classifier.checked_values import MAX_SIDE, MIN_IMAGE_SIZE
 from classifier.dali import Augment, DaliLoader, DaliTrainLoader, dali
-from classifier.dist import max_over_processes
 from classifier.file_io import run_dir
 from classifier.folder_splits import FolderSplits, Processes, relative, write_manifest
-from classifier.health import report_excluded, report_shared
+from classifier.health import FitHealth, report_excluded, report_shared
 from classifier.image_dataset import ImageCache, ImageDataset, build_caches
 from classifier.losses import class_weights
 from classifier.resume import EpochResume, ResumableLoader, consumed_batches, next_epoch
@@ -129,7 +128,6 @@ class LoaderDataModule(pl.LightningDataModule):
             progress=lambda: consumed_batches(self.trainer),
             epoch=lambda: next_epoch(self.trainer),
             rng_states=states,
-            before_epoch=lambda epoch: self.finish_health_check() if epoch > 0 else None,
         )
         if self.hparams["decode"] == "dali":
             return DaliTrainLoader(resume=resume, **self._dali_kwargs("train"))
@@ -180,9 +178,6 @@ class LoaderDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> Iterable[Any]:
         """In file order, each image on exactly one process."""
         return self._eval_loader("predict")
-
-    def finish_health_check(self) -> None:
-        """Complete a data health check that waits for the first epoch (the subclass's)."""
 
     def eval_loader(self, split: str, indices: Sequence[int] | None = None) -> DataLoader[Any]:
         """Every image of ``split`` (or those at ``indices``) on this process (unsharded), as
@@ -366,8 +361,7 @@ class ImageFolderDataModule(LoaderDataModule):
         self.train_sampler: EpochSampler | None = None
         self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
         self._folder: FolderSplits | None = None
-        #: Whether the first fit setup announced the data health check.
-        self._announced = False
+        self._health: FitHealth | None = None
         #: Generator states of the checkpoint a resumed fit starts from.
         self._rng_states: dict[str, Any] | None = None
         #: Failures of each split's dataset already reported by :meth:`new_failures`.
@@ -381,6 +375,17 @@ class ImageFolderDataModule(LoaderDataModule):
         if self._folder is None:
             self._folder = FolderSplits(self.source, self.hparams, self.class_names)
         return self._folder
+
+    @property
+    def health(self) -> FitHealth:
+        """The data health check of a fit, over the folder's splits (created on first use)."""
+        if self._health is None:
+            folder, hp = self.folder, self.hparams
+            enabled = hp["duplicate_bits"] >= 0 and hp["scan"]
+            self._health = FitHealth(
+                folder.health, enabled, folder.get, folder.decoded, lambda: folder.cache
+            )
+        return self._health
 
     @property
     @override
@@ -435,7 +440,7 @@ class ImageFolderDataModule(LoaderDataModule):
                 self.folder.root(name)  # the missing folder, as an error saying how
         if "val" in self.splits and self.folder.unsplit is not None:
             self._write_manifest()  # again in a second fit's folder (after the finders)
-        checked = stage == "fit" and self._check_health()
+        checked = stage == "fit" and self.health.start(self.trainer)
         self._build_datasets()
         if self.excluded:
             rows = self.source.kind != "folders"
@@ -461,34 +466,6 @@ class ImageFolderDataModule(LoaderDataModule):
             return run_dir(self.trainer)
         return None
 
-    def _check_health(self) -> bool:
-        """Duplicates in and across train, val and test, as far as the hashes known now tell
-        (near copies of images not hashed yet: after the first epoch); whether it ran."""
-        hp = self.hparams
-        if hp["duplicate_bits"] < 0 or not hp["scan"]:
-            return False
-        self.split("test")  # a copy in test/ inflates the final score as much as in val/
-        if self.folder.unsplit is not None:
-            self._write_manifest()
-        self.folder.health.check(self._rank_zero_folder(), announce=not self._announced)
-        self._announced = True
-        return True
-
-    @override
-    def finish_health_check(self) -> None:
-        """Complete the health check with the hashes the first epoch's loaders took (every
-        process calls this once the first epoch and its validation are over)."""
-        health = self.folder.health
-        if self.hparams["duplicate_bits"] < 0 or not self.hparams["scan"] or health.complete:
-            return
-        first = self.trainer is None or self.trainer.local_rank == 0
-        health.finish(
-            max_over_processes,
-            self.folder.decoded,
-            self.folder.cache if first else None,
-            self._rank_zero_folder(),
-        )
-
     def _build_datasets(self) -> None:
         assert self.preprocessing is not None
         hp = self.hparams
@@ -499,15 +476,13 @@ class ImageFolderDataModule(LoaderDataModule):
             if name in self.datasets:
                 continue
             transform = split_transform(name, self.preprocessing, hp)
-            # The first epoch's loader workers hash what they decode (train and val only).
-            slot = self.folder.health.slot(name) if name in ("train", "val") else None
             self.datasets[name] = ImageDataset(
                 split.paths,
                 split.labels,
                 transform,
                 name == "train",
                 split.unusable,
-                slot,
+                self.health.sink(name),  # the first epoch's workers hash what they decode
                 self.caches.get(name),
             )
             if name == "train":
@@ -594,10 +569,3 @@ class ImageFolderDataModule(LoaderDataModule):
         for name in ("train", "val"):
             self.datasets.pop(name, None)
         self._build_datasets()
-
-    @override
-    def teardown(self, stage: str) -> None:
-        """At the end of fit, complete a health check that is still waiting for hashes (a run
-        of one epoch ends before its second starts)."""
-        if stage == "fit" and self.trainer is not None and not self.trainer.interrupted:
-            self.finish_health_check()

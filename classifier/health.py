@@ -12,10 +12,12 @@ perceptual hash is known.
 The pre-scan gives every file's content digest, so exact copies across and within splits are
 reported (and ``on_leakage: error`` stops the run) before training starts. Perceptual hashes
 come from the cache, or are taken by the loader workers from the images they decode anyway
-(:attr:`HealthCheck.slots`, shared memory the workers write into); when the first epoch and its
-validation are over, the hashes of every process are combined, the images no loader decoded
-(``test/``, a dropped last batch, images a weighted sampler did not draw) are hashed on
-threads, the new hashes are stored in the cache, and the check runs again with near copies.
+(:class:`HashSlots`, shared memory the workers write into: the one thing the datasets know of
+the check); when the first epoch and its validation are over, the hashes of every process are
+combined, the images no loader decoded (``test/``, a dropped last batch, images a weighted
+sampler did not draw) are hashed on threads, the new hashes are stored in the cache, and the
+check runs again with near copies. :class:`FitHealth` is that check in a fit: the data module
+creates it and hands its slots to the datasets; the trainer's hooks tell it when to finish.
 """
 
 from __future__ import annotations
@@ -26,20 +28,32 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
 from classifier import report_items
+from classifier.dist import max_over_processes
 from classifier.errors import printable
-from classifier.file_io import write_csv, write_json
+from classifier.file_io import run_dir, write_csv, write_json
 from classifier.hash_search import HASH_BITS, near_pairs
-from classifier.perceptual_hash import MIN_EDGE_BITS, MIN_SIDE, informative, informative_mask
+from classifier.perceptual_hash import (
+    MIN_EDGE_BITS,
+    MIN_SIDE,
+    informative,
+    informative_mask,
+    phash_of,
+)
 from classifier.prescan import hash_files
 from classifier.scan_cache import NO_HASH, UNHASHED, ScanCache, to_signed
 from classifier.splits import DataError, Split, shared_files
 from classifier.thumbnails import MIN_STD, SIZE, SMALL_THRESHOLD, THRESHOLD, compared, similar_pairs
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
 
 
 def groups_of(count: int, pairs: np.ndarray) -> list[list[int]]:
@@ -400,6 +414,29 @@ SMALL_MEMO = f"small-copies 3 {SIZE} {THRESHOLD} {SMALL_THRESHOLD} {MIN_STD}".en
 NEAR_MEMO = f"near-pairs 1 {MIN_EDGE_BITS}".encode()
 
 
+class HashSlots:
+    """The perceptual hashes of one split in shared memory, where the loader workers write the
+    hash of each image they decode while it is still missing (allocated before the workers
+    start, so they all write the same pages). The datasets see only :meth:`wants` and
+    :meth:`put` (:class:`~classifier.image_dataset.HashSink`).
+
+    Args:
+        phash: the split's stored hashes (:data:`~classifier.scan_cache.UNHASHED`: missing).
+    """
+
+    def __init__(self, phash: np.ndarray) -> None:
+        self.values = torch.from_numpy(np.array(phash, dtype=np.int64))
+        self.values.share_memory_()  # type: ignore[no-untyped-call]
+
+    def wants(self, index: int) -> bool:
+        """Whether image ``index`` still needs its hash (it is then decoded in full)."""
+        return int(self.values[index]) == UNHASHED
+
+    def put(self, index: int, image: torch.Tensor) -> None:
+        """Store the hash of image ``index`` (``uint8`` ``3xHxW``, as decoded)."""
+        self.values[index] = phash_of(image)
+
+
 class HealthCheck:
     """The duplicate report of one fit's splits.
 
@@ -417,7 +454,7 @@ class HealthCheck:
         self.splits: dict[str, Split] = {}
         self.hashes: dict[str, Hashes] = {}
         #: Shared-memory perceptual hashes the loader workers fill, by split.
-        self.slots: dict[str, torch.Tensor] = {}
+        self.slots: dict[str, HashSlots] = {}
         #: The newest report, and whether near copies were fully checked in it.
         self.report: dict[str, Any] | None = None
         self.complete = False
@@ -435,16 +472,14 @@ class HealthCheck:
         self.complete = False
         self.similar = None
 
-    def slot(self, name: str) -> torch.Tensor | None:
-        """The shared tensor the loader workers of split ``name`` write perceptual hashes into,
-        when some are missing (``None``: all known, nothing to compute)."""
+    def slot(self, name: str) -> HashSlots | None:
+        """The shared hashes the loader workers of split ``name`` write into, when some are
+        missing (``None``: all known, nothing to compute)."""
         hashes = self.hashes.get(name)
         if hashes is None or self.complete or not (hashes.phash == UNHASHED).any():
             return None
         if name not in self.slots:
-            shared = torch.from_numpy(hashes.phash.copy())
-            shared.share_memory_()  # type: ignore[no-untyped-call]
-            self.slots[name] = shared
+            self.slots[name] = HashSlots(hashes.phash)
         return self.slots[name]
 
     def check(self, folder: Path | None, announce: bool, brief: bool = False) -> None:
@@ -519,7 +554,7 @@ class HealthCheck:
         for name, hashes in self.hashes.items():
             before = hashes.phash.copy()
             if name in self.slots:
-                hashes.phash[:] = combine(self.slots[name].clone()).numpy()
+                hashes.phash[:] = combine(self.slots[name].values.clone()).numpy()
             missing = np.flatnonzero(hashes.phash == UNHASHED).tolist()
             if missing:  # the same on every process: each hashes them (cheap next to a run)
                 found = hash_files(partial(load, name), missing, name, folder is not None)
@@ -528,5 +563,101 @@ class HealthCheck:
             if cache is not None and len(new):
                 split = self.splits[name]
                 cache.set_hashes([split.paths.raw(int(i)) for i in new], hashes.phash[new].tolist())
+        for name, slots in self.slots.items():  # the workers stop hashing (and bypassing a cache)
+            slots.values.copy_(torch.from_numpy(self.hashes[name].phash))
         self.slots.clear()
         self.check(folder, announce=folder is not None, brief=True)
+
+
+class FitHealth(Callback):
+    """The data health check of a fit, with one seam to the loaders.
+
+    :meth:`start` (the data module's ``setup("fit")``) checks what the hashes known then show:
+    exact copies, and near copies of images already hashed. The datasets get :meth:`sink`, the
+    shared memory their workers write each decoded image's hash into. :meth:`start` also adds
+    this check to the trainer's callbacks, and the trainer's hooks finish it on every process:
+    when the second epoch starts (after the first epoch's validation and checkpoints), when a
+    run resumed past the first epoch starts training, or at the end of a shorter fit (not
+    interrupted). Finishing collects the hashes, hashes what no loader decoded, stores them in
+    the scan cache and checks again; leakage then warns, or stops the run with ``error``.
+
+    Args:
+        check: the splits' duplicate report, fed by the scan as they are read.
+        enabled: whether to check (``duplicate_bits`` >= 0 and ``scan``).
+        read: reads a split by name (``test/`` is checked too when it exists).
+        load: image ``i`` of split ``name`` decoded (``uint8`` CHW), or ``None``.
+        cache: the scan cache, where new hashes are stored (opened by one process a machine).
+    """
+
+    def __init__(
+        self,
+        check: HealthCheck,
+        enabled: bool,
+        read: Callable[[str], object],
+        load: Callable[[str, int], np.ndarray | None],
+        cache: Callable[[], ScanCache],
+    ) -> None:
+        self.check = check
+        self.enabled = enabled
+        self.read = read
+        self.load = load
+        self.cache = cache
+        #: Whether a first fit announced the check (later ones write the file only).
+        self.announced = False
+
+    def sink(self, name: str) -> HashSlots | None:
+        """Where the loader workers of split ``name`` write the hashes still missing (train
+        and val: what the first epoch decodes), ``None`` when nothing is to be hashed."""
+        if not self.enabled or name not in ("train", "val"):
+            return None
+        return self.check.slot(name)
+
+    def start(self, trainer: pl.Trainer | None) -> bool:
+        """Check duplicates in and across train, val and test as far as the hashes known now
+        tell (near copies of images not hashed yet: when the first epoch is over); whether
+        it ran."""
+        if not self.enabled:
+            return False
+        self.read("test")  # a copy in test/ inflates the final score as much as in val/
+        self.check.check(_rank_zero_folder(trainer), announce=not self.announced)
+        self.announced = True
+        if trainer is not None and self not in trainer.callbacks:  # type: ignore[attr-defined]
+            trainer.callbacks.insert(0, self)  # type: ignore[attr-defined]
+        return True
+
+    def finish(self, trainer: pl.Trainer | None) -> None:
+        """Complete the check with the hashes the loaders took (every process calls this)."""
+        if not self.enabled or self.check.complete:
+            return
+        first = trainer is None or trainer.local_rank == 0
+        self.check.finish(
+            max_over_processes,
+            self.load,
+            self.cache() if first else None,
+            _rank_zero_folder(trainer),
+        )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A run resumed past its first epoch finishes before it trains."""
+        if trainer.current_epoch > 0:
+            self.finish(trainer)
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The first epoch and its validation are over when the second starts."""
+        if trainer.current_epoch > 0:
+            self.finish(trainer)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """A fit of one epoch (or less) ends before a second starts."""
+        if stage == "fit" and not trainer.interrupted:
+            self.finish(trainer)
+
+
+def _rank_zero_folder(trainer: pl.Trainer | None) -> Path | None:
+    """The run folder on rank 0 (where reports are written), else ``None``."""
+    if trainer is not None and trainer.is_global_zero:
+        return run_dir(trainer)
+    return None

@@ -27,6 +27,7 @@ import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -37,7 +38,6 @@ from torchvision.transforms.v2 import functional as F  # noqa: N812 (torchvision
 from typing_extensions import override
 
 from classifier.errors import printable
-from classifier.perceptual_hash import phash_of
 from classifier.pil_decode import (
     ALLOWED_FORMATS,
     BACKGROUND,
@@ -47,7 +47,6 @@ from classifier.pil_decode import (
     is_image_file,
     read_file,
 )
-from classifier.scan_cache import UNHASHED
 from classifier.splits import DataError, Split
 from classifier.transforms import Preprocessing
 
@@ -272,6 +271,19 @@ def sample_seed(seed: int, epoch: int, index: int, position: int) -> int:
     return (value * 0xBF58476D1CE4E5B9) & (2**63 - 1)
 
 
+class HashSink(Protocol):
+    """Where a dataset hands the images whose perceptual hash the data health check still
+    needs (:class:`~classifier.health.HashSlots`): all the dataset knows of that check."""
+
+    def wants(self, index: int) -> bool:
+        """Whether image ``index`` still needs its hash."""
+        ...
+
+    def put(self, index: int, image: torch.Tensor) -> None:
+        """Take image ``index`` as decoded (``uint8`` ``3xHxW``), in full."""
+        ...
+
+
 class ImageDataset(Dataset[Sample]):
     """Images as ``(uint8 3xHxW tensor, label, index)``.
 
@@ -289,9 +301,9 @@ class ImageDataset(Dataset[Sample]):
         transform: applied to the ``uint8`` tensor.
         substitute: replace an unreadable file by the next readable one (training).
         unusable: indices the pre-scan found unusable: never decoded, always unreadable.
-        phash: shared-memory perceptual hashes (one per file), where a loader worker writes the
-            hash of each image it decodes whose entry is still
-            :data:`~classifier.scan_cache.UNHASHED` (the health check's first epoch).
+        hashes: where a loader worker hands each image it decodes whose perceptual hash is
+            still wanted (the health check's first epoch); such an image is decoded from its
+            file in full, not read from ``cache``.
         cache: decoded images kept in shared memory (``data.cache_images: ram``): read from
             there once kept; a decoded file is reduced as the cache keeps it and stored.
     """
@@ -303,7 +315,7 @@ class ImageDataset(Dataset[Sample]):
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         substitute: bool = False,
         unusable: set[int] | frozenset[int] = frozenset(),
-        phash: torch.Tensor | None = None,
+        hashes: HashSink | None = None,
         cache: ImageCache | None = None,
     ) -> None:
         self.paths = paths
@@ -311,7 +323,7 @@ class ImageDataset(Dataset[Sample]):
         self.transform = transform
         self.substitute = substitute
         self.unusable = frozenset(unusable)
-        self.phash = phash
+        self.hashes = hashes
         self.cache = cache
         # Shared memory: loader workers (forked or spawned) count into the same tensor.
         self._failures = torch.zeros(_COUNTER_SLOTS, dtype=torch.long)
@@ -345,7 +357,7 @@ class ImageDataset(Dataset[Sample]):
         for attempt in range(_MAX_REPLACEMENTS + 1):
             current = (index + attempt) % len(self.paths)
             # An image still to be hashed is decoded in full (hashes compare full images).
-            unhashed = self.phash is not None and int(self.phash[current]) == UNHASHED
+            unhashed = self.hashes is not None and self.hashes.wants(current)
             kept = self.cache.get(current) if self.cache is not None and not unhashed else None
             if kept is not None:
                 return self._transformed(kept, current)
@@ -360,8 +372,8 @@ class ImageDataset(Dataset[Sample]):
                     return self._unreadable(index)
                 log.warning("replacing unreadable image %s", named)
                 continue
-            if unhashed and self.phash is not None:
-                self.phash[current] = phash_of(image)
+            if unhashed and self.hashes is not None:
+                self.hashes.put(current, image)
             if self.cache is not None:
                 image = self.cache.put(current, image)
             return self._transformed(image, current)

@@ -95,8 +95,6 @@ class EpochResume:
         progress: batches of the current epoch already consumed.
         epoch: the epoch the trainer runs next.
         rng_states: generator states to restore before the first iteration (a resumed run).
-        before_epoch: called with the epoch about to start, before its first batch (the data
-            health check completes there once the first epoch is over).
     """
 
     def __init__(
@@ -106,24 +104,20 @@ class EpochResume:
         progress: Callable[[], int],
         epoch: Callable[[], int],
         rng_states: dict[str, Any] | None = None,
-        before_epoch: Callable[[int], None] | None = None,
     ) -> None:
         self.sampler = sampler
         self.batch_size = batch_size
         self.progress = progress
         self.epoch = epoch
         self._rng_states = rng_states
-        self.before_epoch = before_epoch
 
     def begin(self) -> None:
         """Before an iterator's first batch: point the sampler at the epoch the trainer runs
-        next (unless a resume pinned one), call ``before_epoch`` with it and restore the
-        checkpoint's generator states (once)."""
+        next (unless a resume pinned one) and restore the checkpoint's generator states
+        (once)."""
         sampler = self.sampler
         if sampler.resume_at is None:
             sampler.set_epoch(self.epoch())
-        if self.before_epoch is not None:  # every process, before the epoch's first batch
-            self.before_epoch(sampler.resume_at[0] if sampler.resume_at else sampler.epoch)
         if self._rng_states is not None:
             restore(self._rng_states)
             self._rng_states = None

@@ -103,3 +103,32 @@ def test_ddp_trains_with_sam_and_accumulation_and_scores_every_training_image(
 
     # 48 images in 2 processes x batches of 8 (tiny.yaml): 3 micro-batches, 2 steps an epoch.
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_finds_the_near_copies_one_process_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first run (empty scan caches): each process's loader workers hash what they decode,
+    and when the second epoch starts the data health check combines them; the report is the
+    one process's."""
+    from tests.test_prescan import _photos
+
+    data = _photos(tmp_path / "data", {"train/a/0.jpg": "val/b/copy.jpg"})
+    common = ["fit", "--config", str(CONF / "tiny.yaml"), "--data.data_dir", str(data)]
+    monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache_ddp"))
+    _classifier([*common, *DDP, "--data.batch_size", "2"], tmp_path)
+    monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache_one"))
+    single_dir = tmp_path / "single"
+    single_dir.mkdir()
+    os.chdir(single_dir)
+    single: Any = run_cli(*common, "--data.batch_size", "4")
+    reports = [
+        json.loads((r / "data_health.json").read_text())
+        for r in (_only_run(tmp_path), single_dir / single.trainer.log_dir)
+    ]
+    assert reports[0] == reports[1]
+    assert reports[0]["near_duplicate_check"]["pending"] == 0
+    leaks = [g for g in reports[0]["groups"] if "leakage" in g["kinds"]]
+    assert len(leaks) == 1 and not leaks[0]["exact"]

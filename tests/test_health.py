@@ -189,3 +189,57 @@ def test_a_warm_start_recalls_the_near_copy_search(
     assert leaked(near) == 2 and len(calls) == 1
     assert leaked(near) == 2 and len(calls) == 1  # recalled, same result
     assert leaked(0x0F0F_0F0F_0F0F_0F0F) == 0 and len(calls) == 2  # another hash: searched
+
+
+def test_the_health_unit_finishes_on_the_trainers_hooks(tmp_path: Path) -> None:
+    """The check of a fit is its own unit: the data module hands its slots to the datasets,
+    and the trainer's hooks finish it (second epoch's start, a start resumed past the first
+    epoch, the end of a shorter fit that was not interrupted), once; then the workers stop
+    hashing."""
+    from types import SimpleNamespace
+
+    from classifier.datamodule import ImageFolderDataModule
+
+    def photos(root: Path) -> Path:  # 96 px: hashed by the loaders, not by the scan
+        for s, (split, count) in enumerate((("train", 4), ("val", 2))):
+            for c, label in enumerate(("cat", "dog")):
+                (root / split / label).mkdir(parents=True)
+                for i in range(count):
+                    _photo(100 * s + 10 * c + i).save(root / split / label / f"{i}.png")
+        return root
+
+    data = photos(tmp_path / "data")
+
+    def started() -> tuple[Any, Any]:
+        module = ImageFolderDataModule(str(data), image_size=32, num_workers=0)
+        trainer: Any = SimpleNamespace(
+            callbacks=[], current_epoch=0, local_rank=0, is_global_zero=False, interrupted=False
+        )
+        module.setup("fit")  # reads and checks the splits (no trainer: nothing to add to)
+        module.health.start(trainer)
+        module.health.start(trainer)
+        assert trainer.callbacks == [module.health]  # added once
+        return module.health, trainer
+
+    health, trainer = started()
+    slot = health.sink("train")
+    assert slot is not None and slot.wants(0) and health.sink("test") is None
+    health.on_train_epoch_start(trainer, None)
+    assert not health.check.complete  # the first epoch is still running
+    trainer.current_epoch = 1
+    health.on_train_epoch_start(trainer, None)
+    assert health.check.complete and not any(slot.wants(i) for i in range(len(slot.values)))
+    assert health.check.report["near_duplicate_check"]["pending"] == 0
+    health, trainer = started()  # the scan cache knows every hash now: nothing to finish
+    assert health.check.complete and health.sink("train") is None
+
+    for hook in ("on_train_start", "teardown", "interrupted"):
+        data = photos(tmp_path / hook)
+        health, trainer = started()
+        trainer.current_epoch = 1 if hook == "on_train_start" else 0
+        trainer.interrupted = hook == "interrupted"
+        if hook == "on_train_start":
+            health.on_train_start(trainer, None)
+        else:
+            health.teardown(trainer, None, "fit")
+        assert health.check.complete == (hook != "interrupted"), hook

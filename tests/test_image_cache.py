@@ -98,6 +98,7 @@ def test_an_image_whose_size_changed_is_simply_not_kept(tmp_path: Path) -> None:
 def test_an_image_still_to_be_hashed_is_hashed_from_the_file_not_the_kept_copy(
     tmp_path: Path,
 ) -> None:
+    from classifier.health import HashSlots
     from classifier.image_dataset import ImageDataset, load_rgb
     from classifier.perceptual_hash import phash_of
     from classifier.scan_cache import UNHASHED
@@ -107,6 +108,6 @@ def test_an_image_still_to_be_hashed_is_hashed_from_the_file_not_the_kept_copy(
     split, cache = dm.splits["train"], dm.caches["train"]
     ImageDataset(split.paths, split.labels, cache=cache)[0]  # kept, reduced, not hashed
     assert bool(cache.filled[0])
-    hashes = torch.full((len(split),), UNHASHED, dtype=torch.int64)
-    ImageDataset(split.paths, split.labels, phash=hashes, cache=cache)[0]
-    assert int(hashes[0]) == phash_of(load_rgb(split.paths[0]))
+    hashes = HashSlots(np.full(len(split), UNHASHED, dtype=np.int64))
+    ImageDataset(split.paths, split.labels, hashes=hashes, cache=cache)[0]
+    assert int(hashes.values[0]) == phash_of(load_rgb(split.paths[0]))

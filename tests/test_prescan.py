@@ -13,6 +13,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -274,19 +275,19 @@ def test_a_warm_start_stops_a_near_copy_leak_before_training(
 
 
 def test_the_workers_hash_what_they_decode(tmp_path: Path) -> None:
+    from classifier.health import HashSlots
     from classifier.image_dataset import ImageDataset, load_rgb
     from classifier.perceptual_hash import phash_of
 
     data = _photos(tmp_path / "data", {})
     split = _split(data / "train")
-    slot = torch.full((len(split),), UNHASHED, dtype=torch.int64)
-    slot.share_memory_()
-    dataset = ImageDataset(split.paths, split.labels, None, phash=slot)
+    slot = HashSlots(np.full(len(split), UNHASHED, dtype=np.int64))  # in shared memory
+    dataset = ImageDataset(split.paths, split.labels, None, hashes=slot)
     loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2)
     for _ in loader:
         pass
     expected = [phash_of(load_rgb(p)) for p in split.paths]
-    assert slot.tolist() == expected and UNHASHED not in expected
+    assert slot.values.tolist() == expected and UNHASHED not in expected
     assert NO_HASH not in expected  # 256 px photos all have a perceptual hash
 
 

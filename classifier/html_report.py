@@ -97,6 +97,8 @@ def _section(items: list[tuple[Path, dict[str, Any]]], results: Path, run: Path)
             parts.append(f'<div class="pair">{images}</div>' if images else "")
             continue
         for folder, item in shown:
+            if kind == "table" and not item["rows"]:
+                continue  # an empty table says nothing (no copies found, say)
             heading = item.get("heading", "")
             if heading and folder != run:
                 heading += f" ({results.name}/)"

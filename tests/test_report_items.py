@@ -96,3 +96,11 @@ def test_every_text_a_manifest_holds_is_escaped(tmp_path: Path) -> None:
     report_items.table(tmp_path, "model", "t", [script], [[script]], script)
     page = write_report(tmp_path).read_text()
     assert "<script" not in page and page.count("&lt;script&gt;") == 8
+
+
+def test_an_empty_table_is_left_off_the_page(tmp_path: Path) -> None:
+    """A section with nothing to list (no copies found) shows no bare header row."""
+    report_items.table(tmp_path, "data", "data/groups", ["kind", "path"], [], "Copies")
+    report_items.table(tmp_path, "data", "data/duplicates", ["duplicates"], [["leakage"]])
+    page = write_report(tmp_path).read_text()
+    assert "leakage" in page and "<h3>Copies</h3>" not in page and "<th>kind</th>" not in page

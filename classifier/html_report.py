@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import base64
 import html
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
+from classifier.errors import printable
 from classifier.file_io import atomic_write_text, read_regular
-from classifier.report_items import KINDS, SECTIONS, read_items
+from classifier.report_items import KINDS, MANIFEST, SECTIONS, is_test_item, read_items
+
+#: Most bytes of PNG one page embeds, all figures together (a normal run's are a few MB); a
+#: run folder from someone else cannot make the page, or the memory building it, grow past it.
+MAX_EMBEDDED_BYTES = 64 * 2**20
 
 __all__ = ["SECTIONS", "write_report"]
 
@@ -38,24 +45,39 @@ td:first-child,th:first-child{text-align:left}.muted{color:#667}.bad{color:#b326
 """
 
 
-def _image(path: Path, alt: str) -> str:
-    """The PNG at ``path`` embedded; nothing when it is missing, not a regular file (a link
-    planted in the run folder is never followed) or not a PNG."""
-    data = read_regular(path)
-    if data is None or not data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return ""
-    encoded = base64.b64encode(data).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
+class _Embedder:
+    """Embeds each PNG once, up to :data:`MAX_EMBEDDED_BYTES` in all."""
+
+    def __init__(self) -> None:
+        self.done: set[Path] = set()
+        self.total = 0
+
+    def image(self, path: Path, alt: str) -> str:
+        """The PNG at ``path`` embedded; nothing (and a one-line warning) when it is missing,
+        not a regular file (a link planted in the run folder is never followed), not a PNG,
+        already shown, or past the page's budget."""
+        if path in self.done:
+            return ""
+        self.done.add(path)
+        data = read_regular(path)
+        if data is None or not data.startswith(b"\x89PNG\r\n\x1a\n"):
+            _skipped(path, "missing, a link or not a PNG file")
+            return ""
+        if self.total + len(data) > MAX_EMBEDDED_BYTES:
+            _skipped(path, f"the page already embeds {self.total / 2**20:.0f} MB of figures")
+            return ""
+        self.total += len(data)
+        encoded = base64.b64encode(data).decode()
+        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def _skipped(path: Path, why: str) -> None:
+    warnings.warn(f"report.html: {printable(str(path))} not shown ({why})", stacklevel=3)
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return str(value) if number.is_integer() and "." not in str(value) else f"{number:.4g}"
+    """Floats to four significant digits; text as it is (a class named ``1.0`` stays so)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _table(item: dict[str, Any]) -> str:
@@ -80,20 +102,28 @@ def _cards(values: dict[str, Any]) -> str:
 
 def _items(run: Path, results: Path) -> list[tuple[Path, dict[str, Any]]]:
     """The run's items, then the results folder's: one with the key of a run item replaces
-    it in place."""
+    it in place. With a results folder of its own, the run's test items are left out
+    (:func:`~classifier.report_items.is_test_item`): the page never shows an earlier test
+    beside this one."""
     found: dict[str, tuple[Path, dict[str, Any]]] = {}
     for folder in (run,) if results == run else (run, results):
+        if os.path.lexists(folder / MANIFEST) and read_regular(folder / MANIFEST) is None:
+            _skipped(folder / MANIFEST, "a link or not a regular file")
         for item in read_items(folder):
+            if folder == run != results and is_test_item(item["key"]):
+                continue
             found[item["key"]] = (folder, item)
     return list(found.values())
 
 
-def _section(items: list[tuple[Path, dict[str, Any]]], results: Path, run: Path) -> str:
+def _section(
+    items: list[tuple[Path, dict[str, Any]]], results: Path, run: Path, embed: _Embedder
+) -> str:
     parts = []
     for kind in KINDS:
         shown = [(folder, item) for folder, item in items if item["kind"] == kind]
         if kind == "figure":
-            images = "".join(_image(folder / item["file"], item["alt"]) for folder, item in shown)
+            images = "".join(embed.image(folder / i["file"], i["alt"]) for folder, i in shown)
             parts.append(f'<div class="pair">{images}</div>' if images else "")
             continue
         for folder, item in shown:
@@ -117,10 +147,10 @@ def write_report(run: Path, results: Path | None = None) -> Path:
     come from ``results`` (a ``classifier test`` folder such as ``run/test/``), else from the
     run itself."""
     results = results or run
-    items = _items(run, results)
+    items, embed = _items(run, results), _Embedder()
     sections = []
     for key, title in SECTIONS:
-        body = _section([i for i in items if i[1]["section"] == key], results, run)
+        body = _section([i for i in items if i[1]["section"] == key], results, run, embed)
         if key == "summary":
             body += f'<p class="muted">run folder {html.escape(str(run))}</p>'
         if body:

@@ -126,17 +126,33 @@ def _add(folder: Path, item: dict[str, Any], heading: str) -> None:
 
 def read_items(folder: Path) -> list[dict[str, Any]]:
     """The items recorded in ``folder`` (none when it has no manifest, or a link or something
-    else than a regular file is in its place); :class:`ValueError` when one is malformed."""
+    else than a regular file is in its place); :class:`ValueError` when one is malformed
+    (NaN or infinity included: the manifest never holds them, :func:`_cell`)."""
     data = read_regular(folder / MANIFEST)
     if data is None:
         return []
     items = []
-    for line in data.decode("utf-8").splitlines():
-        if line.strip():
-            item = json.loads(line)
-            _check(item)
-            items.append(item)
+    try:
+        for line in data.decode("utf-8").splitlines():
+            if line.strip():
+                item = json.loads(line, parse_constant=_no_constant)
+                _check(item)
+                items.append(item)
+    except RecursionError:  # a line of nested brackets
+        raise ValueError(f"{MANIFEST} nests too deeply") from None
     return items
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{MANIFEST} holds {name}")
+
+
+def is_test_item(key: str) -> bool:
+    """Whether the item of ``key`` belongs to the test stage: one of its parts (split at ``/``,
+    ``_`` and ``.``) is ``test``, as in ``per-class/test`` or ``confusion_matrix_test.png``.
+    Callbacks name their test items so; :func:`~classifier.html_report.write_report` shows
+    them from a ``classifier test`` results folder only."""
+    return "test" in re.split(r"[/_.]", key)
 
 
 def _check(item: Any) -> None:

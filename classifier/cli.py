@@ -105,11 +105,28 @@ class _Console(logging.Filter):
         return True
 
 
-def _escaping(show: Callable[..., None]) -> Callable[..., None]:
-    """``warnings.showwarning`` that shows the message with control characters escaped."""
+#: The package's folder: a warning raised from here is ours, shown as one line.
+_PACKAGE = Path(__file__).resolve().parent
 
-    def escaped(message: Warning | str, *args: Any, **kwargs: Any) -> None:
-        show(printable(str(message)), *args, **kwargs)
+
+def _escaping(show: Callable[..., None]) -> Callable[..., None]:
+    """``warnings.showwarning`` that shows the message with control characters escaped; the
+    package's own warnings as one ``warning:`` line (no file, line number or source line: they
+    say what to change), other libraries' as Python shows them."""
+
+    def escaped(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        text = printable(str(message))
+        if Path(filename).resolve().is_relative_to(_PACKAGE):
+            (file or sys.stderr).write(f"warning: {text}\n")
+        else:
+            show(text, category, filename, lineno, file, line)
 
     return escaped
 

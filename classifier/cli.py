@@ -110,25 +110,31 @@ _PACKAGE = Path(__file__).resolve().parent
 
 
 def _escaping(show: Callable[..., None]) -> Callable[..., None]:
-    """``warnings.showwarning`` that shows the message with control characters escaped; the
-    package's own warnings as one ``warning:`` line (no file, line number or source line: they
-    say what to change), other libraries' as Python shows them."""
+    """``warnings.showwarning`` that shows the message with control characters escaped."""
 
-    def escaped(
+    def escaped(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+        show(printable(str(message)), *args, **kwargs)
+
+    return escaped
+
+
+def _one_line(format_warning: Callable[..., str]) -> Callable[..., str]:
+    """``warnings.formatwarning`` that shows the package's own warnings as one ``warning:``
+    line (no file, line number or source line: they say what to change) and other libraries'
+    as Python does."""
+
+    def formatted(
         message: Warning | str,
         category: type[Warning],
         filename: str,
         lineno: int,
-        file: Any = None,
         line: str | None = None,
-    ) -> None:
-        text = printable(str(message))
+    ) -> str:
         if Path(filename).resolve().is_relative_to(_PACKAGE):
-            (file or sys.stderr).write(f"warning: {text}\n")
-        else:
-            show(text, category, filename, lineno, file, line)
+            return f"warning: {message}\n"
+        return format_warning(message, category, filename, lineno, line)
 
-    return escaped
+    return formatted
 
 
 @contextmanager
@@ -138,15 +144,18 @@ def console(command: str | None) -> Iterator[None]:
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # rank_zero_info
     guard = _Console()
     logger.addFilter(guard)
+    format_warning = warnings.formatwarning  # catch_warnings does not restore it
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _escaping(warnings.showwarning)
+            warnings.formatwarning = _one_line(format_warning)
             if not os.environ.get("CLASSIFIER_DEBUG"):
                 noise = _NOISE + (_EVAL_NOISE if command in EVAL_COMMANDS else ())
                 for message in noise:
                     warnings.filterwarnings("ignore", message=f".*{message}")
             yield
     finally:
+        warnings.formatwarning = format_warning
         logger.removeFilter(guard)
 
 

@@ -1,6 +1,7 @@
 """Reading the raw command line before LightningCLI parses it: which subcommand, which
-checkpoint, where earlier runs are; and turning a checkpoint's own arguments into the first
-config layer of an evaluation command (:func:`checkpoint_config`).
+checkpoint; turning a checkpoint's own arguments into the first config layer of an evaluation
+command (:func:`checkpoint_config`); and, once the command line is parsed, which earlier run
+``--ckpt_path last`` resumes (:func:`resolve_last`).
 
 The raw reading (:func:`subcommand` and friends) needs neither torch nor Lightning.
 """
@@ -19,8 +20,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from classifier.checkpoint import CheckpointError, load_checkpoint
 from classifier.errors import printable
-from classifier.file_io import read_regular, run_of_checkpoint
-from classifier.safety import MAX_CONFIG_CHARS, refuse_foreign_class_paths
+from classifier.file_io import run_of_checkpoint
+from classifier.safety import refuse_foreign_class_paths
 
 #: Options that end a command before it runs (help, printed config, version).
 NO_RUN_OPTIONS = ("-h", "--help", "--print_config", "--version")
@@ -69,63 +70,80 @@ def _option(args: list[str], name: str) -> str | None:
     return value
 
 
-def _run_roots(args: list[str]) -> list[Path]:
-    """Folders that hold this configuration's runs: the logger's save_dir/name, or runs/."""
-    roots = []
-    for i, arg in enumerate(args):
-        if arg in {"--config", "-c"} and i + 1 < len(args):
-            config = _loaded(Path(args[i + 1]))
-            trainer = config.get("trainer")
-            logger = trainer.get("logger") if isinstance(trainer, dict) else None
-            if isinstance(logger, dict) and isinstance(logger.get("init_args"), dict):
-                init = logger["init_args"]
-                # WandB names its run folder after the project (``name`` is the run's label).
-                wandb = str(logger.get("class_path", "")).endswith("WandbLogger")
-                name = init.get("project", "lightning_logs") if wandb else init.get("name", "")
-                roots.append(Path(init.get("save_dir", "runs")) / str(name))
-    return roots or [Path(_option(args, "--trainer.default_root_dir") or "runs")]
-
-
-def _loaded(path: Path) -> dict[str, Any]:
-    """The mapping in the YAML file ``path`` (bounded like every config; ``{}`` when it is no
-    readable mapping: the parser reports that properly later)."""
-    data = read_regular(path, MAX_CONFIG_CHARS)
-    try:
-        loaded = yaml.safe_load(data) if data is not None else None
-    except yaml.YAMLError:
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
-
-
-def resolve_last(args: list[str]) -> tuple[list[str], str | None]:
-    """Replace ``fit --ckpt_path last`` by the newest ``last.ckpt`` of earlier runs of the
-    config; also return that file (``None`` when ``last`` was not asked for).
+def resolve_last(config: Any, configured: bool) -> str | None:
+    """Replace ``ckpt_path: last`` of a parsed ``fit`` ``config`` (its config files layered
+    with the command line, as jsonargparse parsed them) by the newest ``last.ckpt`` of earlier
+    runs of that config; return that file (``None`` when ``last`` was not asked for).
 
     Each run has its own versioned folder, where Lightning's own ``last`` lookup would search
-    only the new, empty one.
+    only the new, empty one. The runs are looked for where the effective settings put them:
+    the first logger's ``save_dir/name`` (a WandB logger's ``save_dir/project``), else
+    ``default_root_dir``, whether a config file or an option set them.
 
     Raises:
-        CheckpointError: no ``--config`` names the experiment (the newest ``last.ckpt`` under
-            ``runs/`` may be anyone's), or there is no ``last.ckpt`` under its logger folder.
+        CheckpointError: no config file names the experiment (``configured`` false: the newest
+            ``last.ckpt`` under ``runs/`` may be anyone's), the logger's folder cannot be told
+            from its arguments, or there is no ``last.ckpt`` under it.
     """
-    if _option(args, "--ckpt_path") != "last":
-        return args, None
-    if not any(a in {"-c", "--config"} or a.startswith("--config=") for a in args):
+    if str(config.get("ckpt_path")) != "last":
+        return None
+    if not configured:
         raise CheckpointError(
             "--ckpt_path last needs the run's --config: it resumes the newest last.ckpt under "
             "that config's logger folder. Pass the config, or the checkpoint file itself."
         )
-    found = [p for root in _run_roots(args) for p in root.glob("**/checkpoints/last.ckpt")]
+    root = _run_root(config.trainer)
+    found = list(root.glob("**/checkpoints/last.ckpt")) if root.is_dir() else []
     if not found:
-        roots = ", ".join(str(r) for r in _run_roots(args))
-        raise CheckpointError(f"--ckpt_path last: no checkpoints/last.ckpt under {roots}.")
-    newest = max(found, key=lambda p: p.stat().st_mtime)
+        raise CheckpointError(printable(f"--ckpt_path last: no checkpoints/last.ckpt under {root}"))
+    newest = str(max(found, key=lambda p: p.stat().st_mtime))
     rank_zero_info(printable(f"Resuming from {newest}"))
-    out = [a for a in args if not a.startswith("--ckpt_path=")]
-    at = out.index("--ckpt_path") if "--ckpt_path" in out else None
-    if at is not None:
-        del out[at : at + 2]
-    return [*out, "--ckpt_path", str(newest)], str(newest)
+    config.ckpt_path = newest
+    return newest
+
+
+def _run_root(trainer: Any) -> Path:
+    """The folder that holds the runs of a parsed ``trainer`` config: its first logger's
+    ``save_dir/name``; Lightning's default logger's ``default_root_dir/lightning_logs``;
+    ``default_root_dir`` without a logger.
+
+    Raises:
+        CheckpointError: a logger whose folder its arguments do not tell (MLflow names it
+            after an experiment id).
+    """
+    root = Path(str(trainer.get("default_root_dir") or "."))
+    logger = trainer.get("logger")
+    if isinstance(logger, list):
+        logger = logger[0] if logger else False
+    if logger is False:
+        return root
+    if logger is None or logger is True:
+        return root / "lightning_logs"
+    class_path = str(_get(logger, "class_path") or "")
+    init = _get(logger, "init_args")
+    save_dir = _get(init, "save_dir")
+    # WandB names its run folder after the project (``name`` is the run's label).
+    if class_path.endswith("WandbLogger"):
+        name = _get(init, "project") or "lightning_logs"
+    elif class_path.endswith(("CSVLogger", "TensorBoardLogger")):
+        name = _get(init, "name")
+    else:
+        name = save_dir = None
+    if not isinstance(save_dir, (str, Path)) or not isinstance(name, (str, type(None))):
+        kind = class_path.rsplit(".", 1)[-1] or type(logger).__name__
+        raise CheckpointError(
+            printable(
+                f"--ckpt_path last: cannot tell where {kind} keeps this config's runs; give "
+                "--ckpt_path the checkpoint file itself."
+            )
+        )
+    return Path(save_dir) / (name or "")
+
+
+def _get(section: Any, key: str) -> Any:
+    """``section[key]`` of a parsed config section (a namespace or a mapping), else ``None``."""
+    getter = getattr(section, "get", None)
+    return getter(key) if callable(getter) else None
 
 
 @contextmanager

@@ -216,13 +216,12 @@ class ClassifierCLI(LightningCLI):
         self,
         *args: Any,
         layer_ckpt: str | None = None,
-        found_last: str | None = None,
         **kwargs: Any,
     ) -> None:
         #: The checkpoint whose model/data arguments were inserted as the first config layer.
         self.layer_ckpt = layer_ckpt
-        #: The checkpoint ``--ckpt_path last`` found.
-        self.found_last = found_last
+        #: The checkpoint ``--ckpt_path last`` found (set once the arguments are parsed).
+        self.found_last: str | None = None
         #: The run folder a resumed ``fit`` continues in (``None``: a new run folder).
         self.resumed_run: Path | None = None
         enforce_import_policy()
@@ -231,9 +230,14 @@ class ClassifierCLI(LightningCLI):
     @override
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, then refuse any function or object a value named that the import policy
-        cannot see (a builtin or bound method reached through an allowed module)."""
+        cannot see (a builtin or bound method reached through an allowed module); resolve a
+        ``fit``'s ``ckpt_path: last`` from the parsed settings (config files and options)."""
         super().parse_arguments(parser, args)
         refuse_unsafe_objects(self.config)
+        if self.config.get("subcommand") == "fit":
+            fit = self.config["fit"]
+            configured = bool(self.config.get("config") or fit.get("config"))
+            self.found_last = resolve_last(fit, configured)
 
     @override
     @staticmethod
@@ -274,9 +278,9 @@ class ClassifierCLI(LightningCLI):
         if ckpt and str(ckpt) not in CKPT_KEYWORDS:
             checkpoint_file(ckpt)
         if str(ckpt) == "last" and self.found_last is None:
-            raise CheckpointError(
-                "ckpt_path: last in a config is not resolved; give --ckpt_path last on the "
-                "command line (with the run's --config), or the checkpoint file."
+            raise CheckpointError(  # fit resolved it when parsing: an evaluation
+                "ckpt_path last is resolved by fit only (it resumes a run); give "
+                f"{self.subcommand} the checkpoint file."
             )
         self._check_run_folder()
 
@@ -489,9 +493,6 @@ def main(args: list[str] | None = None) -> Any:
     # sys.argv stays as typed: Lightning's DDP launcher re-runs it in every child process.
     argv = list(sys.argv[1:] if args is None else args)
     check_config_files(argv)
-    found_last = None
-    if subcommand(argv) == "fit":
-        argv, found_last = resolve_last(argv)
     if subcommand(argv) is None and "--version" in argv:
         print(version_line())
         return None
@@ -518,7 +519,6 @@ def main(args: list[str] | None = None) -> Any:
             save_config_kwargs={"save_to_log_dir": False},
             parser_class=ClassifierArgumentParser,
             layer_ckpt=layer_ckpt,
-            found_last=found_last,
         )
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -362,6 +363,8 @@ class ImageFolderDataModule(LoaderDataModule):
         self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
         self._folder: FolderSplits | None = None
         self._health: FitHealth | None = None
+        #: Whether the fits now running are the finders' (:meth:`finders`), not the run's.
+        self._finding = False
         #: Generator states of the checkpoint a resumed fit starts from.
         self._rng_states: dict[str, Any] | None = None
         #: Failures of each split's dataset already reported by :meth:`new_failures`.
@@ -438,14 +441,15 @@ class ImageFolderDataModule(LoaderDataModule):
         for name in wanted.get(stage, ["predict"]):
             if self.folder.get(name) is None:
                 self.folder.root(name)  # the missing folder, as an error saying how
-        if "val" in self.splits and self.folder.unsplit is not None:
-            self._write_manifest()  # again in a second fit's folder (after the finders)
-        checked = stage == "fit" and self.health.start(self.trainer)
+        run = not self._finding  # the finders' fits leave the run's reports to the run
+        if run and "val" in self.splits and self.folder.unsplit is not None:
+            self._write_manifest()
+        checked = run and stage == "fit" and self.health.start(self.trainer)
         self._build_datasets()
-        if self.excluded:
+        if self.excluded and (run or self.hparams["strict"]):  # strict stops before the finders
             rows = self.source.kind != "folders"
             report_excluded(self.excluded, self.hparams["strict"], self._rank_zero_folder(), rows)
-        if not checked:
+        if run and not checked:
             report_shared(self.splits)
 
     def split(self, name: Stage) -> Split | None:
@@ -541,6 +545,21 @@ class ImageFolderDataModule(LoaderDataModule):
         if unsplit is not None and "val" in self.splits:
             state["held_out"] = [relative(p, unsplit.root) for p in self.splits["val"].paths]
         return state
+
+    @contextmanager
+    def finders(self) -> Iterator[None]:
+        """The fits inside are the batch-size and learning-rate finders' (``tune.py``), on a
+        scratch trainer whose folder is deleted: their ``setup`` neither starts the data health
+        check (so no hook of theirs finishes it) nor writes or reports anything for the run
+        folder; the real fit after them does, as without the finders. On leaving, generator
+        states their checkpoint restores handed over are dropped
+        (:meth:`forget_restored_state`)."""
+        self._finding = True
+        try:
+            yield
+        finally:
+            self._finding = False
+            self.forget_restored_state()
 
     def forget_restored_state(self) -> None:
         """Drop generator states a checkpoint restore handed over and not yet used: the batch-size

@@ -2,8 +2,10 @@
 
 The finders run on a scratch trainer (one device, no logger, no callbacks, files in a temporary
 folder), so none of the run's callbacks fire and nothing of the search lands in the run folder
-except ``lr_finder.png``. The values found replace the configured ones, and ``classifier fit``
-records them in ``config.yaml``, so the run reproduces without the finder.
+except ``lr_finder.png``; the data module is told (``datamodule.finders()``) that these fits are
+the finders', so its data health check and reports wait for the real fit. The values found
+replace the configured ones, and ``classifier fit`` records them in ``config.yaml``, so the run
+reproduces without the finder.
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ def find(
             "several with the values it records in config.yaml."
         )
     found_size, found_lr = None, None
-    with tempfile.TemporaryDirectory(prefix="classifier-tune-") as scratch:
+    # The data module leaves its data health check and run-folder reports to the real fit,
+    # and forgets the finders' checkpoint restores (they must not decide its random draws).
+    with tempfile.TemporaryDirectory(prefix="classifier-tune-") as scratch, datamodule.finders():
         tuner = Tuner(_scratch_trainer(trainer, scratch))
         if batch_size:
             found_size = tuner.scale_batch_size(model, datamodule=datamodule, mode="power")
@@ -79,8 +83,6 @@ def find(
             found_lr = finder.suggestion() if finder is not None else None
             if finder is not None:
                 _plot(finder.results, found_lr, folder / "lr_finder.png")
-    # The finders' own checkpoint restores must not decide the real run's random draws.
-    datamodule.forget_restored_state()
     return Found(found_size, found_lr)
 
 

@@ -170,6 +170,57 @@ def test_last_without_a_config_or_from_another_experiment_is_refused(
     assert_one_error_line(code, err, "trained on", "not")
 
 
+@pytest.mark.parametrize(
+    ("options", "runs"),
+    [
+        (["--trainer.logger.init_args.save_dir", "elsewhere"], "elsewhere/tiny"),
+        (["--trainer.logger.save_dir", "elsewhere"], "elsewhere/tiny"),  # the shorthand
+        (["--trainer.logger.init_args.name", "other"], "runs/other"),
+    ],
+    ids=["save_dir", "save_dir-shorthand", "name"],
+)
+def test_last_looks_where_the_options_put_the_runs(
+    image_folder: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    options: list[str],
+    runs: str,
+) -> None:
+    """Options that move the logger's folder move the search too: the config's own folder
+    (``runs/tiny``, another run's) is never resumed from (it used to be the only one read)."""
+    decoy = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    decoy.parent.mkdir(parents=True)
+    decoy.write_bytes(b"another run's checkpoint")
+    args = [*tiny("fit", image_folder, *options), "--ckpt_path", "last"]
+    code, err = run_entry(capsys, *args)
+    assert_one_error_line(code, err, f"no checkpoints/last.ckpt under {Path(runs)}")
+    own = tmp_path / runs / "version_2" / "checkpoints" / "last.ckpt"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"this run's checkpoint")
+    os.utime(own, (1, 1))  # older than the decoy: found by place, not by age
+    code, err = run_entry(capsys, *args)
+    assert f"Resuming from {Path(runs)}" in caplog.text
+    assert_one_error_line(code, err, str(own.relative_to(tmp_path)))  # it is no checkpoint
+
+
+@pytest.mark.slow
+def test_last_resumes_the_run_of_the_options_not_the_configs_folder(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    """Run A in the config's ``runs/``, run B in another save_dir; B's command resumed with
+    ``--ckpt_path last`` continues B (it used to resume A's newest-looking checkpoint)."""
+    run_cli(*tiny("fit", image_folder, "--trainer.max_epochs", "1"))
+    elsewhere = str(tmp_path / "runsB")
+    b = tiny("fit", image_folder, "--trainer.logger.init_args.save_dir", elsewhere)
+    first: Any = run_cli(*b, "--trainer.max_epochs", "1")
+    resumed: Any = run_cli(*b, "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    assert Path(resumed.trainer.log_dir).resolve() == Path(first.trainer.log_dir).resolve()
+    last = Path(first.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    assert resumed.config.fit.ckpt_path == str(last)
+    assert resumed.trainer.current_epoch == 2
+
+
 # 8. Predictions keep the row of every file -----------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import run_cli, tiny
+from classifier.splits import DataError
+from tests.conftest import make_folder, run_cli, tiny
+from tests.test_health import _photo
 
 
 @pytest.mark.slow
@@ -45,3 +48,36 @@ def test_finders_refuse_a_resumed_run(image_folder: Path) -> None:
     last = str(Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt")
     with pytest.raises(TuneError, match="drop --ckpt_path"):
         run_cli(*tiny("fit", image_folder), "--ckpt_path", last, "--tune.lr", "true")
+
+
+@pytest.mark.slow
+def test_the_data_health_check_is_the_runs_not_the_finders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A near copy in val (resized, re-encoded: found once the loaders hashed it) stops the
+    run with ``on_leakage: error`` as without the finders: the check starts and finishes in the
+    real fit, whose folder gets the same data_health.json and the terminal the same lines (the
+    finder's fit used to run it, in its scratch folder, deleted since)."""
+    data = make_folder(tmp_path / "data", counts={"train": 8, "val": 4})
+    big = _photo(7)
+    big.save(data / "train" / "dog" / "big.png")
+    big.resize((80, 80), Image.Resampling.BICUBIC).save(
+        data / "val" / "dog" / "near.jpg", quality=85
+    )
+    args = tiny("fit", data, "--trainer.max_epochs", "2", "--data.on_leakage", "error")
+    seen = {}
+    for version, tune in (("version_0", []), ("version_1", ["--tune.lr", "true"])):
+        monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / f"cache_{version}"))  # fresh
+        with pytest.raises(DataError, match=r"near\.jpg"):
+            run_cli(*args, *tune)
+        run = tmp_path / "runs" / "tiny" / version
+        shown = capsys.readouterr()
+        lines = (shown.out + shown.err).replace(version, "<run>").splitlines()
+        seen[version] = (
+            json.loads((run / "data_health.json").read_text()),
+            [line for line in lines if "data_health" in line or "Data health" in line],
+        )
+    assert (tmp_path / "runs" / "tiny" / "version_1" / "lr_finder.png").is_file()  # tuned
+    assert seen["version_0"][0]["summary"]["leakage"] == {"groups": 1, "images": 2}
+    assert seen["version_1"] == seen["version_0"]
+    assert any("every group: " in line for line in seen["version_1"][1])

@@ -70,6 +70,12 @@ def _option(args: list[str], name: str) -> str | None:
     return value
 
 
+def chooses_logger(args: list[str]) -> bool:
+    """Whether the command line gives a config (``-c``, ``--config F``, ``--config=F``) or a
+    trainer option, which then decides where an evaluation's results go."""
+    return any(a in {"-c", "--config"} or a.startswith(("--config=", "--trainer")) for a in args)
+
+
 def resolve_last(config: Any, configured: bool) -> str | None:
     """Replace ``ckpt_path: last`` of a parsed ``fit`` ``config`` (its config files layered
     with the command line, as jsonargparse parsed them) by the newest ``last.ckpt`` of earlier
@@ -92,20 +98,30 @@ def resolve_last(config: Any, configured: bool) -> str | None:
             "--ckpt_path last needs the run's --config: it resumes the newest last.ckpt under "
             "that config's logger folder. Pass the config, or the checkpoint file itself."
         )
-    root = _run_root(config.trainer)
-    found = list(root.glob("**/checkpoints/last.ckpt")) if root.is_dir() else []
+    root, versioned = _run_root(config.trainer)
+    pattern = "*/checkpoints/last.ckpt" if versioned else "checkpoints/last.ckpt"
+    found = list(root.glob(pattern)) if root.is_dir() else []
     if not found:
-        raise CheckpointError(printable(f"--ckpt_path last: no checkpoints/last.ckpt under {root}"))
+        raise CheckpointError(printable(f"--ckpt_path last: no {pattern} under {root}"))
+    for path in found:  # the run folders only, never through a link planted among them
+        if any(p.is_symlink() for p in (path, path.parent, path.parent.parent)):
+            raise CheckpointError(
+                printable(
+                    f"--ckpt_path last: {path} is reached through a link; give --ckpt_path "
+                    "the checkpoint file itself."
+                )
+            )
     newest = str(max(found, key=lambda p: p.stat().st_mtime))
     rank_zero_info(printable(f"Resuming from {newest}"))
     config.ckpt_path = newest
     return newest
 
 
-def _run_root(trainer: Any) -> Path:
-    """The folder that holds the runs of a parsed ``trainer`` config: its first logger's
-    ``save_dir/name``; Lightning's default logger's ``default_root_dir/lightning_logs``;
-    ``default_root_dir`` without a logger.
+def _run_root(trainer: Any) -> tuple[Path, bool]:
+    """The folder that holds the runs of a parsed ``trainer`` config, and whether each run is
+    a versioned folder in it: its first logger's ``save_dir/name``; Lightning's default
+    logger's ``default_root_dir/lightning_logs``; ``default_root_dir`` itself without a logger
+    (not versioned).
 
     Raises:
         CheckpointError: a logger whose folder its arguments do not tell (MLflow names it
@@ -116,15 +132,15 @@ def _run_root(trainer: Any) -> Path:
     if isinstance(logger, list):
         logger = logger[0] if logger else False
     if logger is False:
-        return root
+        return root, False
     if logger is None or logger is True:
-        return root / "lightning_logs"
+        return root / "lightning_logs", True
     class_path = str(_get(logger, "class_path") or "")
     init = _get(logger, "init_args")
     save_dir = _get(init, "save_dir")
     # WandB names its run folder after the project (``name`` is the run's label).
     if class_path.endswith("WandbLogger"):
-        name = _get(init, "project") or "lightning_logs"
+        name = _get(init, "project") or os.environ.get("WANDB_PROJECT") or "lightning_logs"
     elif class_path.endswith(("CSVLogger", "TensorBoardLogger")):
         name = _get(init, "name")
     else:
@@ -137,7 +153,7 @@ def _run_root(trainer: Any) -> Path:
                 "--ckpt_path the checkpoint file itself."
             )
         )
-    return Path(save_dir) / (name or "")
+    return Path(save_dir) / (name or ""), True
 
 
 def _get(section: Any, key: str) -> Any:
@@ -160,8 +176,7 @@ def checkpoint_layer(args: list[str]) -> Iterator[tuple[list[str], str | None]]:
     run = run_of_checkpoint(Path(ckpt))
     # Results go beside the run they evaluate, unless a config or option chooses the logger
     # (jsonargparse would merge their logger arguments into this one, not replace it).
-    chosen = any(a in {"-c", "--config"} or a.startswith("--trainer") for a in args)
-    if run is not None and not chosen and os.access(run, os.W_OK):
+    if run is not None and not chooses_logger(args) and os.access(run, os.W_OK):
         version = _free_name(run, command)
         layer["trainer"] = {
             "logger": {

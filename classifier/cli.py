@@ -83,6 +83,10 @@ _NOISE = (
     "LightningCLI's args parameter is intended",  # args is how the checkpoint layer goes in
     r"isinstance\(treespec, LeafSpec\)",  # a deprecation inside Lightning's torch calls
     "`torch.jit.script` is deprecated",  # fvcore's FLOP counter
+    # A fit resumed in its own run folder (resumed_run keeps the earlier metrics.csv aside);
+    # a new run's folder is checked to be new before anything is written.
+    "Previous log files in this directory will be deleted",
+    r"Checkpoint directory .* exists and is not empty",
 )
 #: Evaluating a checkpoint needs neither its training callbacks nor its checkpoint folder.
 _EVAL_NOISE = (
@@ -274,6 +278,11 @@ class ClassifierCLI(LightningCLI):
             raise CheckpointError(
                 f"ckpt_path is given twice ({self.layer_ckpt} on the command line, {ckpt} from a "
                 "config); give it once, so the weights and the model arguments match."
+            )
+        if str(ckpt) in CKPT_KEYWORDS - {"last"}:
+            raise CheckpointError(  # Lightning's names for a checkpoint of this same process
+                f"ckpt_path {ckpt} names no checkpoint in a new command; give the checkpoint "
+                "file (runs/.../checkpoints/best.ckpt), or last to resume a fit."
             )
         if ckpt and str(ckpt) not in CKPT_KEYWORDS:
             checkpoint_file(ckpt)

@@ -142,11 +142,12 @@ def _section(
     return "".join(parts)
 
 
-def write_report(run: Path, results: Path | None = None) -> Path:
+def write_report(run: Path | str, results: Path | str | None = None) -> Path:
     """Write ``run/report.html`` from the items the run's callbacks handed it; test results
     come from ``results`` (a ``classifier test`` folder such as ``run/test/``), else from the
     run itself."""
-    results = results or run
+    run = Path(run)
+    results = Path(results) if results is not None else run
     items, embed = _items(run, results), _Embedder()
     sections = []
     for key, title in SECTIONS:

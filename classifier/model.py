@@ -12,6 +12,7 @@ from typing_extensions import override
 from classifier.backbone import Runner, create_backbone, resample_checkpoint
 from classifier.callback_contract import optional_image_data
 from classifier.checkpoint import CheckpointError, SafeLoading, rule_of, upgrade
+from classifier.errors import printable
 from classifier.finetune import FineTuning, check_finetuning
 from classifier.losses import (
     LossWindow,
@@ -377,10 +378,35 @@ class ImageClassifier(FineTuning, SafeLoading):
         upgrade(checkpoint, "the checkpoint", source=source)
         if isinstance(checkpoint.get("state_dict"), dict):  # saved at another data.image_size
             self._adapt_size(checkpoint, source or "the checkpoint")
+            self._refuse_other_network(checkpoint["state_dict"], source or "the checkpoint")
         self.temperature = float(checkpoint.get("temperature", 1.0))
         self.selector = rule_of(checkpoint, self.model, source or "the checkpoint")
         if "preprocessing" in checkpoint:
             self.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])
+
+    def _refuse_other_network(self, state: dict[str, Any], source: str) -> None:
+        """Refuse, in one line, weights of another network (another ``model_name`` or class
+        count than the config's): Lightning's load would stop with a many-line traceback.
+
+        Raises:
+            CheckpointError: a weight's shape differs, or (strict loading) one is missing or
+                extra.
+        """
+        own = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+        differ = [k for k in own.keys() & theirs.keys() if own[k] != theirs[k]]
+        if self.strict_loading:
+            differ += sorted(own.keys() ^ theirs.keys())
+        if differ:
+            key = sorted(differ)[0]
+            raise CheckpointError(
+                printable(
+                    f"{source} holds weights of another network than this config builds "
+                    f"({len(differ)} differ, first {key}: {theirs.get(key, 'missing')} in the "
+                    f"checkpoint, {own.get(key, 'none')} here); use the config it was trained "
+                    "with (its run folder's config.yaml)."
+                )
+            )
 
     def _adapt_size(self, checkpoint: dict[str, Any], source: str) -> None:
         """Resample position embeddings saved for another input size, when this model was

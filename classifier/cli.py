@@ -52,7 +52,7 @@ from classifier.preflight import (
     refuse_spawn,
 )
 from classifier.resume import SIGTERM_EXIT_CODE, PreemptionCheckpoint
-from classifier.resumed_run import continue_run, keep_earlier_files
+from classifier.resumed_run import SameRunFolder, continue_run, keep_earlier_files
 from classifier.safety import (
     enforce_import_policy,
     no_working_folder_imports,
@@ -408,6 +408,8 @@ class ClassifierCLI(LightningCLI):
             check_sam_trainer(self.trainer)  # before any data is read
         self._ensure(PreemptionCheckpoint)
         self._ensure(PerClassReport)
+        if self.resumed_run is not None:
+            self._ensure(SameRunFolder)
         self._tune()
 
     def _tune(self) -> None:

@@ -19,7 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
 
 from classifier.arguments import CKPT_KEYWORDS
 from classifier.errors import ConfigError, printable
@@ -93,3 +96,34 @@ def _free(run: Path, stem: str, suffix: str) -> Path:
     while os.path.lexists(run / f"{stem}_{k}{suffix}"):
         k += 1
     return run / f"{stem}_{k}{suffix}"
+
+
+class SameRunFolder(Callback):
+    """When a run resumes in place, a checkpoint folder its state names another way (``runs``
+    then ``/home/me/runs``, or through a link to the same folder) is the same folder: each
+    ``ModelCheckpoint`` keeps its best score and path. Lightning compares the two paths as text
+    and otherwise drops them ("dirpath has changed"), so ``best.ckpt`` would be picked again from
+    the resumed epochs only. (``classifier fit`` adds this when it continues a run folder.)"""
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Before the checkpoint callbacks load their state: name their folders as now."""
+        states = checkpoint.get("callbacks")
+        if not isinstance(states, dict):
+            return
+        for callback in trainer.checkpoint_callbacks:
+            if not isinstance(callback, ModelCheckpoint):
+                continue
+            state = states.get(callback.state_key)
+            saved = state.get("dirpath") if isinstance(state, dict) else None
+            now = callback.dirpath
+            if (
+                isinstance(state, dict)
+                and isinstance(saved, str)
+                and isinstance(now, str)
+                and saved != now
+                and os.path.realpath(saved) == os.path.realpath(now)
+            ):
+                state["dirpath"] = now

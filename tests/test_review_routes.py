@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -117,3 +118,28 @@ def test_weights_of_another_network_are_one_error_line() -> None:
     three.on_load_checkpoint(
         {"state_dict": {k: torch.clone(v) for k, v in three.state_dict().items()}}
     )
+
+
+@pytest.mark.slow
+def test_a_run_resumed_with_its_folder_spelled_another_way_keeps_its_best(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    """Started with ``save_dir: runs``, resumed with the same folder as an absolute path: the
+    same run, so ModelCheckpoint keeps its best score (it compared the two spellings as text,
+    dropped the score and wrote best-v1.ckpt from the resumed epochs only)."""
+    from tests.conftest import run_cli
+
+    os.chdir(tmp_path)
+    run_cli(*tiny("fit", image_folder, "--trainer.max_epochs", "1"))
+    run = tmp_path / "runs" / "tiny" / "version_0"
+    resumed: Any = run_cli(
+        *tiny("fit", image_folder, "--trainer.max_epochs", "2"),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "runs"),
+        "--ckpt_path",
+        str(run / "checkpoints" / "last.ckpt"),
+    )
+    assert Path(resumed.trainer.log_dir).resolve() == run.resolve()
+    best = resumed.trainer.checkpoint_callback
+    assert best.best_model_score is not None and Path(best.best_model_path).name == "best.ckpt"
+    assert not list(run.glob("checkpoints/best-v*.ckpt"))

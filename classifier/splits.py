@@ -507,7 +507,7 @@ def read_unlabelled(root: Path, class_names: list[str]) -> Split:
         DataError: ``root`` does not exist or holds no image.
     """
     if not root.is_dir():
-        raise DataError(f"predict_dir {root} is not a folder.")
+        raise DataError(f"{root} is not a folder of images (it does not exist, or is a file).")
     index = {unicodedata.normalize("NFC", c): i for i, c in enumerate(class_names)}
     split, visited, labels = Split("predict", root), Visited(), []
     for path in walk_images(root, visited):

@@ -143,3 +143,14 @@ def test_a_run_resumed_with_its_folder_spelled_another_way_keeps_its_best(
     best = resumed.trainer.checkpoint_callback
     assert best.best_model_score is not None and Path(best.best_model_path).name == "best.ckpt"
     assert not list(run.glob("checkpoints/best-v*.ckpt"))
+
+
+def test_a_missing_image_folder_is_named_without_another_commands_option(
+    tmp_path: Path,
+) -> None:
+    """classifier-predict has no predict_dir option; the message names the folder only."""
+    from classifier.splits import DataError, read_unlabelled
+
+    with pytest.raises(DataError, match=r"^\S*nowhere is not a folder of images") as error:
+        read_unlabelled(tmp_path / "nowhere", ["a"])
+    assert "predict_dir" not in str(error.value)

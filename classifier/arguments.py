@@ -102,7 +102,7 @@ def resolve_last(config: Any, configured: bool) -> str | None:
     pattern = "*/checkpoints/last.ckpt" if versioned else "checkpoints/last.ckpt"
     found = list(root.glob(pattern)) if root.is_dir() else []
     if not found:
-        raise CheckpointError(printable(f"--ckpt_path last: no {pattern} under {root}"))
+        raise CheckpointError(printable(f"--ckpt_path last: no checkpoints/last.ckpt under {root}"))
     for path in found:  # the run folders only, never through a link planted among them
         if any(p.is_symlink() for p in (path, path.parent, path.parent.parent)):
             raise CheckpointError(

@@ -31,15 +31,18 @@ from classifier.file_io import run_of_checkpoint
 
 def continue_run(config: Any) -> Path | None:
     """Pin the logger of a ``fit`` config resuming from ``<run>/checkpoints/<file>.ckpt`` to
-    ``<run>``, when ``<run>`` is a version folder of that logger and no version is set; the
-    run folder continued, or ``None``."""
+    ``<run>``, when ``<run>`` is a version folder of that logger and no version is set (without
+    a logger, when ``<run>`` is ``default_root_dir``); the run folder continued, or ``None``."""
     ckpt = config.get("ckpt_path")
     if not ckpt or str(ckpt) in CKPT_KEYWORDS:
         return None
     run = run_of_checkpoint(Path(ckpt))
     logger = config.trainer.get("logger")
     if isinstance(logger, list):
-        logger = logger[0] if logger else None
+        logger = logger[0] if logger else False
+    if logger is False and run is not None:  # no logger: the run folder is default_root_dir
+        root = config.trainer.get("default_root_dir") or "."
+        return _continue(run) if os.path.abspath(run) == os.path.abspath(root) else None
     args = getattr(logger, "init_args", None)
     if run is None or args is None or args.get("version") is not None:
         return None
@@ -50,8 +53,13 @@ def continue_run(config: Any) -> Path | None:
         return None
     if run.parent.is_symlink():  # the logger's folder leads elsewhere: a new run folder there
         return None
-    _refuse_links(run)
     args.version = run.name
+    return _continue(run)
+
+
+def _continue(run: Path) -> Path:
+    """Continue in ``run`` (refused when it holds a link); its absolute path."""
+    _refuse_links(run)
     rank_zero_info(printable(f"Resuming run {run} in place"))
     return Path(os.path.abspath(run))
 

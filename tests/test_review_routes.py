@@ -154,3 +154,22 @@ def test_a_missing_image_folder_is_named_without_another_commands_option(
     with pytest.raises(DataError, match=r"^\S*nowhere is not a folder of images") as error:
         read_unlabelled(tmp_path / "nowhere", ["a"])
     assert "predict_dir" not in str(error.value)
+
+
+@pytest.mark.slow
+def test_a_run_without_a_logger_resumes_in_its_folder(image_folder: Path, tmp_path: Path) -> None:
+    """Without a logger the run folder is default_root_dir; resuming from its last.ckpt
+    continues there (it was refused as a folder holding other runs' files)."""
+    from tests.conftest import run_cli
+
+    os.chdir(tmp_path)
+    options = ["--trainer.logger", "false", "--trainer.default_root_dir", "solo"]
+    run_cli(*tiny("fit", image_folder, "--trainer.max_epochs", "1", *options))
+    resumed: Any = run_cli(
+        *tiny("fit", image_folder, "--trainer.max_epochs", "2", *options),
+        "--ckpt_path",
+        "last",
+    )
+    assert resumed.trainer.current_epoch == 2
+    assert (tmp_path / "solo" / "config_resume_1.yaml").is_file()
+    assert resumed.trainer.checkpoint_callback.best_model_score is not None

@@ -507,6 +507,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             checkpoint = torch.load(handle, map_location="cpu", weights_only=True)
         except Exception as error:
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            if first.startswith("Weights only load failed"):  # torch's advice would unpickle
+                raise CheckpointError(
+                    f"cannot load checkpoint {file}: it holds pickled objects other than "
+                    "tensors, which could run code when loaded; classifier never loads them."
+                ) from None
             raise CheckpointError(
                 f"cannot load checkpoint {file}: {first} (truncated file, or not a classifier "
                 "checkpoint; pickled objects other than tensors are refused)."

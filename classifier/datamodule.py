@@ -23,7 +23,7 @@ from typing_extensions import override
 from classifier import resume
 from classifier.checked_values import MAX_SIDE, MIN_IMAGE_SIZE
 from classifier.dali import Augment, DaliLoader, DaliTrainLoader, dali
-from classifier.file_io import run_dir
+from classifier.file_io import rank_zero_run_dir
 from classifier.folder_splits import FolderSplits, Processes, relative, write_manifest
 from classifier.health import FitHealth, report_excluded, report_shared
 from classifier.image_dataset import ImageCache, ImageDataset, build_caches
@@ -448,7 +448,9 @@ class ImageFolderDataModule(LoaderDataModule):
         self._build_datasets()
         if self.excluded and (run or self.hparams["strict"]):  # strict stops before the finders
             rows = self.source.kind != "folders"
-            report_excluded(self.excluded, self.hparams["strict"], self._rank_zero_folder(), rows)
+            report_excluded(
+                self.excluded, self.hparams["strict"], rank_zero_run_dir(self.trainer), rows
+            )
         if run and not checked:
             report_shared(self.splits)
 
@@ -458,17 +460,11 @@ class ImageFolderDataModule(LoaderDataModule):
 
     def _write_manifest(self) -> None:
         """``split.csv`` in the run folder (rank 0), when a validation share was held out."""
-        folder = self._rank_zero_folder()
+        folder = rank_zero_run_dir(self.trainer)
         if folder is not None:
             write_manifest(
                 folder / "split.csv", self.splits["train"], self.splits["val"], self.class_names
             )
-
-    def _rank_zero_folder(self) -> Path | None:
-        """The run folder on rank 0 (where reports are written), else ``None``."""
-        if self.trainer is not None and self.trainer.is_global_zero:
-            return run_dir(self.trainer)
-        return None
 
     def _build_datasets(self) -> None:
         assert self.preprocessing is not None

@@ -189,6 +189,14 @@ def run_dir(trainer: pl.Trainer) -> Path:
     return Path(save_dir or trainer.default_root_dir)
 
 
+def rank_zero_run_dir(trainer: pl.Trainer | None) -> Path | None:
+    """The run folder on rank 0, where reports are written; ``None`` on other ranks and
+    without a trainer."""
+    if trainer is not None and trainer.is_global_zero:
+        return run_dir(trainer)
+    return None
+
+
 def plain_name(name: str, option: str) -> str:
     """``name`` if it is a plain file name (no folder, not ``.`` or ``..``, no control
     characters), for options naming a file inside the results folder.

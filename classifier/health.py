@@ -38,7 +38,7 @@ from typing_extensions import override
 from classifier import report_items
 from classifier.dist import max_over_processes
 from classifier.errors import printable
-from classifier.file_io import run_dir, write_csv, write_json
+from classifier.file_io import rank_zero_run_dir, write_csv, write_json
 from classifier.hash_search import HASH_BITS, near_pairs
 from classifier.perceptual_hash import (
     MIN_EDGE_BITS,
@@ -619,7 +619,7 @@ class FitHealth(Callback):
         if not self.enabled:
             return False
         self.read("test")  # a copy in test/ inflates the final score as much as in val/
-        self.check.check(_rank_zero_folder(trainer), announce=not self.announced)
+        self.check.check(rank_zero_run_dir(trainer), announce=not self.announced)
         self.announced = True
         if trainer is not None and self not in trainer.callbacks:  # type: ignore[attr-defined]
             trainer.callbacks.insert(0, self)  # type: ignore[attr-defined]
@@ -634,7 +634,7 @@ class FitHealth(Callback):
             max_over_processes,
             self.load,
             self.cache() if first else None,
-            _rank_zero_folder(trainer),
+            rank_zero_run_dir(trainer),
         )
 
     @override
@@ -654,10 +654,3 @@ class FitHealth(Callback):
         """A fit of one epoch (or less) ends before a second starts."""
         if stage == "fit" and not trainer.interrupted:
             self.finish(trainer)
-
-
-def _rank_zero_folder(trainer: pl.Trainer | None) -> Path | None:
-    """The run folder on rank 0 (where reports are written), else ``None``."""
-    if trainer is not None and trainer.is_global_zero:
-        return run_dir(trainer)
-    return None

@@ -107,9 +107,11 @@ def _items(run: Path, results: Path) -> list[tuple[Path, dict[str, Any]]]:
     beside this one."""
     found: dict[str, tuple[Path, dict[str, Any]]] = {}
     for folder in (run,) if results == run else (run, results):
-        if os.path.lexists(folder / MANIFEST) and read_regular(folder / MANIFEST) is None:
-            _skipped(folder / MANIFEST, "a link or not a regular file")
-        for item in read_items(folder):
+        items = read_items(folder)
+        manifest = folder / MANIFEST
+        if not items and os.path.lexists(manifest) and read_regular(manifest) is None:
+            _skipped(manifest, "a link or not a regular file, or too large")
+        for item in items:
             if folder == run != results and is_test_item(item["key"]):
                 continue
             found[item["key"]] = (folder, item)

@@ -548,20 +548,14 @@ class ImageFolderDataModule(LoaderDataModule):
         scratch trainer whose folder is deleted: their ``setup`` neither starts the data health
         check (so no hook of theirs finishes it) nor writes or reports anything for the run
         folder; the real fit after them does, as without the finders. On leaving, generator
-        states their checkpoint restores handed over are dropped
-        (:meth:`forget_restored_state`)."""
+        states their checkpoint restores handed over are dropped: they must not decide the real
+        run's random draws."""
         self._finding = True
         try:
             yield
         finally:
             self._finding = False
-            self.forget_restored_state()
-
-    def forget_restored_state(self) -> None:
-        """Drop generator states a checkpoint restore handed over and not yet used: the batch-size
-        and learning-rate finders restore their own checkpoints, which must not decide the real
-        run's random draws."""
-        self._rng_states = None
+            self._rng_states = None
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
